@@ -1,0 +1,256 @@
+"""API keys: their format, their hash, and the in-memory key table that gateways and query read.
+
+Key formats (the prefix tells the kind at a glance, like Stripe's `sk_`/`pk_`):
+* `sk_<43 chars>`: secret key, 256 random bits; ingest and read. Keep it on servers.
+* `wk_<43 chars>`: write key, 256 random bits; ingest only. Safe to ship in browsers and apps.
+
+Only `sha256(key)` is stored or published: keys are long random strings, so a fast hash is enough
+and keeps the lookup on the hot path to one dict access.
+
+The table is filled from a Postgres snapshot at start (when Postgres answers) and then from every
+message on `auth.api-keys.v1`, each carrying the key's whole state and a version, so messages may be
+replayed or arrive after the snapshot and the newest state always wins. Lookups never leave memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+from aiokafka import TopicPartition
+from prometheus_client import Counter, Gauge
+
+from libs.kafka import API_KEYS_TOPIC, make_consumer
+from libs.logs import get_logger
+from libs.settings import Settings
+
+log = get_logger(__name__)
+
+KeyKind = Literal["secret", "write"]
+KIND_PREFIX: dict[KeyKind, str] = {"secret": "sk_", "write": "wk_"}
+PREFIX_SHOWN = 11  # "sk_" + 8 chars: enough to tell keys apart in a list, useless to an attacker
+
+KEY_EVENTS_APPLIED = Counter("api_key_events_applied_total", "Key lifecycle messages applied", ["type"])
+KEYS_KNOWN = Gauge("api_keys_known", "Keys in this process's in-memory key table")
+
+
+def generate_key(kind: KeyKind) -> str:
+    return KIND_PREFIX[kind] + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def shown_prefix(key: str) -> str:
+    return key[:PREFIX_SHOWN]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    app_id: str
+    owner_id: str
+    kind: KeyKind
+    key_hash: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    version: int
+
+    def usable(self, now: datetime | None = None) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > (now or datetime.now(UTC))
+
+    def to_message(self, event_type: str) -> dict[str, Any]:
+        return {
+            "schema": "auth.api-keys.v1",
+            "type": event_type,
+            "key_id": self.key_id,
+            "app_id": self.app_id,
+            "owner_id": self.owner_id,
+            "kind": self.kind,
+            "key_hash": self.key_hash,
+            "prefix": self.prefix,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "version": self.version,
+            "occurred_at": datetime.now(UTC).isoformat(),
+        }
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> KeyRecord:
+        def ts(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        created = ts(msg["created_at"])
+        assert created is not None
+        return cls(
+            key_id=msg["key_id"], app_id=msg["app_id"], owner_id=msg["owner_id"], kind=msg["kind"],
+            key_hash=msg["key_hash"], prefix=msg["prefix"], created_at=created,
+            expires_at=ts(msg.get("expires_at")), revoked_at=ts(msg.get("revoked_at")),
+            version=int(msg["version"]),
+        )
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> KeyRecord:
+        return cls(
+            key_id=str(row["id"]), app_id=str(row["app_id"]), owner_id=str(row["owner_id"]),
+            kind=row["kind"], key_hash=row["key_hash"], prefix=row["prefix"], created_at=row["created_at"],
+            expires_at=row["expires_at"], revoked_at=row["revoked_at"], version=int(row["version"]),
+        )
+
+
+SNAPSHOT_SQL = """
+SELECT k.id, k.app_id, a.owner_id, k.kind, k.key_hash, k.prefix, k.created_at, k.expires_at,
+       k.revoked_at, k.version
+FROM api_keys k JOIN apps a ON a.id = k.app_id
+"""
+
+
+class KeyTable:
+    """key hash -> KeyRecord, plus app id -> owner id for ownership checks."""
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, KeyRecord] = {}
+        self._by_id: dict[str, KeyRecord] = {}
+        self.app_owner: dict[str, str] = {}
+        self.ready = asyncio.Event()
+
+    def lookup(self, key: str) -> KeyRecord | None:
+        """The record of a usable key (known, not revoked, not expired), else None."""
+        rec = self._by_hash.get(hash_key(key))
+        return rec if rec is not None and rec.usable() else None
+
+    def apply(self, rec: KeyRecord) -> bool:
+        """Keep `rec` unless a newer version of the same key is already known."""
+        current = self._by_id.get(rec.key_id)
+        if current is not None and current.version > rec.version:
+            return False
+        if current is not None and current.key_hash != rec.key_hash:
+            self._by_hash.pop(current.key_hash, None)
+        self._by_id[rec.key_id] = rec
+        self._by_hash[rec.key_hash] = rec
+        self.app_owner[rec.app_id] = rec.owner_id
+        KEYS_KNOWN.set(len(self._by_id))
+        return True
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+class KeyTableSync:
+    """Fills a KeyTable from Postgres (once) and the key topic (continuously)."""
+
+    def __init__(self, settings: Settings, table: KeyTable, pg: asyncpg.Pool | None) -> None:
+        self.settings = settings
+        self.table = table
+        self.pg = pg
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = await self._wait_for_partitions(consumer)
+            tps = [TopicPartition(API_KEYS_TOPIC, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            await self._load_snapshot()
+            await self._catch_up(consumer, end)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self.table.ready.set()
+        log.info("api key table loaded", keys=len(self.table))
+        self._task = asyncio.create_task(self._follow(consumer), name="api-key-table-sync")
+
+    async def _wait_for_partitions(self, consumer: Any) -> set[int]:
+        for _ in range(100):
+            partitions = consumer.partitions_for_topic(API_KEYS_TOPIC)
+            if partitions:
+                return set(partitions)
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"Kafka topic {API_KEYS_TOPIC} has no partitions; is the broker up?")
+
+    async def _load_snapshot(self) -> None:
+        if self.pg is None:
+            return
+        try:
+            async with self.pg.acquire(timeout=5) as conn:
+                rows = await conn.fetch(SNAPSHOT_SQL, timeout=10)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            # Keys still arrive from the topic; Postgres being down must not stop ingestion.
+            log.warning("api key snapshot from postgres failed; using the key topic only", error=repr(exc))
+            return
+        for row in rows:
+            self.table.apply(KeyRecord.from_row(row))
+
+    async def _catch_up(self, consumer: Any, end: dict[TopicPartition, int]) -> None:
+        pending = {tp for tp, off in end.items() if off > 0}
+        while pending:
+            batch = await consumer.getmany(timeout_ms=500)
+            self._apply_batch(batch)
+            pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
+
+    async def _follow(self, consumer: Any) -> None:
+        try:
+            while True:
+                self._apply_batch(await consumer.getmany(timeout_ms=1000))
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    def _apply_batch(self, batch: dict[Any, list[Any]]) -> None:
+        for messages in batch.values():
+            for message in messages:
+                try:
+                    body = orjson.loads(message.value)
+                    self.table.apply(KeyRecord.from_message(body))
+                    KEY_EVENTS_APPLIED.labels(body.get("type", "unknown")).inc()
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("bad api key message skipped", offset=message.offset, error=repr(exc))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+async def shared_key_table(runtime: Any) -> KeyTable:
+    """One key table per process, shared by every service in it (gateway and query)."""
+    async with runtime.shared.setdefault("key_table_lock", asyncio.Lock()):
+        table = runtime.shared.get("key_table")
+        if table is None:
+            table = KeyTable()
+            pg = None
+            if runtime.settings.database_url:
+                with contextlib.suppress(Exception):
+                    pg = await asyncio.wait_for(runtime.pg(), 10)
+            await runtime.kafka_ready()
+            sync = KeyTableSync(runtime.settings, table, pg)
+            await sync.start()
+            runtime.shared["key_table"] = table
+            runtime.shared["key_table_sync"] = sync
+        return table
+
+
+async def stop_shared_key_table(runtime: Any) -> None:
+    sync = runtime.shared.pop("key_table_sync", None)
+    if sync is not None:
+        await sync.stop()
+    runtime.shared.pop("key_table", None)

@@ -1,0 +1,100 @@
+"""One ClickHouse interface, two adapters running the same SQL.
+
+* `HttpClickHouse`: a ClickHouse server through clickhouse-connect (`CLICKHOUSE_URL` set).
+* `ChdbClickHouse`: the ClickHouse engine in this process through chDB (embedded default).
+
+Both take SQL with `{name:Type}` placeholders and a dict of values, which the engine binds (values are
+never formatted into the SQL text), and both read results as JSONEachRow so rows come back as the
+same Python dicts from either engine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from libs.settings import Settings
+
+# Same output from a server and from chDB, whatever their version's defaults are.
+OUTPUT_SETTINGS: dict[str, Any] = {
+    "output_format_json_quote_64bit_integers": 0,
+    "output_format_json_quote_64bit_floats": 0,
+    "output_format_json_quote_decimals": 0,
+    "date_time_output_format": "iso",
+    "date_time_input_format": "best_effort",
+}
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClickHouseError(RuntimeError):
+    """The engine rejected a statement (bad SQL, missing table, refused write)."""
+
+
+class ClickHouseUnavailable(ClickHouseError):
+    """The engine cannot be reached."""
+
+
+class ClickHouse(Protocol):
+    database: str
+    kind: str
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts. Raises ClickHouseUnavailable when the engine is down."""
+
+    async def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing (DDL, mutations)."""
+
+    async def insert_rows(
+        self, table: str, rows: Sequence[bytes], *, dedup_token: str | None = None
+    ) -> None:
+        """Insert JSONEachRow lines (already serialized) in one block.
+
+        With `dedup_token`, ClickHouse drops a repeat of the same block (insert deduplication), so a
+        retried batch is stored once.
+        """
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def check_identifier(name: str) -> str:
+    """Table and column names come only from code, never from clients; refuse anything else."""
+    if not _IDENT_RE.match(name):
+        raise ValueError(f"not an identifier: {name!r}")
+    return name
+
+
+def check_token(token: str) -> str:
+    if not _TOKEN_RE.match(token):
+        raise ValueError(f"bad dedup token: {token!r}")
+    return token
+
+
+def parse_rows(raw: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in raw.splitlines() if line]
+
+
+def database_from_url(url: str | None) -> str:
+    if url:
+        path = urlsplit(url).path.strip("/")
+        if path:
+            return check_identifier(unquote(path))
+    return "analytics"
+
+
+async def connect_clickhouse(settings: Settings) -> ClickHouse:
+    """The server adapter when CLICKHOUSE_URL is set, else the embedded chDB one."""
+    if settings.clickhouse_url:
+        from libs.clickhouse.http import HttpClickHouse
+
+        return await HttpClickHouse.connect(settings.clickhouse_url)
+    from libs.clickhouse.embedded import ChdbClickHouse
+
+    return await ChdbClickHouse.open(settings.data_dir / "clickhouse")

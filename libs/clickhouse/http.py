@@ -1,0 +1,88 @@
+"""ClickHouse server adapter (clickhouse-connect, HTTP interface)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from libs.clickhouse import (
+    OUTPUT_SETTINGS,
+    ClickHouseError,
+    ClickHouseUnavailable,
+    check_identifier,
+    check_token,
+    database_from_url,
+    parse_rows,
+)
+
+
+class HttpClickHouse:
+    kind = "clickhouse-server"
+
+    def __init__(self, client: Any, database: str) -> None:
+        self._client = client
+        self.database = database
+
+    @classmethod
+    async def connect(cls, url: str) -> HttpClickHouse:
+        parts = urlsplit(url)
+        database = database_from_url(url)
+        try:
+            # Connect to `default` first: the database may not exist before migrations run.
+            client = await clickhouse_connect.get_async_client(
+                host=parts.hostname or "localhost",
+                port=parts.port or (8443 if parts.scheme == "https" else 8123),
+                username=unquote(parts.username or "default"),
+                password=unquote(parts.password or ""),
+                secure=parts.scheme == "https",
+                database="default",
+                settings=OUTPUT_SETTINGS,
+            )
+            await client.command(f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}")
+            client.database = database
+        except OperationalError as exc:
+            raise ClickHouseUnavailable(f"ClickHouse at {parts.hostname}:{parts.port} is unreachable: {exc}") from exc
+        return cls(client, database)
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            raw = await self._client.raw_query(sql, parameters=params or {}, fmt="JSONEachRow")
+        except OperationalError as exc:
+            raise ClickHouseUnavailable(str(exc)) from exc
+        except DatabaseError as exc:
+            raise ClickHouseError(str(exc)) from exc
+        return parse_rows(raw)
+
+    async def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        try:
+            await self._client.command(sql, parameters=params or None)
+        except OperationalError as exc:
+            raise ClickHouseUnavailable(str(exc)) from exc
+        except DatabaseError as exc:
+            raise ClickHouseError(str(exc)) from exc
+
+    async def insert_rows(self, table: str, rows: Sequence[bytes], *, dedup_token: str | None = None) -> None:
+        settings: dict[str, Any] = {}
+        if dedup_token:
+            settings["insert_deduplication_token"] = check_token(dedup_token)
+        try:
+            await self._client.raw_insert(
+                check_identifier(table), insert_block=b"\n".join(rows), settings=settings, fmt="JSONEachRow"
+            )
+        except OperationalError as exc:
+            raise ClickHouseUnavailable(str(exc)) from exc
+        except DatabaseError as exc:
+            raise ClickHouseError(str(exc)) from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except Exception:  # noqa: BLE001 - a ping answers yes or no
+            return False
+
+    async def close(self) -> None:
+        await self._client.close()

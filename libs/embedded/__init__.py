@@ -1,0 +1,94 @@
+"""Start a real local engine for every backing service whose URL is not set.
+
+`EmbeddedStack.start(settings, roles)` returns settings with the URLs filled in, so the services
+use the same clients and code paths as in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from libs.embedded.engines import start_kafka, start_postgres, start_redis
+from libs.embedded.procs import DataDirBusy, ManagedProcess, OwnerLock, reap_stale
+from libs.embedded.smtp_sink import SmtpSink
+from libs.logs import get_logger
+from libs.settings import Settings
+
+log = get_logger(__name__)
+
+Role = Literal["kafka", "postgres", "redis", "smtp"]
+ROLE_SETTING: dict[Role, str] = {
+    "kafka": "kafka_bootstrap_servers",
+    "postgres": "database_url",
+    "redis": "redis_url",
+    "smtp": "smtp_url",
+}
+ROLE_ENV: dict[Role, str] = {
+    "kafka": "KAFKA_BOOTSTRAP_SERVERS",
+    "postgres": "DATABASE_URL",
+    "redis": "REDIS_URL",
+    "smtp": "SMTP_URL",
+}
+
+__all__ = ["DataDirBusy", "EmbeddedStack", "Role", "ROLE_ENV", "ROLE_SETTING"]
+
+
+@dataclass
+class EmbeddedStack:
+    settings: Settings
+    started: dict[Role, str] = field(default_factory=dict)
+    _procs: list[ManagedProcess] = field(default_factory=list)
+    _smtp: SmtpSink | None = None
+    _lock: OwnerLock | None = None
+
+    @classmethod
+    def start(cls, settings: Settings, roles: Iterable[Role]) -> EmbeddedStack:
+        """Start engines for the `roles` whose URL is unset. Raises DataDirBusy or RuntimeError."""
+        stack = cls(settings)
+        missing = [r for r in dict.fromkeys(roles) if not getattr(settings, ROLE_SETTING[r])]
+        if not missing:
+            return stack
+        data_dir = settings.data_dir
+        run_dir = data_dir / "run"
+        stack._lock = OwnerLock(run_dir)
+        stack._lock.acquire()
+        try:
+            reap_stale(run_dir)
+            for role in missing:
+                stack._start_role(role)
+        except BaseException:
+            stack.stop()
+            raise
+        stack.settings = settings.model_copy(update={ROLE_SETTING[r]: url for r, url in stack.started.items()})
+        return stack
+
+    def _start_role(self, role: Role) -> None:
+        data_dir = self.settings.data_dir
+        if role == "smtp":
+            self._smtp = SmtpSink(data_dir)
+            self._smtp.start()
+            url = self._smtp.url
+        else:
+            starter = {"kafka": start_kafka, "postgres": start_postgres, "redis": start_redis}[role]
+            proc, url = starter(data_dir)
+            self._procs.append(proc)
+        self.started[role] = url
+        log.info("embedded engine started", engine=role, url=url)
+
+    def env_lines(self) -> list[str]:
+        return [f"export {ROLE_ENV[role]}={url}" for role, url in self.started.items()]
+
+    def stop(self) -> None:
+        """Stop every engine this stack started, last started first."""
+        if self._smtp is not None:
+            self._smtp.stop()
+            self._smtp = None
+        while self._procs:
+            proc = self._procs.pop()
+            proc.stop()
+            log.info("embedded engine stopped", engine=proc.name)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

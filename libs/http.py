@@ -1,0 +1,155 @@
+"""What every HTTP service shares: request ids, JSON errors, and the health/metrics routes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs.clickhouse import ClickHouseUnavailable
+from libs.kafka import KafkaUnavailable
+from libs.logs import REQUEST_ID_HEADER, get_logger, new_request_id, request_id_var
+
+log = get_logger("http")
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds", "HTTP request latency", ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+Check = Callable[[], Awaitable[bool]]
+
+
+class DependencyUnavailable(Exception):
+    """A backing service is down: answered as 503 with Retry-After, never 500."""
+
+    def __init__(self, what: str, retry_after: int = 1) -> None:
+        super().__init__(what)
+        self.what = what
+        self.retry_after = retry_after
+
+
+class ApiError(Exception):
+    """A client-facing error raised by service logic (no HTTP imports there): status + detail."""
+
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+class RequestContextMiddleware:
+    """Sets the request id (from X-Request-ID or new), echoes it, logs one line per request."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for key, value in scope.get("headers", ()):
+            if key == b"x-request-id":
+                rid = value.decode("latin-1")[:64]
+                break
+        rid = rid or new_request_id()
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
+            HTTP_LATENCY.labels(self.service, path).observe(elapsed)
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                log.info(
+                    "request", method=scope["method"], path=scope["path"], status=status,
+                    ms=round(elapsed * 1000, 2),
+                )
+            request_id_var.reset(token)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _jsonable_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(DependencyUnavailable)
+    async def _dependency_down(_: Request, exc: DependencyUnavailable) -> JSONResponse:
+        log.warning("dependency unavailable", dependency=exc.what)
+        return JSONResponse(
+            {"detail": f"{exc.what} is unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(KafkaUnavailable)
+    async def _kafka_down(request: Request, exc: KafkaUnavailable) -> JSONResponse:
+        return await _dependency_down(request, DependencyUnavailable("the event bus (Kafka)"))
+
+    @app.exception_handler(ClickHouseUnavailable)
+    async def _clickhouse_down(request: Request, exc: ClickHouseUnavailable) -> JSONResponse:
+        return await _dependency_down(request, DependencyUnavailable("the analytics store (ClickHouse)"))
+
+
+def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
+    out = []
+    for err in errors:
+        item = {k: v for k, v in err.items() if k in ("loc", "msg", "type")}
+        if "ctx" in err:
+            item["ctx"] = {k: str(v) for k, v in err["ctx"].items()}
+        out.append(item)
+    return out
+
+
+def install_health_routes(app: FastAPI, checks: dict[str, Check]) -> None:
+    """`/healthz` (alive), `/readyz` (every dependency answers), `/metrics` (Prometheus)."""
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Every dependency of this service answers")
+    async def readyz() -> JSONResponse:
+        results = {name: await check() for name, check in checks.items()}
+        ok = all(results.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": results},
+            status_code=200 if ok else 503,
+            headers=None if ok else {"Retry-After": "1"},
+        )
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,122 @@
+"""Numbered SQL migrations for Postgres and ClickHouse: applied once, in order, and recorded.
+
+A migration is a file `NNNN_name.sql` in a service's `migrations/<engine>/` folder. Statements are
+separated by a line ending in `;`. ClickHouse files are jinja2 templates rendered with values from
+settings (retention days and the like: never client input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import jinja2
+
+from libs.clickhouse import ClickHouse
+from libs.logs import get_logger
+
+log = get_logger(__name__)
+
+_NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_PG_LOCK_ID = 0x616E616C79  # "analy": one applier at a time across processes
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        parts = re.split(r";\s*$", self.sql, flags=re.MULTILINE)
+        return [p.strip() for p in parts if p.strip() and not _only_comments(p)]
+
+
+def _only_comments(sql: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in sql.splitlines())
+
+
+def load(folder: Path, context: dict[str, Any] | None = None) -> list[Migration]:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - SQL, not HTML
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _NAME_RE.match(path.name)
+        if not match:
+            raise ValueError(f"migration file {path} must be named NNNN_name.sql")
+        text = path.read_text()
+        if context is not None:
+            text = env.from_string(text).render(**context)
+        found.append(Migration(int(match.group(1)), match.group(2), text))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration numbers in {folder}")
+    return found
+
+
+async def apply_postgres(pool: asyncpg.Pool, component: str, folder: Path) -> list[str]:
+    """Apply pending migrations of `component`; returns the names applied."""
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _PG_LOCK_ID)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       component text NOT NULL, version int NOT NULL, name text NOT NULL,
+                       checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
+                       PRIMARY KEY (component, version))"""
+            )
+            done = {
+                r["version"]
+                for r in await conn.fetch("SELECT version FROM schema_migrations WHERE component=$1", component)
+            }
+            for mig in load(folder):
+                if mig.version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(mig.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations(component, version, name, checksum) VALUES($1,$2,$3,$4)",
+                        component, mig.version, mig.name, mig.checksum,
+                    )
+                applied_now.append(f"{mig.version:04d}_{mig.name}")
+                log.info("postgres migration applied", component=component, migration=mig.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _PG_LOCK_ID)
+    return applied_now
+
+
+async def apply_clickhouse(ch: ClickHouse, component: str, folder: Path, context: dict[str, Any]) -> list[str]:
+    """Apply pending ClickHouse migrations. Statements are written to be idempotent (IF NOT EXISTS),
+    so two instances starting at once converge on the same schema."""
+    await ch.command(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               component String, version UInt32, name String, checksum String,
+               applied_at DateTime DEFAULT now())
+           ENGINE = ReplacingMergeTree ORDER BY (component, version)"""
+    )
+    rows = await ch.query(
+        "SELECT version FROM schema_migrations FINAL WHERE component = {c:String}", {"c": component}
+    )
+    done = {r["version"] for r in rows}
+    applied_now: list[str] = []
+    for mig in load(folder, context):
+        if mig.version in done:
+            continue
+        for statement in mig.statements():
+            await ch.command(statement)
+        await ch.command(
+            "INSERT INTO schema_migrations (component, version, name, checksum) "
+            "VALUES ({c:String}, {v:UInt32}, {n:String}, {s:String})",
+            {"c": component, "v": mig.version, "n": mig.name, "s": mig.checksum},
+        )
+        applied_now.append(f"{mig.version:04d}_{mig.name}")
+        log.info("clickhouse migration applied", component=component, migration=mig.name)
+    return applied_now

@@ -1,0 +1,41 @@
+"""The email contract: what producers put on `notifications.email.v1` for the notifier to send."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel, EmailStr, Field, model_validator
+
+from libs.kafka import EMAIL_TOPIC, publish
+
+Template = Literal["welcome", "api_key_created", "api_key_revoked", "api_key_expiring", "notification", "report"]
+
+
+class EmailMessage(BaseModel):
+    """One email to send: a template with its data, or a subject and a plain-text body."""
+
+    schema_: Literal["notifications.email.v1"] = Field("notifications.email.v1", alias="schema")
+    message_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    to: EmailStr
+    template: Template | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    subject: str | None = None
+    body: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    model_config = {"populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _template_or_text(self) -> EmailMessage:
+        if self.template is None and not (self.subject and self.body):
+            raise ValueError("an email needs a template, or a subject and a body")
+        return self
+
+
+async def queue_email(producer: AIOKafkaProducer, message: EmailMessage) -> str:
+    """Publish `message` (acknowledged by Kafka) and return its message id."""
+    await publish(producer, EMAIL_TOPIC, message.model_dump(mode="json", by_alias=True), key=message.message_id)
+    return message.message_id

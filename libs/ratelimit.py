@@ -1,0 +1,53 @@
+"""Rate limits in Redis (`limits`, moving window) that fail open when Redis is down."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter
+
+from libs.logs import get_logger
+
+log = get_logger(__name__)
+
+RATE_LIMIT_FAIL_OPEN = Counter(
+    "rate_limit_fail_open_total", "Requests let through because the rate-limit store was unreachable", ["limit"]
+)
+
+
+def _limits_uri(redis_url: str) -> str:
+    if redis_url.startswith("unix://"):
+        return "async+redis+unix://" + redis_url.removeprefix("unix://")
+    return "async+" + redis_url
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
+        storage = RedisStorage(
+            _limits_uri(redis_url), implementation="redispy", key_prefix=key_prefix,
+            wrap_exceptions=True, socket_timeout=0.5, socket_connect_timeout=0.5,
+        )
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    async def hit(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
+        """Count one hit. None when allowed; else seconds until the next hit would be allowed."""
+        item = parse(limit) if isinstance(limit, str) else limit
+        try:
+            if await self._limiter.hit(item, *identifiers):
+                return None
+            stats = await self._limiter.get_window_stats(item, *identifiers)
+        except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure; fail open
+            RATE_LIMIT_FAIL_OPEN.labels(str(item)).inc()
+            log.warning("rate limit store unreachable; allowing the request", error=repr(exc))
+            return None
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def clear(self, limit: str, *identifiers: str) -> None:
+        try:
+            await self._limiter.clear(parse(limit), *identifiers)
+        except Exception as exc:  # noqa: BLE001 - best effort
+            log.warning("rate limit clear failed", error=repr(exc))

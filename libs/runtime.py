@@ -1,0 +1,215 @@
+"""Running services: shared connections, the service contract, and one stack that starts and stops them.
+
+A service module exposes `SERVICE = ServiceSpec(...)`. Its `build(runtime)` returns the routers it
+serves, the background tasks it runs, the readiness checks of its dependencies, and what to do at
+start and stop. The same services run in one process (`analytics run`), in several, or in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI
+
+from libs.clickhouse import ClickHouse, connect_clickhouse
+from libs.http import Check, RequestContextMiddleware, install_error_handlers, install_health_routes
+from libs.kafka import ensure_topics, kafka_ping, make_producer
+from libs.logs import get_logger
+from libs.settings import Settings
+from libs.stores import create_pg_pool, create_redis, pg_ping, redis_ping
+
+log = get_logger(__name__)
+
+Need = Literal["kafka", "postgres", "redis", "smtp", "clickhouse"]
+
+
+class Runtime:
+    """Connections shared by every service in this process, each opened once, on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._pg: asyncpg.Pool | None = None
+        self._redis: aioredis.Redis | None = None
+        self._clickhouse: ClickHouse | None = None
+        self._lock = asyncio.Lock()
+        self._topics_ready = False
+        self.shared: dict[str, Any] = {}  # objects services share, e.g. the API-key table
+
+    async def kafka_ready(self) -> None:
+        async with self._lock:
+            if not self._topics_ready:
+                await ensure_topics(self.settings)
+                self._topics_ready = True
+
+    async def producer(self) -> AIOKafkaProducer:
+        await self.kafka_ready()
+        async with self._lock:
+            if self._producer is None:
+                producer = make_producer(self.settings)
+                await producer.start()
+                self._producer = producer
+            return self._producer
+
+    async def pg(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pg is None:
+                self._pg = await create_pg_pool(self.settings)
+            return self._pg
+
+    async def redis(self) -> aioredis.Redis:
+        async with self._lock:
+            if self._redis is None:
+                self._redis = create_redis(self.settings)
+            return self._redis
+
+    async def clickhouse(self) -> ClickHouse:
+        async with self._lock:
+            if self._clickhouse is None:
+                self._clickhouse = await connect_clickhouse(self.settings)
+            return self._clickhouse
+
+    def checks(self, needs: set[Need]) -> dict[str, Check]:
+        """Readiness checks for the given dependencies."""
+        checks: dict[str, Check] = {}
+        if "kafka" in needs:
+            checks["kafka"] = lambda: kafka_ping(self.settings)
+        if "postgres" in needs:
+            checks["postgres"] = lambda: pg_ping(self._pg) if self._pg else _false()
+        if "redis" in needs:
+            checks["redis"] = lambda: redis_ping(self._redis) if self._redis else _false()
+        if "clickhouse" in needs:
+            checks["clickhouse"] = lambda: self._clickhouse.ping() if self._clickhouse else _false()
+        return checks
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pg.close(), 5)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+        if self._clickhouse is not None:
+            await self._clickhouse.close()
+        self._producer = self._pg = self._redis = self._clickhouse = None
+
+
+async def _false() -> bool:
+    return False
+
+
+@dataclass
+class ServiceParts:
+    routers: list[APIRouter] = field(default_factory=list)
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    checks: dict[str, Check] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    port: int
+    needs: frozenset[Need]
+    build: Callable[[Runtime], ServiceParts]
+    description: str = ""
+
+
+class Stack:
+    """Some services sharing one Runtime: start (migrations, consumers), serve, stop cleanly."""
+
+    def __init__(self, settings: Settings, specs: list[ServiceSpec]) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.runtime = Runtime(settings)
+        self.parts: dict[str, ServiceParts] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failed: asyncio.Event = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    @property
+    def needs(self) -> set[Need]:
+        return {n for spec in self.specs for n in spec.needs}
+
+    async def start(self) -> None:
+        for spec in self.specs:
+            self.parts[spec.name] = spec.build(self.runtime)
+        for spec in self.specs:
+            for hook in self.parts[spec.name].on_start:
+                await hook()
+            log.info("service started", service=spec.name)
+        for spec in self.specs:
+            for job in self.parts[spec.name].background:
+                task = asyncio.create_task(job(), name=f"{spec.name}:{job.__name__}")
+                task.add_done_callback(self._on_task_done)
+                self._tasks.append(task)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background task failed", task=task.get_name(), error=repr(exc), exc_info=exc)
+            self.failure = exc
+            self.failed.set()
+
+    async def stop(self) -> None:
+        """Background tasks first (consumers finish their batch and commit), then hooks, then connections."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+        self._tasks.clear()
+        for spec in reversed(self.specs):
+            parts = self.parts.get(spec.name)
+            for hook in reversed(parts.on_stop if parts else []):
+                try:
+                    await hook()
+                except Exception as exc:  # noqa: BLE001 - stopping goes on for the others
+                    log.warning("stop hook failed", service=spec.name, error=repr(exc))
+        await self.runtime.close()
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def app(self, specs: list[ServiceSpec] | None = None) -> FastAPI:
+        """An ASGI app serving the routes of `specs` (default: every service of the stack)."""
+        specs = specs or self.specs
+        names = [s.name for s in specs]
+        title = "Analytics platform" if len(specs) > 1 else f"Analytics {names[0]} service"
+        app = FastAPI(
+            title=title,
+            version="1.0.0",
+            description="Routes: " + ", ".join(names),
+            redoc_url=None,
+        )
+        install_error_handlers(app)
+        checks: dict[str, Check] = {}
+        for spec in specs:
+            parts = self.parts[spec.name]
+            for router in parts.routers:
+                app.include_router(router)
+            checks.update(self.runtime.checks(set(spec.needs) - {"smtp"}))
+            checks.update(parts.checks)
+        install_health_routes(app, checks)
+        app.add_middleware(RequestContextMiddleware, service="+".join(names))
+        return app

@@ -1,0 +1,76 @@
+"""One typed settings object, read once from the environment (names fixed by DESIGN.md).
+
+An unset backing-service URL means "start the embedded engine" (see `libs.embedded`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
+MIN_PRODUCTION_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    analytics_env: Literal["development", "production", "test"] = "development"
+    analytics_data_dir: Path = Path(".data")
+
+    kafka_bootstrap_servers: str | None = None
+    clickhouse_url: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    smtp_url: str | None = None
+    smtp_from: str = "Analytics <no-reply@analytics.localhost>"
+
+    jwt_secret: str = DEFAULT_JWT_SECRET
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    # Defaults as in the first seed: 4 hours access, 30 days refresh.
+    jwt_access_expires: int = 14400
+    jwt_refresh_expires: int = 2592000
+
+    kafka_partitions: int = Field(default=6, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+
+    api_key_ttl_days: int = Field(default=365, ge=0)  # 0 = keys never expire
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # Aggregator batching: flush by size or by age, whichever comes first.
+    aggregator_batch_size: int = Field(default=5000, ge=1)
+    aggregator_batch_max_age_ms: int = Field(default=500, ge=10)
+    # Stop instead of dead-lettering everything: past this share of bad messages (over at least
+    # `aggregator_dlq_min_bad` of the last 1,000) the consumer exits with an error.
+    aggregator_max_bad_ratio: float = Field(default=0.5, gt=0, le=1)
+    aggregator_dlq_min_bad: int = Field(default=100, ge=1)
+    clickhouse_retention_days: int = Field(default=730, ge=1)
+
+    query_cache_ttl_live_s: int = 10
+    query_cache_ttl_closed_s: int = 3600
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_in_production(self) -> Settings:
+        if self.analytics_env == "production":
+            if self.jwt_secret == DEFAULT_JWT_SECRET or len(self.jwt_secret) < MIN_PRODUCTION_SECRET_LENGTH:
+                raise ValueError(
+                    "ANALYTICS_ENV=production needs JWT_SECRET set to a random value of at least "
+                    f"{MIN_PRODUCTION_SECRET_LENGTH} characters, e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(48))'`"
+                )
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return self.analytics_data_dir.resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

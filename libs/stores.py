@@ -1,0 +1,54 @@
+"""Connections to Postgres (asyncpg pool) and Redis (redis-py asyncio), with a start-up wait."""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as aioredis
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from libs.settings import Settings
+
+_CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+async def create_pg_pool(settings: Settings, *, timeout: float = 60, max_size: int = 10) -> asyncpg.Pool:
+    """A pool on DATABASE_URL, waiting (with backoff) for Postgres to accept connections."""
+    assert settings.database_url, "DATABASE_URL is not set and no embedded Postgres was started"
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=0.2, max=3),
+        retry=retry_if_exception_type(_CONNECT_ERRORS),
+        reraise=True,
+    ):
+        with attempt:
+            pool = await asyncpg.create_pool(
+                settings.database_url, min_size=1, max_size=max_size, command_timeout=10, timeout=5
+            )
+    assert pool is not None
+    return pool
+
+
+def create_redis(settings: Settings) -> aioredis.Redis:
+    """A Redis client on REDIS_URL; short timeouts so callers can fail open when Redis is down."""
+    assert settings.redis_url, "REDIS_URL is not set and no embedded Redis was started"
+    return aioredis.from_url(
+        settings.redis_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=30,
+    )
+
+
+async def pg_ping(pool: asyncpg.Pool) -> bool:
+    try:
+        async with pool.acquire(timeout=2) as conn:
+            return bool(await conn.fetchval("SELECT 1", timeout=2) == 1)
+    except Exception:  # noqa: BLE001 - a ping answers yes or no
+        return False
+
+
+async def redis_ping(client: aioredis.Redis) -> bool:
+    try:
+        return bool(await client.ping())
+    except Exception:  # noqa: BLE001 - a ping answers yes or no
+        return False

@@ -1,0 +1,42 @@
+"""Aggregator: a Kafka consumer group that writes events to ClickHouse in batches. Port 8004."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from libs.clickhouse import ClickHouse
+from libs.migrations import apply_clickhouse
+from libs.runtime import Runtime, ServiceParts, ServiceSpec
+
+MIGRATIONS = Path(__file__).parent / "migrations" / "clickhouse"
+
+
+async def migrate(runtime: Runtime, ch: ClickHouse | None = None) -> list[str]:
+    ch = ch or await runtime.clickhouse()
+    context = {"retention_days": runtime.settings.clickhouse_retention_days}
+    return await apply_clickhouse(ch, "analytics", MIGRATIONS, context)
+
+
+def build(runtime: Runtime) -> ServiceParts:
+    from services.aggregator.consumer import EventConsumer
+
+    state: dict[str, EventConsumer] = {}
+
+    async def start() -> None:
+        ch = await runtime.clickhouse()
+        await migrate(runtime, ch)
+        state["consumer"] = EventConsumer(runtime.settings, ch, await runtime.producer())
+
+    async def consume() -> None:
+        await state["consumer"].run()
+
+    return ServiceParts(on_start=[start], background=[consume])
+
+
+SERVICE = ServiceSpec(
+    name="aggregator",
+    port=8004,
+    needs=frozenset({"kafka", "clickhouse"}),
+    build=build,
+    description="Kafka consumer group writing events to ClickHouse",
+)

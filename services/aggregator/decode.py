@@ -1,0 +1,49 @@
+"""Decode and validate one Kafka message into a ClickHouse row (JSONEachRow bytes) for its table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from libs.events import EnrichedEvent
+
+
+class PoisonMessage(ValueError):
+    """A message that can never be stored (bad JSON, schema violation): goes to the DLQ."""
+
+
+def _ts(value: Any) -> str:
+    # ClickHouse DateTime64(3) reads "YYYY-MM-DD hh:mm:ss.fff" from either engine.
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def decode(raw: bytes | None) -> tuple[str, bytes]:
+    """(table, row) for one message value. Raises PoisonMessage."""
+    if not raw:
+        raise PoisonMessage("empty message")
+    try:
+        event = EnrichedEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise PoisonMessage(f"schema violation at {where}: {first['msg']} ({exc.error_count()} errors)") from exc
+    if event.type == "metric":
+        if event.metric_value is None:
+            raise PoisonMessage("metric event without metric_value")
+        row: dict[str, Any] = {
+            "app_id": event.app_id,
+            "event_id": event.event_id,
+            "metric_name": event.event_name,
+            "value": event.metric_value,
+            "unit": event.metric_unit,
+            "tags": {str(k): str(v) for k, v in event.properties.items()},
+            "timestamp": _ts(event.timestamp),
+            "received_at": _ts(event.received_at),
+        }
+        return "metrics", orjson.dumps(row)
+    row = event.model_dump(exclude={"metric_value", "metric_unit"})
+    row["timestamp"] = _ts(event.timestamp)
+    row["received_at"] = _ts(event.received_at)
+    return "events", orjson.dumps(row)

@@ -1,0 +1,143 @@
+"""SQL of the auth service (asyncpg). Every value is a bind parameter."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+
+from libs.apikeys import KeyRecord
+
+
+def version_now() -> int:
+    """Microseconds since the epoch: key versions only grow, so consumers keep the newest state."""
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+async def insert_user(conn: asyncpg.Connection, username: str, email: str, password_hash: str) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO users(username, email, password_hash) VALUES($1, $2, $3) "
+        "RETURNING id, username, email, created_at",
+        username, email, password_hash,
+    )
+
+
+async def user_by_login(conn: asyncpg.Connection, login: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, username, email, password_hash FROM users WHERE lower(username)=lower($1) OR lower(email)=lower($1) "
+        "LIMIT 1",
+        login,
+    )
+
+
+async def user_by_id(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, username, email, created_at FROM users WHERE id=$1", uuid.UUID(user_id))
+
+
+async def taken(conn: asyncpg.Connection, username: str, email: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT lower(username)=lower($1) AS u, lower(email)=lower($2) AS e FROM users "
+        "WHERE lower(username)=lower($1) OR lower(email)=lower($2)",
+        username, email,
+    )
+    found = []
+    if any(r["u"] for r in rows):
+        found.append("username")
+    if any(r["e"] for r in rows):
+        found.append("email")
+    return found
+
+
+async def insert_refresh(
+    conn: asyncpg.Connection, jti: str, family: str, user_id: str, expires_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO refresh_tokens(jti, family_id, user_id, expires_at) VALUES($1, $2, $3, $4)",
+        uuid.UUID(jti), uuid.UUID(family), uuid.UUID(user_id), expires_at,
+    )
+
+
+async def spend_refresh(conn: asyncpg.Connection, jti: str) -> asyncpg.Record | None:
+    """Mark a refresh token used; returns its row as it was before (None if unknown).
+
+    Call inside a transaction: the row lock makes two concurrent uses of one token see each other.
+    """
+    row = await conn.fetchrow(
+        "SELECT family_id, user_id, used_at, revoked_at, expires_at FROM refresh_tokens WHERE jti=$1 FOR UPDATE",
+        uuid.UUID(jti),
+    )
+    if row is not None and row["used_at"] is None:
+        await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE jti=$1", uuid.UUID(jti))
+    return row
+
+
+async def revoke_family(conn: asyncpg.Connection, family: str) -> None:
+    await conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", uuid.UUID(family)
+    )
+
+
+async def insert_app(conn: asyncpg.Connection, owner_id: str, name: str, domain: str | None) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO apps(owner_id, name, domain) VALUES($1, $2, $3) RETURNING id, name, domain, created_at",
+        uuid.UUID(owner_id), name, domain,
+    )
+
+
+async def app_by_id(conn: asyncpg.Connection, app_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, owner_id, name, domain, created_at FROM apps WHERE id=$1", app_id)
+
+
+async def apps_of(conn: asyncpg.Connection, owner_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, name, domain, created_at FROM apps WHERE owner_id=$1 ORDER BY created_at", uuid.UUID(owner_id)
+    )
+
+
+KEY_COLUMNS = """k.id, k.app_id, a.owner_id, k.kind, k.key_hash, k.prefix, k.created_at, k.expires_at,
+                 k.revoked_at, k.last_used_at, k.version"""
+
+
+async def insert_key(
+    conn: asyncpg.Connection, app_id: uuid.UUID, kind: str, prefix: str, key_hash: str, expires_at: datetime | None
+) -> KeyRecord:
+    row = await conn.fetchrow(
+        f"""WITH k AS (
+              INSERT INTO api_keys(app_id, kind, prefix, key_hash, expires_at, version)
+              VALUES($1, $2, $3, $4, $5, $6) RETURNING *)
+            SELECT {KEY_COLUMNS} FROM k JOIN apps a ON a.id = k.app_id""",
+        app_id, kind, prefix, key_hash, expires_at, version_now(),
+    )
+    return KeyRecord.from_row(row)
+
+
+async def keys_of_app(conn: asyncpg.Connection, app_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id WHERE k.app_id=$1 "
+        "ORDER BY k.created_at, k.kind",
+        app_id,
+    )
+
+
+async def key_by_id(conn: asyncpg.Connection, key_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id WHERE k.id=$1", key_id
+    )
+
+
+async def revoke_keys(conn: asyncpg.Connection, key_ids: list[uuid.UUID]) -> list[KeyRecord]:
+    """Revoke the keys not yet revoked; returns their new state."""
+    rows = await conn.fetch(
+        f"""WITH k AS (
+              UPDATE api_keys SET revoked_at = now(), version = $2
+              WHERE id = ANY($1::uuid[]) AND revoked_at IS NULL RETURNING *)
+            SELECT {KEY_COLUMNS} FROM k JOIN apps a ON a.id = k.app_id""",
+        key_ids, version_now(),
+    )
+    return [KeyRecord.from_row(r) for r in rows]
+
+
+async def all_keys(conn: asyncpg.Connection) -> list[KeyRecord]:
+    rows = await conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id")
+    return [KeyRecord.from_row(r) for r in rows]

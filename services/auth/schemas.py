@@ -1,0 +1,141 @@
+"""Request and response bodies of the auth service (field names fixed by DESIGN.md)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, EmailStr, Field, field_validator, model_validator
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{3,40}$")
+
+
+class SignupIn(BaseModel):
+    username: str = Field(min_length=3, max_length=40, examples=["ada"])
+    email: EmailStr = Field(examples=["ada@example.com"])
+    password: str = Field(min_length=1, max_length=256, examples=["Str0ng!pass"])
+
+    @field_validator("username")
+    @classmethod
+    def _username_chars(cls, value: str) -> str:
+        if not USERNAME_RE.match(value):
+            raise ValueError("username may contain letters, digits, '_', '.' and '-' (3 to 40 characters)")
+        return value
+
+
+class SignupOut(BaseModel):
+    id: str
+    email: str
+    message: str
+
+
+class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=254, description="username or email")
+    password: str = Field(min_length=1, max_length=256)
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class RefreshIn(BaseModel):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class LogoutIn(BaseModel):
+    refresh_token: str | None = Field(default=None, max_length=4096)
+
+
+class UserProfile(BaseModel):
+    id: str
+    username: str
+    email: str
+    created_at: datetime
+
+
+class RegisterAppIn(BaseModel):
+    name: str = Field(min_length=1, max_length=120, examples=["My blog"])
+    domain: str | None = Field(default=None, max_length=253, examples=["blog.example.com"])
+    expires_at: datetime | None = Field(default=None, description="when the keys stop working (default: a year)")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+
+class RegisterAppOut(BaseModel):
+    app_id: str
+    name: str
+    domain: str | None
+    api_key: str = Field(description="secret key (ingest + read): shown only now")
+    write_key: str = Field(description="publishable ingest-only key for browsers: shown only now")
+    expires_at: datetime | None
+
+
+class AppOut(BaseModel):
+    app_id: str
+    name: str
+    domain: str | None
+    created_at: datetime
+
+
+class KeyMeta(BaseModel):
+    key_id: str
+    kind: Literal["secret", "write"]
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyListOut(BaseModel):
+    app_id: str
+    keys: list[KeyMeta]
+
+
+class RevokeIn(BaseModel):
+    app_id: str | None = None
+    key_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RevokeIn:
+        if bool(self.app_id) == bool(self.key_id):
+            raise ValueError("send either app_id (revokes all of the app's keys) or key_id (one key)")
+        return self
+
+
+class RevokeOut(BaseModel):
+    revoked: list[str]
+
+
+class RegenerateIn(BaseModel):
+    app_id: str
+    expires_at: datetime | None = None
+
+
+class RegenerateOut(BaseModel):
+    app_id: str
+    api_key: str
+    write_key: str
+    expires_at: datetime | None
+    revoked: list[str]
+
+
+class NotificationIn(BaseModel):
+    subject: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=20000)
+    to: EmailStr | None = Field(default=None, description="must be your own address, if given")
+
+
+class NotificationOut(BaseModel):
+    message_id: str
+    status: Literal["queued"] = "queued"

@@ -1,0 +1,270 @@
+"""Auth logic: users, token families, apps and keys. No HTTP here; errors are ApiError."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from libs import tokens
+from libs.apikeys import KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
+from libs.http import ApiError
+from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
+from libs.logs import get_logger
+from libs.notifications import EmailMessage, queue_email
+from libs.ratelimit import RateLimiter
+from libs.settings import Settings
+from services.auth import passwords
+from services.auth import repository as repo
+
+log = get_logger(__name__)
+
+LOGIN_LIMIT_PER_ACCOUNT = "10/minute"
+LOGIN_LIMIT_PER_IP = "30/minute"
+NOTIFICATION_LIMIT = "10/hour"
+
+
+@dataclass
+class IssuedKeys:
+    api_key: str
+    write_key: str
+    records: list[KeyRecord]
+
+
+class AuthService:
+    def __init__(
+        self,
+        settings: Settings,
+        pg: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        redis: aioredis.Redis,
+        limiter: RateLimiter,
+    ) -> None:
+        self.settings = settings
+        self.pg = pg
+        self.producer = producer
+        self.redis = redis
+        self.limiter = limiter
+
+    # ---- users -------------------------------------------------------------------------------
+    async def signup(self, username: str, email: str, password: str) -> asyncpg.Record:
+        problems = passwords.policy_problems(password)
+        if problems:
+            raise ApiError(400, "password needs " + ", ".join(problems))
+        async with self.pg.acquire() as conn:
+            clash = await repo.taken(conn, username, email)
+            if clash:
+                raise ApiError(409, f"{' and '.join(clash)} already registered")
+            password_hash = await passwords.hash_password(password)
+            try:
+                user = await repo.insert_user(conn, username, email.lower(), password_hash)
+            except asyncpg.UniqueViolationError as exc:
+                raise ApiError(409, "username or email already registered") from exc
+        await self._email_quietly(EmailMessage(to=user["email"], template="welcome", data={"username": username}))
+        log.info("user signed up", user_id=str(user["id"]))
+        return user
+
+    async def login(self, login: str, password: str, client_ip: str) -> dict[str, Any]:
+        for limit, ident in ((LOGIN_LIMIT_PER_ACCOUNT, f"acct:{login.lower()}"), (LOGIN_LIMIT_PER_IP, f"ip:{client_ip}")):
+            retry_after = await self.limiter.hit(limit, "login", ident)
+            if retry_after is not None:
+                raise ApiError(
+                    429, f"too many login attempts; retry in {retry_after}s", {"Retry-After": str(retry_after)}
+                )
+        async with self.pg.acquire() as conn:
+            user = await repo.user_by_login(conn, login)
+        if not await passwords.verify_password(user["password_hash"] if user else None, password):
+            raise ApiError(401, "wrong username or password", {"WWW-Authenticate": "Bearer"})
+        assert user is not None
+        return await self._issue_pair(str(user["id"]), family=str(uuid.uuid4()))
+
+    async def _issue_pair(self, user_id: str, family: str) -> dict[str, Any]:
+        access, _ = tokens.issue(self.settings, user_id, "access", family)
+        refresh, claims = tokens.issue(self.settings, user_id, "refresh", family)
+        async with self.pg.acquire() as conn:
+            await repo.insert_refresh(conn, claims.jti, family, user_id, claims.expires_at)
+        return {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "bearer",
+            "expires_in": self.settings.jwt_access_expires,
+        }
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        try:
+            claims = tokens.decode(self.settings, refresh_token, "refresh")
+        except tokens.InvalidToken as exc:
+            raise ApiError(401, str(exc)) from exc
+        async with self.pg.acquire() as conn, conn.transaction():
+            row = await repo.spend_refresh(conn, claims.jti)
+            if row is None or row["revoked_at"] is not None:
+                raise ApiError(401, "refresh token revoked; log in again")
+            if row["used_at"] is not None:
+                # A spent token came back: someone holds a stolen copy. End the whole session.
+                await repo.revoke_family(conn, str(row["family_id"]))
+                log.warning("refresh token reuse detected; family revoked", user_id=claims.sub)
+                reused = True
+            else:
+                reused = False
+        if reused:
+            raise ApiError(401, "refresh token already used; the session was ended for safety, log in again")
+        return await self._issue_pair(claims.sub, claims.family)
+
+    async def logout(self, access: tokens.TokenClaims) -> None:
+        async with self.pg.acquire() as conn:
+            await repo.revoke_family(conn, access.family)
+        with contextlib.suppress(Exception):
+            await tokens.denylist(self.redis, access)
+
+    async def profile(self, user_id: str) -> asyncpg.Record:
+        async with self.pg.acquire() as conn:
+            user = await repo.user_by_id(conn, user_id)
+        if user is None:
+            raise ApiError(401, "user no longer exists")
+        return user
+
+    # ---- apps and keys --------------------------------------------------------------------------
+    def _default_expiry(self) -> datetime | None:
+        days = self.settings.api_key_ttl_days
+        return datetime.now(UTC) + timedelta(days=days) if days else None
+
+    async def register_app(
+        self, owner_id: str, name: str, domain: str | None, expires_at: datetime | None
+    ) -> tuple[asyncpg.Record, IssuedKeys]:
+        expires_at = expires_at or self._default_expiry()
+        async with self.pg.acquire() as conn, conn.transaction():
+            app = await repo.insert_app(conn, owner_id, name, domain)
+            issued = await self._issue_keys(conn, app["id"], expires_at)
+        await self._announce(issued.records, "created")
+        await self._email_owner(owner_id, "api_key_created", {"app_name": name, "keys": _key_summaries(issued.records)})
+        return app, issued
+
+    async def _issue_keys(self, conn: asyncpg.Connection, app_id: uuid.UUID, expires_at: datetime | None) -> IssuedKeys:
+        made: dict[KeyKind, str] = {"secret": generate_key("secret"), "write": generate_key("write")}
+        records = [
+            await repo.insert_key(conn, app_id, kind, shown_prefix(key), hash_key(key), expires_at)
+            for kind, key in made.items()
+        ]
+        return IssuedKeys(api_key=made["secret"], write_key=made["write"], records=records)
+
+    async def owned_app(self, user_id: str, app_id: str) -> asyncpg.Record:
+        """The app, if `user_id` owns it: 404 when it does not exist, 403 when it is someone else's."""
+        try:
+            app_uuid = uuid.UUID(app_id)
+        except ValueError as exc:
+            raise ApiError(404, "app not found") from exc
+        async with self.pg.acquire() as conn:
+            app = await repo.app_by_id(conn, app_uuid)
+        if app is None:
+            raise ApiError(404, "app not found")
+        if str(app["owner_id"]) != user_id:
+            raise ApiError(403, "this app belongs to another user")
+        return app
+
+    async def list_apps(self, user_id: str) -> list[asyncpg.Record]:
+        async with self.pg.acquire() as conn:
+            return await repo.apps_of(conn, user_id)
+
+    async def key_metadata(self, user_id: str, app_id: str) -> list[asyncpg.Record]:
+        app = await self.owned_app(user_id, app_id)
+        async with self.pg.acquire() as conn:
+            return await repo.keys_of_app(conn, app["id"])
+
+    async def revoke(self, user_id: str, app_id: str | None, key_id: str | None) -> list[KeyRecord]:
+        if key_id is not None:
+            try:
+                key_uuid = uuid.UUID(key_id)
+            except ValueError as exc:
+                raise ApiError(404, "key not found") from exc
+            async with self.pg.acquire() as conn:
+                row = await repo.key_by_id(conn, key_uuid)
+            if row is None:
+                raise ApiError(404, "key not found")
+            app = await self.owned_app(user_id, str(row["app_id"]))
+            targets = [key_uuid]
+        else:
+            assert app_id is not None
+            app = await self.owned_app(user_id, app_id)
+            async with self.pg.acquire() as conn:
+                targets = [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
+        async with self.pg.acquire() as conn:
+            revoked = await repo.revoke_keys(conn, targets)
+        await self._announce(revoked, "revoked")
+        if revoked:
+            await self._email_owner(user_id, "api_key_revoked", {"app_name": app["name"], "keys": _key_summaries(revoked)})
+        return revoked
+
+    async def regenerate(self, user_id: str, app_id: str, expires_at: datetime | None) -> tuple[IssuedKeys, list[KeyRecord]]:
+        app = await self.owned_app(user_id, app_id)
+        async with self.pg.acquire() as conn, conn.transaction():
+            old = [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
+            revoked = await repo.revoke_keys(conn, old)
+            issued = await self._issue_keys(conn, app["id"], expires_at or self._default_expiry())
+        await self._announce(revoked, "regenerated")
+        await self._announce(issued.records, "created")
+        await self._email_owner(user_id, "api_key_created", {"app_name": app["name"], "keys": _key_summaries(issued.records)})
+        return issued, revoked
+
+    async def _announce(self, records: list[KeyRecord], event_type: str) -> None:
+        """Tell every gateway (auth.api-keys.v1). Retried: a revocation must not be lost."""
+        for rec in records:
+            for attempt in range(5):
+                try:
+                    await publish(self.producer, API_KEYS_TOPIC, rec.to_message(event_type), key=rec.key_id)
+                    break
+                except KafkaUnavailable:
+                    if attempt == 4:
+                        # Postgres has the truth; auth republishes every key at its next start.
+                        log.error("key change not published", key_id=rec.key_id, type=event_type)
+                        raise
+                    await asyncio.sleep(0.2 * 2**attempt)
+
+    async def republish_all_keys(self) -> int:
+        """Publish the state of every key (at start-up), so gateways converge even after a lost message."""
+        async with self.pg.acquire() as conn:
+            records = await repo.all_keys(conn)
+        for rec in records:
+            await publish(self.producer, API_KEYS_TOPIC, rec.to_message("snapshot"), key=rec.key_id)
+        return len(records)
+
+    # ---- email -------------------------------------------------------------------------------
+    async def _email_owner(self, user_id: str, template: str, data: dict[str, Any]) -> None:
+        async with self.pg.acquire() as conn:
+            user = await repo.user_by_id(conn, user_id)
+        if user is not None:
+            data = {"username": user["username"], **data}
+            await self._email_quietly(EmailMessage(to=user["email"], template=template, data=data))  # type: ignore[arg-type]
+
+    async def _email_quietly(self, message: EmailMessage) -> None:
+        """Emails are side effects: a broker hiccup must not fail the signup or key change."""
+        try:
+            await queue_email(self.producer, message)
+        except KafkaUnavailable as exc:
+            log.error("email not queued", template=message.template, error=repr(exc))
+
+    async def send_notification(self, user_id: str, subject: str, body: str, to: str | None) -> str:
+        user = await self.profile(user_id)
+        if to is not None and to.lower() != user["email"].lower():
+            raise ApiError(403, "notifications go only to your own address")
+        retry_after = await self.limiter.hit(NOTIFICATION_LIMIT, "notify", user_id)
+        if retry_after is not None:
+            raise ApiError(429, f"too many notifications; retry in {retry_after}s", {"Retry-After": str(retry_after)})
+        message = EmailMessage(
+            to=user["email"], template="notification",
+            data={"username": user["username"], "subject": subject, "body": body},
+        )
+        return await queue_email(self.producer, message)
+
+
+def _key_summaries(records: list[KeyRecord]) -> list[dict[str, Any]]:
+    return [
+        {"kind": r.kind, "prefix": r.prefix, "expires_at": r.expires_at.isoformat() if r.expires_at else None}
+        for r in records
+    ]

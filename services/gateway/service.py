@@ -1,0 +1,181 @@
+"""Ingest logic: read the body, validate each event, enrich it, hand it to Kafka and wait for the ack."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter
+from pydantic import BaseModel, ValidationError
+
+from libs.apikeys import KeyRecord, KeyTable
+from libs.http import ApiError, DependencyUnavailable
+from libs.kafka import EVENTS_TOPIC
+from libs.logs import kafka_headers
+from services.gateway import enrich
+from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
+
+MAX_REQUEST_BYTES = 500 * 1024  # Segment's limit per request
+MAX_EVENT_BYTES = 32 * 1024  # Segment's limit per event
+MAX_BATCH_EVENTS = 2000
+ACK_TIMEOUT_S = 0.8  # answer 503 well under a second when Kafka does not acknowledge
+
+EVENTS_ACCEPTED = Counter("gateway_events_accepted_total", "Events acknowledged by Kafka", ["route"])
+EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Events refused at validation", ["route"])
+PUBLISH_FAILURES = Counter("gateway_publish_failures_total", "Requests answered 503 because Kafka did not ack")
+
+
+def decode_body(raw: bytes, content_encoding: str | None) -> Any:
+    """JSON from a plain or gzip/deflate body; 413 past the size limit, 400 when not JSON."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ApiError(413, f"request body over {MAX_REQUEST_BYTES // 1024} KB; send smaller batches")
+    encoding = (content_encoding or "").lower().strip()
+    if encoding in ("gzip", "deflate"):
+        try:
+            decomp = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+            raw = decomp.decompress(raw, MAX_REQUEST_BYTES + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise ApiError(400, f"body is not valid {encoding}") from exc
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ApiError(413, f"decompressed body over {MAX_REQUEST_BYTES // 1024} KB; send smaller batches")
+    elif encoding not in ("", "identity"):
+        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+    if not raw:
+        raise ApiError(400, "empty body; send a JSON event")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+
+
+def authenticate(keys: KeyTable, api_key: str | None) -> KeyRecord:
+    if not api_key:
+        raise ApiError(401, "missing API key: send it in the x-api-key header")
+    record = keys.lookup(api_key.strip())
+    if record is None:
+        raise ApiError(401, "invalid, revoked or expired API key")
+    return record
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def validate_items(
+    model: type[BaseModel], items: Sequence[Any]
+) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
+    """Valid (index, model) pairs and per-index errors; events over 32 KB are refused by index too."""
+    good: list[tuple[int, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            bad.append({"index": index, "errors": [{"msg": "an event must be a JSON object"}]})
+            continue
+        if len(orjson.dumps(item)) > MAX_EVENT_BYTES:
+            bad.append({"index": index, "errors": [{"msg": f"event over {MAX_EVENT_BYTES // 1024} KB"}]})
+            continue
+        try:
+            good.append((index, model.model_validate(item)))
+        except ValidationError as exc:
+            bad.append({"index": index, "errors": _errors(exc)})
+    return good, bad
+
+
+def split_batch(body: Any, batch_key: str = "events") -> tuple[list[Any], bool]:
+    """(items, is_batch) for a single event or `{"events": [...]}`."""
+    if isinstance(body, dict) and batch_key in body and isinstance(body[batch_key], list):
+        items = body[batch_key]
+        if not items:
+            raise ApiError(400, f"'{batch_key}' is empty; send at least one event")
+        if len(items) > MAX_BATCH_EVENTS:
+            raise ApiError(413, f"at most {MAX_BATCH_EVENTS} events per request")
+        return items, True
+    if isinstance(body, dict):
+        return [body], False
+    raise ApiError(400, 'send one event object, or {"events": [...]}')
+
+
+def from_collect(ev: CollectEvent, base: dict[str, Any]) -> dict[str, Any]:
+    meta = ev.metadata.model_dump(exclude_none=True) if ev.metadata else {}
+    out = dict(base)
+    out.update(enrich.url_facts(ev.url))
+    props = dict(ev.properties or {})
+    props.update({k: v for k, v in meta.items() if k not in ("browser", "os", "screenSize")})
+    out.update(
+        type="page" if ev.event in ("pageview", "page_view", "page") else "track",
+        event_name=ev.event,
+        source="collect",
+        user_id=ev.userId or "",
+        session_id=ev.sessionId or "",
+        url=ev.url or "",
+        referrer=ev.referrer or "",
+        referrer_host=enrich.referrer_host(ev.referrer),
+        screen_size=meta.get("screenSize", ""),
+        properties=props,
+    )
+    # What the client says about itself wins over what its User-Agent suggests.
+    if ev.device:
+        out["device_type"] = ev.device.lower()
+    if meta.get("browser"):
+        out["browser"] = meta["browser"]
+    if meta.get("os"):
+        out["os"] = meta["os"]
+    if ev.ipAddress:
+        out["ip"] = ev.ipAddress
+    out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
+    return out
+
+
+def from_seed_event(ev: SeedEvent, base: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    out.update(
+        type="track",
+        event_name=ev.event_name,
+        event_category=ev.event_category or "",
+        source=ev.source or "events",
+        user_id=ev.user_id or "",
+        session_id=ev.session_id or "",
+        properties=ev.metadata or {},
+    )
+    out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
+    return out
+
+
+def from_metric(ev: MetricIn, base: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    out.update(
+        type="metric",
+        event_name=ev.metric_name,
+        source="metrics",
+        metric_value=ev.value,
+        metric_unit=ev.unit or "",
+        properties=dict(ev.tags or {}),
+    )
+    out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
+    return out
+
+
+class Publisher:
+    def __init__(self, producer: Callable[[], AIOKafkaProducer]) -> None:
+        self._producer = producer
+
+    async def publish(self, app_id: str, events: list[dict[str, Any]]) -> None:
+        """Hand every event to Kafka and wait until all are acknowledged, or raise 503."""
+        producer = self._producer()
+        key = app_id.encode()
+        headers = kafka_headers()
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                futures = [
+                    await producer.send(EVENTS_TOPIC, orjson.dumps(ev), key=key, headers=headers) for ev in events
+                ]
+                await asyncio.gather(*futures)
+        except (TimeoutError, KafkaError) as exc:
+            PUBLISH_FAILURES.inc()
+            raise DependencyUnavailable("the event bus (Kafka)", retry_after=2) from exc

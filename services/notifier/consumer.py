@@ -1,0 +1,175 @@
+"""Email consumer: each message on `notifications.email.v1` is mailed once.
+
+* Sent once: the message id is recorded in Redis after the SMTP server accepted the mail and checked
+  before sending, so a redelivery (crash after sending, before the commit) does not mail twice.
+* Temporary failures are retried with exponential backoff and jitter in their own task, so one slow
+  mail does not hold up the others; permanent ones, and those past the retry budget, go to
+  `notifications.email.dlq.v1` with the reason.
+* An offset is committed only once every message up to it is done (sent or dead-lettered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer, TopicPartition
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from libs.kafka import EMAIL_DLQ_TOPIC, EMAIL_TOPIC, dumps, make_consumer
+from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
+from libs.notifications import EmailMessage
+from libs.settings import Settings
+from services.notifier.mailer import PermanentFailure, SmtpTarget, TemporaryFailure, render, send
+
+log = get_logger(__name__)
+
+GROUP_ID = "notifier"
+SENT_KEY = "notifier:sent:"
+SENT_TTL_S = 30 * 24 * 3600
+MAX_IN_FLIGHT = 100
+
+SENT = Counter("notifier_emails_sent_total", "Emails accepted by the SMTP server", ["template"])
+RETRIED = Counter("notifier_emails_retried_total", "Send attempts that failed temporarily")
+DEAD = Counter("notifier_emails_dead_lettered_total", "Emails given up on", ["reason"])
+DUPLICATES = Counter("notifier_duplicates_skipped_total", "Redelivered emails not sent again")
+SEND_LATENCY = Histogram("notifier_send_seconds", "SMTP send latency")
+
+
+class EmailConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        redis: aioredis.Redis,
+        retry_budget_s: float = 600,
+    ) -> None:
+        assert settings.smtp_url
+        self.settings = settings
+        self.target = SmtpTarget.from_url(settings.smtp_url)
+        self.producer = producer
+        self.redis = redis
+        self.retry_budget_s = retry_budget_s
+        # partition -> {offset: done?}; commit the longest done prefix
+        self.inflight: dict[int, dict[int, bool]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def run(self) -> None:
+        consumer = make_consumer(self.settings, EMAIL_TOPIC, group_id=GROUP_ID, max_poll_records=100)
+        await consumer.start()
+        log.info("notifier consuming", topic=EMAIL_TOPIC, smtp=f"{self.target.host}:{self.target.port}")
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, messages in batch.items():
+                    for message in messages:
+                        await self.slots.acquire()  # bounded in-flight work: backpressure on polling
+                        self.inflight.setdefault(tp.partition, {})[message.offset] = False
+                        task = asyncio.create_task(self._handle(message))
+                        self.tasks.add(task)
+                        task.add_done_callback(self.tasks.discard)
+                await self._commit(consumer)
+        finally:
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._commit(consumer)
+            await consumer.stop()
+
+    async def _commit(self, consumer: Any) -> None:
+        offsets = {}
+        for partition, states in self.inflight.items():
+            done_upto = None
+            for offset in sorted(states):
+                if not states[offset]:
+                    break
+                done_upto = offset
+            if done_upto is not None:
+                for offset in [o for o in states if o <= done_upto]:
+                    del states[offset]
+                offsets[TopicPartition(EMAIL_TOPIC, partition)] = done_upto + 1
+        if offsets:
+            await consumer.commit(offsets)
+
+    async def _handle(self, message: Any) -> None:
+        token = request_id_var.set(request_id_from_headers(message.headers))
+        try:
+            await self._deliver(message)
+            self.inflight[message.partition][message.offset] = True
+        finally:
+            request_id_var.reset(token)
+            self.slots.release()
+
+    async def _deliver(self, message: Any) -> None:
+        try:
+            email = EmailMessage.model_validate_json(message.value)
+        except ValidationError as exc:
+            await self._dead_letter(message, None, f"invalid message: {exc.errors()[0]['msg']}", "invalid")
+            return
+        if await self._already_sent(email.message_id):
+            DUPLICATES.inc()
+            log.info("email already sent; skipped", message_id=email.message_id)
+            return
+        try:
+            mime = render(email, self.settings.smtp_from, self.settings.public_base_url)
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(TemporaryFailure),
+                wait=wait_random_exponential(multiplier=0.5, max=30),
+                stop=stop_after_delay(self.retry_budget_s),
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        RETRIED.inc()
+                    start = time.perf_counter()
+                    await send(self.target, mime)
+                    SEND_LATENCY.observe(time.perf_counter() - start)
+        except PermanentFailure as exc:
+            await self._dead_letter(message, email, str(exc), "permanent")
+            return
+        except TemporaryFailure as exc:
+            await self._dead_letter(message, email, f"gave up after {self.retry_budget_s:.0f}s: {exc}", "retries")
+            return
+        await self._mark_sent(email.message_id)
+        SENT.labels(email.template or "text").inc()
+        log.info("email sent", message_id=email.message_id, template=email.template)
+
+    async def _already_sent(self, message_id: str) -> bool:
+        try:
+            return bool(await self.redis.exists(SENT_KEY + message_id))
+        except (RedisError, OSError) as exc:
+            # Better a rare duplicate than a lost mail: send, and say so.
+            log.warning("sent-mail record unreachable; sending without the duplicate check", error=repr(exc))
+            return False
+
+    async def _mark_sent(self, message_id: str) -> None:
+        for _ in range(5):
+            try:
+                await self.redis.set(SENT_KEY + message_id, b"1", ex=SENT_TTL_S)
+                return
+            except (RedisError, OSError):
+                await asyncio.sleep(0.5)
+        log.error("could not record a sent email; a redelivery would send it again", message_id=message_id)
+
+    async def _dead_letter(self, message: Any, email: EmailMessage | None, reason: str, kind: str) -> None:
+        record = {
+            "reason": reason,
+            "message_id": email.message_id if email else None,
+            "to": str(email.to) if email else None,
+            "template": email.template if email else None,
+            "original": orjson.loads(message.value) if email else (message.value or b"").decode(errors="replace"),
+            "partition": message.partition,
+            "offset": message.offset,
+        }
+        await self.producer.send_and_wait(EMAIL_DLQ_TOPIC, dumps(record), key=message.key, headers=kafka_headers())
+        DEAD.labels(kind).inc()
+        log.error("email dead-lettered", reason=reason, message_id=record["message_id"])

@@ -1,0 +1,110 @@
+"""Rendering (jinja2, HTML with a plain-text part) and sending (aiosmtplib) one email."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.message import EmailMessage as MimeMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+import jinja2
+
+from libs.notifications import EmailMessage
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+_html = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+)
+_text = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=False, undefined=jinja2.StrictUndefined  # noqa: S701
+)
+_SUBJECTS = dict(
+    line.split("=", 1) for line in (TEMPLATES / "subjects.txt").read_text().splitlines() if "=" in line
+)
+
+
+class PermanentFailure(Exception):
+    """Retrying cannot help (5xx reply, refused recipient, bad template data): goes to the DLQ."""
+
+
+class TemporaryFailure(Exception):
+    """Retrying may help (connection refused, 4xx reply, timeout)."""
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    implicit_tls: bool
+    starttls: bool | None  # None: use it when the server offers it
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("SMTP_URL must start with smtp:// or smtps://")
+        implicit = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname or "localhost",
+            port=parts.port or (465 if implicit else 587),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=implicit,
+            starttls=None if not implicit else False,
+        )
+
+
+def render(message: EmailMessage, sender: str, base_url: str) -> MimeMessage:
+    mime = MimeMessage()
+    mime["From"] = sender
+    mime["To"] = str(message.to)
+    mime["Message-ID"] = make_msgid(idstring=message.message_id.replace("-", ""), domain="analytics.localhost")
+    mime["X-Analytics-Message-Id"] = message.message_id
+    if message.template is None:
+        assert message.subject and message.body
+        mime["Subject"] = message.subject
+        mime.set_content(message.body)
+        return mime
+    data: dict[str, Any] = {"base_url": base_url, **message.data}
+    try:
+        subject = _text.from_string(_SUBJECTS[message.template]).render(**data).strip()
+        text = _text.get_template(f"{message.template}.txt").render(**data)
+        html = _html.get_template(f"{message.template}.html").render(subject=subject, **data)
+    except (jinja2.TemplateError, KeyError) as exc:
+        raise PermanentFailure(f"template {message.template!r} cannot be rendered: {exc}") from exc
+    mime["Subject"] = subject
+    mime.set_content(text)
+    mime.add_alternative(html, subtype="html")
+    return mime
+
+
+async def send(target: SmtpTarget, mime: MimeMessage, timeout: float = 10) -> None:
+    """Deliver one message. Raises TemporaryFailure or PermanentFailure."""
+    try:
+        await aiosmtplib.send(
+            mime,
+            hostname=target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            use_tls=target.implicit_tls,
+            start_tls=target.starttls,
+            timeout=timeout,
+        )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        codes = [r.code for r in exc.recipients]
+        if all(400 <= c < 500 for c in codes):
+            raise TemporaryFailure(f"recipient deferred: {exc}") from exc
+        raise PermanentFailure(f"recipient refused: {exc}") from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        if 400 <= exc.code < 500:
+            raise TemporaryFailure(f"SMTP {exc.code}: {exc.message}") from exc
+        raise PermanentFailure(f"SMTP {exc.code}: {exc.message}") from exc
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        raise TemporaryFailure(f"SMTP server unreachable: {exc!r}") from exc

@@ -1,0 +1,43 @@
+"""Query service: read APIs over ClickHouse with a Redis cache. Port 8003."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.apikeys import KeyTable, shared_key_table, stop_shared_key_table
+from libs.runtime import Runtime, ServiceParts, ServiceSpec
+
+
+def build(runtime: Runtime) -> ServiceParts:
+    from services.aggregator import migrate
+    from services.query.cache import QueryCache
+    from services.query.router import build_router
+
+    state: dict[str, Any] = {}
+
+    async def start() -> None:
+        state["clickhouse"] = ch = await runtime.clickhouse()
+        await migrate(runtime, ch)  # the schema it reads; idempotent next to the aggregator's own run
+        state["redis"] = redis = await runtime.redis()
+        state["cache"] = QueryCache(redis)
+        state["keys"] = await shared_key_table(runtime)
+
+    async def stop() -> None:
+        await stop_shared_key_table(runtime)
+
+    def keys() -> KeyTable:
+        return state["keys"]  # type: ignore[no-any-return]
+
+    router = build_router(
+        runtime.settings, keys, lambda: state["clickhouse"], lambda: state.get("cache"), lambda: state.get("redis")
+    )
+    return ServiceParts(routers=[router], on_start=[start], on_stop=[stop])
+
+
+SERVICE = ServiceSpec(
+    name="query",
+    port=8003,
+    needs=frozenset({"clickhouse", "redis", "kafka", "postgres"}),
+    build=build,
+    description="summaries and event reads from ClickHouse, cached in Redis",
+)

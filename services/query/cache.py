@@ -1,0 +1,68 @@
+"""Redis cache-aside for query results, with single-flight for identical concurrent misses.
+
+Keys: `query:v1:<app>:<endpoint>:<sha256 of the normalized parameters>`. A range that reaches "now"
+gets a short TTL (new events keep arriving), a range closed in the past a long one. Redis being down
+only means answers are computed every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from libs.logs import get_logger
+
+log = get_logger(__name__)
+
+CACHE_LOOKUPS = Counter("query_cache_lookups_total", "Cache lookups", ["result"])
+
+
+def cache_key(app_id: str, endpoint: str, params: dict[str, Any]) -> str:
+    normalized = orjson.dumps({k: params[k] for k in sorted(params) if params[k] is not None}, default=str)
+    return f"query:v1:{app_id}:{endpoint}:{hashlib.sha256(normalized).hexdigest()[:32]}"
+
+
+class QueryCache:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+
+    async def get_or_compute(
+        self, key: str, ttl: int, compute: Callable[[], Awaitable[Any]]
+    ) -> tuple[Any, bool]:
+        """(value, hit). The value is computed once per key at a time in this process."""
+        try:
+            cached = await self.redis.get(key)
+        except (RedisError, OSError) as exc:
+            log.warning("query cache unreachable; answering uncached", error=repr(exc))
+            cached = None
+        if cached is not None:
+            CACHE_LOOKUPS.labels("hit").inc()
+            return orjson.loads(cached), True
+        CACHE_LOOKUPS.labels("miss").inc()
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running), False
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await compute()
+            future.set_result(value)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters get it, nobody else must
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        try:
+            await self.redis.set(key, orjson.dumps(value, default=str), ex=ttl)
+        except (RedisError, OSError) as exc:
+            log.warning("query cache write failed", error=repr(exc))
+        return value, False

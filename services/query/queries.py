@@ -1,0 +1,180 @@
+"""SQL of the query service. Values are always bound (`{name:Type}`); names of columns come only from
+the fixed maps below, never from a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from libs.clickhouse import ClickHouse
+
+# Who a row counts as: the signed-in user id, else the SDK's anonymous id, else the session, else
+# the device (ip + user agent), as Plausible does when there is nothing better.
+VISITOR = (
+    "if(user_id != '', user_id, if(anonymous_id != '', anonymous_id, "
+    "if(session_id != '', session_id, concat(ip, '|', user_agent))))"
+)
+
+GROUPABLE = {"event_name": "event_name", "event_category": "event_category", "source": "source"}
+
+
+def ts_param(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@dataclass
+class Where:
+    """A WHERE clause built from fixed fragments, with its bound values."""
+
+    app_id: str
+    start: datetime | None = None
+    end: datetime | None = None
+    clauses: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.clauses.append("app_id = {app_id:String}")
+        self.params["app_id"] = self.app_id
+        if self.start is not None:
+            self.clauses.append("timestamp >= {start:DateTime64(3, 'UTC')}")
+            self.params["start"] = ts_param(self.start)
+        if self.end is not None:
+            self.clauses.append("timestamp < {end:DateTime64(3, 'UTC')}")
+            self.params["end"] = ts_param(self.end)
+
+    def equals(self, column: str, name: str, value: str | None) -> Where:
+        if value is not None and value != "":
+            self.clauses.append(f"{column} = {{{name}:String}}")
+            self.params[name] = value
+        return self
+
+    def sql(self) -> str:
+        return " AND ".join(self.clauses)
+
+
+async def event_summary(ch: ClickHouse, where: Where) -> dict[str, Any]:
+    totals = await ch.query(
+        f"SELECT count() AS count, uniqExact({VISITOR}) AS unique_users FROM events FINAL WHERE {where.sql()}",
+        where.params,
+    )
+    devices = await ch.query(
+        f"SELECT if(device_type = '', 'unknown', device_type) AS device, count() AS n FROM events FINAL "
+        f"WHERE {where.sql()} GROUP BY device ORDER BY n DESC",
+        where.params,
+    )
+    row = totals[0] if totals else {"count": 0, "unique_users": 0}
+    return {
+        "count": row["count"],
+        "uniqueUsers": row["unique_users"],
+        "deviceData": {d["device"]: d["n"] for d in devices},
+    }
+
+
+async def user_stats(ch: ClickHouse, where: Where, recent: int) -> dict[str, Any] | None:
+    rows = await ch.query(
+        f"""SELECT count() AS total, argMax(browser, timestamp) AS browser, argMax(os, timestamp) AS os,
+                   argMax(device_type, timestamp) AS device, argMax(ip, timestamp) AS ip,
+                   min(timestamp) AS first_seen, max(timestamp) AS last_seen
+            FROM events FINAL WHERE {where.sql()}""",
+        where.params,
+    )
+    if not rows or rows[0]["total"] == 0:
+        return None
+    events = await ch.query(
+        f"SELECT {EVENT_COLUMNS} FROM events FINAL WHERE {where.sql()} ORDER BY timestamp DESC LIMIT {{n:UInt32}}",
+        {**where.params, "n": recent},
+    )
+    row = rows[0]
+    return {
+        "totalEvents": row["total"],
+        "deviceDetails": {"browser": row["browser"], "os": row["os"], "device": row["device"]},
+        "ipAddress": row["ip"],
+        "firstSeen": row["first_seen"],
+        "lastSeen": row["last_seen"],
+        "recentEvents": _decode_properties(events),
+    }
+
+
+EVENT_COLUMNS = (
+    "event_id, type, event_name, event_category, source, user_id, anonymous_id, session_id, url, path, "
+    "referrer, referrer_host, utm_source, utm_medium, utm_campaign, device_type, browser, os, screen_size, "
+    "country, ip, toJSONString(properties) AS properties, timestamp, received_at, is_bot"
+)
+
+
+def _decode_properties(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import orjson
+
+    for row in rows:
+        if isinstance(row.get("properties"), str):
+            row["properties"] = orjson.loads(row["properties"])
+    return rows
+
+
+async def list_events(ch: ClickHouse, where: Where, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    rows = await ch.query(
+        f"SELECT {EVENT_COLUMNS} FROM events FINAL WHERE {where.sql()} "
+        "ORDER BY timestamp DESC, event_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        {**where.params, "limit": limit, "offset": offset},
+    )
+    total = await count(ch, where)
+    return _decode_properties(rows), total
+
+
+async def get_event(ch: ClickHouse, app_id: str, event_id: str) -> dict[str, Any] | None:
+    rows = await ch.query(
+        f"SELECT {EVENT_COLUMNS} FROM events FINAL WHERE app_id = {{app_id:String}} AND event_id = {{id:String}} "
+        "LIMIT 1",
+        {"app_id": app_id, "id": event_id},
+    )
+    return _decode_properties(rows)[0] if rows else None
+
+
+async def count(ch: ClickHouse, where: Where) -> int:
+    rows = await ch.query(f"SELECT count() AS n FROM events FINAL WHERE {where.sql()}", where.params)
+    return int(rows[0]["n"]) if rows else 0
+
+
+INTERVALS = {"hour": "toStartOfHour", "day": "toStartOfDay"}
+
+
+async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> list[dict[str, Any]]:
+    bucket = INTERVALS[interval]
+    return await ch.query(
+        f"""SELECT {bucket}(timestamp, {{tz:String}}) AS bucket, count() AS count,
+                   uniqExact({VISITOR}) AS unique_users
+            FROM events FINAL WHERE {where.sql()} GROUP BY bucket ORDER BY bucket""",
+        {**where.params, "tz": tz},
+    )
+
+
+async def grouped(ch: ClickHouse, where: Where, by: str, limit: int) -> list[dict[str, Any]]:
+    column = GROUPABLE[by]
+    return await ch.query(
+        f"""SELECT {column} AS key, count() AS count, uniqExact({VISITOR}) AS unique_users
+            FROM events FINAL WHERE {where.sql()} GROUP BY key ORDER BY count DESC, key LIMIT {{limit:UInt32}}""",
+        {**where.params, "limit": limit},
+    )
+
+
+async def active_users(ch: ClickHouse, where: Where) -> int:
+    rows = await ch.query(f"SELECT uniqExact({VISITOR}) AS n FROM events FINAL WHERE {where.sql()}", where.params)
+    return int(rows[0]["n"]) if rows else 0
+
+
+async def metric_summary(ch: ClickHouse, app_id: str, name: str | None, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"app_id": app_id, "start": ts_param(start), "end": ts_param(end)}
+    name_clause = ""
+    if name:
+        name_clause = " AND metric_name = {name:String}"
+        params["name"] = name
+    return await ch.query(
+        f"""SELECT metric_name, any(unit) AS unit, count() AS count, sum(value) AS sum, avg(value) AS avg,
+                   min(value) AS min, max(value) AS max, quantile(0.5)(value) AS p50, quantile(0.95)(value) AS p95
+            FROM metrics FINAL
+            WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
+              AND timestamp < {{end:DateTime64(3, 'UTC')}}{name_clause}
+            GROUP BY metric_name ORDER BY metric_name""",
+        params,
+    )

@@ -1,0 +1,302 @@
+"""HTTP routes of the query service (`GET /api/analytics/*`)."""
+
+
+import time as time_module
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from libs import tokens
+from libs.access import BearerCredentials
+from libs.apikeys import KeyTable
+from libs.clickhouse import ClickHouse
+from libs.http import ApiError
+from libs.settings import Settings
+from services.query import queries as q
+from services.query.cache import QueryCache, cache_key
+
+MAX_RANGE_DAYS = 732
+DEFAULT_RANGE_DAYS = 30
+MAX_PAGE_SIZE = 1000
+
+
+def _all_query_params(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _all_query_params(sub)
+    return names
+
+
+async def reject_unknown_params(request: Request) -> None:
+    """422 for a query parameter the endpoint does not know (a typo must not be silently ignored)."""
+    route = request.scope.get("route")
+    if route is None:
+        return
+    allowed = _all_query_params(route.dependant)
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise ApiError(422, f"unknown parameter(s) {', '.join(unknown)}; this endpoint takes: {', '.join(sorted(allowed))}")
+
+
+def parse_when(value: str | None, name: str, end_of_day: bool) -> datetime | None:
+    """An ISO date (whole day) or datetime (naive = UTC)."""
+    if value is None or value == "":
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, time(), UTC)
+            return moment
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(422, f"{name} must be a date (2026-01-31) or an ISO datetime (2026-01-31T12:00:00Z)") from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def date_range(start_raw: str | None, end_raw: str | None, start_name: str, end_name: str) -> tuple[datetime, datetime]:
+    end = parse_when(end_raw, end_name, end_of_day=True) or datetime.now(UTC) + timedelta(seconds=1)
+    start = parse_when(start_raw, start_name, end_of_day=False) or end - timedelta(days=DEFAULT_RANGE_DAYS)
+    if end <= start:
+        raise ApiError(422, f"{end_name} must be after {start_name}")
+    if end - start > timedelta(days=MAX_RANGE_DAYS):
+        raise ApiError(422, f"range longer than {MAX_RANGE_DAYS} days; ask for a shorter one")
+    return start, end
+
+
+def build_router(
+    settings: Settings,
+    keys: Callable[[], KeyTable],
+    clickhouse: Callable[[], ClickHouse],
+    cache: Callable[[], QueryCache | None],
+    redis: Callable[[], Any],
+) -> APIRouter:
+    router = APIRouter(prefix="/api/analytics", tags=["query"], dependencies=[Depends(reject_unknown_params)])
+
+    async def readable_app(
+        credentials: BearerCredentials,
+        x_api_key: Annotated[str | None, Header()] = None,
+        app_id: Annotated[str | None, Query(max_length=64, description="required with a Bearer token")] = None,
+    ) -> str:
+        """The app this request may read: the secret key's own, or one the signed-in user owns."""
+        if x_api_key:
+            record = keys().lookup(x_api_key.strip())
+            if record is None:
+                raise ApiError(401, "invalid, revoked or expired API key")
+            if record.kind != "secret":
+                raise ApiError(403, "a write key can only send events; read with the secret key (sk_...)")
+            if app_id and app_id != record.app_id:
+                raise ApiError(403, "this key belongs to another app")
+            return record.app_id
+        if credentials is not None:
+            try:
+                claims = tokens.decode(settings, credentials.credentials, "access")
+            except tokens.InvalidToken as exc:
+                raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
+            client = redis()
+            if client is not None and await tokens.is_denylisted(client, claims.jti):
+                raise ApiError(401, "token revoked (logged out); log in again")
+            if not app_id:
+                raise ApiError(422, "app_id is required when reading with a Bearer token")
+            owner = keys().app_owner.get(app_id)
+            if owner is None:
+                raise ApiError(404, "app not found")
+            if owner != claims.sub:
+                raise ApiError(403, "this app belongs to another user")
+            return app_id
+        raise ApiError(401, "send x-api-key: <secret key>, or a Bearer token with app_id=")
+
+    App = Annotated[str, Depends(readable_app)]
+
+    async def cached(
+        app_id: str, endpoint: str, params: dict[str, Any], live: bool, compute: Callable[[], Awaitable[Any]]
+    ) -> JSONResponse:
+        store = cache()
+        if live:
+            # A range that reaches "now" is cached for one short slot, then recomputed.
+            params = {**params, "slot": int(time_module.time() // settings.query_cache_ttl_live_s)}
+        if store is None:
+            value, hit = await compute(), False
+        else:
+            ttl = settings.query_cache_ttl_live_s if live else settings.query_cache_ttl_closed_s
+            value, hit = await store.get_or_compute(cache_key(app_id, endpoint, params), ttl, compute)
+        return JSONResponse(_jsonable(value), headers={"X-Cache": "HIT" if hit else "MISS"})
+
+    def reaches_now(end: datetime) -> bool:
+        return end >= datetime.now(UTC) - timedelta(minutes=5)
+
+    @router.get("/event-summary", summary="Count, unique users and device breakdown of an event")
+    async def event_summary(
+        app_id: App,
+        event: Annotated[str | None, Query(max_length=200)] = None,
+        startDate: Annotated[str | None, Query()] = None,  # noqa: N803 - seed parameter name
+        endDate: Annotated[str | None, Query()] = None,  # noqa: N803
+    ) -> JSONResponse:
+        start, end = date_range(startDate, endDate, "startDate", "endDate")
+        where = q.Where(app_id, start, end).equals("event_name", "event", event)
+
+        async def compute() -> dict[str, Any]:
+            return {"event": event, **(await q.event_summary(clickhouse(), where)),
+                    "startDate": start.isoformat(), "endDate": end.isoformat()}
+
+        params = {"event": event, "start": startDate, "end": endDate}
+        return await cached(app_id, "event-summary", params, reaches_now(end), compute)
+
+    @router.get("/user-stats", summary="Totals, device and recent events of one user")
+    async def user_stats(
+        app_id: App,
+        userId: Annotated[str, Query(min_length=1, max_length=200)],  # noqa: N803 - seed parameter name
+        recent: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> JSONResponse:
+        where = q.Where(app_id).equals("user_id", "user_id", userId)
+
+        async def compute() -> dict[str, Any] | None:
+            return await q.user_stats(clickhouse(), where, recent)
+
+        response = await cached(app_id, "user-stats", {"user": userId, "recent": recent}, True, compute)
+        if response.body == b"null":
+            raise ApiError(404, f"no events for userId {userId!r}")
+        body = _json_body(response)
+        return JSONResponse({"userId": userId, **body}, headers={"X-Cache": response.headers["X-Cache"]})
+
+    @router.get("/events", summary="Events, newest first, filtered and paginated")
+    async def list_events(
+        app_id: App,
+        event_name: Annotated[str | None, Query(max_length=200)] = None,
+        user_id: Annotated[str | None, Query(max_length=200)] = None,
+        start_date: Annotated[str | None, Query()] = None,
+        end_date: Annotated[str | None, Query()] = None,
+        page: Annotated[int, Query(ge=1, le=100000)] = 1,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"at most {MAX_PAGE_SIZE}")] = 50,
+    ) -> JSONResponse:
+        start, end = date_range(start_date, end_date, "start_date", "end_date")
+        where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals(
+            "user_id", "user_id", user_id
+        )
+        rows, total = await q.list_events(clickhouse(), where, limit, (page - 1) * limit)
+        return JSONResponse(_jsonable({"events": rows, "page": page, "limit": limit, "total": total}))
+
+    @router.get("/events/count", summary="Number of events matching the filters")
+    async def events_count(
+        app_id: App,
+        event_name: Annotated[str | None, Query(max_length=200)] = None,
+        user_id: Annotated[str | None, Query(max_length=200)] = None,
+        start_date: Annotated[str | None, Query()] = None,
+        end_date: Annotated[str | None, Query()] = None,
+    ) -> JSONResponse:
+        start, end = date_range(start_date, end_date, "start_date", "end_date")
+        where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals(
+            "user_id", "user_id", user_id
+        )
+
+        async def compute() -> dict[str, Any]:
+            return {"count": await q.count(clickhouse(), where)}
+
+        params = {"e": event_name, "u": user_id, "start": start_date, "end": end_date}
+        return await cached(app_id, "events-count", params, reaches_now(end), compute)
+
+    async def series(app_id: str, interval: str, days: int, tz: str, event_name: str | None) -> JSONResponse:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ApiError(422, f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin") from exc
+        if interval == "hour" and days > 31:
+            raise ApiError(422, "hourly series cover at most 31 days; ask for interval=day")
+        end = datetime.now(UTC) + timedelta(seconds=1)
+        start = end - timedelta(days=days)
+        where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name)
+
+        async def compute() -> dict[str, Any]:
+            rows = await q.timeseries(clickhouse(), where, interval, tz)
+            return {"interval": interval, "timezone": tz, "series": rows}
+
+        params = {"i": interval, "d": days, "tz": tz, "e": event_name}
+        return await cached(app_id, "timeseries", params, True, compute)
+
+    @router.get("/events/daily", summary="Events per day")
+    async def events_daily(
+        app_id: App,
+        days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 30,
+        tz: Annotated[str, Query(max_length=64)] = "UTC",
+        event_name: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> JSONResponse:
+        return await series(app_id, "day", days, tz, event_name)
+
+    @router.get("/events/timeseries", summary="Events per hour or day")
+    async def events_timeseries(
+        app_id: App,
+        interval: Literal["day", "hour"] = "day",
+        days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
+        tz: Annotated[str, Query(max_length=64)] = "UTC",
+        event_name: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> JSONResponse:
+        return await series(app_id, interval, days, tz, event_name)
+
+    @router.get("/events/grouped", summary="Event counts grouped by name, category or source")
+    async def events_grouped(
+        app_id: App,
+        by: Literal["event_name", "event_category", "source"] = "event_name",
+        start_date: Annotated[str | None, Query()] = None,
+        end_date: Annotated[str | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+    ) -> JSONResponse:
+        start, end = date_range(start_date, end_date, "start_date", "end_date")
+        where = q.Where(app_id, start, end)
+
+        async def compute() -> dict[str, Any]:
+            return {"by": by, "groups": await q.grouped(clickhouse(), where, by, limit)}
+
+        params = {"by": by, "start": start_date, "end": end_date, "limit": limit}
+        return await cached(app_id, "grouped", params, reaches_now(end), compute)
+
+    @router.get("/users/active", summary="Active users over the last day, week or month (DAU/WAU/MAU)")
+    async def users_active(app_id: App, range: Literal["day", "week", "month"] = "day") -> JSONResponse:  # noqa: A002
+        days = {"day": 1, "week": 7, "month": 30}[range]
+        end = datetime.now(UTC) + timedelta(seconds=1)
+        where = q.Where(app_id, end - timedelta(days=days), end)
+
+        async def compute() -> dict[str, Any]:
+            return {"range": range, "activeUsers": await q.active_users(clickhouse(), where)}
+
+        return await cached(app_id, "users-active", {"range": range}, True, compute)
+
+    @router.get("/events/{event_id}", summary="One event by id")
+    async def get_event(app_id: App, event_id: str) -> JSONResponse:
+        if len(event_id) > 128:
+            raise ApiError(422, "event_id is at most 128 characters")
+        row = await q.get_event(clickhouse(), app_id, event_id)
+        if row is None:
+            raise ApiError(404, "event not found")
+        return JSONResponse(_jsonable(row))
+
+    @router.get("/metrics", summary="Custom metrics: count, sum, avg, min, max, p50, p95 per metric")
+    async def metrics_summary(
+        app_id: App,
+        metric_name: Annotated[str | None, Query(max_length=200)] = None,
+        start_date: Annotated[str | None, Query()] = None,
+        end_date: Annotated[str | None, Query()] = None,
+    ) -> JSONResponse:
+        start, end = date_range(start_date, end_date, "start_date", "end_date")
+
+        async def compute() -> dict[str, Any]:
+            return {"metrics": await q.metric_summary(clickhouse(), app_id, metric_name, start, end)}
+
+        params = {"m": metric_name, "start": start_date, "end": end_date}
+        return await cached(app_id, "metrics", params, reaches_now(end), compute)
+
+    return router
+
+
+def _jsonable(value: Any) -> Any:
+    import orjson
+
+    return orjson.loads(orjson.dumps(value, default=str))
+
+
+def _json_body(response: JSONResponse) -> Any:
+    import orjson
+
+    return orjson.loads(response.body)

@@ -181,7 +181,7 @@ class KeyTableSync:
             partitions = consumer.partitions_for_topic(API_KEYS_TOPIC)
             if partitions:
                 return set(partitions)
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call
+            await consumer._client.force_metadata_update()
             await asyncio.sleep(0.1)
         raise RuntimeError(f"Kafka topic {API_KEYS_TOPIC} has no partitions; is the broker up?")
 

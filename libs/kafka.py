@@ -7,6 +7,7 @@ exactly-once storage is the consumers' job (see the aggregator's writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -56,10 +57,9 @@ async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS
                     if t not in existing
                 ]
                 if new:
-                    try:
+                    # another service may create the same topics at the same moment
+                    with contextlib.suppress(TopicAlreadyExistsError):
                         await admin.create_topics(new)
-                    except TopicAlreadyExistsError:
-                        pass  # another service created it at the same moment
                     log.info("kafka topics created", topics=[t.name for t in new])
             finally:
                 await admin.close()

@@ -16,7 +16,7 @@ from libs.logs import configure_logging
 from libs.settings import Settings
 
 app = typer.Typer(help="Self-hostable event analytics: ingest, aggregate, query, notify.", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:

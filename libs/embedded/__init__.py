@@ -32,7 +32,7 @@ ROLE_ENV: dict[Role, str] = {
     "smtp": "SMTP_URL",
 }
 
-__all__ = ["DataDirBusy", "EmbeddedStack", "Role", "ROLE_ENV", "ROLE_SETTING"]
+__all__ = ["ROLE_ENV", "ROLE_SETTING", "DataDirBusy", "EmbeddedStack", "Role"]
 
 
 @dataclass

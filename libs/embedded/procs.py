@@ -139,7 +139,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 user=self.user,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+                preexec_fn=_die_with_parent,
                 env=self.env,
                 start_new_session=True,  # Ctrl-C in a shell reaches us, and we stop the child in order
             )

@@ -19,7 +19,7 @@ class MaildirHandler:
         self.inbox = inbox
         inbox.mkdir(parents=True, exist_ok=True)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd API
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         content = envelope.original_content or envelope.content
         if isinstance(content, str):
             content = content.encode()

@@ -12,7 +12,7 @@ class CollectMetadata(BaseModel):
     model_config = ConfigDict(extra="allow")
     browser: str | None = Field(default=None, max_length=200)
     os: str | None = Field(default=None, max_length=200)
-    screenSize: str | None = Field(default=None, max_length=40)  # noqa: N815 - seed field name
+    screenSize: str | None = Field(default=None, max_length=40)
 
 
 class CollectEvent(BaseModel):
@@ -23,11 +23,11 @@ class CollectEvent(BaseModel):
     url: str | None = Field(default=None, max_length=4096, examples=["https://example.com/page"])
     referrer: str | None = Field(default=None, max_length=4096, examples=["https://google.com"])
     device: str | None = Field(default=None, max_length=40, examples=["mobile"])
-    ipAddress: str | None = Field(default=None, max_length=64)  # noqa: N815 - seed field name
+    ipAddress: str | None = Field(default=None, max_length=64)
     timestamp: datetime | None = None
     metadata: CollectMetadata | None = None
-    userId: str | None = Field(default=None, max_length=200)  # noqa: N815
-    sessionId: str | None = Field(default=None, max_length=200)  # noqa: N815
+    userId: str | None = Field(default=None, max_length=200)
+    sessionId: str | None = Field(default=None, max_length=200)
     event_id: str | None = Field(default=None, max_length=128, description="idempotency key for retries")
     properties: dict[str, Any] | None = None
 

@@ -132,8 +132,8 @@ def build_router(
     async def event_summary(
         app_id: App,
         event: Annotated[str | None, Query(max_length=200)] = None,
-        startDate: Annotated[str | None, Query()] = None,  # noqa: N803 - seed parameter name
-        endDate: Annotated[str | None, Query()] = None,  # noqa: N803
+        startDate: Annotated[str | None, Query()] = None,
+        endDate: Annotated[str | None, Query()] = None,
     ) -> JSONResponse:
         start, end = date_range(startDate, endDate, "startDate", "endDate")
         where = q.Where(app_id, start, end).equals("event_name", "event", event)
@@ -148,7 +148,7 @@ def build_router(
     @router.get("/user-stats", summary="Totals, device and recent events of one user")
     async def user_stats(
         app_id: App,
-        userId: Annotated[str, Query(min_length=1, max_length=200)],  # noqa: N803 - seed parameter name
+        userId: Annotated[str, Query(min_length=1, max_length=200)],
         recent: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> JSONResponse:
         where = q.Where(app_id).equals("user_id", "user_id", userId)
@@ -253,7 +253,7 @@ def build_router(
         return await cached(app_id, "grouped", params, reaches_now(end), compute)
 
     @router.get("/users/active", summary="Active users over the last day, week or month (DAU/WAU/MAU)")
-    async def users_active(app_id: App, range: Literal["day", "week", "month"] = "day") -> JSONResponse:  # noqa: A002
+    async def users_active(app_id: App, range: Literal["day", "week", "month"] = "day") -> JSONResponse:
         days = {"day": 1, "week": 7, "month": 30}[range]
         end = datetime.now(UTC) + timedelta(seconds=1)
         where = q.Where(app_id, end - timedelta(days=days), end)

@@ -1,0 +1,85 @@
+"""Helpers for end-to-end tests: the product started as a user starts it, in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+
+from libs.embedded.procs import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+URL_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "DATABASE_URL", "REDIS_URL", "SMTP_URL")
+
+
+def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh machine: no backing-service URLs, our own data dir."""
+    env = {k: v for k, v in os.environ.items() if k not in URL_VARS}
+    env.update(ANALYTICS_DATA_DIR=str(data_dir), LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def analytics(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).parent / "analytics"
+    out = open(log, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [str(exe), *args], env=env, stdout=subprocess.PIPE, stderr=out, text=True, cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def wait_ready(base: str, proc: subprocess.Popen[str], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode} before ready:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{base} not ready in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_and_check_nothing_left(proc: subprocess.Popen[str], sig: int = signal.SIGINT, timeout: float = 40) -> int:
+    """Send `sig`, wait for exit, and assert that no process it started is still running."""
+    children = descendants(proc.pid)
+    proc.send_signal(sig)
+    code = proc.wait(timeout)
+    time.sleep(0.3)
+    left = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"left running after {signal.Signals(sig).name}: {[(p.pid, p.cmdline()) for p in left]}"
+    return code
+
+
+@contextmanager
+def running(*args: str, env: dict[str, str], log: Path, base: str) -> Iterator[subprocess.Popen[str]]:
+    proc = analytics(*args, env=env, log=log)
+    try:
+        wait_ready(base, proc, log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            for p in descendants(proc.pid):
+                p.kill()
+            proc.kill()
+
+
+def port() -> int:
+    return free_port()

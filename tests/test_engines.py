@@ -1,0 +1,126 @@
+"""The embedded engines and the shared store adapters, against the real engines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from libs.clickhouse import ClickHouse, ClickHouseError
+from libs.embedded.procs import DataDirBusy, OwnerLock, reap_stale
+from libs.migrations import apply_clickhouse, apply_postgres
+from libs.runtime import Stack
+from libs.settings import Settings
+
+pytestmark = pytest.mark.engines
+
+
+def test_a_process_left_by_a_crashed_run_is_stopped_on_the_next_start(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    proc = psutil.Process(orphan.pid)
+    (run_dir / "kafka.pid").write_text(
+        json.dumps({"pid": proc.pid, "started": proc.create_time(), "exe": proc.exe(), "argv": proc.cmdline()})
+    )
+    lock = OwnerLock(run_dir)
+    lock.acquire()
+    try:
+        assert reap_stale(run_dir) == [orphan.pid]
+    finally:
+        lock.release()
+    assert orphan.wait(5) is not None
+    assert not (run_dir / "kafka.pid").exists()
+
+
+def test_a_recorded_pid_reused_by_an_unrelated_process_is_left_alone(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (run_dir / "redis.pid").write_text(
+            json.dumps({"pid": bystander.pid, "started": time.time() - 3600, "exe": "/bin/redis", "argv": []})
+        )
+        assert reap_stale(run_dir) == []
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+
+
+def test_only_one_live_run_owns_a_data_dir(tmp_path: Path) -> None:
+    script = (
+        "import sys, time; from pathlib import Path; from libs.embedded.procs import OwnerLock;"
+        f"lock = OwnerLock(Path({str(tmp_path)!r})); lock.acquire(); print('locked', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataDirBusy, match=f"pid {holder.pid}"):
+            OwnerLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = OwnerLock(tmp_path)
+    lock.acquire()  # free again once the owner is gone
+    lock.release()
+
+
+@pytest.fixture
+async def ch(stack: Stack) -> ClickHouse:
+    return await stack.runtime.clickhouse()
+
+
+async def test_clickhouse_binds_values_instead_of_formatting_them(ch: ClickHouse) -> None:
+    hostile = "x' OR 1=1 --"
+    rows = await ch.query("SELECT {v:String} AS v, length({v:String}) AS n", {"v": hostile})
+    assert rows == [{"v": hostile, "n": len(hostile)}]
+
+
+async def test_a_repeated_insert_with_the_same_token_is_stored_once(ch: ClickHouse) -> None:
+    await ch.command(
+        "CREATE TABLE IF NOT EXISTS dedup_probe (k String, v UInt32) ENGINE = MergeTree ORDER BY k "
+        "SETTINGS non_replicated_deduplication_window = 100"
+    )
+    await ch.command("TRUNCATE TABLE dedup_probe")
+    rows = [b'{"k":"a","v":1}', b'{"k":"b","v":2}']
+    await ch.insert_rows("dedup_probe", rows, dedup_token="probe:0:0-1")
+    await ch.insert_rows("dedup_probe", rows, dedup_token="probe:0:0-1")
+    await ch.insert_rows("dedup_probe", rows, dedup_token="probe:0:2-3")
+    assert await ch.query("SELECT count() AS n, sum(v) AS s FROM dedup_probe") == [{"n": 4, "s": 6}]
+
+
+async def test_a_bad_statement_raises_a_clickhouse_error(ch: ClickHouse) -> None:
+    with pytest.raises(ClickHouseError, match="UNKNOWN_TABLE|does not exist"):
+        await ch.query("SELECT * FROM no_such_table")
+
+
+async def test_clickhouse_migrations_are_applied_once_and_recorded(ch: ClickHouse, tmp_path: Path) -> None:
+    (tmp_path / "0001_probe.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS mig_probe (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+        "INSERT INTO mig_probe VALUES ({{ value }});\n"
+    )
+    assert await apply_clickhouse(ch, "probe", tmp_path, {"value": 7}) == ["0001_probe"]
+    assert await apply_clickhouse(ch, "probe", tmp_path, {"value": 7}) == []
+    assert await ch.query("SELECT sum(x) AS s FROM mig_probe") == [{"s": 7}]
+
+
+async def test_postgres_migrations_are_applied_once_and_recorded(stack: Stack, tmp_path: Path) -> None:
+    pool = await stack.runtime.pg()
+    (tmp_path / "0001_probe.sql").write_text("CREATE TABLE mig_probe (x int);\nINSERT INTO mig_probe VALUES (1);\n")
+    assert await apply_postgres(pool, "probe", tmp_path) == ["0001_probe"]
+    assert await apply_postgres(pool, "probe", tmp_path) == []
+    assert await pool.fetchval("SELECT count(*) FROM mig_probe") == 1
+    assert await pool.fetchval("SELECT name FROM schema_migrations WHERE component='probe'") == "probe"
+
+
+def test_production_refuses_the_default_jwt_secret() -> None:
+    with pytest.raises(ValueError, match="JWT_SECRET"):
+        Settings(analytics_env="production")
+    with pytest.raises(ValueError, match="at least 32"):
+        Settings(analytics_env="production", jwt_secret="short")
+    assert Settings(analytics_env="production", jwt_secret="x" * 40).analytics_env == "production"

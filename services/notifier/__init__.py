@@ -6,27 +6,24 @@ from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 
 def build(runtime: Runtime) -> ServiceParts:
+    from libs.kafka import ALL_TOPICS, ensure_topics
     from services.notifier.consumer import EmailConsumer
-    from services.notifier.mailer import SmtpTarget
+    from services.notifier.mailer import SmtpTarget, smtp_ping
 
     state: dict[str, EmailConsumer] = {}
+    settings = runtime.settings
 
     async def start() -> None:
-        state["consumer"] = EmailConsumer(runtime.settings, await runtime.producer(), await runtime.redis())
+        producer = await runtime.producer()
+        if settings.notifier_topic not in ALL_TOPICS:
+            await ensure_topics(settings, (settings.notifier_topic,))
+        state["consumer"] = EmailConsumer(settings, producer, await runtime.redis())
 
     async def consume() -> None:
         await state["consumer"].run()
 
     async def smtp_reachable() -> bool:
-        import asyncio
-
-        target = SmtpTarget.from_url(runtime.settings.smtp_url or "smtp://localhost")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), 2)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        return True
+        return await smtp_ping(SmtpTarget.from_settings(settings))
 
     return ServiceParts(on_start=[start], background=[consume], checks={"smtp": smtp_reachable})
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from libs.kafka import EMAIL_DLQ_TOPIC, EMAIL_TOPIC, dumps, make_consumer
+from libs.kafka import EMAIL_DLQ_TOPIC, dumps, make_consumer
 from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
 from libs.notifications import EmailMessage
 from libs.settings import Settings
@@ -31,7 +33,6 @@ from services.notifier.mailer import PermanentFailure, SmtpTarget, TemporaryFail
 
 log = get_logger(__name__)
 
-GROUP_ID = "notifier"
 SENT_KEY = "notifier:sent:"
 SENT_TTL_S = 30 * 24 * 3600
 MAX_IN_FLIGHT = 100
@@ -49,23 +50,31 @@ class EmailConsumer:
         settings: Settings,
         producer: AIOKafkaProducer,
         redis: aioredis.Redis,
-        retry_budget_s: float = 600,
+        retry_budget_s: float | None = None,
+        group_id: str | None = None,
+        topic: str | None = None,
     ) -> None:
         assert settings.smtp_url
         self.settings = settings
-        self.target = SmtpTarget.from_url(settings.smtp_url)
+        self.target = SmtpTarget.from_settings(settings)
         self.producer = producer
         self.redis = redis
-        self.retry_budget_s = retry_budget_s
+        self.retry_budget_s = retry_budget_s if retry_budget_s is not None else settings.notifier_retry_budget_s
+        self.group_id = group_id or settings.notifier_group_id
+        self.topic = topic or settings.notifier_topic
         # partition -> {offset: done?}; commit the longest done prefix
         self.inflight: dict[int, dict[int, bool]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.started = asyncio.Event()  # set once the consumer has joined its group
 
     async def run(self) -> None:
-        consumer = make_consumer(self.settings, EMAIL_TOPIC, group_id=GROUP_ID, max_poll_records=100)
+        consumer = make_consumer(self.settings, group_id=self.group_id, max_poll_records=100)
+        consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
         await consumer.start()
-        log.info("notifier consuming", topic=EMAIL_TOPIC, smtp=f"{self.target.host}:{self.target.port}")
+        self.started.set()
+        log.info("notifier consuming", topic=self.topic, group=self.group_id,
+                 smtp=f"{self.target.host}:{self.target.port}")
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=200)
@@ -85,26 +94,47 @@ class EmailConsumer:
                 await self._commit(consumer)
             await consumer.stop()
 
-    async def _commit(self, consumer: Any) -> None:
+    async def _commit(self, consumer: Any, partitions: set[int] | None = None) -> None:
         offsets = {}
         for partition, states in self.inflight.items():
+            if partitions is not None and partition not in partitions:
+                continue
             done_upto = None
             for offset in sorted(states):
                 if not states[offset]:
                     break
                 done_upto = offset
             if done_upto is not None:
-                for offset in [o for o in states if o <= done_upto]:
-                    del states[offset]
-                offsets[TopicPartition(EMAIL_TOPIC, partition)] = done_upto + 1
-        if offsets:
+                offsets[TopicPartition(self.topic, partition)] = done_upto + 1
+        if not offsets:
+            return
+        try:
             await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partition away: its new owner starts from the last commit and the
+            # sent-record keeps it from mailing twice.
+            log.warning("offset commit refused (rebalance); the next owner redelivers", error=repr(exc))
+            return
+        for tp, next_offset in offsets.items():
+            states = self.inflight.get(tp.partition, {})
+            for offset in [o for o in states if o < next_offset]:
+                del states[offset]
 
     async def _handle(self, message: Any) -> None:
         token = request_id_var.set(request_id_from_headers(message.headers))
         try:
-            await self._deliver(message)
-            self.inflight[message.partition][message.offset] = True
+            try:
+                await self._deliver(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not stall the partition forever
+                log.error("email handling failed", error=repr(exc), exc_info=exc)
+                await self._dead_letter(message, None, f"unexpected error: {exc!r}", "error")
+            if self.settings.notifier_commit_delay_ms:
+                await asyncio.sleep(self.settings.notifier_commit_delay_ms / 1000)
+            states = self.inflight.get(message.partition)
+            if states is not None and message.offset in states:
+                states[message.offset] = True
         finally:
             request_id_var.reset(token)
             self.slots.release()
@@ -123,7 +153,7 @@ class EmailConsumer:
             mime = render(email, self.settings.smtp_from, self.settings.public_base_url)
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(TemporaryFailure),
-                wait=wait_random_exponential(multiplier=0.5, max=30),
+                wait=wait_random_exponential(multiplier=0.5, max=self.settings.notifier_retry_max_wait_s),
                 stop=stop_after_delay(self.retry_budget_s),
                 reraise=True,
             ):
@@ -161,15 +191,42 @@ class EmailConsumer:
         log.error("could not record a sent email; a redelivery would send it again", message_id=message_id)
 
     async def _dead_letter(self, message: Any, email: EmailMessage | None, reason: str, kind: str) -> None:
+        try:
+            original: Any = orjson.loads(message.value)
+        except (orjson.JSONDecodeError, TypeError):
+            original = (message.value or b"").decode(errors="replace")
         record = {
             "reason": reason,
-            "message_id": email.message_id if email else None,
+            "message_id": email.message_id if email else (original.get("message_id") if isinstance(original, dict) else None),
             "to": str(email.to) if email else None,
             "template": email.template if email else None,
-            "original": orjson.loads(message.value) if email else (message.value or b"").decode(errors="replace"),
+            "original": original,
+            "topic": message.topic,
             "partition": message.partition,
             "offset": message.offset,
+            "failed_at": datetime.now(UTC).isoformat(),
         }
-        await self.producer.send_and_wait(EMAIL_DLQ_TOPIC, dumps(record), key=message.key, headers=kafka_headers())
+        # The offset is committed only after this succeeds: keep trying while Kafka is away.
+        async for attempt in AsyncRetrying(wait=wait_random_exponential(multiplier=0.5, max=10), reraise=True):
+            with attempt:
+                await self.producer.send_and_wait(EMAIL_DLQ_TOPIC, dumps(record), key=message.key, headers=kafka_headers())
         DEAD.labels(kind).inc()
         log.error("email dead-lettered", reason=reason, message_id=record["message_id"])
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commit what is done before partitions move; forget the state of partitions we lost."""
+
+    def __init__(self, owner: EmailConsumer, consumer: Any) -> None:
+        self.owner = owner
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        lost = {tp.partition for tp in revoked}
+        with contextlib.suppress(Exception):
+            await self.owner._commit(self.consumer, lost)
+        for partition in lost:
+            self.owner.inflight.pop(partition, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import ssl
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage as MimeMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 import jinja2
 
 from libs.notifications import EmailMessage
+from libs.settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -43,20 +46,39 @@ class SmtpTarget:
     password: str | None
     implicit_tls: bool
     starttls: bool | None  # None: use it when the server offers it
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    timeout: float = 10
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpTarget:
+        """The SMTP_URL target with the TLS trust and timeout of `settings`."""
+        assert settings.smtp_url
+        target = cls.from_url(settings.smtp_url)
+        context = ssl.create_default_context(cafile=str(settings.smtp_ca_file) if settings.smtp_ca_file else None)
+        if not settings.smtp_tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return replace(target, tls_context=context, timeout=settings.smtp_timeout_s)
 
     @classmethod
     def from_url(cls, url: str) -> SmtpTarget:
+        """`smtp://[user:pass@]host[:587]` (STARTTLS when the server offers it) or `smtps://...:465`
+        (implicit TLS). `?starttls=require` refuses to send in the clear; `?starttls=never` never upgrades."""
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps"):
             raise ValueError("SMTP_URL must start with smtp:// or smtps://")
         implicit = parts.scheme == "smtps"
+        mode = parse_qs(parts.query).get("starttls", [""])[0]
+        if mode not in ("", "require", "never", "auto"):
+            raise ValueError("SMTP_URL: starttls must be require, never or auto")
+        starttls = False if implicit else {"require": True, "never": False}.get(mode)
         return cls(
             host=parts.hostname or "localhost",
             port=parts.port or (465 if implicit else 587),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             implicit_tls=implicit,
-            starttls=None if not implicit else False,
+            starttls=starttls,
         )
 
 
@@ -75,7 +97,7 @@ def render(message: EmailMessage, sender: str, base_url: str) -> MimeMessage:
     try:
         subject = _text.from_string(_SUBJECTS[message.template]).render(**data).strip()
         text = _text.get_template(f"{message.template}.txt").render(**data)
-        html = _html.get_template(f"{message.template}.html").render(subject=subject, **data)
+        html = _html.get_template(f"{message.template}.html").render(**{**data, "subject": subject})
     except (jinja2.TemplateError, KeyError) as exc:
         raise PermanentFailure(f"template {message.template!r} cannot be rendered: {exc}") from exc
     mime["Subject"] = subject
@@ -84,7 +106,7 @@ def render(message: EmailMessage, sender: str, base_url: str) -> MimeMessage:
     return mime
 
 
-async def send(target: SmtpTarget, mime: MimeMessage, timeout: float = 10) -> None:
+async def send(target: SmtpTarget, mime: MimeMessage) -> None:
     """Deliver one message. Raises TemporaryFailure or PermanentFailure."""
     try:
         await aiosmtplib.send(
@@ -95,16 +117,36 @@ async def send(target: SmtpTarget, mime: MimeMessage, timeout: float = 10) -> No
             password=target.password,
             use_tls=target.implicit_tls,
             start_tls=target.starttls,
-            timeout=timeout,
+            tls_context=target.tls_context,
+            timeout=target.timeout,
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [r.code for r in exc.recipients]
+        replies = "; ".join(f"{r.recipient}: SMTP {r.code} {r.message}" for r in exc.recipients)
         if all(400 <= c < 500 for c in codes):
-            raise TemporaryFailure(f"recipient deferred: {exc}") from exc
-        raise PermanentFailure(f"recipient refused: {exc}") from exc
+            raise TemporaryFailure(f"recipient deferred: {replies}") from exc
+        raise PermanentFailure(f"recipient refused: {replies}") from exc
     except aiosmtplib.SMTPResponseException as exc:
         if 400 <= exc.code < 500:
             raise TemporaryFailure(f"SMTP {exc.code}: {exc.message}") from exc
         raise PermanentFailure(f"SMTP {exc.code}: {exc.message}") from exc
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise TemporaryFailure(f"SMTP server unreachable: {exc!r}") from exc
+
+
+async def smtp_ping(target: SmtpTarget, timeout: float = 3) -> bool:
+    """True when the server greets us and answers NOOP (over TLS when the target uses implicit TLS)."""
+    client = aiosmtplib.SMTP(
+        hostname=target.host, port=target.port, use_tls=target.implicit_tls, start_tls=False,
+        tls_context=target.tls_context, timeout=timeout,
+    )
+    try:
+        await client.connect()
+        await client.noop()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        return False
+    finally:
+        if client.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await client.quit()
+    return True

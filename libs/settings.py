@@ -53,6 +53,22 @@ class Settings(BaseSettings):
     query_cache_ttl_live_s: int = 10
     query_cache_ttl_closed_s: int = 3600
 
+    # Notifier. SMTP TLS: verify the server's certificate against the system CAs, or this CA file
+    # (PEM; a private CA or a self-signed certificate); `smtp_tls_verify=false` only for development.
+    smtp_ca_file: Path | None = None
+    smtp_tls_verify: bool = True
+    smtp_timeout_s: float = Field(default=10, gt=0)
+    # Temporary failures are retried with backoff and jitter for this long, then dead-lettered.
+    notifier_retry_budget_s: float = Field(default=600, gt=0)
+    notifier_retry_max_wait_s: float = Field(default=30, gt=0)
+    # Consumer group and topic (change only to run a second, isolated notifier, e.g. in tests).
+    notifier_group_id: str = "notifier"
+    notifier_topic: str = "notifications.email.v1"
+    # Test-only: hold each sent mail's offset back this long before it may be committed.
+    notifier_commit_delay_ms: int = Field(default=0, ge=0)
+    # Scheduled reports: how often the query service looks for subscriptions that are due.
+    reports_check_interval_s: float = Field(default=60, gt=0)
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")

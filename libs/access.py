@@ -30,7 +30,7 @@ def bearer_dependency(
         except tokens.InvalidToken as exc:
             raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
         client = redis()
-        if client is not None and await tokens.is_denylisted(client, claims.jti):
+        if client is not None and await tokens.is_denylisted(client, claims.jti, claims.family):
             raise ApiError(401, "token revoked (logged out); log in again", {"WWW-Authenticate": "Bearer"})
         return claims
 

@@ -35,9 +35,17 @@ class RateLimiter:
 
     async def hit(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
         """Count one hit. None when allowed; else seconds until the next hit would be allowed."""
+        return await self._check(limit, identifiers, count=True)
+
+    async def exceeded(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
+        """Like `hit` without counting: None when one more hit is allowed; else seconds to wait."""
+        return await self._check(limit, identifiers, count=False)
+
+    async def _check(self, limit: str | RateLimitItem, identifiers: tuple[str, ...], count: bool) -> int | None:
         item = parse(limit) if isinstance(limit, str) else limit
         try:
-            if await self._limiter.hit(item, *identifiers):
+            check = self._limiter.hit if count else self._limiter.test
+            if await check(item, *identifiers):
                 return None
             stats = await self._limiter.get_window_stats(item, *identifiers)
         except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure; fail open

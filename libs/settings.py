@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1)
 
     api_key_ttl_days: int = Field(default=365, ge=0)  # 0 = keys never expire
+    # Auth's periodic key check: "expiring soon" emails this many days ahead, and an "expired"
+    # message on auth.api-keys.v1 once a key's expiry has passed.
+    auth_expiry_check_interval_s: float = Field(default=300, gt=0)
+    auth_expiry_warning_days: int = Field(default=7, ge=0)
+    # Failed logins allowed per moving window (`limits` notation), per account and per client IP.
+    auth_login_limit_per_account: str = "10/minute"
+    auth_login_limit_per_ip: str = "30/minute"
     public_base_url: str = "http://127.0.0.1:8000"
 
     # Aggregator batching: flush by size or by age, whichever comes first.

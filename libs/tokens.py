@@ -2,7 +2,8 @@
 
 The algorithm is pinned from settings; `type`, `jti`, `sub`, `exp` and `iat` are required, so an
 access token cannot stand in for a refresh token or the reverse. A logged-out access token's `jti`
-is kept in Redis until it expires (`denylisted`).
+is kept in Redis until it expires (`denylisted`), and so is the family (session) id of a logged-out
+or hijacked session, which refuses every access token of that session.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from libs.settings import Settings
 TokenType = Literal["access", "refresh"]
 ISSUER = "analytics-auth"
 DENYLIST_PREFIX = "auth:denied-jti:"
+FAMILY_DENYLIST_PREFIX = "auth:denied-family:"
 
 
 class InvalidToken(Exception):
@@ -81,9 +83,15 @@ async def denylist(redis: aioredis.Redis, claims: TokenClaims) -> None:
         await redis.set(DENYLIST_PREFIX + claims.jti, b"1", ex=ttl)
 
 
-async def is_denylisted(redis: aioredis.Redis, jti: str) -> bool:
+async def denylist_family(redis: aioredis.Redis, family: str, access_lifetime: int) -> None:
+    """Refuse every access token of a session (logout, refresh-token reuse) until the last expires."""
+    await redis.set(FAMILY_DENYLIST_PREFIX + family, b"1", ex=max(1, access_lifetime + 1))
+
+
+async def is_denylisted(redis: aioredis.Redis, jti: str, family: str | None = None) -> bool:
     """Fails open when Redis is down: the token's signature and expiry were still checked."""
+    keys = [DENYLIST_PREFIX + jti] + ([FAMILY_DENYLIST_PREFIX + family] if family else [])
     try:
-        return bool(await redis.exists(DENYLIST_PREFIX + jti))
+        return bool(await redis.exists(*keys))
     except (RedisError, OSError):
         return False

@@ -31,7 +31,10 @@ def build(runtime: Runtime) -> ServiceParts:
         holder["svc"] = svc
         await svc.republish_all_keys()
 
-    return ServiceParts(routers=build_routers(runtime.settings, service), on_start=[start])
+    async def expiry_checks() -> None:
+        await service().run_expiry_checks()
+
+    return ServiceParts(routers=build_routers(runtime.settings, service), on_start=[start], background=[expiry_checks])
 
 
 SERVICE = ServiceSpec(

@@ -141,3 +141,34 @@ async def revoke_keys(conn: asyncpg.Connection, key_ids: list[uuid.UUID]) -> lis
 async def all_keys(conn: asyncpg.Connection) -> list[KeyRecord]:
     rows = await conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id")
     return [KeyRecord.from_row(r) for r in rows]
+
+
+async def claim_expiring(conn: asyncpg.Connection, within_s: float) -> list[asyncpg.Record]:
+    """Mark usable keys that expire within `within_s` seconds and were not warned about yet.
+
+    Returns them with their app's name and owner. The UPDATE claims each key once, even with
+    several auth replicas checking at the same time; call inside the transaction that queues the
+    emails, so a failed queue leaves them to the next check.
+    """
+    return await conn.fetch(
+        """UPDATE api_keys k SET expiry_notified_at = now()
+           FROM apps a
+           WHERE a.id = k.app_id AND k.revoked_at IS NULL AND k.expiry_notified_at IS NULL
+             AND k.expires_at > now() AND k.expires_at <= now() + make_interval(secs => $1)
+           RETURNING k.id, k.app_id, k.kind, k.prefix, k.expires_at, a.owner_id, a.name AS app_name""",
+        within_s,
+    )
+
+
+async def claim_expired(conn: asyncpg.Connection) -> list[KeyRecord]:
+    """Mark keys whose expiry has passed (not revoked, not announced yet); returns their new state."""
+    rows = await conn.fetch(
+        f"""WITH k AS (
+              UPDATE api_keys SET expired_announced_at = now(), version = $1
+              WHERE revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= now()
+                AND expired_announced_at IS NULL
+              RETURNING *)
+            SELECT {KEY_COLUMNS} FROM k JOIN apps a ON a.id = k.app_id""",
+        version_now(),
+    )
+    return [KeyRecord.from_row(r) for r in rows]

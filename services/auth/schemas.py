@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, EmailStr, Field, field_validator, model_validator
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{3,40}$")
+
+
+def _future_expiry(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z")
+    if value <= datetime.now(UTC):
+        raise ValueError("expires_at must be in the future")
+    return value
 
 
 class SignupIn(BaseModel):
@@ -65,9 +75,7 @@ class RegisterAppIn(BaseModel):
     @field_validator("expires_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z")
-        return value
+        return _future_expiry(value)
 
 
 class RegisterAppOut(BaseModel):
@@ -103,8 +111,8 @@ class KeyListOut(BaseModel):
 
 
 class RevokeIn(BaseModel):
-    app_id: str | None = None
-    key_id: str | None = None
+    app_id: str | None = Field(default=None, max_length=64)
+    key_id: str | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
     def _one_target(self) -> RevokeIn:
@@ -118,8 +126,13 @@ class RevokeOut(BaseModel):
 
 
 class RegenerateIn(BaseModel):
-    app_id: str
-    expires_at: datetime | None = None
+    app_id: str = Field(max_length=64)
+    expires_at: datetime | None = Field(default=None, description="when the new keys stop working (default: a year)")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return _future_expiry(value)
 
 
 class RegenerateOut(BaseModel):

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from limits import parse as parse_limit
 
 from libs import tokens
 from libs.apikeys import KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
@@ -26,8 +27,6 @@ from services.auth import repository as repo
 
 log = get_logger(__name__)
 
-LOGIN_LIMIT_PER_ACCOUNT = "10/minute"
-LOGIN_LIMIT_PER_IP = "30/minute"
 NOTIFICATION_LIMIT = "10/hour"
 
 
@@ -52,6 +51,11 @@ class AuthService:
         self.producer = producer
         self.redis = redis
         self.limiter = limiter
+        # Parsed now so that a malformed AUTH_LOGIN_LIMIT_* stops the start, not a login.
+        self.login_limits = (
+            (parse_limit(settings.auth_login_limit_per_account), "acct"),
+            (parse_limit(settings.auth_login_limit_per_ip), "ip"),
+        )
 
     # ---- users -------------------------------------------------------------------------------
     async def signup(self, username: str, email: str, password: str) -> asyncpg.Record:
@@ -72,15 +76,25 @@ class AuthService:
         return user
 
     async def login(self, login: str, password: str, client_ip: str) -> dict[str, Any]:
-        for limit, ident in ((LOGIN_LIMIT_PER_ACCOUNT, f"acct:{login.lower()}"), (LOGIN_LIMIT_PER_IP, f"ip:{client_ip}")):
-            retry_after = await self.limiter.hit(limit, "login", ident)
-            if retry_after is not None:
-                raise ApiError(
-                    429, f"too many login attempts; retry in {retry_after}s", {"Retry-After": str(retry_after)}
-                )
+        """Brute force is limited by failed attempts, per account and per client IP.
+
+        Only failures count, so people behind one NAT who type their password right are never
+        locked out; once either budget is spent, every attempt is refused (429) before the
+        password is even checked, until the moving window frees one.
+        """
         async with self.pg.acquire() as conn:
             user = await repo.user_by_login(conn, login)
+        # One budget per account, whether it is named by username or by email.
+        idents = {"acct": str(user["id"]) if user else login.lower(), "ip": client_ip}
+        for limit, scope in self.login_limits:
+            retry_after = await self.limiter.exceeded(limit, "login-failures", scope, idents[scope])
+            if retry_after is not None:
+                raise ApiError(
+                    429, f"too many failed login attempts; retry in {retry_after}s", {"Retry-After": str(retry_after)}
+                )
         if not await passwords.verify_password(user["password_hash"] if user else None, password):
+            for limit, scope in self.login_limits:
+                await self.limiter.hit(limit, "login-failures", scope, idents[scope])
             raise ApiError(401, "wrong username or password", {"WWW-Authenticate": "Bearer"})
         assert user is not None
         return await self._issue_pair(str(user["id"]), family=str(uuid.uuid4()))
@@ -114,6 +128,7 @@ class AuthService:
             else:
                 reused = False
         if reused:
+            await self._deny_session(str(row["family_id"]))
             raise ApiError(401, "refresh token already used; the session was ended for safety, log in again")
         return await self._issue_pair(claims.sub, claims.family)
 
@@ -122,6 +137,14 @@ class AuthService:
             await repo.revoke_family(conn, access.family)
         with contextlib.suppress(Exception):
             await tokens.denylist(self.redis, access)
+        await self._deny_session(access.family)
+
+    async def _deny_session(self, family: str) -> None:
+        """Refuse the session's access tokens too (Redis; best effort, they expire on their own)."""
+        try:
+            await tokens.denylist_family(self.redis, family, self.settings.jwt_access_expires)
+        except Exception as exc:  # noqa: BLE001 - Redis down: refresh tokens are revoked in Postgres anyway
+            log.warning("session access tokens not denylisted", error=repr(exc))
 
     async def profile(self, user_id: str) -> asyncpg.Record:
         async with self.pg.acquire() as conn:
@@ -233,6 +256,52 @@ class AuthService:
         for rec in records:
             await publish(self.producer, API_KEYS_TOPIC, rec.to_message("snapshot"), key=rec.key_id)
         return len(records)
+
+    # ---- key expiry (periodic) -------------------------------------------------------------------
+    async def check_key_expiry(self) -> tuple[int, int]:
+        """Warn owners of keys that expire soon; announce keys that just expired.
+
+        Returns (keys warned about, keys announced as expired). Each step claims its keys in a
+        transaction that commits only once the emails or messages are acknowledged by Kafka.
+        """
+        within_s = self.settings.auth_expiry_warning_days * 86400
+        async with self.pg.acquire() as conn, conn.transaction():
+            expiring = await repo.claim_expiring(conn, within_s)
+            by_app: dict[uuid.UUID, list[asyncpg.Record]] = {}
+            for row in expiring:
+                by_app.setdefault(row["app_id"], []).append(row)
+            for rows in by_app.values():
+                first = min(rows, key=lambda r: r["expires_at"])
+                owner = await repo.user_by_id(conn, str(first["owner_id"]))
+                if owner is None:
+                    continue
+                await queue_email(self.producer, EmailMessage(
+                    to=owner["email"], template="api_key_expiring",
+                    data={
+                        "username": owner["username"], "app_name": first["app_name"],
+                        "expires_at": first["expires_at"].isoformat(),
+                        "keys": [
+                            {"kind": r["kind"], "prefix": r["prefix"], "expires_at": r["expires_at"].isoformat()}
+                            for r in rows
+                        ],
+                    },
+                ))
+        async with self.pg.acquire() as conn, conn.transaction():
+            expired = await repo.claim_expired(conn)
+            await self._announce(expired, "expired")
+        if expiring or expired:
+            log.info("api key expiry checked", warned=len(expiring), expired=len(expired))
+        return len(expiring), len(expired)
+
+    async def run_expiry_checks(self) -> None:
+        """Background job: `check_key_expiry` now and every AUTH_EXPIRY_CHECK_INTERVAL_S seconds."""
+        while True:
+            try:
+                await self.check_key_expiry()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaUnavailable, TimeoutError) as exc:
+                # Postgres or Kafka down: nothing was marked, the next check tries again.
+                log.warning("api key expiry check failed; will retry", error=repr(exc))
+            await asyncio.sleep(self.settings.auth_expiry_check_interval_s)
 
     # ---- email -------------------------------------------------------------------------------
     async def _email_owner(self, user_id: str, template: str, data: dict[str, Any]) -> None:

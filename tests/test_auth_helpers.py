@@ -1,0 +1,112 @@
+"""Helpers of the auth tests: clients with their own IP, the key topic, the SMTP sink's inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI
+
+from libs.embedded.smtp_sink import read_inbox
+from libs.kafka import API_KEYS_TOPIC, make_consumer
+from libs.runtime import Stack
+from libs.settings import Settings
+
+_apps: dict[int, FastAPI] = {}
+
+
+def random_ip() -> str:
+    """A fresh address from the documentation range, so rate limits per IP never collide."""
+    return "2001:db8::" + ":".join(secrets.token_hex(2) for _ in range(3))
+
+
+@asynccontextmanager
+async def client_for(stack: Stack, ip: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on every route of `stack`, calling from `ip`."""
+    app = _apps.get(id(stack))
+    if app is None:
+        app = _apps[id(stack)] = stack.app()
+    transport = httpx.ASGITransport(app=app, client=(ip, 4242))
+    async with httpx.AsyncClient(transport=transport, base_url="http://analytics.test", timeout=30) as client:
+        yield client
+
+
+async def collect(http: httpx.AsyncClient, key: str) -> httpx.Response:
+    return await http.post("/api/analytics/collect", json={"event": "auth_test"}, headers={"x-api-key": key})
+
+
+class KeyTopicReader:
+    """Reads auth.api-keys.v1 from its end at the moment it is entered."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._consumer = make_consumer(settings, API_KEYS_TOPIC, group_id=None, auto_offset_reset="latest")
+        self.seen: list[tuple[dict[str, Any], str]] = []
+
+    async def __aenter__(self) -> KeyTopicReader:
+        await self._consumer.start()
+        for _ in range(100):
+            if self._consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        await self._consumer.seek_to_end()
+        for tp in self._consumer.assignment():
+            await self._consumer.position(tp)  # the end is fixed before anything is produced
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self._consumer.stop()
+
+    async def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], count: int = 1, timeout: float = 10
+    ) -> list[tuple[dict[str, Any], str]]:
+        """The first `count` messages (parsed, raw) that `match`, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [(m, raw) for m, raw in self.seen if match(m)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(found)} of {count} key messages arrived: {[m for m, _ in found]}")
+            for messages in (await self._consumer.getmany(timeout_ms=200)).values():
+                for message in messages:
+                    raw = message.value.decode()
+                    self.seen.append((orjson.loads(raw), raw))
+
+
+def mails_to(settings: Settings, address: str) -> list[EmailMessage]:
+    return [m for m in read_inbox(settings.data_dir / "mail") if address.lower() in str(m["To"]).lower()]
+
+
+async def wait_for_mail(settings: Settings, address: str, subject: str, timeout: float = 15) -> EmailMessage:
+    """The message to `address` with this subject, once the notifier has delivered it to the sink."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for message in mails_to(settings, address):
+            if message["Subject"] == subject:
+                return message
+        if time.monotonic() > deadline:
+            got = [m["Subject"] for m in mails_to(settings, address)]
+            raise AssertionError(f"no mail {subject!r} to {address} (has: {got})")
+        await asyncio.sleep(0.1)
+
+
+async def register(http: httpx.AsyncClient, user: dict[str, Any], name: str = "site", **extra: Any) -> dict[str, Any]:
+    """Register an app and wait until the gateway accepts both of its keys (they travel by Kafka)."""
+    r = await http.post("/api/auth/register", json={"name": name, **extra}, headers=user["headers"])
+    assert r.status_code == 201, r.text
+    app = r.json()
+    deadline = time.monotonic() + 5
+    for key in (app["api_key"], app["write_key"]):
+        while (await collect(http, key)).status_code != 202:
+            assert time.monotonic() < deadline, f"key {key[:11]} never became usable"
+            await asyncio.sleep(0.05)
+    return app

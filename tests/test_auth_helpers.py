@@ -76,10 +76,19 @@ class KeyTopicReader:
                 return found
             if time.monotonic() > deadline:
                 raise AssertionError(f"only {len(found)} of {count} key messages arrived: {[m for m, _ in found]}")
-            for messages in (await self._consumer.getmany(timeout_ms=200)).values():
-                for message in messages:
-                    raw = message.value.decode()
-                    self.seen.append((orjson.loads(raw), raw))
+            await self._read(200)
+
+    async def drain(self, seconds: float) -> None:
+        """Keep reading for `seconds`, to see what else arrives."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await self._read(100)
+
+    async def _read(self, timeout_ms: int) -> None:
+        for messages in (await self._consumer.getmany(timeout_ms=timeout_ms)).values():
+            for message in messages:
+                raw = message.value.decode()
+                self.seen.append((orjson.loads(raw), raw))
 
 
 def mails_to(settings: Settings, address: str) -> list[EmailMessage]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
@@ -39,3 +39,17 @@ async def queue_email(producer: AIOKafkaProducer, message: EmailMessage) -> str:
     """Publish `message` (acknowledged by Kafka) and return its message id."""
     await publish(producer, EMAIL_TOPIC, message.model_dump(mode="json", by_alias=True), key=message.message_id)
     return message.message_id
+
+
+# ---- scheduled reports (template "report") ---------------------------------------------------------
+ReportFrequency = Literal["daily", "weekly"]
+REPORT_PERIODS: dict[str, timedelta] = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
+
+
+def next_report_at(frequency: str, after: datetime) -> datetime:
+    """The first period end strictly after `after`: the next UTC midnight (daily) or Monday 00:00 UTC
+    (weekly), so scheduled reports cover whole days and whole weeks, as Plausible's do."""
+    midnight = after.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if frequency == "daily":
+        return midnight + timedelta(days=1)
+    return midnight + timedelta(days=7 - midnight.weekday())

@@ -43,7 +43,7 @@ def engines(data_dir: Path) -> Iterator[Settings]:
     """Settings whose URLs all point at real, running engines."""
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     base = Settings(analytics_data_dir=data_dir, analytics_env="test", kafka_partitions=3,
-                    aggregator_batch_max_age_ms=100)
+                    aggregator_batch_max_age_ms=100, reports_check_interval_s=1)
     with docker_engines(base) as from_docker:
         stack = EmbeddedStack.start(from_docker, ["kafka", "postgres", "redis", "smtp"])
         try:

@@ -12,6 +12,7 @@ MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
 
 
 def build(runtime: Runtime) -> ServiceParts:
+    from services.auth.reports import build_reports_router
     from services.auth.router import build_routers
     from services.auth.service import AuthService
 
@@ -34,7 +35,8 @@ def build(runtime: Runtime) -> ServiceParts:
     async def expiry_checks() -> None:
         await service().run_expiry_checks()
 
-    return ServiceParts(routers=build_routers(runtime.settings, service), on_start=[start], background=[expiry_checks])
+    routers = [*build_routers(runtime.settings, service), build_reports_router(runtime.settings, service)]
+    return ServiceParts(routers=routers, on_start=[start], background=[expiry_checks])
 
 
 SERVICE = ServiceSpec(

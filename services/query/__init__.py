@@ -25,13 +25,19 @@ def build(runtime: Runtime) -> ServiceParts:
     async def stop() -> None:
         await stop_shared_key_table(runtime)
 
+    async def reports() -> None:
+        """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""
+        from services.query.reports import run_scheduler
+
+        await run_scheduler(runtime, state["clickhouse"])
+
     def keys() -> KeyTable:
         return state["keys"]  # type: ignore[no-any-return]
 
     router = build_router(
         runtime.settings, keys, lambda: state["clickhouse"], lambda: state.get("cache"), lambda: state.get("redis")
     )
-    return ServiceParts(routers=[router], on_start=[start], on_stop=[stop])
+    return ServiceParts(routers=[router], on_start=[start], on_stop=[stop], background=[reports])
 
 
 SERVICE = ServiceSpec(

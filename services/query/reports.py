@@ -1,0 +1,130 @@
+"""The report scheduler: mails each due report subscription a summary of its app.
+
+Runs in the query service, where ClickHouse is (chDB lives inside the aggregator/query process).
+Subscriptions are auth's (`report_subscriptions` in Postgres); due rows are claimed with
+`FOR UPDATE SKIP LOCKED`, so several query replicas never mail the same report, and the email's
+message id is derived from the subscription and the period, so a report published twice (a crash
+between publishing and moving `next_run_at`) is still mailed once by the notifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, time, timedelta
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter
+
+from libs.clickhouse import ClickHouse
+from libs.kafka import KafkaUnavailable
+from libs.logs import get_logger
+from libs.notifications import REPORT_PERIODS, EmailMessage, next_report_at, queue_email
+from libs.runtime import Runtime
+from libs.settings import Settings
+from services.query import queries
+from services.query.queries import Where
+
+log = get_logger(__name__)
+
+REPORTS_QUEUED = Counter("reports_queued_total", "Scheduled report emails queued", ["frequency"])
+REPORT_ID_NAMESPACE = uuid.UUID("0b7a3f52-5a1e-4f51-9d2c-2f0d8f2f7e11")
+BATCH = 50
+TOP_EVENTS = 5
+
+DUE = """SELECT s.id, s.app_id, s.frequency, s.next_run_at, a.name AS app_name, u.email, u.username
+         FROM report_subscriptions s JOIN apps a ON a.id = s.app_id JOIN users u ON u.id = s.user_id
+         WHERE s.next_run_at <= now() ORDER BY s.next_run_at LIMIT $1
+         FOR UPDATE OF s SKIP LOCKED"""
+
+
+def _change(now: int, before: int) -> int | None:
+    return None if before == 0 else round((now - before) * 100 / before)
+
+
+async def report_data(ch: ClickHouse, app_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+    """The numbers of one app over [start, end), and of the period before it, with the query service's SQL."""
+    where = Where(app_id, start, end)
+    summary = await queries.event_summary(ch, where)
+    previous = await queries.event_summary(ch, Where(app_id, start - (end - start), start))
+    top = await queries.grouped(ch, Where(app_id, start, end), "event_name", TOP_EVENTS)
+    return {
+        "events": int(summary["count"]),
+        "visitors": int(summary["uniqueUsers"]),
+        "events_change": _change(int(summary["count"]), int(previous["count"])),
+        "visitors_change": _change(int(summary["uniqueUsers"]), int(previous["uniqueUsers"])),
+        "top_events": [{"name": r["key"], "count": int(r["count"]), "visitors": int(r["unique_users"])} for r in top],
+        "devices": [{"name": k, "count": int(v)} for k, v in summary["deviceData"].items()],
+    }
+
+
+def period_label(start: datetime, end: datetime) -> str:
+    """`Mon 16 Nov 2026` for a whole day, `16 Nov to 22 Nov 2026` for whole days, else with times."""
+    last = end - timedelta(microseconds=1)
+    whole_days = start.time() == end.time() == time(0)
+    if whole_days and end - start == timedelta(days=1):
+        return start.strftime("%a %d %b %Y")
+    if whole_days:
+        return f"{start.strftime('%d %b')} to {last.strftime('%d %b %Y')}"
+    return f"{start.strftime('%d %b %Y %H:%M')} to {end.strftime('%d %b %Y %H:%M')}"
+
+
+class ReportScheduler:
+    def __init__(self, settings: Settings, pg: asyncpg.Pool, ch: ClickHouse, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.pg = pg
+        self.ch = ch
+        self.producer = producer
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while await self.run_due() == BATCH:
+                    pass
+            except asyncpg.UndefinedTableError:
+                log.info("report subscriptions table not there yet (auth migrations pending)")
+            except (OSError, asyncpg.PostgresError, TimeoutError, KafkaUnavailable) as exc:
+                log.warning("report run failed; retrying at the next check", error=repr(exc))
+            await asyncio.sleep(self.settings.reports_check_interval_s)
+
+    async def run_due(self) -> int:
+        """Mail every due subscription (one batch); returns how many were handled."""
+        async with self.pg.acquire() as conn, conn.transaction():
+            due = await conn.fetch(DUE, BATCH)
+            for sub in due:
+                run_at: datetime = sub["next_run_at"]
+                await self._mail(sub, run_at - REPORT_PERIODS[sub["frequency"]], run_at)
+                await conn.execute(
+                    "UPDATE report_subscriptions SET next_run_at = $2, last_sent_at = now() WHERE id = $1",
+                    sub["id"], next_report_at(sub["frequency"], max(run_at, datetime.now(run_at.tzinfo))),
+                )
+        return len(due)
+
+    async def _mail(self, sub: asyncpg.Record, start: datetime, end: datetime) -> None:
+        data = await report_data(self.ch, str(sub["app_id"]), start, end)
+        message = EmailMessage(
+            message_id=str(uuid.uuid5(REPORT_ID_NAMESPACE, f"{sub['id']}:{end.isoformat()}")),
+            to=sub["email"], template="report",
+            data={
+                "username": sub["username"], "app_name": sub["app_name"], "app_id": str(sub["app_id"]),
+                "frequency": sub["frequency"], "subscription_id": str(sub["id"]),
+                "start": start.isoformat(), "end": end.isoformat(), "period": period_label(start, end), **data,
+            },
+        )
+        await queue_email(self.producer, message)
+        REPORTS_QUEUED.labels(sub["frequency"]).inc()
+        log.info("report queued", subscription=str(sub["id"]), app_id=str(sub["app_id"]), events=data["events"])
+
+
+async def run_scheduler(runtime: Runtime, ch: ClickHouse) -> None:
+    """Wait for Postgres (auth's database) if need be, then check for due reports forever."""
+    while True:
+        try:
+            pg = await asyncio.wait_for(runtime.pg(), 10)
+            break
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("reports wait for Postgres", error=repr(exc))
+            await asyncio.sleep(runtime.settings.reports_check_interval_s)
+    await ReportScheduler(runtime.settings, pg, ch, await runtime.producer()).run()

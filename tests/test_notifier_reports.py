@@ -1,0 +1,107 @@
+"""Scheduled reports: an app's owner subscribes, the query service's scheduler mails the app's numbers
+(through the notifier, into the embedded sink); nobody else can subscribe to that app."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from libs.embedded.smtp_sink import read_inbox
+from libs.notifications import next_report_at
+from libs.settings import Settings
+from tests.conftest import eventually, register_app, signup_login
+
+pytestmark = pytest.mark.engines
+
+
+def test_reports_cover_whole_days_and_weeks() -> None:
+    wed = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
+    assert next_report_at("daily", wed) == datetime(2026, 11, 19, tzinfo=UTC)
+    assert next_report_at("weekly", wed) == datetime(2026, 11, 23, tzinfo=UTC)  # Monday
+    monday = datetime(2026, 11, 23, tzinfo=UTC)
+    assert next_report_at("weekly", monday) == monday + timedelta(days=7)
+    assert next_report_at("daily", monday) == monday + timedelta(days=1)
+
+
+async def test_an_owner_gets_a_report_with_the_apps_numbers(client: httpx.AsyncClient, engines: Settings) -> None:
+    owner = await signup_login(client)
+    app = await register_app(client, owner, "Bakery")
+    events = [
+        {"event": "signup", "device": "mobile", "userId": "u1"},
+        {"event": "signup", "device": "desktop", "userId": "u2"},
+        {"event": "signup", "device": "mobile", "userId": "u1"},
+        {"event": "checkout", "device": "mobile", "userId": "u1"},
+    ]
+    r = await client.post("/api/analytics/collect", json={"events": events}, headers={"x-api-key": app["write_key"]})
+    assert r.status_code == 202, r.text
+
+    async def stored() -> bool:
+        r = await client.get("/api/analytics/events/count", headers={"x-api-key": app["api_key"]})
+        return r.json()["count"] == 4
+
+    await eventually(stored, 15, "the events were not stored")
+
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "daily", "send_now": True},
+                          headers=owner["headers"])
+    assert r.status_code == 201, r.text
+    sub = r.json()
+    assert sub["app_name"] == "Bakery" and sub["frequency"] == "daily"
+
+    def reports() -> list:
+        return [m for m in read_inbox(engines.data_dir / "mail")
+                if m["To"] == owner["email"] and str(m["Subject"]).startswith("Your daily report for Bakery")]
+
+    async def arrived() -> bool:
+        return bool(reports())
+
+    await eventually(arrived, 30, "no report mail")
+    [mail] = reports()
+    assert mail["Subject"] == "Your daily report for Bakery: 2 visitors, 4 events"
+    text = mail.get_body(("plain",)).get_content()
+    html = mail.get_body(("html",)).get_content()
+    assert "Unique visitors: 2" in text and "Events: 4" in text
+    assert "- signup: 3 (2 visitors)" in text and "- checkout: 1 (1 visitors)" in text
+    assert text.index("signup") < text.index("checkout")  # top events, most first
+    assert "- mobile: 3" in text and "- desktop: 1" in text, text
+    assert "<td>signup</td>" in html.replace('<td style="padding-right: 16px;">', "<td>")
+
+    # The next one is due at the next UTC midnight, not again now.
+    r = await client.get("/api/email/reports", headers=owner["headers"])
+    [listed] = r.json()
+    assert listed["id"] == sub["id"] and listed["last_sent_at"] is not None
+    assert datetime.fromisoformat(listed["next_run_at"]) == next_report_at("daily", datetime.now(UTC))
+    assert len(reports()) == 1
+
+    # Subscribing twice to the same report is a conflict; weekly is a separate subscription.
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "daily"},
+                          headers=owner["headers"])
+    assert r.status_code == 409
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "weekly"},
+                          headers=owner["headers"])
+    assert r.status_code == 201
+    weekly = r.json()
+    assert datetime.fromisoformat(weekly["next_run_at"]).weekday() == 0
+
+
+async def test_only_the_owner_can_subscribe_to_or_stop_a_report(client: httpx.AsyncClient) -> None:
+    owner, other = await signup_login(client), await signup_login(client)
+    app = await register_app(client, owner)
+    body = {"app_id": app["app_id"], "frequency": "weekly"}
+    r = await client.post("/api/email/reports", json=body, headers=other["headers"])
+    assert r.status_code == 403, r.text
+    assert (await client.post("/api/email/reports", json=body)).status_code == 401
+    r = await client.post("/api/email/reports", json={**body, "app_id": "00000000-0000-0000-0000-000000000000"},
+                          headers=owner["headers"])
+    assert r.status_code == 404
+    r = await client.post("/api/email/reports", json={**body, "frequency": "hourly"}, headers=owner["headers"])
+    assert r.status_code == 422
+
+    r = await client.post("/api/email/reports", json=body, headers=owner["headers"])
+    assert r.status_code == 201
+    sub_id = r.json()["id"]
+    assert (await client.get("/api/email/reports", headers=other["headers"])).json() == []
+    assert (await client.delete(f"/api/email/reports/{sub_id}", headers=other["headers"])).status_code == 404
+    assert (await client.delete(f"/api/email/reports/{sub_id}", headers=owner["headers"])).status_code == 204
+    assert (await client.get("/api/email/reports", headers=owner["headers"])).json() == []

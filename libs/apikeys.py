@@ -10,6 +10,10 @@ and keeps the lookup on the hot path to one dict access.
 The table is filled from a Postgres snapshot at start (when Postgres answers) and then from every
 message on `auth.api-keys.v1`, each carrying the key's whole state and a version, so messages may be
 replayed or arrive after the snapshot and the newest state always wins. Lookups never leave memory.
+
+When a key was last used is noted in memory at lookup and written to a Redis hash
+(`KEY_LAST_USED_HASH`, key id -> unix time, the newest wins) every few seconds, off the hot path;
+auth reads it for the key metadata and folds it into Postgres.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
 import orjson
+import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
 
@@ -39,6 +45,16 @@ PREFIX_SHOWN = 11  # "sk_" + 8 chars: enough to tell keys apart in a list, usele
 
 KEY_EVENTS_APPLIED = Counter("api_key_events_applied_total", "Key lifecycle messages applied", ["type"])
 KEYS_KNOWN = Gauge("api_keys_known", "Keys in this process's in-memory key table")
+
+KEY_LAST_USED_HASH = "auth:key-last-used"
+# HSET each field only if the new time is newer: gateways flush independently.
+_KEEP_NEWEST = """
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
 
 
 def generate_key(kind: KeyKind) -> str:
@@ -126,11 +142,25 @@ class KeyTable:
         self._by_id: dict[str, KeyRecord] = {}
         self.app_owner: dict[str, str] = {}
         self.ready = asyncio.Event()
+        self._used: dict[str, float] = {}  # key id -> last use (unix time), since the last flush
 
     def lookup(self, key: str) -> KeyRecord | None:
         """The record of a usable key (known, not revoked, not expired), else None."""
         rec = self._by_hash.get(hash_key(key))
-        return rec if rec is not None and rec.usable() else None
+        if rec is None or not rec.usable():
+            return None
+        self._used[rec.key_id] = time.time()
+        return rec
+
+    def take_used(self) -> dict[str, float]:
+        """The keys used since the last call, with when; forgets them."""
+        used, self._used = self._used, {}
+        return used
+
+    def give_back_used(self, used: dict[str, float]) -> None:
+        """Keep usage that could not be flushed for the next attempt."""
+        for key_id, at in used.items():
+            self._used[key_id] = max(at, self._used.get(key_id, 0.0))
 
     def apply(self, rec: KeyRecord) -> bool:
         """Keep `rec` unless a newer version of the same key is already known."""
@@ -152,11 +182,15 @@ class KeyTable:
 class KeyTableSync:
     """Fills a KeyTable from Postgres (once) and the key topic (continuously)."""
 
-    def __init__(self, settings: Settings, table: KeyTable, pg: asyncpg.Pool | None) -> None:
+    def __init__(
+        self, settings: Settings, table: KeyTable, pg: asyncpg.Pool | None, redis: aioredis.Redis | None = None
+    ) -> None:
         self.settings = settings
         self.table = table
         self.pg = pg
+        self.redis = redis
         self._task: asyncio.Task[None] | None = None
+        self._usage_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
@@ -175,6 +209,8 @@ class KeyTableSync:
         self.table.ready.set()
         log.info("api key table loaded", keys=len(self.table))
         self._task = asyncio.create_task(self._follow(consumer), name="api-key-table-sync")
+        if self.redis is not None:
+            self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="api-key-usage-flush")
 
     async def _wait_for_partitions(self, consumer: Any) -> set[int]:
         for _ in range(100):
@@ -211,7 +247,7 @@ class KeyTableSync:
                 self._apply_batch(await consumer.getmany(timeout_ms=1000))
         finally:
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                await asyncio.wait_for(consumer.stop(), 5)
 
     def _apply_batch(self, batch: dict[Any, list[Any]]) -> None:
         for messages in batch.values():
@@ -223,12 +259,32 @@ class KeyTableSync:
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("bad api key message skipped", offset=message.offset, error=repr(exc))
 
+    async def _flush_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.api_key_usage_flush_interval_s)
+            await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Write when keys were last used to Redis; on failure keep them for the next flush."""
+        used = self.table.take_used()
+        if not used or self.redis is None:
+            return
+        args = [v for key_id, at in used.items() for v in (key_id, f"{at:.3f}")]
+        try:
+            await self.redis.eval(_KEEP_NEWEST, 1, KEY_LAST_USED_HASH, *args)
+        except Exception as exc:  # noqa: BLE001 - last-used times are best effort; ingestion goes on
+            self.table.give_back_used(used)
+            log.warning("api key usage not flushed", keys=len(used), error=repr(exc))
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._usage_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._usage_task = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush_usage(), 2)
 
 
 async def shared_key_table(runtime: Any) -> KeyTable:
@@ -242,7 +298,8 @@ async def shared_key_table(runtime: Any) -> KeyTable:
                 with contextlib.suppress(Exception):
                     pg = await asyncio.wait_for(runtime.pg(), 10)
             await runtime.kafka_ready()
-            sync = KeyTableSync(runtime.settings, table, pg)
+            redis = await runtime.redis() if runtime.settings.redis_url else None
+            sync = KeyTableSync(runtime.settings, table, pg, redis)
             await sync.start()
             runtime.shared["key_table"] = table
             runtime.shared["key_table_sync"] = sync

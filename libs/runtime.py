@@ -17,6 +17,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from libs.clickhouse import ClickHouse, connect_clickhouse
 from libs.http import Check, RequestContextMiddleware, install_error_handlers, install_health_routes
@@ -91,8 +92,8 @@ class Runtime:
 
     async def close(self) -> None:
         if self._producer is not None:
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
+            with contextlib.suppress(Exception):  # a dead broker must not hold up shutdown
+                await asyncio.wait_for(self._producer.stop(), 5)
         if self._pg is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pg.close(), 5)
@@ -211,5 +212,11 @@ class Stack:
             checks.update(self.runtime.checks(set(spec.needs) - {"smtp"}))
             checks.update(parts.checks)
         install_health_routes(app, checks)
+        # Browsers on any site send events with the publishable write key, and dashboards on other
+        # origins read with Bearer tokens; no cookies are used, so no credentials mode is needed.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Cache", "Retry-After"], max_age=86400,
+        )
         app.add_middleware(RequestContextMiddleware, service="+".join(names))
         return app

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # Failed logins allowed per moving window (`limits` notation), per account and per client IP.
     auth_login_limit_per_account: str = "10/minute"
     auth_login_limit_per_ip: str = "30/minute"
+    # How often gateways and query write when each API key was last used (to Redis, off the hot path).
+    api_key_usage_flush_interval_s: float = Field(default=2, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
 
     # Aggregator batching: flush by size or by age, whichever comes first.
@@ -57,7 +59,7 @@ class Settings(BaseSettings):
     aggregator_dlq_min_bad: int = Field(default=100, ge=1)
     clickhouse_retention_days: int = Field(default=730, ge=1)
 
-    query_cache_ttl_live_s: int = 10
+    query_cache_ttl_live_s: int = Field(default=5, ge=1)
     query_cache_ttl_closed_s: int = 3600
 
     # Notifier. SMTP TLS: verify the server's certificate against the system CAs, or this CA file
@@ -75,6 +77,13 @@ class Settings(BaseSettings):
     notifier_commit_delay_ms: int = Field(default=0, ge=0)
     # Scheduled reports: how often the query service looks for subscriptions that are due.
     reports_check_interval_s: float = Field(default=60, gt=0)
+
+    # Gateway: which proxies' X-Forwarded-For to believe (CIDRs, comma-separated), whether to keep
+    # only a network prefix of client IPs, what to do with bots, and the per-key ingest limit.
+    trusted_proxies: str = "127.0.0.1/32,::1/128"
+    ip_anonymize: bool = False
+    bot_policy: Literal["flag", "drop"] = "flag"
+    ingest_rate_limit: str = "1000/second"
 
     log_level: str = "INFO"
 

@@ -15,6 +15,8 @@ from tests.conftest import eventually, register_app, signup_login
 
 pytestmark = pytest.mark.engines
 
+FRESH = {"cache-control": "no-cache"}  # polling must not read an answer cached a moment ago
+
 
 async def summary(client: httpx.AsyncClient, key: str, **params: str) -> dict:
     r = await client.get("/api/analytics/event-summary", params=params, headers={"x-api-key": key})
@@ -36,7 +38,7 @@ async def test_collected_events_show_up_in_the_event_summary(client: httpx.Async
     assert r.json()["accepted"] == 4
 
     async def counted() -> bool:
-        return (await client.get("/api/analytics/events/count", headers={"x-api-key": app["api_key"]})).json()[
+        return (await client.get("/api/analytics/events/count", headers={"x-api-key": app["api_key"], **FRESH})).json()[
             "count"
         ] == 4
 
@@ -56,7 +58,7 @@ async def test_one_app_never_sees_another_apps_events(client: httpx.AsyncClient)
     assert r.status_code == 202
 
     async def stored() -> bool:
-        r = await client.get("/api/analytics/events/count", headers={"x-api-key": theirs["api_key"]})
+        r = await client.get("/api/analytics/events/count", headers={"x-api-key": theirs["api_key"], **FRESH})
         return r.json()["count"] == 1
 
     await eventually(stored, 10)

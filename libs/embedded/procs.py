@@ -131,7 +131,10 @@ class ManagedProcess:
         return self.run_dir / f"{self.name}.pid"
 
     def start(self) -> None:
+        """Spawn the child. Call from a long-lived thread (the main one): the kernel signals the child
+        when the thread that forked it ends, not only when the process does."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             self.popen = subprocess.Popen(  # noqa: S603 - argv is ours
                 self.argv,

@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-from libs.apikeys import KeyTable, shared_key_table, stop_shared_key_table
+from libs.apikeys import shared_key_table, stop_shared_key_table
+from libs.ratelimit import RateLimiter
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    from services.gateway.router import build_router
-    from services.gateway.service import Publisher
+    from services.gateway.router import build_routers
+    from services.gateway.service import Ingestor, Publisher
 
-    state: dict[str, object] = {}
+    state: dict[str, Ingestor] = {}
 
-    def keys() -> KeyTable:
-        return state["keys"]  # type: ignore[return-value]
-
-    def publisher() -> Publisher:
-        return state["publisher"]  # type: ignore[return-value]
+    def ingestor() -> Ingestor:
+        return state["ingestor"]
 
     async def start() -> None:
         producer = await runtime.producer()
-        state["publisher"] = Publisher(lambda: producer)
-        state["keys"] = await shared_key_table(runtime)
+        settings = runtime.settings
+        await runtime.redis()  # readiness reports whether the rate-limit store answers
+        limiter = RateLimiter(settings.redis_url, "ingest") if settings.redis_url else None
+        state["ingestor"] = Ingestor(settings, await shared_key_table(runtime), Publisher(lambda: producer), limiter)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
 
     async def key_table_loaded() -> bool:
-        return "keys" in state and keys().ready.is_set()
+        return "ingestor" in state and state["ingestor"].keys.ready.is_set()
 
     return ServiceParts(
-        routers=[build_router(keys, publisher)],
+        routers=build_routers(ingestor),
         on_start=[start],
         on_stop=[stop],
         checks={"api_key_table": key_table_loaded},
@@ -40,7 +40,7 @@ def build(runtime: Runtime) -> ServiceParts:
 SERVICE = ServiceSpec(
     name="gateway",
     port=8001,
-    needs=frozenset({"kafka", "postgres"}),
+    needs=frozenset({"kafka", "postgres", "redis"}),
     build=build,
     description="API-key checks, event validation and enrichment, publishing to Kafka",
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from crawlerdetect import CrawlerDetect
+from geoip2fast import GeoIP2Fast
 from ua_parser import parse as parse_ua
 
 MAX_FUTURE = timedelta(days=1)
@@ -35,6 +38,68 @@ def user_agent_facts(user_agent: str) -> tuple[str, str, str]:
     return browser, os_name, kind
 
 
+_crawlers = CrawlerDetect()
+_geo = GeoIP2Fast()  # ships its own country database: no download, ~4 µs a lookup
+
+
+@lru_cache(maxsize=4096)
+def is_bot(user_agent: str) -> bool:
+    return bool(user_agent) and bool(_crawlers.isCrawler(user_agent))
+
+
+def country_of(ip: str) -> str:
+    """ISO country code of a public IP ('' when unknown, private or malformed)."""
+    if not ip:
+        return ""
+    try:
+        code = _geo.lookup(ip).country_code
+    except Exception:  # noqa: BLE001 - a lookup failure only means "unknown"
+        return ""
+    return code if code and len(code) == 2 and code.isalpha() else ""
+
+
+def anonymize_ip(ip: str) -> str:
+    """Keep the network, drop the host: IPv4 /24, IPv6 /48 (as Google Analytics' IP anonymization)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+
+
+class TrustedProxies:
+    """Client IP from the socket, or from X-Forwarded-For when the socket peer is a trusted proxy."""
+
+    def __init__(self, cidrs: str) -> None:
+        self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs.split(",") if c.strip()]
+
+    def trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+    def client_ip(self, peer: str, forwarded_for: str | None) -> str:
+        if not forwarded_for or not self.trusted(peer):
+            return peer
+        # Walk from the nearest hop outwards; the first address not of our proxies is the client.
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self.trusted(hop):
+                return hop if _is_ip(hop) else peer
+        return hops[0] if hops and _is_ip(hops[0]) else peer
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def url_facts(url: str | None) -> dict[str, str]:
     if not url:
         return {}
@@ -59,11 +124,25 @@ def referrer_host(referrer: str | None) -> str:
         return ""
 
 
-def event_time(client_ts: datetime | None, received_at: datetime, flags: list[str]) -> datetime:
-    """The client's timestamp in UTC (naive = UTC); more than a day in the future is clamped."""
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def event_time(
+    client_ts: datetime | None, received_at: datetime, flags: list[str], sent_at: datetime | None = None
+) -> datetime:
+    """When the event happened, in UTC (naive = UTC).
+
+    With `sent_at` (the client's clock when it sent the request), the client's clock skew is removed
+    as Segment does: timestamp = received_at - (sent_at - timestamp). More than a day in the future
+    is clamped to received_at and flagged.
+    """
     if client_ts is None:
         return received_at
-    ts = client_ts.replace(tzinfo=UTC) if client_ts.tzinfo is None else client_ts.astimezone(UTC)
+    ts = _utc(client_ts)
+    if sent_at is not None:
+        ts = received_at - (_utc(sent_at) - ts)
+        flags.append("clock_skew_corrected")
     if ts - received_at > MAX_FUTURE:
         flags.append("timestamp_clamped")
         return received_at
@@ -73,20 +152,31 @@ def event_time(client_ts: datetime | None, received_at: datetime, flags: list[st
 def base_event(
     app_id: str, event_id: str | None, received_at: datetime, user_agent: str, ip: str
 ) -> dict[str, Any]:
+    """The fields every event gets from the request itself (see `libs.events.EnrichedEvent`)."""
     browser, os_name, device_type = user_agent_facts(user_agent)
+    bot = is_bot(user_agent) or device_type == "bot"
     return {
         "schema_version": 1,
         "event_id": event_id or str(uuid.uuid4()),
         "app_id": app_id,
         "browser": browser,
         "os": os_name,
-        "device_type": device_type,
+        "device_type": "bot" if bot else device_type,
         "user_agent": user_agent[:1000],
         "ip": ip,
+        "is_bot": bot,
         "received_at": received_at,
         "flags": [],
         "properties": {},
     }
+
+
+def finalize(event: dict[str, Any], anonymize: bool) -> dict[str, Any]:
+    """Last step for every event: country from the full IP, then the IP anonymized if asked."""
+    event["country"] = country_of(event["ip"])
+    if anonymize and event["ip"]:
+        event["ip"] = anonymize_ip(event["ip"])
+    return event
 
 
 def now_utc() -> datetime:

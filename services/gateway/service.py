@@ -6,6 +6,8 @@ import asyncio
 import gzip
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -18,6 +20,8 @@ from libs.apikeys import KeyRecord, KeyTable
 from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
 from libs.logs import kafka_headers
+from libs.ratelimit import RateLimiter
+from libs.settings import Settings
 from services.gateway import enrich
 from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
 
@@ -29,6 +33,8 @@ ACK_TIMEOUT_S = 0.8  # answer 503 well under a second when Kafka does not acknow
 EVENTS_ACCEPTED = Counter("gateway_events_accepted_total", "Events acknowledged by Kafka", ["route"])
 EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Events refused at validation", ["route"])
 PUBLISH_FAILURES = Counter("gateway_publish_failures_total", "Requests answered 503 because Kafka did not ack")
+RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests answered 429")
+BOTS_DROPPED = Counter("gateway_bot_events_dropped_total", "Bot events dropped (BOT_POLICY=drop)")
 
 
 def decode_body(raw: bytes, content_encoding: str | None) -> Any:
@@ -54,9 +60,9 @@ def decode_body(raw: bytes, content_encoding: str | None) -> Any:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
 
 
-def authenticate(keys: KeyTable, api_key: str | None) -> KeyRecord:
+def authenticate(keys: KeyTable, api_key: str | None, how: str = "the x-api-key header") -> KeyRecord:
     if not api_key:
-        raise ApiError(401, "missing API key: send it in the x-api-key header")
+        raise ApiError(401, f"missing API key: send it in {how}")
     record = keys.lookup(api_key.strip())
     if record is None:
         raise ApiError(401, "invalid, revoked or expired API key")
@@ -159,6 +165,82 @@ def from_metric(ev: MetricIn, base: dict[str, Any]) -> dict[str, Any]:
     )
     out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
     return out
+
+
+@dataclass
+class RequestFacts:
+    """What the request itself says about every event in it."""
+
+    record: KeyRecord
+    received_at: datetime
+    user_agent: str
+    ip: str
+
+    def base(self, event_id: str | None) -> dict[str, Any]:
+        return enrich.base_event(self.record.app_id, event_id, self.received_at, self.user_agent, self.ip)
+
+
+class Ingestor:
+    """Validate, enrich, rate limit and publish; shared by the seed routes and the Segment API."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keys: KeyTable,
+        publisher: Publisher,
+        limiter: RateLimiter | None,
+    ) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.publisher = publisher
+        self.limiter = limiter
+        self.proxies = enrich.TrustedProxies(settings.trusted_proxies)
+
+    def facts(self, record: KeyRecord, peer: str, headers: Any) -> RequestFacts:
+        ip = self.proxies.client_ip(peer, headers.get("x-forwarded-for"))
+        return RequestFacts(record, enrich.now_utc(), headers.get("user-agent", ""), ip)
+
+    async def check_rate(self, record: KeyRecord) -> None:
+        if self.limiter is None:
+            return
+        retry_after = await self.limiter.hit(self.settings.ingest_rate_limit, "ingest", record.key_id)
+        if retry_after is not None:
+            RATE_LIMITED.inc()
+            raise ApiError(
+                429, f"rate limit {self.settings.ingest_rate_limit} for this key exceeded; retry in {retry_after}s",
+                {"Retry-After": str(retry_after)},
+            )
+
+    async def ingest(
+        self,
+        facts: RequestFacts,
+        items: Sequence[Any],
+        is_batch: bool,
+        model: type[BaseModel],
+        convert: Callable[[Any, dict[str, Any]], dict[str, Any]],
+        route: str,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Publish the valid items; returns (published events, per-index errors). 422 if none is valid."""
+        await self.check_rate(facts.record)
+        good, bad = validate_items(model, items)
+        EVENTS_REJECTED.labels(route).inc(len(bad))
+        if not good:
+            raise ApiError(422, bad if is_batch else bad[0]["errors"])
+        events = []
+        for _, item in good:
+            event = enrich.finalize(convert(item, facts.base(_event_id(item))), self.settings.ip_anonymize)
+            if event["is_bot"] and self.settings.bot_policy == "drop":
+                BOTS_DROPPED.inc()
+                continue
+            events.append(event)
+        if events:
+            await self.publisher.publish(facts.record.app_id, events)
+        EVENTS_ACCEPTED.labels(route).inc(len(events))
+        return events, bad
+
+
+def _event_id(item: Any) -> str | None:
+    return getattr(item, "event_id", None) or getattr(item, "messageId", None)
 
 
 class Publisher:

@@ -35,14 +35,16 @@ class QueryCache:
         self._inflight: dict[str, asyncio.Future[Any]] = {}
 
     async def get_or_compute(
-        self, key: str, ttl: int, compute: Callable[[], Awaitable[Any]]
+        self, key: str, ttl: int, compute: Callable[[], Awaitable[Any]], refresh: bool = False
     ) -> tuple[Any, bool]:
-        """(value, hit). The value is computed once per key at a time in this process."""
-        try:
-            cached = await self.redis.get(key)
-        except (RedisError, OSError) as exc:
-            log.warning("query cache unreachable; answering uncached", error=repr(exc))
-            cached = None
+        """(value, hit). The value is computed once per key at a time in this process.
+        With `refresh`, the cached value is ignored and replaced."""
+        cached = None
+        if not refresh:
+            try:
+                cached = await self.redis.get(key)
+            except (RedisError, OSError) as exc:
+                log.warning("query cache unreachable; answering uncached", error=repr(exc))
         if cached is not None:
             CACHE_LOOKUPS.labels("hit").inc()
             return orjson.loads(cached), True

@@ -3,6 +3,7 @@
 
 import time as time_module
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -42,6 +43,14 @@ async def reject_unknown_params(request: Request) -> None:
         raise ApiError(422, f"unknown parameter(s) {', '.join(unknown)}; this endpoint takes: {', '.join(sorted(allowed))}")
 
 
+_bypass_cache: ContextVar[bool] = ContextVar("bypass_cache", default=False)
+
+
+async def read_cache_control(request: Request) -> None:
+    """`Cache-Control: no-cache` asks for a fresh answer (which then refreshes the cache)."""
+    _bypass_cache.set("no-cache" in request.headers.get("cache-control", "").lower())
+
+
 def parse_when(value: str | None, name: str, end_of_day: bool) -> datetime | None:
     """An ISO date (whole day) or datetime (naive = UTC)."""
     if value is None or value == "":
@@ -74,7 +83,10 @@ def build_router(
     cache: Callable[[], QueryCache | None],
     redis: Callable[[], Any],
 ) -> APIRouter:
-    router = APIRouter(prefix="/api/analytics", tags=["query"], dependencies=[Depends(reject_unknown_params)])
+    router = APIRouter(
+        prefix="/api/analytics", tags=["query"],
+        dependencies=[Depends(reject_unknown_params), Depends(read_cache_control)],
+    )
 
     async def readable_app(
         credentials: BearerCredentials,
@@ -122,7 +134,8 @@ def build_router(
             value, hit = await compute(), False
         else:
             ttl = settings.query_cache_ttl_live_s if live else settings.query_cache_ttl_closed_s
-            value, hit = await store.get_or_compute(cache_key(app_id, endpoint, params), ttl, compute)
+            key = cache_key(app_id, endpoint, params)
+            value, hit = await store.get_or_compute(key, ttl, compute, refresh=_bypass_cache.get())
         return JSONResponse(_jsonable(value), headers={"X-Cache": "HIT" if hit else "MISS"})
 
     def reaches_now(end: datetime) -> bool:

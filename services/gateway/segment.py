@@ -1,0 +1,122 @@
+"""The Segment HTTP Tracking API (`/v1/track|page|screen|identify|group|alias|batch`).
+
+Unmodified Segment and RudderStack SDKs send here: HTTP Basic auth with the write key as the user
+name (or `writeKey` in the body), answered `200 {"success": true}` as Segment does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.gateway import enrich
+
+CallType = Literal["track", "page", "screen", "identify", "group", "alias"]
+DEFAULT_NAMES = {"page": "page_view", "screen": "screen_view", "identify": "identify", "group": "group", "alias": "alias"}
+
+
+class SegmentMessage(BaseModel):
+    """One Segment call. Unknown fields (integrations, etc.) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    type: CallType
+    event: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    category: str | None = Field(default=None, max_length=200)
+    userId: str | None = Field(default=None, max_length=200)
+    anonymousId: str | None = Field(default=None, max_length=200)
+    groupId: str | None = Field(default=None, max_length=200)
+    previousId: str | None = Field(default=None, max_length=200)
+    messageId: str | None = Field(default=None, max_length=128)
+    timestamp: datetime | None = None
+    originalTimestamp: datetime | None = None
+    sentAt: datetime | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("userId", "anonymousId", "groupId", "previousId", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _required_per_type(self) -> SegmentMessage:
+        if not (self.userId or self.anonymousId):
+            raise ValueError("userId or anonymousId is required")
+        if self.type == "track" and not self.event:
+            raise ValueError("track calls need an event name")
+        if self.type == "group" and not self.groupId:
+            raise ValueError("group calls need a groupId")
+        if self.type == "alias" and not self.previousId:
+            raise ValueError("alias calls need a previousId")
+        return self
+
+
+def basic_auth_user(header: str | None) -> str | None:
+    """The user name of an HTTP Basic Authorization header (Segment puts the write key there)."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[0] or None
+
+
+def _text(value: Any, limit: int = 4096) -> str:
+    return str(value)[:limit] if value not in (None, "") else ""
+
+
+def from_segment(msg: SegmentMessage, base: dict[str, Any], batch_sent_at: datetime | None) -> dict[str, Any]:
+    ctx = msg.context
+    page = ctx.get("page") if isinstance(ctx.get("page"), dict) else {}
+    props = msg.properties
+    url = _text(props.get("url") or page.get("url"))
+    referrer = _text(props.get("referrer") or page.get("referrer"))
+    out = dict(base)
+    out.update(enrich.url_facts(url))
+    if props.get("path") or page.get("path"):
+        out["path"] = _text(props.get("path") or page.get("path"), 2048)
+    campaign = ctx.get("campaign") if isinstance(ctx.get("campaign"), dict) else {}
+    for field in ("source", "medium", "name", "term", "content"):
+        if campaign.get(field):
+            out["utm_campaign" if field == "name" else f"utm_{field}"] = _text(campaign[field], 200)
+    if ctx.get("userAgent"):
+        browser, os_name, device = enrich.user_agent_facts(str(ctx["userAgent"]))
+        bot = enrich.is_bot(str(ctx["userAgent"])) or device == "bot"
+        out.update(browser=browser, os=os_name, device_type="bot" if bot else device, is_bot=bot,
+                   user_agent=_text(ctx["userAgent"], 1000))
+    if ctx.get("ip"):
+        out["ip"] = _text(ctx["ip"], 64)
+    screen = ctx.get("screen") if isinstance(ctx.get("screen"), dict) else {}
+    if screen.get("width") and screen.get("height"):
+        out["screen_size"] = f"{screen['width']}x{screen['height']}"
+    properties: dict[str, Any] = dict(props)
+    if msg.type in ("identify", "group"):
+        properties = {"traits": msg.traits or ctx.get("traits") or {}}
+    if msg.groupId:
+        properties["group_id"] = msg.groupId
+    if msg.previousId:
+        properties["previous_id"] = msg.previousId
+    out.update(
+        type=msg.type,
+        event_name=(msg.event if msg.type == "track" else msg.name) or DEFAULT_NAMES.get(msg.type, msg.type),
+        event_category=_text(msg.category or props.get("category"), 200),
+        source="segment",
+        user_id=msg.userId or "",
+        anonymous_id=msg.anonymousId or "",
+        session_id=_text(ctx.get("sessionId") or props.get("sessionId"), 200),
+        url=url,
+        referrer=referrer,
+        referrer_host=enrich.referrer_host(referrer),
+        properties=properties,
+    )
+    happened = msg.timestamp or msg.originalTimestamp
+    out["timestamp"] = enrich.event_time(happened, base["received_at"], out["flags"], msg.sentAt or batch_sent_at)
+    return out

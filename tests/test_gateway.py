@@ -1,0 +1,394 @@
+"""The ingest gateway as clients see it: seed routes, the Segment API with real SDKs, browsers,
+limits, enrichment, and what happens when Kafka or Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from libs.embedded.engines import start_kafka
+from libs.embedded.procs import free_port
+from libs.runtime import Stack
+from libs.settings import Settings
+from services import gateway
+from tests.conftest import eventually, register_app, signup_login
+
+pytestmark = pytest.mark.engines
+
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.0 Mobile/15E148 Safari/604.1"
+)
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+@pytest.fixture(scope="module")
+async def app_keys(client: httpx.AsyncClient) -> dict[str, Any]:
+    return await register_app(client, await signup_login(client), "gateway tests")
+
+
+@pytest.fixture(scope="module")
+async def live_url(stack: Stack) -> AsyncIterator[str]:
+    """The whole app on a real socket, for SDKs that speak HTTP themselves."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(stack.app(), host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def stored_event(client: httpx.AsyncClient, key: str, event_id: str, timeout: float = 10) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    async def present() -> bool:
+        r = await client.get(f"/api/analytics/events/{event_id}", headers={"x-api-key": key})
+        if r.status_code == 200:
+            found.update(r.json())
+        return r.status_code == 200
+
+    await eventually(present, timeout, f"event {event_id} never stored")
+    return found
+
+
+async def count_named(client: httpx.AsyncClient, key: str, name: str) -> int:
+    r = await client.get("/api/analytics/events/count", params={"event_name": name},
+                         headers={"x-api-key": key, "cache-control": "no-cache"})
+    assert r.status_code == 200, r.text
+    return int(r.json()["count"])
+
+
+# ---- the seeds' routes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("headers", "status", "detail"),
+    [
+        pytest.param({}, 401, "missing API key", id="no-key"),
+        pytest.param({"x-api-key": "wk_not-a-real-key"}, 401, "invalid, revoked or expired", id="unknown-key"),
+    ],
+)
+async def test_ingest_without_a_valid_key_is_401(client: httpx.AsyncClient, headers: dict, status: int, detail: str) -> None:
+    r = await client.post("/api/analytics/collect", json={"event": "x"}, headers=headers)
+    assert r.status_code == status
+    assert detail in r.json()["detail"]
+
+
+async def test_a_batch_accepts_the_good_events_and_reports_the_bad_by_index(client: httpx.AsyncClient, app_keys: dict) -> None:
+    name = f"batch-{uuid.uuid4().hex[:6]}"
+    body = {"events": [{"event": name}, {"url": "no event name"}, {"event": name, "timestamp": "not a time"}, {"event": name}]}
+    r = await client.post("/api/analytics/collect", json=body, headers={"x-api-key": app_keys["write_key"]})
+    assert r.status_code == 202
+    answer = r.json()
+    assert answer["accepted"] == 2
+    assert [e["index"] for e in answer["errors"]] == [1, 2]
+    assert answer["errors"][0]["errors"][0]["loc"] == ["event"]
+    await eventually(lambda: _equals(count_named(client, app_keys["api_key"], name), 2), 10)
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        pytest.param(b"{not json", 400, id="not-json"),
+        pytest.param(b"[1, 2]", 400, id="not-an-object"),
+        pytest.param(b'{"events": []}', 400, id="empty-batch"),
+        pytest.param(b'{"event": ""}', 422, id="empty-name"),
+        pytest.param(b'{"events": [{"nope": 1}]}', 422, id="all-bad"),
+    ],
+)
+async def test_bad_bodies_get_a_clear_4xx(client: httpx.AsyncClient, app_keys: dict, body: bytes, status: int) -> None:
+    r = await client.post("/api/analytics/collect", content=body, headers={"x-api-key": app_keys["write_key"]})
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+
+
+async def test_requests_over_500_kb_are_413_and_events_over_32_kb_are_refused_by_index(
+    client: httpx.AsyncClient, app_keys: dict
+) -> None:
+    big = {"event": "big", "properties": {"blob": "x" * 600_000}}
+    r = await client.post("/api/analytics/collect", json=big, headers={"x-api-key": app_keys["write_key"]})
+    assert r.status_code == 413
+    body = {"events": [{"event": "ok"}, {"event": "fat", "properties": {"blob": "x" * 40_000}}]}
+    r = await client.post("/api/analytics/collect", json=body, headers={"x-api-key": app_keys["write_key"]})
+    assert r.status_code == 202
+    assert r.json()["accepted"] == 1
+    assert r.json()["errors"][0]["index"] == 1
+    assert "32 KB" in r.json()["errors"][0]["errors"][0]["msg"]
+
+
+async def test_gzip_and_text_plain_beacon_bodies_are_accepted(client: httpx.AsyncClient, app_keys: dict) -> None:
+    name = f"beacon-{uuid.uuid4().hex[:6]}"
+    payload = b'{"event": "%s"}' % name.encode()
+    r = await client.post(
+        "/api/analytics/collect", content=gzip.compress(payload),
+        headers={"x-api-key": app_keys["write_key"], "content-encoding": "gzip", "content-type": "application/json"},
+    )
+    assert r.status_code == 202, r.text
+    r = await client.post(
+        "/api/analytics/collect", content=payload,
+        headers={"x-api-key": app_keys["write_key"], "content-type": "text/plain;charset=UTF-8"},
+    )
+    assert r.status_code == 202, r.text
+    await eventually(lambda: _equals(count_named(client, app_keys["api_key"], name), 2), 10)
+
+
+async def test_cors_preflight_is_answered_for_any_origin(client: httpx.AsyncClient) -> None:
+    r = await client.options(
+        "/api/analytics/collect",
+        headers={"origin": "https://blog.example", "access-control-request-method": "POST",
+                 "access-control-request-headers": "content-type,x-api-key"},
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "POST" in r.headers["access-control-allow-methods"]
+    assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
+
+
+async def test_the_first_seeds_events_and_custom_metrics_are_accepted(client: httpx.AsyncClient, app_keys: dict) -> None:
+    r = await client.post(
+        "/api/analytics/events",
+        json={"event_name": "checkout", "event_category": "shop", "source": "web", "user_id": "u9",
+              "session_id": "s1", "metadata": {"total": 12.5}},
+        headers={"x-api-key": app_keys["api_key"]},
+    )
+    assert r.status_code == 202
+    event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert (event["event_category"], event["source"], event["properties"]) == ("shop", "web", {"total": 12.5})
+    r = await client.post(
+        "/api/analytics/metrics", json={"metric_name": "latency_ms", "value": 42, "unit": "ms", "tags": {"r": "eu"}},
+        headers={"x-api-key": app_keys["api_key"]},
+    )
+    assert r.status_code == 202
+
+    async def metric_visible() -> bool:
+        r = await client.get("/api/analytics/metrics", params={"metric_name": "latency_ms"},
+                             headers={"x-api-key": app_keys["api_key"]})
+        rows = r.json()["metrics"]
+        return bool(rows) and rows[0]["count"] == 1 and rows[0]["avg"] == 42
+
+    await eventually(metric_visible, 10, "the metric never showed up")
+
+
+# ---- enrichment ---------------------------------------------------------------------------------
+
+async def test_events_are_enriched_from_the_user_agent_url_and_referrer(client: httpx.AsyncClient, app_keys: dict) -> None:
+    r = await client.post(
+        "/api/analytics/collect",
+        json={"event": "pageview", "url": "https://shop.example/p/1?utm_source=news&utm_campaign=spring",
+              "referrer": "https://www.google.com/search?q=x"},
+        headers={"x-api-key": app_keys["write_key"], "user-agent": IPHONE},
+    )
+    event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert (event["device_type"], event["browser"], event["os"]) == ("mobile", "Mobile Safari", "iOS")
+    assert (event["path"], event["utm_source"], event["utm_campaign"]) == ("/p/1", "news", "spring")
+    assert event["referrer_host"] == "google.com"
+    assert event["type"] == "page"
+    assert event["is_bot"] is False
+
+
+async def test_bots_are_flagged(client: httpx.AsyncClient, app_keys: dict) -> None:
+    r = await client.post("/api/analytics/collect", json={"event": "crawl"},
+                          headers={"x-api-key": app_keys["write_key"], "user-agent": GOOGLEBOT})
+    event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert event["is_bot"] is True
+    assert event["device_type"] == "bot"
+
+
+async def test_the_client_ip_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(
+    stack: Stack, client: httpx.AsyncClient, app_keys: dict
+) -> None:
+    headers = {"x-api-key": app_keys["write_key"], "x-forwarded-for": "81.2.69.160"}
+    r = await client.post("/api/analytics/collect", json={"event": "direct"}, headers=headers)
+    untrusted = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert untrusted["ip"] == "203.0.113.7"  # the socket peer: its forwarded-for header is not believed
+    transport = httpx.ASGITransport(app=stack.app(), client=("127.0.0.1", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as via_proxy:
+        r = await via_proxy.post("/api/analytics/collect", json={"event": "proxied"}, headers=headers)
+    proxied = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert (proxied["ip"], proxied["country"]) == ("81.2.69.160", "GB")
+
+
+async def test_a_timestamp_more_than_a_day_ahead_is_clamped_and_flagged(client: httpx.AsyncClient, app_keys: dict) -> None:
+    future = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    r = await client.post("/api/analytics/collect", json={"event": "future", "timestamp": future},
+                          headers={"x-api-key": app_keys["write_key"]})
+    event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert event["timestamp"] == event["received_at"]
+    r = await client.get("/api/analytics/events", params={"event_name": "future"}, headers={"x-api-key": app_keys["api_key"]})
+    assert r.status_code == 200
+
+
+# ---- Segment ------------------------------------------------------------------------------------
+
+def _basic(key: str) -> dict[str, str]:
+    return {"authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+async def test_segment_calls_with_basic_auth_or_write_key_in_the_body(client: httpx.AsyncClient, app_keys: dict) -> None:
+    mid = str(uuid.uuid4())
+    r = await client.post("/v1/track", json={"userId": "seg-1", "event": "Signed Up", "messageId": mid,
+                                             "properties": {"plan": "pro"}}, headers=_basic(app_keys["write_key"]))
+    assert r.status_code == 200 and r.json()["success"] is True, r.text
+    r = await client.post("/v1/identify", json={"writeKey": app_keys["write_key"], "userId": "seg-1",
+                                                "traits": {"email": "s@example.com"}})
+    assert r.status_code == 200, r.text
+    r = await client.post("/v1/track", json={"event": "No Identity"}, headers=_basic(app_keys["write_key"]))
+    assert r.status_code == 422
+    assert "userId or anonymousId" in str(r.json()["detail"])
+    r = await client.post("/v1/track", json={"userId": "x", "event": "e"})
+    assert r.status_code == 401
+    assert "Basic auth" in r.json()["detail"]
+    event = await stored_event(client, app_keys["api_key"], mid)
+    assert (event["type"], event["event_name"], event["user_id"], event["properties"]) == (
+        "track", "Signed Up", "seg-1", {"plan": "pro"})
+
+
+async def test_segment_timestamps_are_corrected_for_the_clients_clock_skew(client: httpx.AsyncClient, app_keys: dict) -> None:
+    # The client's clock runs 2 hours ahead: it says the event happened 10 s before it sent it.
+    client_now = datetime.now(UTC) + timedelta(hours=2)
+    mid = str(uuid.uuid4())
+    r = await client.post("/v1/batch", json={
+        "batch": [{"type": "track", "event": "Skewed", "userId": "u", "messageId": mid,
+                   "timestamp": (client_now - timedelta(seconds=10)).isoformat()}],
+        "sentAt": client_now.isoformat(),
+    }, headers=_basic(app_keys["write_key"]))
+    assert r.status_code == 200, r.text
+    event = await stored_event(client, app_keys["api_key"], mid)
+    happened = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    received = datetime.fromisoformat(event["received_at"].replace("Z", "+00:00"))
+    assert abs((received - happened) - timedelta(seconds=10)) < timedelta(seconds=1)
+
+
+async def test_a_retried_message_id_is_counted_once(client: httpx.AsyncClient, app_keys: dict) -> None:
+    mid, name = str(uuid.uuid4()), f"retry-{uuid.uuid4().hex[:6]}"
+    call = {"type": "track", "event": name, "userId": "u", "messageId": mid, "timestamp": datetime.now(UTC).isoformat()}
+    for _ in range(3):
+        r = await client.post("/v1/batch", json={"batch": [call]}, headers=_basic(app_keys["write_key"]))
+        assert r.status_code == 200
+    await stored_event(client, app_keys["api_key"], mid)
+    await asyncio.sleep(1.0)  # let every copy reach ClickHouse
+    assert await count_named(client, app_keys["api_key"], name) == 1
+
+
+async def test_the_official_segment_and_rudderstack_sdks_work_unchanged(
+    client: httpx.AsyncClient, app_keys: dict, live_url: str
+) -> None:
+    import rudderstack.analytics as rudder
+    from segment.analytics import Client as SegmentClient
+
+    name = f"sdk-{uuid.uuid4().hex[:6]}"
+    failures: list[Any] = []
+
+    def send() -> None:
+        seg = SegmentClient(app_keys["write_key"], host=live_url, sync_mode=True, on_error=lambda e, b: failures.append(e))
+        seg.track("sdk-user", name, {"sdk": "segment"})
+        seg.page("sdk-user", "Docs", "Home", {"url": f"{live_url}/docs?utm_source=sdk"})
+        seg.identify("sdk-user", {"plan": "free"})
+        seg.flush()
+        rudder.write_key = app_keys["write_key"]
+        rudder.dataPlaneUrl = live_url
+        rudder.sync_mode = True
+        rudder.on_error = lambda e, b: failures.append(e)
+        rudder.track("sdk-user", name, {"sdk": "rudderstack"})
+        rudder.flush()
+
+    await asyncio.to_thread(send)
+    assert not failures, failures
+    await eventually(lambda: _equals(count_named(client, app_keys["api_key"], name), 2), 15, "SDK events not stored")
+    r = await client.get("/api/analytics/events", params={"event_name": "Home"}, headers={"x-api-key": app_keys["api_key"]})
+    page = r.json()["events"][0]
+    assert (page["type"], page["utm_source"]) == ("page", "sdk")
+
+
+# ---- limits and failures ---------------------------------------------------------------------------
+
+@asynccontextmanager
+async def gateway_alone(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A second gateway with its own settings, reading keys from the same Postgres and topic."""
+    async with Stack(settings, [gateway.SERVICE]) as gw:
+        transport = httpx.ASGITransport(app=gw.app(), client=("198.51.100.4", 999))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            yield http
+
+
+async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(engines: Settings, app_keys: dict) -> None:
+    async with gateway_alone(engines.model_copy(update={"ingest_rate_limit": "3/minute"})) as gw:
+        statuses = [(await gw.post("/api/analytics/collect", json={"event": "rl"},
+                                   headers={"x-api-key": app_keys["write_key"]})) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [202, 202, 202, 429]
+    assert 1 <= int(statuses[-1].headers["retry-after"]) <= 60
+    await _clear_limit(engines, app_keys)
+
+
+async def _clear_limit(engines: Settings, app_keys: dict) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(engines.redis_url or "")
+    async for key in client.scan_iter("ingest*"):
+        await client.delete(key)
+    await client.aclose()
+
+
+async def test_with_redis_down_ingest_fails_open(engines: Settings, app_keys: dict) -> None:
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("rate_limit_fail_open_total", {"limit": "1000 per 1 second"}) or 0
+    dead_redis = engines.model_copy(update={"redis_url": "unix:///nonexistent/redis.sock"})
+    async with gateway_alone(dead_redis) as gw:
+        r = await gw.post("/api/analytics/collect", json={"event": "no-redis"}, headers={"x-api-key": app_keys["write_key"]})
+    assert r.status_code == 202, r.text
+    after = REGISTRY.get_sample_value("rate_limit_fail_open_total", {"limit": "1000 per 1 second"})
+    assert after == before + 1
+
+
+async def test_anonymized_ips_keep_only_the_network_and_bots_can_be_dropped(
+    engines: Settings, client: httpx.AsyncClient, app_keys: dict
+) -> None:
+    settings = engines.model_copy(update={"ip_anonymize": True, "bot_policy": "drop"})
+    async with gateway_alone(settings) as gw:
+        r = await gw.post("/api/analytics/collect", json={"events": [{"event": "anon"}]},
+                          headers={"x-api-key": app_keys["write_key"], "user-agent": IPHONE})
+        bot = await gw.post("/api/analytics/collect", json={"event": "dropped-bot"},
+                            headers={"x-api-key": app_keys["write_key"], "user-agent": GOOGLEBOT})
+    assert bot.status_code == 202 and bot.json()["accepted"] == 0
+    event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert event["ip"] == "198.51.100.0"
+
+
+async def test_kafka_down_gives_503_with_retry_after_in_under_a_second(
+    engines: Settings, app_keys: dict, tmp_path: Any
+) -> None:
+    broker, bootstrap = start_kafka(tmp_path)  # from this thread: the broker dies with the thread that forked it
+    try:
+        settings = engines.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        async with gateway_alone(settings) as gw:  # keys come from the Postgres snapshot
+            ok = await gw.post("/api/analytics/collect", json={"event": "up"}, headers={"x-api-key": app_keys["write_key"]})
+            assert ok.status_code == 202, ok.text
+            broker.stop()
+            started = time.monotonic()
+            down = await gw.post("/api/analytics/collect", json={"event": "down"}, headers={"x-api-key": app_keys["write_key"]})
+            elapsed = time.monotonic() - started
+    finally:
+        broker.stop()
+    assert down.status_code == 503
+    assert int(down.headers["retry-after"]) >= 1
+    assert "Kafka" in down.json()["detail"]
+    assert elapsed < 1.0
+
+

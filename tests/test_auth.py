@@ -421,6 +421,7 @@ async def _rejected_within(http: httpx.AsyncClient, key: str, limit: float, star
         r = await collect(http, key)
         elapsed = time.monotonic() - started
         if r.status_code == 401:
+            print(f"key {key[:11]} refused {elapsed * 1000:.0f} ms after the change")  # shown with -s
             return elapsed
         assert r.status_code == 202, r.text
         assert elapsed < limit, f"key {key[:11]} still accepted {elapsed:.2f}s after it was revoked"
@@ -480,6 +481,30 @@ async def test_regenerate_replaces_both_keys(http: httpx.AsyncClient) -> None:
     await eventually(new_keys_work, 5, "the regenerated keys were not accepted")
     meta = (await http.get("/api/auth/api-key", params={"app_id": app["app_id"]}, headers=user["headers"])).json()
     assert sorted(k["revoked"] for k in meta["keys"]) == [False, False, True, True]
+
+
+async def test_key_metadata_shows_when_each_key_was_last_used(http: httpx.AsyncClient) -> None:
+    user = await signup_login(http)
+    r = await http.post("/api/auth/register", json={"name": "used"}, headers=user["headers"])
+    app = r.json()
+    before = datetime.now(UTC)
+    await eventually(lambda: _accepted(http, app["write_key"]), 5, "the write key was never accepted")
+
+    async def last_used() -> dict[str, str | None]:
+        meta = await http.get("/api/auth/api-key", params={"app_id": app["app_id"]}, headers=user["headers"])
+        return {k["kind"]: k["last_used_at"] for k in meta.json()["keys"]}
+
+    async def write_key_seen() -> bool:
+        return (await last_used())["write"] is not None
+
+    await eventually(write_key_seen, 6, "the write key's last use never showed up")
+    seen = await last_used()
+    assert before - timedelta(seconds=1) <= datetime.fromisoformat(seen["write"]) <= datetime.now(UTC)
+    assert seen["secret"] is None  # never used
+
+
+async def _accepted(http: httpx.AsyncClient, key: str) -> bool:
+    return (await collect(http, key)).status_code == 202
 
 
 async def test_a_write_key_can_ingest_but_not_read(http: httpx.AsyncClient) -> None:

@@ -175,6 +175,13 @@ async def test_the_expiry_check_warns_owners_and_announces_expired_keys(
             assert app["api_key"][:11] in text and app["write_key"][:11] in text
             expired = await topic.wait_for(lambda m: m["type"] == "expired" and m["key_id"] in key_ids, count=2)
             assert datetime.now(UTC) >= expires
+            # the same job copied the keys' last uses (the gateway notes them in Redis) to Postgres
+            conn = await asyncpg.connect(engines.database_url)
+            try:
+                stored = await conn.fetch("SELECT last_used_at FROM api_keys WHERE app_id = $1", app["app_id"])
+            finally:
+                await conn.close()
+            assert all(row["last_used_at"] is not None for row in stored)
             await topic.drain(1.0)  # a few more checks: each key is warned about and announced once
     assert [m["Subject"] for m in mails_to(engines, user["email"])].count("API keys for expiring expire soon") == 1
     assert len([m for m, _ in topic.seen if m["type"] == "expired" and m["key_id"] in key_ids]) == 2

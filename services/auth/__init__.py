@@ -32,11 +32,11 @@ def build(runtime: Runtime) -> ServiceParts:
         holder["svc"] = svc
         await svc.republish_all_keys()
 
-    async def expiry_checks() -> None:
-        await service().run_expiry_checks()
+    async def key_checks() -> None:
+        await service().run_key_checks()
 
     routers = [*build_routers(runtime.settings, service), build_reports_router(runtime.settings, service)]
-    return ServiceParts(routers=routers, on_start=[start], background=[expiry_checks])
+    return ServiceParts(routers=routers, on_start=[start], background=[key_checks])
 
 
 SERVICE = ServiceSpec(

@@ -172,3 +172,13 @@ async def claim_expired(conn: asyncpg.Connection) -> list[KeyRecord]:
         version_now(),
     )
     return [KeyRecord.from_row(r) for r in rows]
+
+
+async def fold_key_usage(conn: asyncpg.Connection, used: dict[uuid.UUID, datetime]) -> None:
+    """Keep the newer of each key's stored last use and `used`."""
+    await conn.execute(
+        """UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
+           FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+           WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)""",
+        list(used), list(used.values()),
+    )

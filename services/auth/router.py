@@ -15,7 +15,7 @@ from services.auth.service import AuthService
 
 
 def _key_meta(row: object) -> s.KeyMeta:
-    r = row  # asyncpg.Record
+    r = row  # a key row (mapping)
     return s.KeyMeta(
         key_id=str(r["id"]), kind=r["kind"], prefix=r["prefix"], created_at=r["created_at"],  # type: ignore[index]
         expires_at=r["expires_at"], revoked=r["revoked_at"] is not None, revoked_at=r["revoked_at"],  # type: ignore[index]

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from limits import parse as parse_limit
 
 from libs import tokens
-from libs.apikeys import KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
+from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
 from libs.http import ApiError
 from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
@@ -195,10 +195,46 @@ class AuthService:
         async with self.pg.acquire() as conn:
             return await repo.apps_of(conn, user_id)
 
-    async def key_metadata(self, user_id: str, app_id: str) -> list[asyncpg.Record]:
+    async def key_metadata(self, user_id: str, app_id: str) -> list[dict[str, Any]]:
+        """The app's keys, with when each was last used as far as gateways told (Redis) or Postgres knows."""
         app = await self.owned_app(user_id, app_id)
         async with self.pg.acquire() as conn:
-            return await repo.keys_of_app(conn, app["id"])
+            rows = [dict(r) for r in await repo.keys_of_app(conn, app["id"])]
+        recent = await self._recent_key_usage([str(r["id"]) for r in rows])
+        for row in rows:
+            seen = recent.get(row["id"])
+            if seen is not None and (row["last_used_at"] is None or seen > row["last_used_at"]):
+                row["last_used_at"] = seen
+        return rows
+
+    async def _recent_key_usage(self, key_ids: list[str] | None = None) -> dict[uuid.UUID, datetime]:
+        """Last uses the gateways wrote to Redis (all, or these keys); empty when Redis is down."""
+        try:
+            if key_ids is None:
+                raw = await self.redis.hgetall(KEY_LAST_USED_HASH)
+            elif key_ids:
+                raw = dict(zip(key_ids, await self.redis.hmget(KEY_LAST_USED_HASH, key_ids), strict=True))
+            else:
+                raw = {}
+        except Exception as exc:  # noqa: BLE001 - last-used times are best effort
+            log.warning("api key usage not read", error=repr(exc))
+            return {}
+        used: dict[uuid.UUID, datetime] = {}
+        for key_id, at in raw.items():
+            if at is None:
+                continue
+            with contextlib.suppress(ValueError, TypeError):
+                key = key_id.decode() if isinstance(key_id, bytes) else key_id
+                used[uuid.UUID(key)] = datetime.fromtimestamp(float(at), UTC)
+        return used
+
+    async def fold_key_usage(self) -> int:
+        """Copy the last uses from Redis into Postgres, so they outlive Redis."""
+        used = await self._recent_key_usage()
+        if used:
+            async with self.pg.acquire() as conn:
+                await repo.fold_key_usage(conn, used)
+        return len(used)
 
     async def revoke(self, user_id: str, app_id: str | None, key_id: str | None) -> list[KeyRecord]:
         if key_id is not None:
@@ -293,14 +329,16 @@ class AuthService:
             log.info("api key expiry checked", warned=len(expiring), expired=len(expired))
         return len(expiring), len(expired)
 
-    async def run_expiry_checks(self) -> None:
-        """Background job: `check_key_expiry` now and every AUTH_EXPIRY_CHECK_INTERVAL_S seconds."""
+    async def run_key_checks(self) -> None:
+        """Background job, now and every AUTH_EXPIRY_CHECK_INTERVAL_S seconds: `check_key_expiry`
+        and `fold_key_usage`."""
         while True:
-            try:
-                await self.check_key_expiry()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaUnavailable, TimeoutError) as exc:
-                # Postgres or Kafka down: nothing was marked, the next check tries again.
-                log.warning("api key expiry check failed; will retry", error=repr(exc))
+            for check in (self.check_key_expiry, self.fold_key_usage):
+                try:
+                    await check()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaUnavailable, TimeoutError) as exc:
+                    # Postgres or Kafka down: nothing was marked, the next round tries again.
+                    log.warning("api key check failed; will retry", check=check.__name__, error=repr(exc))
             await asyncio.sleep(self.settings.auth_expiry_check_interval_s)
 
     # ---- email -------------------------------------------------------------------------------

@@ -48,8 +48,6 @@ class Settings(BaseSettings):
     auth_login_limit_per_ip: str = "30/minute"
     # How often gateways and query write when each API key was last used (to Redis, off the hot path).
     api_key_usage_flush_interval_s: float = Field(default=2, gt=0)
-    # How often gateways and query write when each API key was last used (to Redis, off the hot path).
-    api_key_usage_flush_interval_s: float = Field(default=2, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
 
     # Aggregator batching: flush by size or by age, whichever comes first.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,3 +84,16 @@ def running(*args: str, env: dict[str, str], log: Path, base: str) -> Iterator[s
 
 def port() -> int:
     return free_port()
+
+
+def read_exports(infra: subprocess.Popen[str], log: Path, timeout: float = 60) -> dict[str, str]:
+    """The `export NAME=value` lines `analytics infra` prints once its engines are up."""
+    exports: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while "SMTP_URL" not in exports and time.monotonic() < deadline:
+        line = infra.stdout.readline() if infra.stdout else ""
+        if not line and infra.poll() is not None:
+            raise AssertionError(log.read_text())
+        if m := re.match(r"export (\w+)=(.*)", line.strip()):
+            exports[m.group(1)] = m.group(2)
+    return exports

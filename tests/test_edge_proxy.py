@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e import ROOT, analytics, clean_env, port, stop_and_check_nothing_left, wait_ready
+from tests.e2e import ROOT, analytics, clean_env, port, read_exports, stop_and_check_nothing_left, wait_ready
 from tests.slice_http import run_slice
 
 pytestmark = pytest.mark.e2e
@@ -101,15 +102,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     try:
         infra = analytics("infra", env=clean_env(data), log=tmp / "infra.log")
         started.append(infra)
-        exports: dict[str, str] = {}
-        deadline = time.monotonic() + 60
-        while "SMTP_URL" not in exports and time.monotonic() < deadline:
-            line = infra.stdout.readline() if infra.stdout else ""
-            if not line and infra.poll() is not None:
-                raise AssertionError((tmp / "infra.log").read_text())
-            if m := re.match(r"export (\w+)=(.*)", line.strip()):
-                exports[m.group(1)] = m.group(2)
-        env = clean_env(data, **exports)
+        env = clean_env(data, **read_exports(infra, tmp / "infra.log"))
         # chDB lives in one process, so aggregator and query share one (as documented).
         groups = {"gateway": "gateway", "auth": "auth", "query": "aggregator,query", "notifier": "notifier"}
         ports = {name: port() for name in groups}
@@ -222,6 +215,18 @@ def test_the_whole_slice_through_the_edge(edge: Edge) -> None:
     r = httpx.post(f"{edge.base}/api/analytics/metrics", headers={"x-api-key": key},
                    json={"metric_name": "load_ms", "value": 12.5, "unit": "ms", "tags": {"page": "/"}})
     assert r.status_code == 202, r.text
+
+
+def test_the_image_healthcheck_tells_ready_from_down(edge: Edge) -> None:
+    """deploy/healthcheck.py, the image's HEALTHCHECK, against a real service and a closed port."""
+    script = ROOT / "deploy" / "healthcheck.py"
+    gateway_port = edge.services["gateway"].rsplit(":", 1)[1]
+    ok = subprocess.run([sys.executable, str(script)], env={"HEALTHCHECK_PORT": gateway_port},
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "ready" in ok.stdout, ok.stdout + ok.stderr
+    down = subprocess.run([sys.executable, str(script)], env={"HEALTHCHECK_PORT": str(port())},
+                          capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1 and "nothing answers" in down.stdout, down.stdout
 
 
 def test_a_stopped_service_is_a_json_503_with_retry_after_not_an_html_502(edge: Edge) -> None:

@@ -417,6 +417,11 @@ async def committed(engines: Settings, group: str, topic: str) -> int | None:
         await consumer.stop()
 
 
+async def metrics_of(port: int) -> str:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, sig)
@@ -444,6 +449,11 @@ async def test_a_notifier_killed_after_sending_and_before_committing_still_mails
             once = await send(note("once@example.com", "Only once"))
 
             await inbox.wait_for(once, 30, "the first notifier never sent the mail")
+
+            async def recorded() -> bool:  # the notifier saw the server's 250 and recorded the send
+                return 'notifier_emails_sent_total{template="notification"} 1.0' in await metrics_of(port)
+
+            await eventually(recorded, 10, "the first notifier never counted the mail as sent")
             stop(first, signal.SIGKILL)  # no chance to commit
             assert await committed(engines, group, topic) is None, "the offset was committed before the kill"
 
@@ -460,8 +470,7 @@ async def test_a_notifier_killed_after_sending_and_before_committing_still_mails
 
                 await eventually(both_committed, 15, "offsets not committed after the restart")
                 assert len(inbox.with_id(once)) == 1
-                metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-                assert "notifier_duplicates_skipped_total 1.0" in metrics
+                assert "notifier_duplicates_skipped_total 1.0" in await metrics_of(port)
             finally:
                 stop(second, signal.SIGTERM)
         finally:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage as MimeMessage
-from email.utils import make_msgid
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -82,11 +83,18 @@ class SmtpTarget:
         )
 
 
+def _msgid_domain(sender: str) -> str:
+    address = parseaddr(sender)[1]
+    return address.rpartition("@")[2] or "analytics.localhost"
+
+
 def render(message: EmailMessage, sender: str, base_url: str) -> MimeMessage:
     mime = MimeMessage()
     mime["From"] = sender
     mime["To"] = str(message.to)
-    mime["Message-ID"] = make_msgid(idstring=message.message_id.replace("-", ""), domain="analytics.localhost")
+    # The same for every attempt: should a crash between the server's 250 and our sent-record ever
+    # deliver a mail twice, mail stores that collapse duplicate Message-IDs show it once.
+    mime["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9._-]', '', message.message_id)}@{_msgid_domain(sender)}>"
     mime["X-Analytics-Message-Id"] = message.message_id
     if message.template is None:
         assert message.subject and message.body

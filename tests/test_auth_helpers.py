@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import orjson
 from fastapi import FastAPI
 
+from libs.embedded.procs import free_port
 from libs.embedded.smtp_sink import read_inbox
 from libs.kafka import API_KEYS_TOPIC, make_consumer
 from libs.runtime import Stack
@@ -119,3 +121,65 @@ async def register(http: httpx.AsyncClient, user: dict[str, Any], name: str = "s
             assert time.monotonic() < deadline, f"key {key[:11]} never became usable"
             await asyncio.sleep(0.05)
     return app
+
+
+class PostgresProxy:
+    """A TCP front for the test Postgres that a test can cut (`down`) and restore (`up`).
+
+    Only the services started on `dsn` lose their database; the session's Postgres stays up."""
+
+    def __init__(self, database_url: str) -> None:
+        url = urlsplit(database_url)
+        query = parse_qs(url.query)
+        host = (query.pop("host", [None])[0]) or url.hostname or "127.0.0.1"
+        port = url.port or int(query.pop("port", ["5432"])[0])
+        self._unix = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
+        self._target = (host, port)
+        self.port = free_port(15432)
+        auth = url.netloc.rsplit("@", 1)[0] + "@" if "@" in url.netloc else ""
+        rest = urlencode({k: v[0] for k, v in query.items()})
+        self.dsn = f"{url.scheme}://{auth}127.0.0.1:{self.port}{url.path}" + (f"?{rest}" if rest else "")
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def down(self) -> None:
+        """Refuse new connections and cut the open ones, as a crashed database would."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        writers = [writer]
+        try:
+            if self._unix:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._unix)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._target)
+            writers.append(up_writer)
+            self._writers.update(writers)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._tasks.discard(task)
+            for w in writers:
+                self._writers.discard(w)
+                w.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()

@@ -19,8 +19,17 @@ from libs.runtime import Stack
 from libs.settings import Settings
 from services.auth import SERVICE as AUTH
 from services.gateway import SERVICE as GATEWAY
-from tests.conftest import PASSWORD, signup_login, unique
-from tests.test_auth_helpers import KeyTopicReader, client_for, collect, mails_to, random_ip, register, wait_for_mail
+from tests.conftest import PASSWORD, eventually, signup_login, unique
+from tests.test_auth_helpers import (
+    KeyTopicReader,
+    PostgresProxy,
+    client_for,
+    collect,
+    mails_to,
+    random_ip,
+    register,
+    wait_for_mail,
+)
 
 pytestmark = pytest.mark.engines
 
@@ -187,3 +196,44 @@ async def test_the_expiry_check_warns_owners_and_announces_expired_keys(
     assert len([m for m, _ in topic.seen if m["type"] == "expired" and m["key_id"] in key_ids]) == 2
     assert {m["key_id"] for m, _ in expired} == key_ids
     assert (await collect(http, app["api_key"])).status_code == 401
+
+
+async def test_auth_answers_503_with_retry_after_while_postgres_is_down_and_recovers(engines: Settings) -> None:
+    proxy = PostgresProxy(engines.database_url)
+    await proxy.up()
+    try:
+        # an auth replica whose only way to Postgres is the proxy
+        async with Stack(engines.model_copy(update={"database_url": proxy.dsn}), [AUTH]) as lone, client_for(
+            lone, random_ip()
+        ) as auth:
+            user = await signup_login(auth)
+            await proxy.down()
+            name = unique("outage")
+            calls = {
+                "signup": auth.post(
+                    "/api/user/signup", json={"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+                ),
+                "login": auth.post("/api/user/login", json={"username": user["username"], "password": PASSWORD}),
+                "refresh": auth.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]}),
+                "profile": auth.get("/api/user/get_user_profile", headers=user["headers"]),
+                "register": auth.post("/api/auth/register", json={"name": "x"}, headers=user["headers"]),
+                "apps": auth.get("/api/auth/apps", headers=user["headers"]),
+            }
+            for what, call in calls.items():
+                r = await call
+                assert r.status_code == 503, (what, r.status_code, r.text)
+                assert int(r.headers["retry-after"]) >= 1, what
+                assert "Postgres" in r.json()["detail"], what
+            await proxy.up()
+
+            async def back() -> bool:
+                r = await auth.post("/api/user/login", json={"username": user["username"], "password": PASSWORD})
+                return r.status_code == 200
+
+            await eventually(back, 10, "auth did not recover once Postgres was back")
+            # the refresh token that could not be spent during the outage still works
+            r = await auth.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]})
+            assert r.status_code == 200, r.text
+            assert not lone.failed.is_set(), lone.failure  # the background key job survived the outage
+    finally:
+        await proxy.down()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from limits import parse as parse_limit
 
 from libs import tokens
 from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
-from libs.http import ApiError
+from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
 from libs.notifications import EmailMessage, queue_email
@@ -28,6 +29,14 @@ from services.auth import repository as repo
 log = get_logger(__name__)
 
 NOTIFICATION_LIMIT = "10/hour"
+# Postgres down, restarting or unreachable (not a bad query): answered 503, retried by background jobs.
+POSTGRES_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 @dataclass
@@ -57,12 +66,22 @@ class AuthService:
             (parse_limit(settings.auth_login_limit_per_ip), "ip"),
         )
 
+    @contextlib.asynccontextmanager
+    async def db(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; Postgres being down or unreachable becomes a 503 with Retry-After."""
+        try:
+            async with self.pg.acquire(timeout=5) as conn:
+                yield conn
+        except POSTGRES_DOWN as exc:
+            log.warning("postgres unavailable", error=repr(exc))
+            raise DependencyUnavailable("the account database (Postgres)", retry_after=2) from exc
+
     # ---- users -------------------------------------------------------------------------------
     async def signup(self, username: str, email: str, password: str) -> asyncpg.Record:
         problems = passwords.policy_problems(password)
         if problems:
             raise ApiError(400, "password needs " + ", ".join(problems))
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             clash = await repo.taken(conn, username, email)
             if clash:
                 raise ApiError(409, f"{' and '.join(clash)} already registered")
@@ -82,7 +101,7 @@ class AuthService:
         locked out; once either budget is spent, every attempt is refused (429) before the
         password is even checked, until the moving window frees one.
         """
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             user = await repo.user_by_login(conn, login)
         # One budget per account, whether it is named by username or by email.
         idents = {"acct": str(user["id"]) if user else login.lower(), "ip": client_ip}
@@ -102,7 +121,7 @@ class AuthService:
     async def _issue_pair(self, user_id: str, family: str) -> dict[str, Any]:
         access, _ = tokens.issue(self.settings, user_id, "access", family)
         refresh, claims = tokens.issue(self.settings, user_id, "refresh", family)
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             await repo.insert_refresh(conn, claims.jti, family, user_id, claims.expires_at)
         return {
             "access_token": access,
@@ -116,7 +135,7 @@ class AuthService:
             claims = tokens.decode(self.settings, refresh_token, "refresh")
         except tokens.InvalidToken as exc:
             raise ApiError(401, str(exc)) from exc
-        async with self.pg.acquire() as conn, conn.transaction():
+        async with self.db() as conn, conn.transaction():
             row = await repo.spend_refresh(conn, claims.jti)
             if row is None or row["revoked_at"] is not None:
                 raise ApiError(401, "refresh token revoked; log in again")
@@ -133,7 +152,7 @@ class AuthService:
         return await self._issue_pair(claims.sub, claims.family)
 
     async def logout(self, access: tokens.TokenClaims) -> None:
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             await repo.revoke_family(conn, access.family)
         with contextlib.suppress(Exception):
             await tokens.denylist(self.redis, access)
@@ -147,7 +166,7 @@ class AuthService:
             log.warning("session access tokens not denylisted", error=repr(exc))
 
     async def profile(self, user_id: str) -> asyncpg.Record:
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             user = await repo.user_by_id(conn, user_id)
         if user is None:
             raise ApiError(401, "user no longer exists")
@@ -162,10 +181,10 @@ class AuthService:
         self, owner_id: str, name: str, domain: str | None, expires_at: datetime | None
     ) -> tuple[asyncpg.Record, IssuedKeys]:
         expires_at = expires_at or self._default_expiry()
-        async with self.pg.acquire() as conn, conn.transaction():
+        async with self.db() as conn, conn.transaction():
             app = await repo.insert_app(conn, owner_id, name, domain)
             issued = await self._issue_keys(conn, app["id"], expires_at)
-        await self._announce(issued.records, "created")
+            await self._announce(issued.records, "created")
         await self._email_owner(owner_id, "api_key_created", {"app_name": name, "keys": _key_summaries(issued.records)})
         return app, issued
 
@@ -183,7 +202,7 @@ class AuthService:
             app_uuid = uuid.UUID(app_id)
         except ValueError as exc:
             raise ApiError(404, "app not found") from exc
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             app = await repo.app_by_id(conn, app_uuid)
         if app is None:
             raise ApiError(404, "app not found")
@@ -192,13 +211,13 @@ class AuthService:
         return app
 
     async def list_apps(self, user_id: str) -> list[asyncpg.Record]:
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             return await repo.apps_of(conn, user_id)
 
     async def key_metadata(self, user_id: str, app_id: str) -> list[dict[str, Any]]:
         """The app's keys, with when each was last used as far as gateways told (Redis) or Postgres knows."""
         app = await self.owned_app(user_id, app_id)
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             rows = [dict(r) for r in await repo.keys_of_app(conn, app["id"])]
         recent = await self._recent_key_usage([str(r["id"]) for r in rows])
         for row in rows:
@@ -232,7 +251,7 @@ class AuthService:
         """Copy the last uses from Redis into Postgres, so they outlive Redis."""
         used = await self._recent_key_usage()
         if used:
-            async with self.pg.acquire() as conn:
+            async with self.db() as conn:
                 await repo.fold_key_usage(conn, used)
         return len(used)
 
@@ -242,55 +261,71 @@ class AuthService:
                 key_uuid = uuid.UUID(key_id)
             except ValueError as exc:
                 raise ApiError(404, "key not found") from exc
-            async with self.pg.acquire() as conn:
+            async with self.db() as conn:
                 row = await repo.key_by_id(conn, key_uuid)
             if row is None:
                 raise ApiError(404, "key not found")
             app = await self.owned_app(user_id, str(row["app_id"]))
-            targets = [key_uuid]
         else:
             assert app_id is not None
             app = await self.owned_app(user_id, app_id)
-            async with self.pg.acquire() as conn:
-                targets = [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn, conn.transaction():
+            targets = [key_uuid] if key_id is not None else [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
             revoked = await repo.revoke_keys(conn, targets)
-        await self._announce(revoked, "revoked")
+            await self._announce(revoked, "revoked")
         if revoked:
             await self._email_owner(user_id, "api_key_revoked", {"app_name": app["name"], "keys": _key_summaries(revoked)})
         return revoked
 
     async def regenerate(self, user_id: str, app_id: str, expires_at: datetime | None) -> tuple[IssuedKeys, list[KeyRecord]]:
         app = await self.owned_app(user_id, app_id)
-        async with self.pg.acquire() as conn, conn.transaction():
+        async with self.db() as conn, conn.transaction():
             old = [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
             revoked = await repo.revoke_keys(conn, old)
             issued = await self._issue_keys(conn, app["id"], expires_at or self._default_expiry())
-        await self._announce(revoked, "regenerated")
-        await self._announce(issued.records, "created")
+            await self._announce(revoked, "regenerated")
+            await self._announce(issued.records, "created")
         await self._email_owner(user_id, "api_key_created", {"app_name": app["name"], "keys": _key_summaries(issued.records)})
         return issued, revoked
 
     async def _announce(self, records: list[KeyRecord], event_type: str) -> None:
-        """Tell every gateway (auth.api-keys.v1). Retried: a revocation must not be lost."""
-        for rec in records:
-            for attempt in range(5):
-                try:
-                    await publish(self.producer, API_KEYS_TOPIC, rec.to_message(event_type), key=rec.key_id)
-                    break
-                except KafkaUnavailable:
-                    if attempt == 4:
-                        # Postgres has the truth; auth republishes every key at its next start.
-                        log.error("key change not published", key_id=rec.key_id, type=event_type)
-                        raise
-                    await asyncio.sleep(0.2 * 2**attempt)
+        """Tell every gateway (auth.api-keys.v1) and wait for Kafka's acknowledgement, retrying briefly.
+
+        Callers announce inside the transaction that makes the change: a change Kafka did not take
+        is rolled back (the client gets 503 and may retry) instead of being stored while gateways
+        never hear of it. The reverse (announced, then the commit fails) is harmless: a created key
+        nobody was shown, or a revocation the owner retries.
+        """
+        pending = records
+        for attempt in range(3):
+            failed = await self._publish_states(pending, event_type)
+            if not failed:
+                return
+            pending = failed
+            if attempt < 2:
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error("key change not published", key_ids=[r.key_id for r in pending], type=event_type)
+        raise KafkaUnavailable(f"{len(pending)} key change(s) not acknowledged by Kafka")
+
+    async def _publish_states(self, records: list[KeyRecord], event_type: str) -> list[KeyRecord]:
+        """Publish the records concurrently; returns those Kafka did not acknowledge."""
+        results = await asyncio.gather(
+            *(publish(self.producer, API_KEYS_TOPIC, r.to_message(event_type), key=r.key_id) for r in records),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, KafkaUnavailable):
+                raise result
+        return [r for r, result in zip(records, results, strict=True) if isinstance(result, KafkaUnavailable)]
 
     async def republish_all_keys(self) -> int:
         """Publish the state of every key (at start-up), so gateways converge even after a lost message."""
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             records = await repo.all_keys(conn)
-        for rec in records:
-            await publish(self.producer, API_KEYS_TOPIC, rec.to_message("snapshot"), key=rec.key_id)
+        for i in range(0, len(records), 500):
+            failed = await self._publish_states(records[i : i + 500], "snapshot")
+            if failed:
+                raise KafkaUnavailable(f"{len(failed)} key states not acknowledged by Kafka at start-up")
         return len(records)
 
     # ---- key expiry (periodic) -------------------------------------------------------------------
@@ -301,7 +336,7 @@ class AuthService:
         transaction that commits only once the emails or messages are acknowledged by Kafka.
         """
         within_s = self.settings.auth_expiry_warning_days * 86400
-        async with self.pg.acquire() as conn, conn.transaction():
+        async with self.db() as conn, conn.transaction():
             expiring = await repo.claim_expiring(conn, within_s)
             by_app: dict[uuid.UUID, list[asyncpg.Record]] = {}
             for row in expiring:
@@ -322,7 +357,7 @@ class AuthService:
                         ],
                     },
                 ))
-        async with self.pg.acquire() as conn, conn.transaction():
+        async with self.db() as conn, conn.transaction():
             expired = await repo.claim_expired(conn)
             await self._announce(expired, "expired")
         if expiring or expired:
@@ -336,14 +371,14 @@ class AuthService:
             for check in (self.check_key_expiry, self.fold_key_usage):
                 try:
                     await check()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaUnavailable, TimeoutError) as exc:
+                except (*POSTGRES_DOWN, asyncpg.PostgresError, DependencyUnavailable, KafkaUnavailable) as exc:
                     # Postgres or Kafka down: nothing was marked, the next round tries again.
                     log.warning("api key check failed; will retry", check=check.__name__, error=repr(exc))
             await asyncio.sleep(self.settings.auth_expiry_check_interval_s)
 
     # ---- email -------------------------------------------------------------------------------
     async def _email_owner(self, user_id: str, template: str, data: dict[str, Any]) -> None:
-        async with self.pg.acquire() as conn:
+        async with self.db() as conn:
             user = await repo.user_by_id(conn, user_id)
         if user is not None:
             data = {"username": user["username"], **data}

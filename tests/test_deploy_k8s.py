@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -382,3 +383,27 @@ def test_the_migration_job_runs_analytics_migrate_with_the_same_config() -> None
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["migrate"]
     assert [next(iter(r.values()))["name"] for r in container["envFrom"]] == ["analytics-config", "analytics-secrets"]
+
+
+def service_routes() -> list[tuple[str, str, str]]:
+    """(method, path, service) for every route the services declare: built, not started."""
+    from libs.runtime import Runtime
+    from libs.settings import Settings
+    from services.runner import SERVICES
+
+    runtime = Runtime(Settings())
+    return [
+        (method, re.sub(r"\{[^}]+\}", "x1", route.path), name)
+        for name, spec in SERVICES.items()
+        for router in spec.build(runtime).routers
+        for route in router.routes
+        for method in sorted(getattr(route, "methods", None) or ())
+    ]
+
+
+def test_httproutes_cover_every_route_the_services_declare(production: list[dict[str, Any]]) -> None:
+    routes = service_routes()
+    assert {name for _, _, name in routes} >= {"gateway", "auth", "query"}
+    wrong = {f"{m} {p}": f"routed to {matching_backend(production, m, p)}, served by {name}"
+             for m, p, name in routes if matching_backend(production, m, p) != name}
+    assert not wrong, wrong

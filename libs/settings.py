@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     auth_login_limit_per_ip: str = "30/minute"
     # How often gateways and query write when each API key was last used (to Redis, off the hot path).
     api_key_usage_flush_interval_s: float = Field(default=2, gt=0)
+    # Auth republishes every key's state this often (and at start), so a gateway that rebuilds its
+    # table from auth.api-keys.v1 alone (Postgres down) finds every key within the topic's retention.
+    auth_key_snapshot_interval_s: float = Field(default=86400, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
 
     # Aggregator batching: flush by size or by age, whichever comes first.

@@ -237,3 +237,16 @@ async def test_auth_answers_503_with_retry_after_while_postgres_is_down_and_reco
             assert not lone.failed.is_set(), lone.failure  # the background key job survived the outage
     finally:
         await proxy.down()
+
+
+async def test_auth_republishes_every_keys_state_periodically(http: httpx.AsyncClient, engines: Settings) -> None:
+    """So that a gateway rebuilding its table from the topic alone still finds old keys."""
+    user = await signup_login(http)
+    app = await register(http, user, "old")
+    await http.post("/api/auth/revoke", json={"app_id": app["app_id"]}, headers=user["headers"])
+    often = engines.model_copy(update={"auth_expiry_check_interval_s": 0.2, "auth_key_snapshot_interval_s": 0.5})
+    async with KeyTopicReader(engines) as topic, Stack(often, [AUTH]):
+        found = await topic.wait_for(lambda m: m["type"] == "snapshot" and m["app_id"] == app["app_id"], count=4)
+    # the start-up snapshot and at least one periodic one, for both keys, with their current state
+    assert all(m["revoked_at"] is not None for m, _ in found)
+    assert len({m["key_id"] for m, _ in found}) == 2

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -366,9 +367,14 @@ class AuthService:
 
     async def run_key_checks(self) -> None:
         """Background job, now and every AUTH_EXPIRY_CHECK_INTERVAL_S seconds: `check_key_expiry`
-        and `fold_key_usage`."""
+        and `fold_key_usage`; and `republish_all_keys` every AUTH_KEY_SNAPSHOT_INTERVAL_S."""
+        last_snapshot = time.monotonic()  # the start-up hook has just published one
         while True:
-            for check in (self.check_key_expiry, self.fold_key_usage):
+            checks: list[Callable[[], Awaitable[object]]] = [self.check_key_expiry, self.fold_key_usage]
+            if time.monotonic() - last_snapshot >= self.settings.auth_key_snapshot_interval_s:
+                last_snapshot = time.monotonic()
+                checks.append(self.republish_all_keys)
+            for check in checks:
                 try:
                     await check()
                 except (*POSTGRES_DOWN, asyncpg.PostgresError, DependencyUnavailable, KafkaUnavailable) as exc:

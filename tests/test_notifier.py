@@ -316,6 +316,23 @@ async def test_a_550_goes_to_the_dlq_with_the_reason_and_does_not_hold_up_other_
     assert await metric(client, "notifier_emails_dead_lettered_total") >= dead_before + 1
 
 
+async def test_one_message_published_twice_at_once_is_mailed_once(engines: Settings, client: httpx.AsyncClient) -> None:
+    skipped_before = await metric(client, "notifier_duplicates_skipped_total")
+    with smtp_server() as (inbox, port):
+        async with notifier(engines, f"smtp://127.0.0.1:{port}") as (_, send):
+            twice = note("twice@example.com", "Twice?")
+            await asyncio.gather(send(twice), send(twice))  # both copies in flight together
+            after = await send(note("twice@example.com", "After"))
+            await inbox.wait_for(after, 15, "the following mail never came")
+
+            async def skipped() -> bool:
+                return await metric(client, "notifier_duplicates_skipped_total") > skipped_before
+
+            await eventually(skipped, 15, "the second copy was not recognised as a duplicate")
+            assert len(inbox.with_id(twice.message_id)) == 1
+            assert inbox.with_id(twice.message_id)[0]["Message-ID"] == f"<{twice.message_id}@analytics.localhost>"
+
+
 async def test_temporary_failures_past_the_retry_budget_are_parked(engines: Settings) -> None:
     with smtp_server() as (inbox, port):
         async with notifier(engines, f"smtp://127.0.0.1:{port}", notifier_retry_budget_s=2) as (_, send):

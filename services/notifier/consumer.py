@@ -1,7 +1,11 @@
 """Email consumer: each message on `notifications.email.v1` is mailed once.
 
 * Sent once: the message id is recorded in Redis after the SMTP server accepted the mail and checked
-  before sending, so a redelivery (crash after sending, before the commit) does not mail twice.
+  before sending, so a redelivery (crash after sending, before the commit) does not mail twice; a
+  short claim (`SET NX`) keeps two copies of one message in flight at once (a partition that moved
+  while its old owner still retries, a producer that published twice) from both being sent. The one
+  window left is a crash between the server's acceptance and the record (milliseconds); the
+  `Message-ID` header is derived from the message id so mail stores can fold such a duplicate.
 * Temporary failures are retried with exponential backoff and jitter in their own task, so one slow
   mail does not hold up the others; permanent ones, and those past the retry budget, go to
   `notifications.email.dlq.v1` with the reason.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +39,8 @@ from services.notifier.mailer import PermanentFailure, SmtpTarget, TemporaryFail
 log = get_logger(__name__)
 
 SENT_KEY = "notifier:sent:"
+SENDING_KEY = "notifier:sending:"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 SENT_TTL_S = 30 * 24 * 3600
 MAX_IN_FLIGHT = 100
 
@@ -145,10 +152,7 @@ class EmailConsumer:
         except ValidationError as exc:
             await self._dead_letter(message, None, f"invalid message: {exc.errors()[0]['msg']}", "invalid")
             return
-        if await self._already_sent(email.message_id):
-            DUPLICATES.inc()
-            log.info("email already sent; skipped", message_id=email.message_id)
-            return
+        sent = False
         try:
             mime = render(email, self.settings.smtp_from, self.settings.public_base_url)
             async for attempt in AsyncRetrying(
@@ -160,18 +164,47 @@ class EmailConsumer:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         RETRIED.inc()
-                    start = time.perf_counter()
-                    await send(self.target, mime)
-                    SEND_LATENCY.observe(time.perf_counter() - start)
+                    sent = await self._send_once(email, mime)
         except PermanentFailure as exc:
             await self._dead_letter(message, email, str(exc), "permanent")
             return
         except TemporaryFailure as exc:
             await self._dead_letter(message, email, f"gave up after {self.retry_budget_s:.0f}s: {exc}", "retries")
             return
-        await self._mark_sent(email.message_id)
+        if not sent:
+            DUPLICATES.inc()
+            log.info("email already sent; skipped", message_id=email.message_id)
+            return
         SENT.labels(email.template or "text").inc()
         log.info("email sent", message_id=email.message_id, template=email.template)
+
+    async def _send_once(self, email: EmailMessage, mime: Any) -> bool:
+        """Send unless already sent; False when it was. Only one sender at a time per message id: a
+        partition that moved to another notifier while this one still retries is not mailed twice."""
+        if await self._already_sent(email.message_id):
+            return False
+        token = uuid.uuid4().hex
+        if not await self._claim(email.message_id, token):
+            raise TemporaryFailure("another notifier is sending this message right now")
+        try:
+            start = time.perf_counter()
+            await send(self.target, mime)
+            SEND_LATENCY.observe(time.perf_counter() - start)
+            await self._mark_sent(email.message_id)
+        finally:
+            await self._release(email.message_id, token)
+        return True
+
+    async def _claim(self, message_id: str, token: str) -> bool:
+        try:
+            ttl_ms = int((self.target.timeout * 3 + 5) * 1000)
+            return bool(await self.redis.set(SENDING_KEY + message_id, token, nx=True, px=ttl_ms))
+        except (RedisError, OSError):
+            return True  # as in _already_sent: better a rare duplicate than a lost mail
+
+    async def _release(self, message_id: str, token: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.eval(_RELEASE, 1, SENDING_KEY + message_id, token)
 
     async def _already_sent(self, message_id: str) -> bool:
         try:

@@ -243,6 +243,20 @@ async def test_logout_revokes_the_refresh_token_and_the_access_token(http: httpx
     assert (await http.post("/api/user/refresh", json={"refresh_token": other_session["refresh_token"]})).status_code == 200
 
 
+async def test_logout_also_ends_the_session_on_the_query_routes(http: httpx.AsyncClient) -> None:
+    user = await signup_login(http)
+    app = await register(http, user)
+    refreshed = (await http.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]})).json()
+    params = {"app_id": app["app_id"]}
+    for access in (user["access_token"], refreshed["access_token"]):
+        r = await http.get("/api/analytics/events/count", params=params, headers=bearer(access))
+        assert r.status_code == 200, r.text
+    assert (await http.post("/api/user/logout", headers=bearer(refreshed["access_token"]))).status_code == 204
+    for access in (user["access_token"], refreshed["access_token"]):
+        r = await http.get("/api/analytics/events/count", params=params, headers=bearer(access))
+        assert r.status_code == 401, r.text
+
+
 async def test_logout_without_a_token_is_401(http: httpx.AsyncClient) -> None:
     r = await http.post("/api/user/logout")
     assert r.status_code == 401

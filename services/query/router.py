@@ -109,7 +109,7 @@ def build_router(
             except tokens.InvalidToken as exc:
                 raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
             client = redis()
-            if client is not None and await tokens.is_denylisted(client, claims.jti):
+            if client is not None and await tokens.is_denylisted(client, claims.jti, claims.family):
                 raise ApiError(401, "token revoked (logged out); log in again")
             if not app_id:
                 raise ApiError(422, "app_id is required when reading with a Bearer token")

@@ -85,22 +85,31 @@ class ReportScheduler:
                     pass
             except asyncpg.UndefinedTableError:
                 log.info("report subscriptions table not there yet (auth migrations pending)")
-            except (OSError, asyncpg.PostgresError, TimeoutError, KafkaUnavailable) as exc:
+            except Exception as exc:  # noqa: BLE001 - a report never stops the query service
                 log.warning("report run failed; retrying at the next check", error=repr(exc))
             await asyncio.sleep(self.settings.reports_check_interval_s)
 
     async def run_due(self) -> int:
-        """Mail every due subscription (one batch); returns how many were handled."""
+        """Mail every due subscription (one batch); returns how many were mailed."""
         async with self.pg.acquire() as conn, conn.transaction():
             due = await conn.fetch(DUE, BATCH)
+            done = 0
             for sub in due:
                 run_at: datetime = sub["next_run_at"]
-                await self._mail(sub, run_at - REPORT_PERIODS[sub["frequency"]], run_at)
+                try:
+                    await self._mail(sub, run_at - REPORT_PERIODS[sub["frequency"]], run_at)
+                except KafkaUnavailable:
+                    raise  # nothing else would go out either: the whole batch waits for the next check
+                except Exception as exc:  # noqa: BLE001 - one app's failure must not hold up the others
+                    log.error("report failed; retried at the next check", subscription=str(sub["id"]),
+                              error=repr(exc))
+                    continue
+                done += 1
                 await conn.execute(
                     "UPDATE report_subscriptions SET next_run_at = $2, last_sent_at = now() WHERE id = $1",
                     sub["id"], next_report_at(sub["frequency"], max(run_at, datetime.now(run_at.tzinfo))),
                 )
-        return len(due)
+        return done
 
     async def _mail(self, sub: asyncpg.Record, start: datetime, end: datetime) -> None:
         data = await report_data(self.ch, str(sub["app_id"]), start, end)

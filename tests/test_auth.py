@@ -308,6 +308,18 @@ async def test_too_many_failed_logins_from_one_ip_are_429_with_retry_after(stack
         assert r.status_code == 200, r.text
 
 
+async def test_failed_logins_from_one_ipv6_network_count_as_one_address(stack: Stack) -> None:
+    network = random_ip().removesuffix("::1")
+    for attempt in range(30):  # a host rotating through the addresses of its /64
+        async with client_for(stack, f"{network}::{attempt + 2:x}") as attacker:
+            r = await attacker.post("/api/user/login", json={"username": unique("rotating"), "password": "Guess!x1"})
+            assert r.status_code == 401
+    async with client_for(stack, f"{network}:ffff::1") as attacker:
+        r = await attacker.post("/api/user/login", json={"username": unique("rotating"), "password": "Guess!x1"})
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) >= 1
+
+
 async def test_successful_logins_never_run_into_the_limit(http: httpx.AsyncClient) -> None:
     user = await signup_login(http)
     for _ in range(12):

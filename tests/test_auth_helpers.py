@@ -26,8 +26,8 @@ _apps: dict[int, FastAPI] = {}
 
 
 def random_ip() -> str:
-    """A fresh address from the documentation range, so rate limits per IP never collide."""
-    return "2001:db8::" + ":".join(secrets.token_hex(2) for _ in range(3))
+    """A fresh address (its own /64) from the documentation range, so rate limits per IP never collide."""
+    return "2001:db8:" + ":".join(secrets.token_hex(2) for _ in range(2)) + "::1"
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -105,7 +106,7 @@ class AuthService:
         async with self.db() as conn:
             user = await repo.user_by_login(conn, login)
         # One budget per account, whether it is named by username or by email.
-        idents = {"acct": str(user["id"]) if user else login.lower(), "ip": client_ip}
+        idents = {"acct": str(user["id"]) if user else login.lower(), "ip": _address_bucket(client_ip)}
         for limit, scope in self.login_limits:
             retry_after = await self.limiter.exceeded(limit, "login-failures", scope, idents[scope])
             if retry_after is not None:
@@ -409,6 +410,17 @@ class AuthService:
             data={"username": user["username"], "subject": subject, "body": body},
         )
         return await queue_email(self.producer, message)
+
+
+def _address_bucket(client_ip: str) -> str:
+    """The unit a per-IP limit counts: the address, or for IPv6 its /64 (one host gets a whole /64)."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address.ipv4_mapped or address)
 
 
 def _key_summaries(records: list[KeyRecord]) -> list[dict[str, Any]]:

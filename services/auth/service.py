@@ -420,7 +420,7 @@ def _address_bucket(client_ip: str) -> str:
         return client_ip
     if address.version == 6 and address.ipv4_mapped is None:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address.ipv4_mapped or address)
+    return str(getattr(address, "ipv4_mapped", None) or address)  # IPv4 addresses have no ipv4_mapped
 
 
 def _key_summaries(records: list[KeyRecord]) -> list[dict[str, Any]]:

@@ -70,7 +70,7 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "acks": "all",
         "enable_idempotence": False,
-        "linger_ms": 2,
+        "linger_ms": 0,  # batches still form while a request is in flight; waiting only adds latency
         "request_timeout_ms": 5000,
         "max_batch_size": 1 << 20,
         "compression_type": None,

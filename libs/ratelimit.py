@@ -33,6 +33,11 @@ class RateLimiter:
         )
         self._limiter = MovingWindowRateLimiter(storage)
 
+    @property
+    def limiter(self) -> MovingWindowRateLimiter:
+        """The `limits` strategy itself, for callers that batch hits (`hit(..., cost=n)`)."""
+        return self._limiter
+
     async def hit(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
         """Count one hit. None when allowed; else seconds until the next hit would be allowed."""
         return await self._check(limit, identifiers, count=True)

@@ -116,6 +116,8 @@ class ServiceParts:
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     checks: dict[str, Check] = field(default_factory=dict)
+    # Outermost ASGI layers (e.g. the gateway's ingest fast path), applied around the whole app.
+    asgi_wrappers: list[Callable[[Any], Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,10 @@ class ServiceSpec:
     needs: frozenset[Need]
     build: Callable[[Runtime], ServiceParts]
     description: str = ""
+    # The dependencies /readyz checks (default: all of `needs`). A service that keeps working without
+    # one (the gateway without Postgres or Redis) leaves it out, so an outage does not take it out of
+    # its load balancer.
+    ready_needs: frozenset[Need] | None = None
 
 
 class Stack:
@@ -192,7 +198,7 @@ class Stack:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def app(self, specs: list[ServiceSpec] | None = None) -> FastAPI:
+    def app(self, specs: list[ServiceSpec] | None = None) -> Any:
         """An ASGI app serving the routes of `specs` (default: every service of the stack)."""
         specs = specs or self.specs
         names = [s.name for s in specs]
@@ -209,7 +215,8 @@ class Stack:
             parts = self.parts[spec.name]
             for router in parts.routers:
                 app.include_router(router)
-            checks.update(self.runtime.checks(set(spec.needs) - {"smtp"}))
+            checked = spec.ready_needs if spec.ready_needs is not None else spec.needs
+            checks.update(self.runtime.checks(set(checked) - {"smtp"}))
             checks.update(parts.checks)
         install_health_routes(app, checks)
         # Browsers on any site send events with the publishable write key, and dashboards on other
@@ -219,4 +226,8 @@ class Stack:
             allow_headers=["*"], expose_headers=["X-Request-ID", "X-Cache", "Retry-After"], max_age=86400,
         )
         app.add_middleware(RequestContextMiddleware, service="+".join(names))
-        return app
+        wrapped: Any = app
+        for spec in specs:
+            for wrap in self.parts[spec.name].asgi_wrappers:
+                wrapped = wrap(wrapped)
+        return wrapped

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     trusted_proxies: str = "127.0.0.1/32,::1/128"
     ip_anonymize: bool = False
     bot_policy: Literal["flag", "drop"] = "flag"
-    ingest_rate_limit: str = "1000/second"
+    ingest_rate_limit: str = "10000/second"
 
     log_level: str = "INFO"
 

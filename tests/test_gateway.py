@@ -8,7 +8,7 @@ import base64
 import gzip
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -346,14 +346,16 @@ async def _clear_limit(engines: Settings, app_keys: dict) -> None:
 
 
 async def test_with_redis_down_ingest_fails_open(engines: Settings, app_keys: dict) -> None:
+    from limits import parse
     from prometheus_client import REGISTRY
 
-    before = REGISTRY.get_sample_value("rate_limit_fail_open_total", {"limit": "1000 per 1 second"}) or 0
+    label = {"limit": str(parse(engines.ingest_rate_limit))}
+    before = REGISTRY.get_sample_value("rate_limit_fail_open_total", label) or 0
     dead_redis = engines.model_copy(update={"redis_url": "unix:///nonexistent/redis.sock"})
     async with gateway_alone(dead_redis) as gw:
         r = await gw.post("/api/analytics/collect", json={"event": "no-redis"}, headers={"x-api-key": app_keys["write_key"]})
     assert r.status_code == 202, r.text
-    after = REGISTRY.get_sample_value("rate_limit_fail_open_total", {"limit": "1000 per 1 second"})
+    after = REGISTRY.get_sample_value("rate_limit_fail_open_total", label)
     assert after == before + 1
 
 

@@ -8,6 +8,8 @@ from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 
 def build(runtime: Runtime) -> ServiceParts:
+    from services.gateway.fastpath import IngestFastPath
+    from services.gateway.ratelimit import KeyRateLimiter
     from services.gateway.router import build_routers
     from services.gateway.service import Ingestor, Publisher
 
@@ -20,10 +22,14 @@ def build(runtime: Runtime) -> ServiceParts:
         producer = await runtime.producer()
         settings = runtime.settings
         await runtime.redis()  # readiness reports whether the rate-limit store answers
-        limiter = RateLimiter(settings.redis_url, "ingest") if settings.redis_url else None
+        shared = RateLimiter(settings.redis_url, "ingest") if settings.redis_url else None
+        limiter = KeyRateLimiter(settings.ingest_rate_limit, shared)
+        limiter.start()
         state["ingestor"] = Ingestor(settings, await shared_key_table(runtime), Publisher(lambda: producer), limiter)
 
     async def stop() -> None:
+        if "ingestor" in state and state["ingestor"].limiter is not None:
+            await state["ingestor"].limiter.stop()
         await stop_shared_key_table(runtime)
 
     async def key_table_loaded() -> bool:
@@ -34,6 +40,7 @@ def build(runtime: Runtime) -> ServiceParts:
         on_start=[start],
         on_stop=[stop],
         checks={"api_key_table": key_table_loaded},
+        asgi_wrappers=[lambda app: IngestFastPath(app, ingestor)],
     )
 
 
@@ -41,6 +48,8 @@ SERVICE = ServiceSpec(
     name="gateway",
     port=8001,
     needs=frozenset({"kafka", "postgres", "redis"}),
+    # Postgres only seeds the key table at start and Redis down fails open: neither makes it unready.
+    ready_needs=frozenset({"kafka"}),
     build=build,
     description="API-key checks, event validation and enrichment, publishing to Kafka",
 )

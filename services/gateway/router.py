@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from libs.access import client_ip
 from services.gateway import service as ingest
 from services.gateway.schemas import Accepted, CollectEvent, MetricIn, SeedEvent
-from services.gateway.segment import CallType, SegmentMessage, basic_auth_user, from_segment
+from services.gateway.segment import CallType, SegmentMessage, basic_auth_user, from_segment, parse_time, segment_items
 
 _JSON_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}
 ApiKey = Annotated[str | None, Header(description="the app's write key (wk_...) or secret key (sk_...)")]
@@ -54,22 +54,11 @@ def build_routers(ingestor: Callable[[], ingest.Ingestor]) -> list[APIRouter]:
         key = basic_auth_user(request.headers.get("authorization")) or body.get("writeKey")
         record = ingest.authenticate(gate.keys, key if isinstance(key, str) else None,
                                      "HTTP Basic auth (write key as user name) or writeKey in the body")
-        if call is None:
-            items = body.get("batch")
-            if not isinstance(items, list) or not items:
-                raise ingest.ApiError(400, '/v1/batch takes {"batch": [ ...calls ]}')
-            if len(items) > ingest.MAX_BATCH_EVENTS:
-                raise ingest.ApiError(413, f"at most {ingest.MAX_BATCH_EVENTS} calls per batch")
-            shared_context = body.get("context") if isinstance(body.get("context"), dict) else {}
-            items = [{**item, "context": {**shared_context, **item.get("context", {})}}
-                     if isinstance(item, dict) and shared_context else item for item in items]
-        else:
-            items = [{**body, "type": call}]
-        sent_at = _parse_time(body.get("sentAt"))
+        items, is_batch = segment_items(call or "batch", body)
+        sent_at = parse_time(body.get("sentAt"))
         facts = gate.facts(record, client_ip(request), request.headers)
         events, bad = await gate.ingest(
-            facts, items, call is None, SegmentMessage,
-            lambda msg, base: from_segment(msg, base, sent_at), "segment",
+            facts, items, is_batch, SegmentMessage, lambda msg, base: from_segment(msg, base, sent_at), "segment",
         )
         return JSONResponse({"success": True, "accepted": len(events), "errors": bad})
 
@@ -88,14 +77,3 @@ def _segment_endpoint(handler: Any, call: CallType | None) -> Any:
         return await handler(request, call)
 
     return endpoint
-
-
-def _parse_time(value: Any) -> Any:
-    from datetime import datetime
-
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

@@ -31,6 +31,9 @@ class CollectEvent(BaseModel):
     event_id: str | None = Field(default=None, max_length=128, description="idempotency key for retries")
     properties: dict[str, Any] | None = None
 
+    def client_event_id(self) -> str | None:
+        return self.event_id
+
 
 class SeedEvent(BaseModel):
     """The first seed's event (`POST /api/analytics/events`)."""
@@ -45,6 +48,9 @@ class SeedEvent(BaseModel):
     timestamp: datetime | None = None
     event_id: str | None = Field(default=None, max_length=128)
 
+    def client_event_id(self) -> str | None:
+        return self.event_id
+
 
 class MetricIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -54,6 +60,9 @@ class MetricIn(BaseModel):
     tags: dict[str, str] | None = None
     timestamp: datetime | None = None
     event_id: str | None = Field(default=None, max_length=128)
+
+    def client_event_id(self) -> str | None:
+        return self.event_id
 
 
 class Accepted(BaseModel):

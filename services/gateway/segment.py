@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from libs.http import ApiError
 from services.gateway import enrich
+from services.gateway.service import MAX_BATCH_EVENTS
 
 CallType = Literal["track", "page", "screen", "identify", "group", "alias"]
 DEFAULT_NAMES = {"page": "page_view", "screen": "screen_view", "identify": "identify", "group": "group", "alias": "alias"}
@@ -39,6 +41,9 @@ class SegmentMessage(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
+
+    def client_event_id(self) -> str | None:
+        return self.messageId
 
     @field_validator("userId", "anonymousId", "groupId", "previousId", mode="before")
     @classmethod
@@ -67,6 +72,31 @@ def basic_auth_user(header: str | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return decoded.split(":", 1)[0] or None
+
+
+def segment_items(call: str, body: dict[str, Any]) -> tuple[list[Any], bool]:
+    """The calls of a Segment request: one for `/v1/<type>`, the `batch` list for `/v1/batch`."""
+    if call != "batch":
+        return [{**body, "type": call}], False
+    items = body.get("batch")
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, '/v1/batch takes {"batch": [ ...calls ]}')
+    if len(items) > MAX_BATCH_EVENTS:
+        raise ApiError(413, f"at most {MAX_BATCH_EVENTS} calls per batch")
+    shared = body.get("context") if isinstance(body.get("context"), dict) else None
+    if shared:
+        items = [{**item, "context": {**shared, **(item.get("context") or {})}} if isinstance(item, dict) else item
+                 for item in items]
+    return items, True
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _text(value: Any, limit: int = 4096) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
@@ -20,9 +21,9 @@ from libs.apikeys import KeyRecord, KeyTable
 from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
 from libs.logs import kafka_headers
-from libs.ratelimit import RateLimiter
 from libs.settings import Settings
 from services.gateway import enrich
+from services.gateway.ratelimit import KeyRateLimiter
 from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
 
 MAX_REQUEST_BYTES = 500 * 1024  # Segment's limit per request
@@ -74,16 +75,19 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def validate_items(
-    model: type[BaseModel], items: Sequence[Any]
+    model: type[BaseModel], items: Sequence[Any], body_size: int | None = None
 ) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
-    """Valid (index, model) pairs and per-index errors; events over 32 KB are refused by index too."""
+    """Valid (index, model) pairs and per-index errors; events over 32 KB are refused by index too.
+
+    `body_size`, when known and at most 32 KB, spares measuring each event: none can be larger."""
     good: list[tuple[int, Any]] = []
     bad: list[dict[str, Any]] = []
+    measure = body_size is None or body_size > MAX_EVENT_BYTES
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             bad.append({"index": index, "errors": [{"msg": "an event must be a JSON object"}]})
             continue
-        if len(orjson.dumps(item)) > MAX_EVENT_BYTES:
+        if measure and len(orjson.dumps(item)) > MAX_EVENT_BYTES:
             bad.append({"index": index, "errors": [{"msg": f"event over {MAX_EVENT_BYTES // 1024} KB"}]})
             continue
         try:
@@ -176,8 +180,17 @@ class RequestFacts:
     user_agent: str
     ip: str
 
+    body_size: int | None = None
+    _template: dict[str, Any] | None = None
+
     def base(self, event_id: str | None) -> dict[str, Any]:
-        return enrich.base_event(self.record.app_id, event_id, self.received_at, self.user_agent, self.ip)
+        """The request's own facts for one event: computed once per request, copied per event."""
+        if self._template is None:
+            self._template = enrich.base_event(self.record.app_id, None, self.received_at, self.user_agent, self.ip)
+        event = dict(self._template)
+        event["event_id"] = event_id or enrich.new_event_id()
+        event["flags"] = []
+        return event
 
 
 class Ingestor:
@@ -188,7 +201,7 @@ class Ingestor:
         settings: Settings,
         keys: KeyTable,
         publisher: Publisher,
-        limiter: RateLimiter | None,
+        limiter: KeyRateLimiter | None,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -200,10 +213,10 @@ class Ingestor:
         ip = self.proxies.client_ip(peer, headers.get("x-forwarded-for"))
         return RequestFacts(record, enrich.now_utc(), headers.get("user-agent", ""), ip)
 
-    async def check_rate(self, record: KeyRecord) -> None:
+    def check_rate(self, record: KeyRecord) -> None:
         if self.limiter is None:
             return
-        retry_after = await self.limiter.hit(self.settings.ingest_rate_limit, "ingest", record.key_id)
+        retry_after = self.limiter.check(record.key_id)
         if retry_after is not None:
             RATE_LIMITED.inc()
             raise ApiError(
@@ -221,14 +234,14 @@ class Ingestor:
         route: str,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Publish the valid items; returns (published events, per-index errors). 422 if none is valid."""
-        await self.check_rate(facts.record)
-        good, bad = validate_items(model, items)
+        self.check_rate(facts.record)
+        good, bad = validate_items(model, items, facts.body_size)
         EVENTS_REJECTED.labels(route).inc(len(bad))
         if not good:
             raise ApiError(422, bad if is_batch else bad[0]["errors"])
         events = []
         for _, item in good:
-            event = enrich.finalize(convert(item, facts.base(_event_id(item))), self.settings.ip_anonymize)
+            event = enrich.finalize(convert(item, facts.base(item.client_event_id())), self.settings.ip_anonymize)
             if event["is_bot"] and self.settings.bot_policy == "drop":
                 BOTS_DROPPED.inc()
                 continue
@@ -239,13 +252,22 @@ class Ingestor:
         return events, bad
 
 
-def _event_id(item: Any) -> str | None:
-    return getattr(item, "event_id", None) or getattr(item, "messageId", None)
-
-
 class Publisher:
     def __init__(self, producer: Callable[[], AIOKafkaProducer]) -> None:
         self._producer = producer
+        self._partitions: dict[bytes, int] = {}
+        self._partition_count = 0
+
+    async def _partition(self, producer: AIOKafkaProducer, key: bytes) -> int:
+        partitions = await producer.partitions_for(EVENTS_TOPIC)
+        if len(partitions) != self._partition_count:  # partitions were added: recompute
+            self._partitions.clear()
+            self._partition_count = len(partitions)
+        found = self._partitions.get(key)
+        if found is None:
+            ordered = sorted(partitions)
+            found = self._partitions[key] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
+        return found
 
     async def publish(self, app_id: str, events: list[dict[str, Any]]) -> None:
         """Hand every event to Kafka and wait until all are acknowledged, or raise 503."""
@@ -254,8 +276,12 @@ class Publisher:
         headers = kafka_headers()
         try:
             async with asyncio.timeout(ACK_TIMEOUT_S):
+                # Every event of a request has the same key, hence the same partition: find it once
+                # (what aiokafka's default partitioner would pick) instead of hashing per event.
+                partition = await self._partition(producer, key)
                 futures = [
-                    await producer.send(EVENTS_TOPIC, orjson.dumps(ev), key=key, headers=headers) for ev in events
+                    await producer.send(EVENTS_TOPIC, orjson.dumps(ev), key=key, partition=partition, headers=headers)
+                    for ev in events
                 ]
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError) as exc:

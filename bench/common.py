@@ -1,0 +1,98 @@
+"""Shared pieces of the benchmarks: processes under test, environment, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from libs.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "SMTP_URL": settings.smtp_url,
+        "CLICKHOUSE_URL": settings.clickhouse_url,
+    }.items():
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    env["ANALYTICS_DATA_DIR"] = str(settings.data_dir)
+    env["LOG_LEVEL"] = "WARNING"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Proc:
+    argv: list[str]
+    env: dict[str, str]
+    base: str
+    health: str = "/readyz"
+    popen: subprocess.Popen[bytes] | None = field(default=None)
+
+    @classmethod
+    def analytics(cls, args: list[str], env: dict[str, str], base: str) -> Proc:
+        proc = cls([str(Path(sys.executable).parent / "analytics"), *args], env, base)
+        proc.start()
+        return proc
+
+    @classmethod
+    def uvicorn(cls, target: str, port: int, env: dict[str, str]) -> Proc:
+        argv = [sys.executable, "-m", "uvicorn", target, "--port", str(port), "--log-level", "warning",
+                "--no-access-log", "--backlog", "2048"]
+        proc = cls(argv, env, f"http://127.0.0.1:{port}", health="")
+        proc.start()
+        return proc
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,  # noqa: S603
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.popen is not None
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{' '.join(self.argv)} exited with {self.popen.returncode}")
+            try:
+                r = httpx.get(self.base + self.health, timeout=2) if self.health else httpx.post(self.base, timeout=2)
+                if r.status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.base} not ready after {timeout}s")
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    result = {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path

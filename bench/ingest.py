@@ -1,0 +1,155 @@
+"""Ingest benchmark (issue #4): the gateway against baselines measured in the same run.
+
+1. single-event `POST /api/analytics/collect` requests/s (each answered 202 only after Kafka's ack),
+   divided by the requests/s of a bare ASGI endpoint answering 202 (same uvicorn, one worker each,
+   same wrk load): target >= 0.5. A plain FastAPI + pydantic route without Kafka is measured too,
+   for context.
+2. events/s through `POST /v1/batch` with 100 events per request, divided by aiokafka's own producer
+   rate (acks=all) to the same broker: target >= 0.5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.common import Proc, env_for, write_result
+from bench.wrk import run_wrk
+from libs.embedded import EmbeddedStack
+from libs.embedded.procs import free_port
+from libs.settings import Settings
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+CONNECTIONS = 64
+EVENT = {"event": "page_view", "url": "https://shop.example/p/1?utm_source=news", "device": "mobile",
+         "userId": "u-1", "metadata": {"browser": "Firefox", "os": "Linux", "screenSize": "1920x1080"}}
+UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+def batch_body(n: int) -> bytes:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    calls = [{"type": "track", "event": "Bench Event", "userId": f"u{i % 50}", "timestamp": now,
+              "properties": {"plan": "pro", "amount": i}, "context": {"userAgent": UA}} for i in range(n)]
+    return orjson.dumps({"batch": calls, "sentAt": now})
+
+
+def make_keys(auth: str, gateway: str) -> dict[str, Any]:
+    name = f"bench{uuid.uuid4().hex[:6]}"
+    with httpx.Client(timeout=10) as http:
+        http.post(f"{auth}/api/user/signup", json={"username": name, "email": f"{name}@example.com",
+                                                   "password": "Str0ng!pass"}).raise_for_status()
+        token = http.post(f"{auth}/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
+        app = http.post(f"{auth}/api/auth/register", json={"name": "bench"},
+                        headers={"authorization": f"Bearer {token['access_token']}"}).json()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = http.post(f"{gateway}/api/analytics/collect", json=EVENT, headers={"x-api-key": app["write_key"]})
+            if r.status_code == 202:
+                return app
+            time.sleep(0.1)
+    raise RuntimeError(f"gateway never accepted the new key: {r.status_code} {r.text}")
+
+
+async def producer_rate(bootstrap: str, n: int, value: bytes) -> float:
+    """aiokafka's own rate: `n` messages of the gateway's size, acks=all, as fast as it goes."""
+    from libs.kafka import make_producer
+
+    settings = Settings(kafka_bootstrap_servers=bootstrap)
+    producer = make_producer(settings, linger_ms=5)
+    await producer.start()
+    try:
+        warm = [await producer.send("bench.producer", value, key=b"app") for _ in range(2000)]
+        await asyncio.gather(*warm)
+        start = time.perf_counter()
+        futures = [await producer.send("bench.producer", value, key=b"app") for _ in range(n)]
+        await asyncio.gather(*futures)
+        return n / (time.perf_counter() - start)
+    finally:
+        await producer.stop()
+
+
+def measure(label: str, url: str, body: bytes, headers: dict[str, str]) -> float:
+    run_wrk(url, body, headers, 2, CONNECTIONS)  # warm-up
+    result = run_wrk(url, body, headers, SECONDS, CONNECTIONS)
+    bad = result.non_2xx + result.errors
+    print(f"  {label:<44} {result.requests_per_s:>10,.0f} req/s   p50 {result.latency_p50_ms or 0:.2f} ms"
+          f"   p99 {result.latency_p99_ms or 0:.2f} ms" + (f"   ({bad} failed)" if bad else ""), flush=True)
+    if bad:
+        raise RuntimeError(f"{label}: {bad} requests failed; the numbers would not mean anything")
+    return result.requests_per_s
+
+
+def main() -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    base = Settings(analytics_data_dir=data, ingest_rate_limit="10000000/second", log_level="WARNING")
+    print("ingest benchmark: starting Kafka (Tansu), Postgres and Redis ...", flush=True)
+    engines = EmbeddedStack.start(base, ["kafka", "postgres", "redis"])
+    procs: list[Proc] = []
+    try:
+        env = env_for(engines.settings, INGEST_RATE_LIMIT="10000000/second")
+        p_auth, p_gw, p_bare, p_fast = (free_port() for _ in range(4))
+        procs.append(Proc.analytics(["run", "--services", "auth", "--port", str(p_auth)], env, f"http://127.0.0.1:{p_auth}"))
+        procs.append(Proc.analytics(["run", "--services", "gateway", "--port", str(p_gw)], env, f"http://127.0.0.1:{p_gw}"))
+        procs.append(Proc.uvicorn("bench.bare_app:app", p_bare, env))
+        procs.append(Proc.uvicorn("bench.bare_app:fastapi_app", p_fast, env))
+        for proc in procs:
+            proc.wait_ready()
+        app = make_keys(procs[0].base, procs[1].base)
+        single = orjson.dumps(EVENT)
+        json_headers = {"content-type": "application/json", "user-agent": UA}
+        print(f"single events ({CONNECTIONS} connections, {SECONDS}s each, one uvicorn worker each):", flush=True)
+        bare = measure("bare ASGI endpoint answering 202", f"{procs[2].base}/api/analytics/collect", single, json_headers)
+        gateway = measure("gateway /api/analytics/collect (Kafka acked)", f"{procs[1].base}/api/analytics/collect",
+                          single, {**json_headers, "x-api-key": app["write_key"]})
+        fastapi = measure("plain FastAPI + pydantic, no Kafka", f"{procs[3].base}/api/analytics/collect",
+                          single, json_headers)
+        print("batches of 100 events:", flush=True)
+        auth = "Basic " + base64.b64encode(f"{app['write_key']}:".encode()).decode()
+        body = batch_body(100)
+        batch_rps = measure("gateway /v1/batch (100 events a request)", f"{procs[1].base}/v1/batch", body,
+                            {**json_headers, "authorization": auth})
+        batch_events = batch_rps * 100
+        sample_event = _sample_enriched_size()
+        producer = asyncio.run(producer_rate(engines.settings.kafka_bootstrap_servers or "", 200_000, sample_event))
+        print(f"  {'aiokafka producer alone (acks=all)':<44} {producer:>10,.0f} events/s", flush=True)
+        print(f"  {'gateway /v1/batch':<44} {batch_events:>10,.0f} events/s", flush=True)
+        result = {
+            "single_event": {
+                "gateway_requests_per_s": round(gateway), "bare_asgi_requests_per_s": round(bare),
+                "plain_fastapi_requests_per_s": round(fastapi), "ratio": round(gateway / bare, 3),
+                "plain_fastapi_ratio": round(fastapi / bare, 3), "target": 0.5,
+            },
+            "batch_100": {
+                "gateway_events_per_s": round(batch_events), "aiokafka_producer_events_per_s": round(producer),
+                "ratio": round(batch_events / producer, 3), "target": 0.5,
+            },
+            "seconds_per_measurement": SECONDS, "connections": CONNECTIONS, "cpus": os.cpu_count(),
+        }
+        print(f"ratio single-event gateway / bare ASGI: {result['single_event']['ratio']:.2f} (target >= 0.5)")
+        print(f"ratio batch gateway / aiokafka producer: {result['batch_100']['ratio']:.2f} (target >= 0.5)")
+        write_result("ingest", result)
+        return result
+    finally:
+        for proc in procs:
+            proc.stop()
+        engines.stop()
+
+
+def _sample_enriched_size() -> bytes:
+    """A value of the size the gateway publishes for one batch call (about 700 bytes)."""
+    return b"x" * 700
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

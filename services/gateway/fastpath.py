@@ -1,0 +1,125 @@
+"""A plain-ASGI path for the ingest routes, in front of FastAPI.
+
+Ingest is the hot path of the platform: a request should cost little more than the HTTP parsing
+itself. FastAPI's routing, dependency solving and middleware stack cost several times the work of
+the request here, so `POST` to the ingest routes is answered by this layer directly, with the same
+logic (`service.Ingestor`) and the same answers (status, JSON body, request id, CORS header) as the
+FastAPI routes in `router.py`, which stay for the OpenAPI docs and for every other method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable
+from libs.logs import get_logger, new_request_id, request_id_var
+from services.gateway import service as ingest
+from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
+from services.gateway.segment import SegmentMessage, basic_auth_user, from_segment, parse_time, segment_items
+
+log = get_logger(__name__)
+
+SEED_ROUTES: dict[str, tuple[Any, Any, str]] = {
+    "/api/analytics/collect": (CollectEvent, ingest.from_collect, "collect"),
+    "/api/analytics/events": (SeedEvent, ingest.from_seed_event, "events"),
+    "/api/analytics/metrics": (MetricIn, ingest.from_metric, "metrics"),
+}
+SEGMENT_PATHS = {"/v1/track", "/v1/page", "/v1/screen", "/v1/identify", "/v1/group", "/v1/alias", "/v1/batch"}
+_JSON = (b"content-type", b"application/json")
+_CORS = [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", b"X-Request-ID, Retry-After")]
+
+
+class IngestFastPath:
+    def __init__(self, app: ASGIApp, ingestor: Callable[[], ingest.Ingestor], service: str = "gateway") -> None:
+        self.app = app
+        self.ingestor = ingestor
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not (
+            path in SEED_ROUTES or path in SEGMENT_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = _headers(scope)
+        rid = headers.get("x-request-id", "")[:64] or new_request_id()
+        token = request_id_var.set(rid)
+        status, body, extra = 500, b"", []
+        try:
+            raw = await _read_body(receive)
+            status, payload = await self._handle(path, scope, headers, raw)
+            body = orjson.dumps(payload)
+        except ApiError as exc:
+            status, body = exc.status, orjson.dumps({"detail": exc.detail})
+            extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+        except DependencyUnavailable as exc:
+            status = 503
+            body = orjson.dumps({"detail": f"{exc.what} is unavailable; retry later"})
+            extra = [(b"retry-after", str(exc.retry_after).encode())]
+            log.warning("dependency unavailable", dependency=exc.what)
+        except Exception:
+            log.exception("ingest failed")
+            status, body = 500, b'{"detail":"internal error; it has been logged"}'
+        finally:
+            request_id_var.reset(token)
+        await send({
+            "type": "http.response.start", "status": status,
+            "headers": [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid.encode()),
+                        *_CORS, *extra],
+        })
+        await send({"type": "http.response.body", "body": body})
+        HTTP_REQUESTS.labels(self.service, "POST", path, str(status)).inc()
+        HTTP_LATENCY.labels(self.service, path).observe(time.perf_counter() - start)
+
+    async def _handle(self, path: str, scope: Scope, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        gate = self.ingestor()
+        body = ingest.decode_body(raw, headers.get("content-encoding"))
+        peer = scope["client"][0] if scope.get("client") else "unknown"
+        if path in SEED_ROUTES:
+            model, convert, route = SEED_ROUTES[path]
+            record = ingest.authenticate(gate.keys, headers.get("x-api-key"))
+            items, is_batch = ingest.split_batch(body)
+            facts = gate.facts(record, peer, headers)
+            facts.body_size = len(raw)
+            events, bad = await gate.ingest(facts, items, is_batch, model, convert, route)
+            return 202, {"accepted": len(events), "event_ids": [e["event_id"] for e in events], "errors": bad}
+        if not isinstance(body, dict):
+            raise ApiError(400, "send a JSON object")
+        key = basic_auth_user(headers.get("authorization")) or body.get("writeKey")
+        record = ingest.authenticate(gate.keys, key if isinstance(key, str) else None,
+                                     "HTTP Basic auth (write key as user name) or writeKey in the body")
+        items, is_batch = segment_items(path.removeprefix("/v1/"), body)
+        sent_at = parse_time(body.get("sentAt"))
+        facts = gate.facts(record, peer, headers)
+        facts.body_size = len(raw)
+        events, bad = await gate.ingest(
+            facts, items, is_batch, SegmentMessage, lambda msg, base: from_segment(msg, base, sent_at), "segment"
+        )
+        return 200, {"success": True, "accepted": len(events), "errors": bad}
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > ingest.MAX_REQUEST_BYTES:
+            raise ApiError(413, f"request body over {ingest.MAX_REQUEST_BYTES // 1024} KB; send smaller batches")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -26,6 +26,9 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq wrk >/dev/null); } || \
+		{ echo "error: the ingest benchmark needs wrk: install it (apt-get install wrk) and run make bench again"; exit 1; }
 	$(BIN)/python -m bench
 
 lint: setup

@@ -12,6 +12,7 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.gateway.ratelimit import KeyRateLimiter
     from services.gateway.router import build_routers
     from services.gateway.service import Ingestor, Publisher
+    from services.gateway.static import script_router
 
     state: dict[str, Ingestor] = {}
 
@@ -36,7 +37,7 @@ def build(runtime: Runtime) -> ServiceParts:
         return "ingestor" in state and state["ingestor"].keys.ready.is_set()
 
     return ServiceParts(
-        routers=build_routers(ingestor),
+        routers=[*build_routers(ingestor), script_router()],
         on_start=[start],
         on_stop=[stop],
         checks={"api_key_table": key_table_loaded},

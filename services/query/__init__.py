@@ -12,6 +12,7 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.aggregator import migrate
     from services.query.cache import QueryCache
     from services.query.router import build_router
+    from services.web import dashboard_router
 
     state: dict[str, Any] = {}
 
@@ -37,7 +38,7 @@ def build(runtime: Runtime) -> ServiceParts:
     router = build_router(
         runtime.settings, keys, lambda: state["clickhouse"], lambda: state.get("cache"), lambda: state.get("redis")
     )
-    return ServiceParts(routers=[router], on_start=[start], on_stop=[stop], background=[reports])
+    return ServiceParts(routers=[router, dashboard_router()], on_start=[start], on_stop=[stop], background=[reports])
 
 
 SERVICE = ServiceSpec(

@@ -34,6 +34,21 @@ class QueryCache:
         self.redis = redis
         self._inflight: dict[str, asyncio.Future[Any]] = {}
 
+    async def generation(self, app_id: str) -> int:
+        """The app's cache generation (0 when never bumped, or when Redis cannot say)."""
+        try:
+            value = await self.redis.get(f"query:gen:{app_id}")
+        except (RedisError, OSError):
+            return 0
+        return int(value) if value else 0
+
+    async def bump_generation(self, app_id: str) -> None:
+        """Make every cached answer of the app unreachable (they expire on their own TTL)."""
+        try:
+            await self.redis.incr(f"query:gen:{app_id}")
+        except (RedisError, OSError) as exc:
+            log.warning("could not invalidate the app's cached answers", app_id=app_id, error=repr(exc))
+
     async def get_or_compute(
         self, key: str, ttl: int, compute: Callable[[], Awaitable[Any]], refresh: bool = False
     ) -> tuple[Any, bool]:

@@ -134,6 +134,9 @@ def build_router(
             value, hit = await compute(), False
         else:
             ttl = settings.query_cache_ttl_live_s if live else settings.query_cache_ttl_closed_s
+            # The app's generation is part of the key: deleting a user's data bumps it, so no answer
+            # computed before the deletion is served after it.
+            params = {**params, "gen": await store.generation(app_id)}
             key = cache_key(app_id, endpoint, params)
             value, hit = await store.get_or_compute(key, ttl, compute, refresh=_bypass_cache.get())
         return JSONResponse(_jsonable(value), headers={"X-Cache": "HIT" if hit else "MISS"})
@@ -300,6 +303,9 @@ def build_router(
         params = {"m": metric_name, "start": start_date, "end": end_date}
         return await cached(app_id, "metrics", params, reaches_now(end), compute)
 
+    from services.query.web import add_web_routes
+
+    add_web_routes(router, App, cached, clickhouse, cache)
     return router
 
 

@@ -1,0 +1,72 @@
+# ruff: noqa: S608 - SQL from fixed fragments only; every value is a bind parameter
+"""Funnels (ordered steps within a window, ClickHouse `windowFunnel`) and retention cohorts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from libs.clickhouse import ClickHouse
+from services.query.queries import VISITOR, ts_param
+
+COHORT_UNITS = {"day": ("toStartOfDay", "day"), "week": ("toMonday", "week")}
+
+
+async def funnel(
+    ch: ClickHouse, app_id: str, start: datetime, end: datetime, steps: list[str], window_s: int
+) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"app_id": app_id, "start": ts_param(start), "end": ts_param(end), "window": window_s}
+    conditions = []
+    for i, step in enumerate(steps):
+        params[f"s{i}"] = step
+        conditions.append(f"event_name = {{s{i}:String}}")
+    rows = await ch.query(
+        f"""SELECT level, count() AS n FROM (
+                SELECT {VISITOR} AS visitor,
+                       windowFunnel({{window:UInt64}})(toDateTime(timestamp), {', '.join(conditions)}) AS level
+                FROM events FINAL
+                WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
+                  AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot
+                  AND event_name IN ({', '.join(f'{{s{i}:String}}' for i in range(len(steps)))})
+                GROUP BY visitor
+            ) WHERE level > 0 GROUP BY level""",
+        params,
+    )
+    at_level = {int(r["level"]): int(r["n"]) for r in rows}
+    out: list[dict[str, Any]] = []
+    first = 0
+    previous = 0
+    for i, step in enumerate(steps, start=1):
+        reached = sum(n for level, n in at_level.items() if level >= i)
+        if i == 1:
+            first = previous = reached
+        out.append({
+            "name": step,
+            "visitors": reached,
+            "conversion_rate": round(100 * reached / first, 1) if first else 0.0,
+            "step_conversion_rate": round(100 * reached / previous, 1) if previous else 0.0,
+        })
+        previous = reached
+    return out
+
+
+async def retention(
+    ch: ClickHouse, app_id: str, interval: str, first_cohort: str, end: datetime, tz: str
+) -> dict[str, dict[int, int]]:
+    """{cohort date: {offset: visitors}}; a visitor's cohort is the first interval they were ever seen in."""
+    start_fn, unit = COHORT_UNITS[interval]
+    rows = await ch.query(
+        f"""SELECT toString(c) AS cohort, dateDiff('{unit}', c, b) AS off, count() AS n FROM (
+                SELECT visitor, b, min(b) OVER (PARTITION BY visitor) AS c FROM (
+                    SELECT {VISITOR} AS visitor, toDate({start_fn}(timestamp, {{tz:String}})) AS b
+                    FROM events FINAL
+                    WHERE app_id = {{app_id:String}} AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot
+                    GROUP BY visitor, b
+                )
+            ) WHERE c >= toDate({{first:String}}) GROUP BY c, off""",
+        {"app_id": app_id, "end": ts_param(end), "tz": tz, "first": first_cohort},
+    )
+    out: dict[str, dict[int, int]] = {}
+    for r in rows:
+        out.setdefault(r["cohort"], {})[int(r["off"])] = int(r["n"])
+    return out

@@ -1,0 +1,65 @@
+# ruff: noqa: S608 - SQL from fixed fragments only; every value is a bind parameter
+"""Users list, and one user's data: export (JSON lines, streamed) and deletion."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from libs.clickhouse import ClickHouse
+from services.query.queries import EVENT_COLUMNS, _decode_properties
+
+EXPORT_BATCH = 1000
+
+
+async def list_users(ch: ClickHouse, app_id: str, search: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    params: dict[str, Any] = {"app_id": app_id, "limit": limit, "offset": offset}
+    clause = "app_id = {app_id:String} AND user_id != ''"
+    if search:
+        clause += " AND positionCaseInsensitive(user_id, {search:String}) > 0"
+        params["search"] = search
+    rows = await ch.query(
+        f"""SELECT user_id AS userId, count() AS events, min(timestamp) AS firstSeen, max(timestamp) AS lastSeen,
+                   argMax(device_type, timestamp) AS device, argMax(browser, timestamp) AS browser,
+                   argMax(os, timestamp) AS os, argMax(country, timestamp) AS country
+            FROM events FINAL WHERE {clause}
+            GROUP BY user_id ORDER BY lastSeen DESC, userId LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}""",
+        params,
+    )
+    total = await ch.query(f"SELECT uniqExact(user_id) AS n FROM events FINAL WHERE {clause}", params)
+    return rows, int(total[0]["n"]) if total else 0
+
+
+async def export_lines(ch: ClickHouse, app_id: str, user_id: str) -> AsyncIterator[bytes]:
+    """Every event of the user, oldest first, in batches (keyset pagination on timestamp, event_id)."""
+    after_ts, after_id = "1970-01-01 00:00:00.000", ""
+    while True:
+        rows = await ch.query(
+            f"""SELECT {EVENT_COLUMNS}, formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f', 'UTC') AS _cursor
+                FROM events FINAL
+                WHERE app_id = {{app_id:String}} AND user_id = {{user_id:String}}
+                  AND (timestamp, event_id) > (toDateTime64({{ts:String}}, 3, 'UTC'), {{id:String}})
+                ORDER BY timestamp, event_id LIMIT {{n:UInt32}}""",
+            {"app_id": app_id, "user_id": user_id, "ts": after_ts, "id": after_id, "n": EXPORT_BATCH},
+        )
+        if not rows:
+            return
+        after_ts, after_id = rows[-1]["_cursor"][:23], rows[-1]["event_id"]
+        for row in _decode_properties(rows):
+            row.pop("_cursor", None)
+            yield orjson.dumps(row, default=str) + b"\n"
+        if len(rows) < EXPORT_BATCH:
+            return
+
+
+async def delete_user(ch: ClickHouse, app_id: str, user_id: str) -> int:
+    params = {"app_id": app_id, "user_id": user_id}
+    where = "app_id = {app_id:String} AND user_id = {user_id:String}"
+    rows = await ch.query(f"SELECT count() AS n FROM events FINAL WHERE {where}", params)
+    n = int(rows[0]["n"]) if rows else 0
+    if n:
+        # A mutation, waited for: when this returns, no read finds the rows.
+        await ch.command(f"ALTER TABLE events DELETE WHERE {where} SETTINGS mutations_sync = 2", params)
+    return n

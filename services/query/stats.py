@@ -1,0 +1,190 @@
+# ruff: noqa: S608 - SQL from fixed fragments only; every value is a bind parameter
+"""Web analytics in Plausible's spirit: visits derived from events, aggregate, timeseries, breakdowns.
+
+A visit is a visitor's run of events with no gap over 30 minutes (window functions over the
+visitor's events, ordered by time). Every value is a bound parameter; every column or expression
+comes from the fixed maps below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from libs.clickhouse import ClickHouse
+from services.query.queries import VISITOR, ts_param
+
+VISIT_GAP_S = 1800
+WEB_TYPES = "type IN ('page', 'track', 'screen')"
+DIRECT = "Direct / None"
+
+# Visit-level properties: what the visit's first event says (its entry).
+VISIT_PROPS: dict[str, str] = {
+    "source": f"if(referrer_host = '', '{DIRECT}', referrer_host)",
+    "referrer": f"if(referrer = '', '{DIRECT}', referrer)",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "utm_term": "utm_term",
+    "utm_content": "utm_content",
+    "device": "device_type",
+    "browser": "browser",
+    "os": "os",
+    "country": "country",
+}
+# Derived per visit from its pageviews.
+ENTRY_EXIT = {"entry_page": "entry_page", "exit_page": "exit_page"}
+# Event-level properties: a filter keeps visits with a matching event, and counts only those events.
+EVENT_PROPS: dict[str, str] = {"page": "path", "event_name": "event_name"}
+
+FILTERS = (*EVENT_PROPS, *ENTRY_EXIT, *VISIT_PROPS)
+PROPERTIES = ("page", "entry_page", "exit_page", *VISIT_PROPS, "event_name")
+METRICS = ("visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration", "events")
+
+# Over one group of visits (the `sessions` rows).
+VISIT_METRICS: dict[str, str] = {
+    "visitors": "uniqExact(visitor)",
+    "visits": "count()",
+    "pageviews": "sum(m_pageviews)",
+    "events": "sum(m_events)",
+    "views_per_visit": "round(if(count() = 0, 0, sum(m_pageviews) / count()), 2)",
+    "bounce_rate": "round(if(count() = 0, 0, 100 * countIf(pageviews = 1 AND events = 1) / count()), 1)",
+    "visit_duration": "round(if(count() = 0, 0, avg(duration)), 1)",
+}
+
+BUCKETS = {
+    "hour": "toStartOfHour(started, {tz:String})",
+    "day": "toStartOfDay(started, {tz:String})",
+    "week": "toDateTime(toMonday(started, {tz:String}), {tz:String})",
+    "month": "toDateTime(toStartOfMonth(started, {tz:String}), {tz:String})",
+}
+
+
+@dataclass
+class Scope:
+    """App, time range and filters of one stats request, with its bound values."""
+
+    app_id: str
+    start: datetime
+    end: datetime
+    filters: dict[str, str] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"app_id": self.app_id, "start": ts_param(self.start), "end": ts_param(self.end)}
+        for name, value in self.filters.items():
+            out[f"f_{name}"] = value
+        return out
+
+    def event_match(self) -> str:
+        parts = [f"{EVENT_PROPS[n]} = {{f_{n}:String}}" for n in self.filters if n in EVENT_PROPS]
+        if "page" in self.filters:
+            parts.append("type = 'page'")
+        return " AND ".join(parts) if parts else "1"
+
+    def visit_match(self) -> str:
+        parts = [f"{n} = {{f_{n}:String}}" for n in self.filters if n in VISIT_PROPS or n in ENTRY_EXIT]
+        if any(n in EVENT_PROPS for n in self.filters):
+            parts.append("m_events > 0")
+        return " AND ".join(parts) if parts else "1"
+
+
+def numbered_sql(scope: Scope) -> str:
+    """Each web event with its visitor and the number of its visit (1, 2, ... per visitor)."""
+    cols = ", ".join(f"{expr} AS {name}" for name, expr in VISIT_PROPS.items())
+    return f"""
+        SELECT *, sum(is_new) OVER (PARTITION BY visitor ORDER BY timestamp
+                                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS visit_no
+        FROM (
+            SELECT *, dateDiff('second',
+                        lagInFrame(timestamp, 1, toDateTime64(0, 3, 'UTC')) OVER (PARTITION BY visitor ORDER BY timestamp
+                                    ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
+                        timestamp) > {VISIT_GAP_S} AS is_new
+            FROM (
+                SELECT {VISITOR} AS visitor, timestamp, type, event_name, path, {cols}
+                FROM events FINAL
+                WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
+                  AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot AND {WEB_TYPES}
+            )
+        )"""
+
+
+def sessions_sql(scope: Scope) -> str:
+    """One row per visit that passes the filters."""
+    firsts = ", ".join(f"argMin({name}, timestamp) AS {name}" for name in VISIT_PROPS)
+    match = scope.event_match()
+    return f"""
+        SELECT * FROM (
+            SELECT visitor, visit_no, min(timestamp) AS started, max(timestamp) AS ended,
+                   dateDiff('second', min(timestamp), max(timestamp)) AS duration,
+                   countIf(type = 'page') AS pageviews, count() AS events,
+                   countIf(type = 'page' AND {match}) AS m_pageviews, countIf({match}) AS m_events,
+                   argMinIf(path, timestamp, type = 'page') AS entry_page,
+                   argMaxIf(path, timestamp, type = 'page') AS exit_page,
+                   {firsts}
+            FROM ({numbered_sql(scope)})
+            GROUP BY visitor, visit_no
+        ) WHERE {scope.visit_match()}"""
+
+
+def _select(metrics: list[str]) -> str:
+    return ", ".join(f"{VISIT_METRICS[m]} AS r_{m}" for m in metrics)
+
+
+def _clean(row: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in metrics:
+        value = row.get(f"r_{m}") or 0
+        out[m] = int(value) if m in ("visitors", "visits", "pageviews", "events") else float(value)
+    return out
+
+
+async def aggregate(ch: ClickHouse, scope: Scope, metrics: list[str]) -> dict[str, Any]:
+    rows = await ch.query(f"SELECT {_select(metrics)} FROM ({sessions_sql(scope)})", scope.params())
+    return _clean(rows[0] if rows else {}, metrics)
+
+
+async def timeseries(ch: ClickHouse, scope: Scope, interval: str, tz: str, metrics: list[str]) -> dict[str, dict[str, Any]]:
+    """Metrics per bucket (a visit counts in the bucket where it started), keyed by the bucket's local
+    start as `YYYY-MM-DD HH:MM:SS`."""
+    rows = await ch.query(
+        f"SELECT formatDateTime({BUCKETS[interval]}, '%Y-%m-%d %H:%i:%S', {{tz:String}}) AS bucket, {_select(metrics)} "
+        f"FROM ({sessions_sql(scope)}) GROUP BY bucket ORDER BY bucket",
+        {**scope.params(), "tz": tz},
+    )
+    return {r["bucket"]: _clean(r, metrics) for r in rows}
+
+
+async def breakdown(
+    ch: ClickHouse, scope: Scope, prop: str, metrics: list[str], limit: int, offset: int
+) -> list[dict[str, Any]]:
+    params = {**scope.params(), "limit": limit, "offset": offset}
+    order = "r_visitors" if "visitors" in metrics else f"r_{metrics[0]}"
+    if prop in EVENT_PROPS:
+        column = EVENT_PROPS[prop]
+        is_page = "type = 'page' AND " if prop == "page" else ""
+        per_visit = f"""
+            SELECT n.{column} AS value, n.visitor AS visitor, n.visit_no AS visit_no,
+                   countIf(n.type = 'page') AS m_pageviews, count() AS m_events,
+                   any(s.pageviews) AS pageviews, any(s.events) AS events, any(s.duration) AS duration
+            FROM ({numbered_sql(scope)}) AS n
+            INNER JOIN ({sessions_sql(scope)}) AS s ON n.visitor = s.visitor AND n.visit_no = s.visit_no
+            WHERE {is_page}{scope.event_match()}
+            GROUP BY value, visitor, visit_no"""
+        sql = (f"SELECT value, {_select(metrics)} FROM ({per_visit}) GROUP BY value "
+               f"ORDER BY {order} DESC, value LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}")
+    else:
+        sql = (f"SELECT {ENTRY_EXIT.get(prop, prop)} AS value, {_select(metrics)} FROM ({sessions_sql(scope)}) "
+               f"GROUP BY value ORDER BY {order} DESC, value LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}")
+    rows = await ch.query(sql, params)
+    return [{prop: r["value"], **_clean(r, metrics)} for r in rows]
+
+
+async def realtime(ch: ClickHouse, app_id: str, start: datetime, end: datetime) -> int:
+    rows = await ch.query(
+        f"""SELECT uniqExact({VISITOR}) AS n FROM events FINAL
+            WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
+              AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot AND {WEB_TYPES}""",
+        {"app_id": app_id, "start": ts_param(start), "end": ts_param(end)},
+    )
+    return int(rows[0]["n"]) if rows else 0

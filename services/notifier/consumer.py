@@ -78,7 +78,11 @@ class EmailConsumer:
     async def run(self) -> None:
         consumer = make_consumer(self.settings, group_id=self.group_id, max_poll_records=100)
         consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:  # cancelled while joining: still close the client
+            await consumer.stop()
+            raise
         self.started.set()
         log.info("notifier consuming", topic=self.topic, group=self.group_id,
                  smtp=f"{self.target.host}:{self.target.port}")

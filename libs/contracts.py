@@ -1,0 +1,124 @@
+"""The Kafka topic contract: one schema per topic, and the AsyncAPI document built from them.
+
+Producers build their messages from these models' fields, and `tests/test_contracts.py` checks real
+messages taken off the topics against the schemas, so the document cannot drift from the code.
+`python -m libs.contracts > docs/asyncapi.json` regenerates the document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.events import EnrichedEvent
+from libs.kafka import API_KEYS_TOPIC, EMAIL_DLQ_TOPIC, EMAIL_TOPIC, EVENTS_DLQ_TOPIC, EVENTS_TOPIC
+from libs.notifications import EmailMessage
+
+
+class ApiKeyChange(BaseModel):
+    """A key's whole state after a change. Consumers keep, per key_id, the highest `version`."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal["auth.api-keys.v1"] = Field(alias="schema")
+    type: Literal["created", "revoked", "regenerated", "expired", "snapshot"]
+    key_id: str
+    app_id: str
+    owner_id: str
+    kind: Literal["secret", "write"]
+    key_hash: str = Field(description="hex SHA-256 of the full key; the key itself is never published")
+    prefix: str = Field(description="the key's first characters, for display")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    version: int = Field(description="microseconds since the epoch of the change; only grows")
+    occurred_at: datetime
+
+
+class EventDeadLetter(BaseModel):
+    """An event the aggregator could not store."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(description="why, e.g. 'schema violation at timestamp: ...'")
+    topic: str
+    partition: int
+    offset: int
+    value: str = Field(description="the original message value (first 100,000 characters)")
+
+
+class EmailDeadLetter(BaseModel):
+    """An email given up on: a permanent SMTP failure, an invalid message, or retries exhausted."""
+
+    model_config = ConfigDict(extra="allow")
+    reason: str
+    message_id: str | None
+    to: str | None
+    template: str | None
+    original: Any = Field(description="the original message (object), or its text when it was not JSON")
+    topic: str
+    partition: int
+    offset: int
+
+
+TOPICS: dict[str, tuple[str, type[BaseModel], str]] = {
+    EVENTS_TOPIC: ("app id", EnrichedEvent, "One enriched event per message (gateway → aggregator, any subscriber)."),
+    EVENTS_DLQ_TOPIC: ("app id", EventDeadLetter, "Events the aggregator could not store, with the error."),
+    API_KEYS_TOPIC: ("key id", ApiKeyChange, "API-key lifecycle: every change carries the key's whole state."),
+    EMAIL_TOPIC: ("message id", EmailMessage, "Emails to send: a template and its data, or a subject and a body."),
+    EMAIL_DLQ_TOPIC: ("message id", EmailDeadLetter, "Emails that failed permanently, with the reason."),
+}
+
+
+def asyncapi() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for topic, (key, model, summary) in TOPICS.items():
+        name = model.__name__
+        schema = model.model_json_schema(by_alias=True, ref_template=f"#/components/schemas/{name}/$defs/{{model}}")
+        channels[topic] = {
+            "address": topic,
+            "summary": summary,
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "bindings": {"kafka": {"topic": topic, "bindingVersion": "0.5.0"}},
+        }
+        messages[name] = {
+            "name": name,
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{name}"},
+            "headers": {"type": "object", "properties": {"request_id": {
+                "type": "string", "description": "id of the HTTP request that caused this message"}}},
+            "bindings": {"kafka": {"key": {"type": "string", "description": key}, "bindingVersion": "0.5.0"}},
+        }
+        operations[f"receive_{name}"] = {
+            "action": "receive", "channel": {"$ref": f"#/channels/{topic.replace('.', '%2E')}"},
+            "messages": [{"$ref": f"#/channels/{topic.replace('.', '%2E')}/messages/{name}"}],
+        }
+        messages[name]["x-schema"] = schema
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Analytics platform topics",
+            "version": "1.0.0",
+            "description": "The Kafka topics internal teams may subscribe to. Fields may be added within a "
+                           "version (ignore unknown fields); renaming or removing one means a new topic (`.v2`).",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "messages": {n: {k: v for k, v in m.items() if k != "x-schema"} for n, m in messages.items()},
+            "schemas": {n: m["x-schema"] for n, m in messages.items()},
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(asyncapi(), indent=2, sort_keys=False, default=str) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

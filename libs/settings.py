@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # `aggregator_dlq_min_bad` of the last 1,000) the consumer exits with an error.
     aggregator_max_bad_ratio: float = Field(default=0.5, gt=0, le=1)
     aggregator_dlq_min_bad: int = Field(default=100, ge=1)
+    # The topic and consumer group the aggregator reads (tests and benchmarks use their own).
+    aggregator_topic: str = "analytics.events.v1"
+    aggregator_group: str = "aggregator"
+    # How long a killed aggregator keeps its partitions before the group hands them to the others.
+    aggregator_session_timeout_ms: int = Field(default=10000, ge=1000)
     clickhouse_retention_days: int = Field(default=730, ge=1)
 
     query_cache_ttl_live_s: int = Field(default=5, ge=1)

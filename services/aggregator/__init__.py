@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from libs.clickhouse import ClickHouse
+from libs.kafka import ALL_TOPICS, ensure_topics
 from libs.migrations import apply_clickhouse
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
@@ -25,6 +26,8 @@ def build(runtime: Runtime) -> ServiceParts:
     async def start() -> None:
         ch = await runtime.clickhouse()
         await migrate(runtime, ch)
+        if runtime.settings.aggregator_topic not in ALL_TOPICS:
+            await ensure_topics(runtime.settings, (runtime.settings.aggregator_topic,))
         state["consumer"] = EventConsumer(runtime.settings, ch, await runtime.producer())
 
     async def consume() -> None:

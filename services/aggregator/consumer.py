@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from prometheus_client import Counter, Gauge
 
 from libs.clickhouse import ClickHouse, ClickHouseError
-from libs.kafka import EVENTS_DLQ_TOPIC, EVENTS_TOPIC, dumps, make_consumer
+from libs.kafka import EVENTS_DLQ_TOPIC, dumps, make_consumer
 from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
 from libs.settings import Settings
 from services.aggregator.decode import PoisonMessage, decode
@@ -30,7 +30,6 @@ from services.aggregator.writer import PartitionBatch, write_batch
 
 log = get_logger(__name__)
 
-GROUP_ID = "aggregator"
 COMMIT_INTERVAL_S = 1.0
 BAD_WINDOW = 1000
 
@@ -57,8 +56,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class EventConsumer:
-    def __init__(self, settings: Settings, ch: ClickHouse, producer: AIOKafkaProducer) -> None:
+    """One member of the aggregator's consumer group. `run()` returns when `stop()` is called (after a
+    last flush and commit) and raises TooManyBadMessages when the topic is mostly poison."""
+
+    def __init__(
+        self, settings: Settings, ch: ClickHouse, producer: AIOKafkaProducer,
+        topic: str | None = None, group_id: str | None = None,
+    ) -> None:
         self.settings = settings
+        self.topic = topic or settings.aggregator_topic
+        self.group_id = group_id or settings.aggregator_group
         self.ch = ch
         self.producer = producer
         self.consumer: AIOKafkaConsumer | None = None
@@ -70,16 +77,19 @@ class EventConsumer:
         self.retry_at = 0.0
         self.retry_delay = 0.2
         self.running = True
+        # A rebalance callback may run while the loop is between awaits: one flush at a time.
+        self._flush_lock = asyncio.Lock()
 
     # ---- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         self.consumer = make_consumer(
-            self.settings, group_id=GROUP_ID, max_poll_records=self.settings.aggregator_batch_size,
-            session_timeout_ms=10000, heartbeat_interval_ms=1000,
+            self.settings, group_id=self.group_id, max_poll_records=self.settings.aggregator_batch_size,
+            session_timeout_ms=self.settings.aggregator_session_timeout_ms,
+            heartbeat_interval_ms=min(1000, self.settings.aggregator_session_timeout_ms // 3),
         )
-        self.consumer.subscribe([EVENTS_TOPIC], listener=_Rebalance(self))
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self.consumer.start()
-        log.info("aggregator consuming", topic=EVENTS_TOPIC, group=GROUP_ID)
+        log.info("aggregator consuming", topic=self.topic, group=self.group_id)
         try:
             while self.running:
                 await self._step()
@@ -96,9 +106,15 @@ class EventConsumer:
         await self._commit(force=False)
         self._update_lag()
 
+    def stop(self) -> None:
+        """Ask `run()` to finish: flush what it holds, commit, leave the group."""
+        self.running = False
+
     def _poll_timeout_ms(self) -> int:
         if not self.batches:
             return 200
+        if self.retry_at:  # paused: wait for the next retry instead of spinning on due batches
+            return max(0, min(200, int((self.retry_at - time.monotonic()) * 1000)))
         oldest = max(b.age for b in self.batches.values())
         left = self.settings.aggregator_batch_max_age_ms / 1000 - oldest
         return max(0, min(200, int(left * 1000)))
@@ -107,7 +123,7 @@ class EventConsumer:
         CONSUMED.inc()
         batch = self.batches.get(tp.partition)
         if batch is None:
-            batch = self.batches[tp.partition] = PartitionBatch(tp.partition, message.offset)
+            batch = self.batches[tp.partition] = PartitionBatch(tp.partition, message.offset, self.topic)
         try:
             table, row = decode(message.value)
         except PoisonMessage as exc:
@@ -134,18 +150,22 @@ class EventConsumer:
     async def _flush(self, partitions: list[int]) -> bool:
         """Insert the batches of `partitions`; on failure pause everything and retry later."""
         assert self.consumer is not None
-        for p in partitions:
-            batch = self.batches[p]
-            try:
-                await write_batch(self.ch, batch)
-            except ClickHouseError as exc:
-                INSERT_FAILURES.inc()
-                self._pause(exc)
-                return False
-            self.pending_commit[TopicPartition(EVENTS_TOPIC, p)] = batch.last_offset + 1
-            del self.batches[p]
-        self._resume()
-        await self._commit(force=True)
+        async with self._flush_lock:
+            for p in partitions:
+                batch = self.batches.get(p)
+                if batch is None:  # flushed by a rebalance callback meanwhile
+                    continue
+                try:
+                    await write_batch(self.ch, batch)
+                except ClickHouseError as exc:
+                    INSERT_FAILURES.inc()
+                    self._pause(exc)
+                    return False
+                self.pending_commit[TopicPartition(self.topic, p)] = batch.last_offset + 1
+                if self.batches.get(p) is batch:
+                    del self.batches[p]
+            self._resume()
+            await self._commit(force=True)
         return True
 
     def _pause(self, exc: Exception) -> None:
@@ -186,6 +206,8 @@ class EventConsumer:
         if parts and not await self._flush(parts):
             for p in parts:  # the new owner reads them again; the dedup token and FINAL absorb it
                 self.batches.pop(p, None)
+        for tp in revoked:
+            self.positions.pop(tp.partition, None)
         offsets = {tp: off for tp, off in self.pending_commit.items() if tp in revoked}
         if offsets and self.consumer is not None:
             with contextlib.suppress(Exception):
@@ -226,7 +248,7 @@ class EventConsumer:
         bad = sum(self.recent_bad)
         if bad >= self.settings.aggregator_dlq_min_bad and bad / len(self.recent_bad) > self.settings.aggregator_max_bad_ratio:
             raise TooManyBadMessages(
-                f"{bad} of the last {len(self.recent_bad)} messages on {EVENTS_TOPIC} were invalid "
+                f"{bad} of the last {len(self.recent_bad)} messages on {self.topic} were invalid "
                 f"(limit {self.settings.aggregator_max_bad_ratio:.0%}); the aggregator stopped instead of "
                 f"dead-lettering all traffic. Inspect {EVENTS_DLQ_TOPIC}, fix the producer, then restart."
             )

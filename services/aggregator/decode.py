@@ -27,6 +27,10 @@ def decode(raw: bytes | None) -> tuple[str, bytes]:
         event = EnrichedEvent.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise PoisonMessage(first["msg"]) from exc  # "Invalid JSON: ..."
+        if first["type"] == "model_type":
+            raise PoisonMessage(f"not an event object: {first['msg']}") from exc
         where = ".".join(str(p) for p in first["loc"]) or "message"
         raise PoisonMessage(f"schema violation at {where}: {first['msg']} ({exc.error_count()} errors)") from exc
     if event.type == "metric":

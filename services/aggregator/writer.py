@@ -5,9 +5,12 @@ Why each event ends up stored once, whatever happens (SIGKILL mid-batch, rebalan
 1. Offsets are committed only after the insert of every message before them succeeded, so a crash
    can only make Kafka deliver a message again, never skip one (at-least-once delivery).
 2. A batch covers a contiguous offset range of one partition, and its insert carries the token
-   `<table>:<partition>:<first>-<last>`. When the same range is inserted again (the commit after a
-   successful insert was lost), ClickHouse recognises the token and drops the block: the common
-   redelivery costs nothing.
+   `<table>:<topic>:<partition>:<first>-<last>:<hash of the rows>`. When the same range is inserted
+   again (the commit after a successful insert was lost), ClickHouse recognises the token and drops
+   the block: the common redelivery costs nothing. The hash of the rows is part of the token because
+   offsets alone are not unique over time: the embedded broker keeps messages in memory, so after a
+   restart offsets begin at 0 again while ClickHouse still remembers the old tokens, and a token made
+   of offsets only would make ClickHouse silently drop new events as "duplicates".
 3. A redelivered range can be cut differently (the batch closed by time at another offset), and a
    client can retry an event with the same id through the gateway. Those copies do get in, so the
    table is a ReplacingMergeTree keyed by event id, and every read uses FINAL: a copy is never
@@ -16,10 +19,16 @@ Why each event ends up stored once, whatever happens (SIGKILL mid-batch, rebalan
 Token-only deduplication (the ClickHouse Kafka Connect sink's way) needs the batch boundaries to be
 kept in shared state so that a replay re-forms identical batches; the table engine gives the same
 result for any boundaries, so it is the guarantee, and the token is the cheap fast path.
+
+The one gap of the table engine: copies are merged only when they share the sorting key
+(app_id, toDate(timestamp), event_id) and the month partition. A client retry gets the same
+timestamp when the client sends one (the SDKs do); an event without a client timestamp is stamped
+with its arrival time, so a retry of it that arrives on the next UTC day is a second row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +52,7 @@ class PartitionBatch:
 
     partition: int
     first_offset: int
+    topic: str = "analytics.events.v1"
     last_offset: int = -1
     rows: dict[str, list[bytes]] = field(default_factory=dict)
     created: float = field(default_factory=time.monotonic)
@@ -64,7 +74,10 @@ async def write_batch(ch: ClickHouse, batch: PartitionBatch) -> None:
     for table, rows in batch.rows.items():
         if not rows:
             continue
-        token = f"{table}:{batch.partition}:{batch.first_offset}-{batch.last_offset}"
+        digest = hashlib.blake2b(digest_size=8)
+        for row in rows:
+            digest.update(row)
+        token = f"{table}:{batch.topic}:{batch.partition}:{batch.first_offset}-{batch.last_offset}:{digest.hexdigest()}"
         start = time.perf_counter()
         await ch.insert_rows(table, rows, dedup_token=token)
         INSERT_LATENCY.observe(time.perf_counter() - start)

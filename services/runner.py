@@ -186,6 +186,9 @@ def _banner(embedded: EmbeddedStack, listeners: list[Listener], settings: Settin
     if settings.clickhouse_url is None and any("clickhouse" in s.needs for li in listeners for s in li.specs):
         lines.append(f"  ClickHouse: chDB in this process, data in {settings.data_dir / 'clickhouse'}")
     base = f"http://{listeners[0].host}:{listeners[0].port}"
+    if any(s.name == "query" for li in listeners for s in li.specs):
+        query_base = next(f"http://{li.host}:{li.port}" for li in listeners if any(s.name == "query" for s in li.specs))
+        lines.append(f"Open {query_base}/dashboard to sign up, add your site and get its tracking snippet.")
     lines += [
         "Next: sign up, log in, register an app, send events:",
         f"  curl -s -XPOST {base}/api/user/signup -H 'content-type: application/json' "

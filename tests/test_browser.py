@@ -68,7 +68,7 @@ async def live_url(stack: Stack) -> AsyncIterator[str]:
 
 SITE_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Test shop</title>
-<script defer src="{live}/js/script.js" data-key="{key}" data-api="{live}"></script></head>
+<script defer src="{live}/js/script.js" data-key="{key}" data-api="{live}"{extra}></script></head>
 <body><h1 id="where">Home</h1>
 <button id="to-pricing" onclick="history.pushState({{}}, '', '/pricing'); where.textContent = 'Pricing'">Pricing</button>
 <button id="buy" onclick="analytics.track('signup_click', {{plan: 'pro'}})">Sign up</button>
@@ -83,9 +83,10 @@ async def site() -> AsyncIterator[dict[str, Any]]:
     state: dict[str, Any] = {}
 
     async def page(request: Any) -> Response:
-        return HTMLResponse(SITE_PAGE.format(live=state["live"], key=state["key"], user=state.get("user", "u")))
+        extra = " data-respect-dnt" if request.url.path == "/private" else ""
+        return HTMLResponse(SITE_PAGE.format(live=state["live"], key=state["key"], user=state.get("user", "u"), extra=extra))
 
-    app = Starlette(routes=[Route("/", page), Route("/pricing", page)])
+    app = Starlette(routes=[Route("/", page), Route("/pricing", page), Route("/private", page)])
     async for url in serve(app):
         state["url"] = url
         yield state
@@ -123,11 +124,6 @@ async def counts_reach(client: httpx.AsyncClient, key: str, expected: dict[str, 
 async def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-
-
-def missing_route(r: httpx.Response) -> bool:
-    """A route the query service does not have yet (not an app or user that is not found)."""
-    return r.status_code == 404 and r.json().get("detail") == "Not Found"
 
 
 # ---- the snippet ---------------------------------------------------------------------------------
@@ -208,31 +204,107 @@ async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_da
         await page.goto(overview_url)
         params = {"app_id": app["app_id"], "period": "day", "tz": "UTC"}
         r = await client.get("/api/analytics/stats/aggregate", params={**params, "compare": "previous_period"}, headers=user["headers"])
-        if missing_route(r):
-            await pw_expect(page.locator("#summary")).to_contain_text("not available on this server yet")
-        else:
-            assert r.status_code == 200, r.text
-            results = r.json()["results"]
-            assert results["pageviews"]["value"] == 3
-            for metric in ("visitors", "visits", "pageviews"):
-                card = page.locator(f"[data-metric='{metric}'] .value")
-                await pw_expect(card).to_have_text(f"{results[metric]['value']:,}")
-            await pw_expect(page.locator("#top-page")).to_contain_text("/pricing")
-            await pw_expect(page.locator("#top-source")).to_contain_text("news.example.com")
-            await pw_expect(page.locator("#top-event_name")).to_contain_text("signup_click")
-            await pw_expect(page.locator("#top-browser")).to_contain_text("Chrome")
-            await pw_expect(page.locator("#timeseries svg")).to_be_visible()
-            r = await client.get("/api/analytics/stats/realtime", params={"app_id": app["app_id"]},
-                                 headers={**user["headers"], "cache-control": "no-cache"})
-            await pw_expect(page.locator("#realtime")).to_contain_text(f"{r.json()['visitors']} visitor")
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert results["pageviews"]["value"] == 3
+        for metric in ("visitors", "visits", "pageviews"):
+            card = page.locator(f"[data-metric='{metric}'] .value")
+            await pw_expect(card).to_have_text(f"{results[metric]['value']:,}")
+        await pw_expect(page.locator("#top-page")).to_contain_text("/pricing")
+        await pw_expect(page.locator("#top-source")).to_contain_text("news.example.com")
+        await pw_expect(page.locator("#top-event_name")).to_contain_text("signup_click")
+        await pw_expect(page.locator("#top-browser")).to_contain_text("Chrome")
+        await pw_expect(page.locator("#timeseries svg")).to_be_visible()
+        r = await client.get("/api/analytics/stats/realtime", params={"app_id": app["app_id"]},
+                             headers={**user["headers"], "cache-control": "no-cache"})
+        await pw_expect(page.locator("#realtime")).to_contain_text(f"{r.json()['visitors']} visitor")
         await page.wait_for_load_state("networkidle")
         await shot(page, "overview-desktop.png")
         await page.set_viewport_size({"width": 390, "height": 844})
+        await page.reload()
+        await pw_expect(page.locator("[data-metric='pageviews'] .value")).not_to_have_text("—")
+        await page.wait_for_load_state("networkidle")
         await shot(page, "overview-phone.png")
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= 400, f"the overview scrolls sideways on a phone ({width}px wide)"
+        await page.set_viewport_size({"width": 1280, "height": 900})
+
+        # Users: the visitor who signed in on the site (analytics.identify), and their detail.
+        r = await client.get("/api/analytics/users", params={"app_id": app["app_id"]}, headers=user["headers"])
+        assert [u["userId"] for u in r.json()["users"]] == [customer]
+        await page.get_by_role("link", name="Users", exact=True).click()
+        await pw_expect(page.locator("#users-title")).to_have_text(f"{r.json()['total']} users")
+        await page.get_by_role("link", name=customer).click()
+        await pw_expect(page.get_by_role("heading", name=f"User {customer}")).to_be_visible()
+        await pw_expect(page.locator("#recent-title + .tablewrap tbody tr")).to_have_count(r.json()["users"][0]["events"])
+        await pw_expect(page.locator("#recent-title + .tablewrap")).to_contain_text("Outbound Link: Click")
+
+        # Funnel and retention views show what their routes answer.
+        await page.get_by_role("link", name="Funnels", exact=True).click()
+        await page.get_by_role("textbox", name="Steps").fill("page_view, signup_click")
+        await page.get_by_role("button", name="Show funnel").click()
+        r = await client.get("/api/analytics/funnels", params={"app_id": app["app_id"], "steps": "page_view,signup_click",
+                                                               "window": 86400, "period": "30d"}, headers=user["headers"])
+        steps = r.json()["steps"]
+        assert [st["visitors"] for st in steps][-1] == 1
+        funnel = page.locator("ol.funnel li")
+        await pw_expect(funnel).to_have_count(2)
+        for n, st in enumerate(steps):
+            await pw_expect(funnel.nth(n)).to_contain_text(f"{st['name']} — {st['visitors']} visitors")
+        await shot(page, "funnel.png")
+        await page.get_by_role("link", name="Retention", exact=True).click()
+        await pw_expect(page.locator("table.heat tbody tr").last).to_contain_text("100%")
+        await shot(page, "retention.png")
     finally:
         await owner.close()
+
+
+async def test_do_not_track_is_honoured_when_the_site_asks_and_fetch_keepalive_stands_in_for_sendbeacon(
+    client: httpx.AsyncClient, live_url: str, site: dict[str, Any], browser: Browser
+) -> None:
+    user = await signup_login(client)
+    app = await register_app(client, user, "Private site")
+    site.update(live=live_url, key=app["write_key"])
+
+    # A visitor whose browser asks not to be tracked: the page with data-respect-dnt sends nothing,
+    # a page of a site that did not ask for it still counts the view.
+    private = await browser.new_context(user_agent=DESKTOP_UA)
+    await private.add_init_script("Object.defineProperty(Navigator.prototype, 'doNotTrack', {get: () => '1'})")
+    try:
+        page = await private.new_page()
+        await page.goto(f"{site['url']}/private", wait_until="load")
+        await page.wait_for_function("window.analytics && typeof window.analytics.track === 'function'")
+        await page.click("#buy")
+        await page.goto(f"{site['url']}/", wait_until="load")
+        await page.wait_for_function("window.analytics && typeof window.analytics.track === 'function'")
+    finally:
+        await private.close()
+
+    # A browser without sendBeacon: the snippet falls back to fetch(keepalive).
+    old = await browser.new_context(user_agent=PHONE_UA, viewport={"width": 412, "height": 915})
+    await old.add_init_script("Navigator.prototype.sendBeacon = undefined")
+    sent: list[str] = []
+    old.on("request", lambda request: sent.append(request.resource_type) if request.url.endswith("/v1/batch") else None)
+    try:
+        page = await old.new_page()
+        await page.goto(f"{site['url']}/pricing", wait_until="load")
+        await page.wait_for_function("window.analytics && typeof window.analytics.track === 'function'")
+        await page.click("#buy")
+
+        async def both_sent() -> bool:
+            return len(sent) == 2
+
+        await eventually(both_sent, 5, "the fallback did not send both events")
+    finally:
+        await old.close()
+    assert set(sent) == {"fetch"}
+
+    await counts_reach(client, app["api_key"], {"page_view": 2, "signup_click": 1})
+    r = await client.get("/api/analytics/events", headers={"x-api-key": app["api_key"]})
+    events = r.json()["events"]
+    assert all(e["path"] != "/private" for e in events)
+    assert {(e["event_name"], e["path"], e["device_type"]) for e in events} == {
+        ("page_view", "/", "desktop"), ("page_view", "/pricing", "mobile"), ("signup_click", "/pricing", "mobile")}
 
 
 async def dashboard_login(page: Page, live_url: str, username: str) -> None:

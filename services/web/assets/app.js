@@ -412,7 +412,8 @@ async function overview(app, query) {
       return lineChart(r.results || [], [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }], { label: "Visitors and pageviews over time", xFormat });
     }),
     h("div", { class: "grid2" }, ...breakdowns.map(([property, title]) => panel(title, `top-${property}`, async () => {
-      const r = await api("/api/analytics/stats/breakdown", { params: { ...params, property, limit: 10 } });
+      const metrics = property === "event_name" ? "visitors,events" : "visitors,pageviews";
+      const r = await api("/api/analytics/stats/breakdown", { params: { ...params, property, metrics, limit: 10 } });
       return breakdownTable(app, query, property, r.results || []);
     }))));
 }

@@ -12,15 +12,18 @@ function s(tag, attrs = {}, ...children) {
   return el;
 }
 
+// The top of the y axis: four equal steps, each a whole "nice" number (1, 2, 5, 10, 20, 25, 50, ...).
 function niceMax(v) {
-  if (v <= 5) return 5;
-  const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-  return 10 * p;
+  const raw = Math.max(1, v / 4);
+  const p = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= raw && Number.isInteger(m * p)) return 4 * m * p;
+  return 40 * p;
 }
 
 export function lineChart(rows, series, { label = "Chart", xKey = "date", xFormat = (x) => x } = {}) {
-  const W = 760, H = 240, L = 44, R = 12, T = 12, B = 30;
+  // Drawn at about the width it is shown at, so labels keep their size on a phone.
+  const W = Math.round(Math.max(300, Math.min(760, (window.innerWidth || 760) - 70))), H = W < 500 ? 200 : 240;
+  const L = 44, R = 12, T = 12, B = 30;
   const max = niceMax(Math.max(1, ...rows.flatMap((r) => series.map((sr) => Number(r[sr.key]) || 0))));
   const x = (i) => L + (rows.length <= 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (rows.length - 1));
   const y = (v) => T + (H - T - B) * (1 - v / max);
@@ -30,7 +33,7 @@ export function lineChart(rows, series, { label = "Chart", xKey = "date", xForma
     svg.append(s("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e3e6ea" }));
     svg.append(s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#555e69" }, fmt.num(v)));
   }
-  const every = Math.max(1, Math.ceil(rows.length / 8));
+  const every = Math.max(1, Math.ceil(rows.length / Math.max(3, Math.floor(W / 95))));
   rows.forEach((r, i) => {
     if (i % every === 0 || i === rows.length - 1) {
       svg.append(s("text", { x: x(i), y: H - 10, "text-anchor": "middle", "font-size": 11, fill: "#555e69" }, xFormat(r[xKey])));

@@ -43,13 +43,24 @@ def run(
     try:
         specs = select_services(services)
         everything = services.strip() in ("", "all")
-        code = asyncio.run(
-            run_services(settings, specs, host=host, port=port, everything=everything, announce=_announce)
-        )
+        with _event_loop_runner() as runner:
+            code = runner.run(
+                run_services(settings, specs, host=host, port=port, everything=everything, announce=_announce)
+            )
     except (StartupError, DataDirBusy) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+def _event_loop_runner() -> asyncio.Runner:
+    """uvloop when installed (it comes with uvicorn[standard]): the services spend most of their time in
+    socket I/O, where it is about twice as fast as the default loop. Same loop uvicorn itself would pick."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
 def _announce(text: str) -> None:

@@ -250,7 +250,7 @@ async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_da
         funnel = page.locator("ol.funnel li")
         await pw_expect(funnel).to_have_count(2)
         for n, st in enumerate(steps):
-            await pw_expect(funnel.nth(n)).to_contain_text(f"{st['name']} — {st['visitors']} visitors")
+            await pw_expect(funnel.nth(n)).to_contain_text(f"{st['name']} — {st['visitors']} visitor")
         await shot(page, "funnel.png")
         await page.get_by_role("link", name="Retention", exact=True).click()
         await pw_expect(page.locator("table.heat tbody tr").last).to_contain_text("100%")

@@ -536,7 +536,7 @@ async function funnelsView(app, query) {
   try {
     const r = await api("/api/analytics/funnels", { params: { app_id: app.app_id, steps, window: windowS, period: query.get("period") || "30d" } });
     body = h("ol", { class: "funnel", "aria-label": "Funnel" }, ...r.steps.map((st) => h("li", { class: "step" },
-      h("div", {}, h("strong", {}, st.name), ` — ${fmt.num(st.visitors)} visitors · ${fmt.pct(st.conversion_rate)} of the first step · ${fmt.pct(st.step_conversion_rate)} of the previous`),
+      h("div", {}, h("strong", {}, st.name), ` — ${fmt.num(st.visitors)} ${st.visitors === 1 ? "visitor" : "visitors"} · ${fmt.pct(st.conversion_rate)} of the first step · ${fmt.pct(st.step_conversion_rate)} of the previous`),
       h("div", { class: "track", "aria-hidden": "true" }, h("span", { style: { width: `${Math.max(0, Math.min(100, st.conversion_rate || 0))}%` } })))));
   } catch (err) { body = unavailable(err); }
   return h("div", {}, h("section", { class: "card" }, form, hint), h("section", { class: "card", "aria-labelledby": "funnel-title" }, h("h2", { id: "funnel-title" }, "Conversion"), body));

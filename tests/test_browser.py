@@ -73,6 +73,7 @@ SITE_PAGE = """<!doctype html>
 <button id="to-pricing" onclick="history.pushState({{}}, '', '/pricing'); where.textContent = 'Pricing'">Pricing</button>
 <button id="buy" onclick="analytics.track('signup_click', {{plan: 'pro'}})">Sign up</button>
 <button id="login" onclick="analytics.identify('{user}')">Log in</button>
+<a id="file" href="/files/guide.pdf" download>Download the guide</a>
 <a id="out" href="{live}/healthz">Our status page</a>
 </body></html>"""
 
@@ -86,7 +87,10 @@ async def site() -> AsyncIterator[dict[str, Any]]:
         extra = " data-respect-dnt" if request.url.path == "/private" else ""
         return HTMLResponse(SITE_PAGE.format(live=state["live"], key=state["key"], user=state.get("user", "u"), extra=extra))
 
-    app = Starlette(routes=[Route("/", page), Route("/pricing", page), Route("/private", page)])
+    async def pdf(request: Any) -> Response:
+        return Response(b"%PDF-1.4\n%%EOF\n", media_type="application/pdf")
+
+    app = Starlette(routes=[Route("/", page), Route("/pricing", page), Route("/private", page), Route("/files/guide.pdf", pdf)])
     async for url in serve(app):
         state["url"] = url
         yield state
@@ -161,13 +165,15 @@ async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_da
         await page.go_back()
         await page.wait_for_url(f"{site['url']}/?utm_source=newsletter&utm_campaign=launch")
         await page.click("#login")
+        async with page.expect_download():
+            await page.click("#file")
         async with page.expect_navigation():
             await page.click("#out")
     finally:
         await visitor.close()
 
     key = app["api_key"]
-    await counts_reach(client, key, {"page_view": 3, "signup_click": 1, "Outbound Link: Click": 1, "identify": 1})
+    await counts_reach(client, key, {"page_view": 3, "signup_click": 1, "Outbound Link: Click": 1, "File Download": 1, "identify": 1})
     r = await client.get("/api/analytics/events", params={"event_name": "page_view", "limit": 10}, headers={"x-api-key": key})
     views = sorted(r.json()["events"], key=lambda e: e["timestamp"])
     assert [v["path"] for v in views] == ["/", "/pricing", "/"]
@@ -180,6 +186,8 @@ async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_da
     r = await client.get("/api/analytics/events", params={"event_name": "signup_click"}, headers={"x-api-key": key})
     click = r.json()["events"][0]
     assert click["properties"]["plan"] == "pro" and click["path"] == "/pricing"
+    r = await client.get("/api/analytics/events", params={"event_name": "File Download"}, headers={"x-api-key": key})
+    assert r.json()["events"][0]["properties"]["url"] == f"{site['url']}/files/guide.pdf"
     r = await client.get("/api/analytics/events", params={"event_name": "Outbound Link: Click"}, headers={"x-api-key": key})
     assert r.json()["events"][0]["properties"]["url"] == f"{live_url}/healthz"
     assert r.json()["events"][0]["user_id"] == customer
@@ -199,6 +207,7 @@ async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_da
         await pw_expect(page.locator("#events-total")).to_have_text("1")
         await pw_expect(page.locator("tbody tr[data-event='signup_click']")).to_have_count(1)
         await shot(page, "events-desktop.png")
+        await assert_labelled(page)
 
         overview_url = f"{live_url}/dashboard#/app/{app['app_id']}/overview?period=day"
         await page.goto(overview_url)
@@ -220,6 +229,7 @@ async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_da
         await pw_expect(page.locator("#realtime")).to_contain_text(f"{r.json()['visitors']} visitor")
         await page.wait_for_load_state("networkidle")
         await shot(page, "overview-desktop.png")
+        await assert_labelled(page)
         await page.set_viewport_size({"width": 390, "height": 844})
         await page.reload()
         await pw_expect(page.locator("[data-metric='pageviews'] .value")).not_to_have_text("—")
@@ -252,8 +262,10 @@ async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_da
         for n, st in enumerate(steps):
             await pw_expect(funnel.nth(n)).to_contain_text(f"{st['name']} — {st['visitors']} visitor")
         await shot(page, "funnel.png")
+        await assert_labelled(page)
         await page.get_by_role("link", name="Retention", exact=True).click()
         await pw_expect(page.locator("table.heat tbody tr").last).to_contain_text("100%")
+        await assert_labelled(page)
         await shot(page, "retention.png")
     finally:
         await owner.close()
@@ -307,6 +319,17 @@ async def test_do_not_track_is_honoured_when_the_site_asks_and_fetch_keepalive_s
         ("page_view", "/", "desktop"), ("page_view", "/pricing", "mobile"), ("signup_click", "/pricing", "mobile")}
 
 
+UNLABELLED = """() => [...document.querySelectorAll('main input, main select, main textarea, main button')]
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !(el.textContent || '').trim())
+  .map(el => el.outerHTML)"""
+
+
+async def assert_labelled(page: Page) -> None:
+    """Every control of the current view has a name a screen reader can say, and there is one h1."""
+    assert await page.evaluate(UNLABELLED) == []
+    assert await page.locator("main h1").count() == 1
+
+
 async def dashboard_login(page: Page, live_url: str, username: str) -> None:
     await page.goto(f"{live_url}/dashboard")
     await pw_expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
@@ -351,6 +374,7 @@ async def test_a_new_user_signs_up_adds_a_site_and_manages_its_keys_in_the_dashb
         snippet = await page.locator("#snippet").text_content() or ""
         assert snippet == f'<script defer src="{live_url}/js/script.js" data-key="{write}"></script>'
         await shot(page, "keys-created.png")
+        await assert_labelled(page)
 
         await wait_for_key(client, secret)
         await eventually(lambda: _is(beacon_status(client, write), 200), 5, "the new write key is refused")
@@ -380,6 +404,7 @@ async def test_a_new_user_signs_up_adds_a_site_and_manages_its_keys_in_the_dashb
         await pw_expect(page.locator("#keys-view .key-status", has_text="Revoked")).to_have_count(3)
         await eventually(lambda: _is(beacon_status(client, new_write), 401), 5, "the revoked write key still works")
         await shot(page, "keys-page.png")
+        await assert_labelled(page)
 
         await page.get_by_role("button", name="Sign out").click()
         await pw_expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
@@ -391,3 +416,28 @@ async def test_a_new_user_signs_up_adds_a_site_and_manages_its_keys_in_the_dashb
 
 async def _is(value: Any, expected: Any) -> bool:
     return (await value) == expected
+
+
+async def test_an_expired_access_token_is_refreshed_with_the_refresh_token(
+    client: httpx.AsyncClient, live_url: str, browser: Browser
+) -> None:
+    user = await signup_login(client)
+    await register_app(client, user, "Refreshed site")
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{live_url}/dashboard#/login")
+        stale = {"access_token": "expired.or.forged", "refresh_token": user["refresh_token"]}
+        await page.evaluate("s => sessionStorage.setItem('analytics.session', JSON.stringify(s))", stale)
+        await page.goto(f"{live_url}/dashboard#/apps")
+        await page.reload()  # the session is read from sessionStorage when the page loads
+        await pw_expect(page.get_by_role("link", name="Refreshed site")).to_be_visible()
+        session = await page.evaluate("JSON.parse(sessionStorage.getItem('analytics.session'))")
+        assert session["access_token"] != stale["access_token"]
+        assert session["refresh_token"] != user["refresh_token"], "refresh tokens rotate"
+        # A refresh token that no longer works sends the user back to sign in.
+        await page.evaluate("s => sessionStorage.setItem('analytics.session', JSON.stringify(s))", stale)
+        await page.reload()
+        await pw_expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    finally:
+        await context.close()

@@ -222,6 +222,26 @@ async def test_realtime_counts_visitors_of_the_last_five_minutes(client, site) -
     assert r.json() == {"visitors": 2}
 
 
+# --- the seeds' summaries (whole UTC days come from the events_daily rollup, partial days from events) --
+
+async def test_event_summary_of_whole_days_and_of_partial_days_agree_with_the_history(client, site) -> None:
+    day = await get(client, site, "event-summary", event="page_view", startDate=str(D), endDate=str(D))
+    assert (day["count"], day["uniqueUsers"], day["deviceData"]) == (7, 4, {"desktop": 4, "mobile": 3})
+    # Part of D-1 (after erin), all of D, part of D+1 (alice's return).
+    mixed = await get(client, site, "event-summary", event="page_view", startDate=f"{D - timedelta(days=1)}T12:30:00Z",
+                      endDate=f"{NEXT}T23:00:00Z")
+    assert (mixed["count"], mixed["uniqueUsers"], mixed["deviceData"]) == (8, 4, {"desktop": 4, "mobile": 4})
+    everything = await get(client, site, "event-summary", startDate=str(D - timedelta(days=1)), endDate=str(NEXT))
+    assert (everything["count"], everything["uniqueUsers"]) == (12, 5)
+
+
+async def test_daily_event_series_counts_events_and_users_per_utc_day(client, site) -> None:
+    body = await get(client, site, "events/timeseries", interval="day", days=7)
+    by_day = {row["bucket"][:10]: row for row in body["series"]}
+    assert (by_day[str(D)]["count"], by_day[str(D)]["unique_users"]) == (10, 4)
+    assert (by_day[str(NEXT)]["count"], by_day[str(NEXT)]["unique_users"]) == (1, 1)
+
+
 # --- funnels, retention, users --------------------------------------------------------------------
 
 async def test_funnel_counts_visitors_per_ordered_step_with_conversion_rates(client, site) -> None:
@@ -267,6 +287,9 @@ async def test_export_streams_every_event_of_a_user_and_delete_removes_them_from
     before = await client.get("/api/analytics/stats/aggregate", params={"period": "custom", "date": DAY, "metrics": "visitors"},
                               headers=key)
     assert before.json()["results"]["visitors"]["value"] == 2
+    summary_params = {"startDate": str(D - timedelta(days=1)), "endDate": str(NEXT)}
+    summary = await client.get("/api/analytics/event-summary", params=summary_params, headers=key)
+    assert (summary.json()["count"], summary.json()["uniqueUsers"]) == (4, 2)
 
     r = await client.get("/api/analytics/users/zoe/export", headers=key)
     assert r.status_code == 200
@@ -283,6 +306,8 @@ async def test_export_streams_every_event_of_a_user_and_delete_removes_them_from
                              headers=key)
     assert after.headers["x-cache"] == "MISS"  # the answer cached before the deletion is not served
     assert after.json()["results"]["visitors"]["value"] == 1
+    summary = await client.get("/api/analytics/event-summary", params=summary_params, headers=key)
+    assert (summary.json()["count"], summary.json()["uniqueUsers"]) == (1, 1)  # the daily rollup was rebuilt
     assert (await client.get("/api/analytics/users/zoe/export", headers=key)).text == ""
     assert (await client.get("/api/analytics/user-stats", params={"userId": "zoe"}, headers=key)).status_code == 404
     events_left = await client.get("/api/analytics/events", headers=key,

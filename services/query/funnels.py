@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from libs.clickhouse import ClickHouse
-from services.query.queries import VISITOR, ts_param
+from services.query.queries import ts_param
 
 COHORT_UNITS = {"day": ("toStartOfDay", "day"), "week": ("toMonday", "week")}
 
@@ -22,7 +22,7 @@ async def funnel(
         conditions.append(f"event_name = {{s{i}:String}}")
     rows = await ch.query(
         f"""SELECT level, count() AS n FROM (
-                SELECT {VISITOR} AS visitor,
+                SELECT visitor_id AS visitor,
                        windowFunnel({{window:UInt64}})(toDateTime(timestamp), {', '.join(conditions)}) AS level
                 FROM events FINAL
                 WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
@@ -58,7 +58,7 @@ async def retention(
     rows = await ch.query(
         f"""SELECT toString(c) AS cohort, dateDiff('{unit}', c, b) AS off, count() AS n FROM (
                 SELECT visitor, b, min(b) OVER (PARTITION BY visitor) AS c FROM (
-                    SELECT {VISITOR} AS visitor, toDate({start_fn}(timestamp, {{tz:String}})) AS b
+                    SELECT visitor_id AS visitor, toDate({start_fn}(timestamp, {{tz:String}})) AS b
                     FROM events FINAL
                     WHERE app_id = {{app_id:String}} AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot
                     GROUP BY visitor, b

@@ -60,6 +60,24 @@ async def delete_user(ch: ClickHouse, app_id: str, user_id: str) -> int:
     rows = await ch.query(f"SELECT count() AS n FROM events FINAL WHERE {where}", params)
     n = int(rows[0]["n"]) if rows else 0
     if n:
+        days = [r["d"] for r in await ch.query(
+            f"SELECT DISTINCT toString(toDate(timestamp)) AS d FROM events FINAL WHERE {where}", params)]
         # A mutation, waited for: when this returns, no read finds the rows.
         await ch.command(f"ALTER TABLE events DELETE WHERE {where} SETTINGS mutations_sync = 2", params)
+        await rebuild_daily(ch, app_id, days)
     return n
+
+
+async def rebuild_daily(ch: ClickHouse, app_id: str, days: list[str]) -> None:
+    """Recompute the events_daily rollup of these days of the app from events (after a deletion)."""
+    params: dict[str, Any] = {"app_id": app_id, "days": ",".join(days)}
+    scope = "app_id = {app_id:String} AND has(splitByChar(',', {days:String}), toString(day))"
+    await ch.command(f"ALTER TABLE events_daily DELETE WHERE {scope} SETTINGS mutations_sync = 2", params)
+    await ch.command(
+        """INSERT INTO events_daily
+           SELECT app_id, toDate(timestamp) AS day, event_name, device_type,
+                  count() AS events, uniqCombined64State(15)(visitor_id) AS visitors
+           FROM events FINAL WHERE app_id = {app_id:String} AND has(splitByChar(',', {days:String}), toString(toDate(timestamp)))
+           GROUP BY app_id, day, event_name, device_type""",
+        params,
+    )

@@ -4,7 +4,8 @@ the fixed maps below, never from a request."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 
 from libs.clickhouse import ClickHouse
@@ -53,21 +54,58 @@ class Where:
         return " AND ".join(self.clauses)
 
 
+ROLLUP_UNIQ = "uniqCombined64Merge(15)"
+ROLLUP_STATE = "uniqCombined64State(15)(visitor_id)"
+
+
+def whole_days(where: Where) -> tuple[date, date] | None:
+    """The UTC days wholly inside the range (read from the events_daily rollup), or None."""
+    if where.start is None or where.end is None:
+        return None
+    first = where.start.date() + (timedelta(days=1) if where.start.time() != dt_time() else timedelta())
+    last = where.end.date()  # exclusive
+    return (first, last) if first < last else None
+
+
+def rollup_union(where: Where, rollup_cols: str, raw_cols: str, raw_group: str) -> tuple[str, dict[str, Any]]:
+    """`rollup rows UNION ALL raw rows` for the range of `where`: whole days from events_daily, the
+    partial days at either end from events. Only app, range and event_name filters are supported."""
+    params = dict(where.params)
+    names = [n for n in ("event", "event_name") if n in params]
+    extra = f" AND event_name = {{{names[0]}:String}}" if names else ""
+    supported = set(params) <= {"app_id", "start", "end", "event", "event_name"}
+    days = whole_days(where) if supported else None
+    if days is None:
+        return (f"SELECT {raw_cols} FROM events FINAL WHERE {where.sql()} GROUP BY {raw_group}", params)
+    params["d0"], params["d1"] = days[0].isoformat(), days[1].isoformat()
+    edges = ("app_id = {app_id:String} AND ((timestamp >= {start:DateTime64(3, 'UTC')} "
+             "AND timestamp < toDateTime64({d0:String}, 3, 'UTC')) "
+             "OR (timestamp >= toDateTime64({d1:String}, 3, 'UTC') AND timestamp < {end:DateTime64(3, 'UTC')}))" + extra)
+    return (
+        f"SELECT {rollup_cols} FROM events_daily WHERE app_id = {{app_id:String}} AND day >= toDate({{d0:String}}) "
+        f"AND day < toDate({{d1:String}}){extra} "
+        f"UNION ALL SELECT {raw_cols} FROM events FINAL WHERE {edges} GROUP BY {raw_group}",
+        params,
+    )
+
+
 async def event_summary(ch: ClickHouse, where: Where) -> dict[str, Any]:
-    totals = await ch.query(
-        f"SELECT count() AS count, uniqExact({VISITOR}) AS unique_users FROM events FINAL WHERE {where.sql()}",
-        where.params,
+    """Count, distinct visitors and events per device, in one pass over the rollup and the edges."""
+    union, params = rollup_union(
+        where, "device_type AS device, events AS c, visitors AS v",
+        f"device_type AS device, count() AS c, {ROLLUP_STATE} AS v", "device_type",
     )
-    devices = await ch.query(
-        f"SELECT if(device_type = '', 'unknown', device_type) AS device, count() AS n FROM events FINAL "
-        f"WHERE {where.sql()} GROUP BY device ORDER BY n DESC",
-        where.params,
+    rows = await ch.query(
+        f"""SELECT grouping(device) = 1 AS total, if(device = '', 'unknown', device) AS device, sum(c) AS n,
+                   {ROLLUP_UNIQ}(v) AS u
+            FROM ({union}) GROUP BY GROUPING SETS ((device), ()) ORDER BY n DESC, device""",
+        params,
     )
-    row = totals[0] if totals else {"count": 0, "unique_users": 0}
+    total = next((r for r in rows if r["total"]), {"n": 0, "u": 0})
     return {
-        "count": row["count"],
-        "uniqueUsers": row["unique_users"],
-        "deviceData": {d["device"]: d["n"] for d in devices},
+        "count": int(total["n"]),
+        "uniqueUsers": int(total["u"]),
+        "deviceData": {r["device"]: int(r["n"]) for r in rows if not r["total"] and r["n"]},
     }
 
 
@@ -140,10 +178,21 @@ INTERVALS = {"hour": "toStartOfHour", "day": "toStartOfDay"}
 
 
 async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> list[dict[str, Any]]:
+    if interval == "day" and tz == "UTC":
+        # UTC days: whole days from the rollup, today and the first partial day from events.
+        union, params = rollup_union(
+            where, "toDateTime(day, 'UTC') AS bucket, events AS c, visitors AS v",
+            f"toStartOfDay(timestamp, 'UTC') AS bucket, count() AS c, {ROLLUP_STATE} AS v", "bucket",
+        )
+        return await ch.query(
+            f"SELECT bucket, sum(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
+            "GROUP BY bucket ORDER BY bucket",
+            params,
+        )
     bucket = INTERVALS[interval]
     return await ch.query(
         f"""SELECT {bucket}(timestamp, {{tz:String}}) AS bucket, count() AS count,
-                   uniqExact({VISITOR}) AS unique_users
+                   uniqExact(visitor_id) AS unique_users
             FROM events FINAL WHERE {where.sql()} GROUP BY bucket ORDER BY bucket""",
         {**where.params, "tz": tz},
     )
@@ -152,14 +201,14 @@ async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> li
 async def grouped(ch: ClickHouse, where: Where, by: str, limit: int) -> list[dict[str, Any]]:
     column = GROUPABLE[by]
     return await ch.query(
-        f"""SELECT {column} AS key, count() AS count, uniqExact({VISITOR}) AS unique_users
+        f"""SELECT {column} AS key, count() AS count, uniqExact(visitor_id) AS unique_users
             FROM events FINAL WHERE {where.sql()} GROUP BY key ORDER BY count DESC, key LIMIT {{limit:UInt32}}""",
         {**where.params, "limit": limit},
     )
 
 
 async def active_users(ch: ClickHouse, where: Where) -> int:
-    rows = await ch.query(f"SELECT uniqExact({VISITOR}) AS n FROM events FINAL WHERE {where.sql()}", where.params)
+    rows = await ch.query(f"SELECT uniqExact(visitor_id) AS n FROM events FINAL WHERE {where.sql()}", where.params)
     return int(rows[0]["n"]) if rows else 0
 
 

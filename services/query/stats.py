@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from libs.clickhouse import ClickHouse
-from services.query.queries import VISITOR, ts_param
+from services.query.queries import ts_param
 
 VISIT_GAP_S = 1800
 WEB_TYPES = "type IN ('page', 'track', 'screen')"
@@ -101,7 +101,7 @@ def numbered_sql(scope: Scope) -> str:
                                     ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
                         timestamp) > {VISIT_GAP_S} AS is_new
             FROM (
-                SELECT {VISITOR} AS visitor, timestamp, type, event_name, path, {cols}
+                SELECT visitor_id AS visitor, timestamp, type, event_name, path, {cols}
                 FROM events FINAL
                 WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
                   AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot AND {WEB_TYPES}
@@ -182,7 +182,7 @@ async def breakdown(
 
 async def realtime(ch: ClickHouse, app_id: str, start: datetime, end: datetime) -> int:
     rows = await ch.query(
-        f"""SELECT uniqExact({VISITOR}) AS n FROM events FINAL
+        f"""SELECT uniqExact(visitor_id) AS n FROM events FINAL
             WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
               AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot AND {WEB_TYPES}""",
         {"app_id": app_id, "start": ts_param(start), "end": ts_param(end)},

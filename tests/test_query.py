@@ -235,6 +235,13 @@ async def test_event_summary_of_whole_days_and_of_partial_days_agree_with_the_hi
     assert (everything["count"], everything["uniqueUsers"]) == (12, 5)
 
 
+async def test_events_grouped_by_name_count_events_and_users(client, site) -> None:
+    body = await get(client, site, "events/grouped", by="event_name", start_date=str(D - timedelta(days=1)), end_date=str(NEXT))
+    assert [(g["key"], g["count"], g["unique_users"]) for g in body["groups"]] == [
+        ("page_view", 9, 5), ("signup_click", 2, 2), ("signed_up", 1, 1),
+    ]
+
+
 async def test_daily_event_series_counts_events_and_users_per_utc_day(client, site) -> None:
     body = await get(client, site, "events/timeseries", interval="day", days=7)
     by_day = {row["bucket"][:10]: row for row in body["series"]}

@@ -32,7 +32,7 @@ def cache_key(app_id: str, endpoint: str, params: dict[str, Any]) -> str:
 class QueryCache:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
 
     async def generation(self, app_id: str) -> int:
         """The app's cache generation (0 when never bumped, or when Redis cannot say)."""
@@ -54,6 +54,13 @@ class QueryCache:
     ) -> tuple[Any, bool]:
         """(value, hit). The value is computed once per key at a time in this process.
         With `refresh`, the cached value is ignored and replaced."""
+        body, hit = await self.get_or_compute_json(key, ttl, compute, refresh)
+        return orjson.loads(body), hit
+
+    async def get_or_compute_json(
+        self, key: str, ttl: int, compute: Callable[[], Awaitable[Any]], refresh: bool = False
+    ) -> tuple[bytes, bool]:
+        """(JSON bytes, hit): a hit is answered with the stored bytes as they are, never re-encoded."""
         cached = None
         if not refresh:
             try:
@@ -62,16 +69,16 @@ class QueryCache:
                 log.warning("query cache unreachable; answering uncached", error=repr(exc))
         if cached is not None:
             CACHE_LOOKUPS.labels("hit").inc()
-            return orjson.loads(cached), True
+            return bytes(cached), True
         CACHE_LOOKUPS.labels("miss").inc()
         running = self._inflight.get(key)
         if running is not None:
             return await asyncio.shield(running), False
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            value = await compute()
-            future.set_result(value)
+            body = orjson.dumps(await compute(), default=str)
+            future.set_result(body)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters get it, nobody else must
@@ -79,7 +86,7 @@ class QueryCache:
         finally:
             self._inflight.pop(key, None)
         try:
-            await self.redis.set(key, orjson.dumps(value, default=str), ex=ttl)
+            await self.redis.set(key, body, ex=ttl)
         except (RedisError, OSError) as exc:
             log.warning("query cache write failed", error=repr(exc))
-        return value, False
+        return body, False

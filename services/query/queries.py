@@ -200,6 +200,16 @@ async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> li
 
 async def grouped(ch: ClickHouse, where: Where, by: str, limit: int) -> list[dict[str, Any]]:
     column = GROUPABLE[by]
+    if by == "event_name":
+        union, params = rollup_union(
+            where, "event_name AS key, events AS c, visitors AS v",
+            f"event_name AS key, count() AS c, {ROLLUP_STATE} AS v", "key",
+        )
+        return await ch.query(
+            f"SELECT key, sum(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
+            "GROUP BY key ORDER BY count DESC, key LIMIT {limit:UInt32}",
+            {**params, "limit": limit},
+        )
     return await ch.query(
         f"""SELECT {column} AS key, count() AS count, uniqExact(visitor_id) AS unique_users
             FROM events FINAL WHERE {where.sql()} GROUP BY key ORDER BY count DESC, key LIMIT {{limit:UInt32}}""",

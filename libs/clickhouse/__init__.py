@@ -26,6 +26,8 @@ OUTPUT_SETTINGS: dict[str, Any] = {
     "output_format_json_quote_decimals": 0,
     "date_time_output_format": "iso",
     "date_time_input_format": "best_effort",
+    # Rows carry fields of the event contract that a table does not store (e.g. metric_value on events).
+    "input_format_skip_unknown_fields": 1,
 }
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")

@@ -77,6 +77,10 @@ class EventConsumer:
         self.retry_at = 0.0
         self.retry_delay = 0.2
         self.running = True
+        self.writing: asyncio.Task[None] | None = None
+        self.writing_batches: list[PartitionBatch] = []
+        self.failed: list[PartitionBatch] = []  # refused by ClickHouse, retried first
+        self.refusing = False
         # A rebalance callback may run while the loop is between awaits: one flush at a time.
         self._flush_lock = asyncio.Lock()
 
@@ -102,7 +106,9 @@ class EventConsumer:
         for tp, messages in polled.items():
             for message in messages:
                 await self._take(tp, message)
-        await self._flush_due()
+        await self._reap()
+        self._start_write()
+        self._apply_backpressure()
         await self._commit(force=False)
         self._update_lag()
 
@@ -111,10 +117,12 @@ class EventConsumer:
         self.running = False
 
     def _poll_timeout_ms(self) -> int:
+        if self.writing is not None:  # come back soon to start the next insert once this one is done
+            return 5
+        if self.failed:  # ClickHouse refuses writes: wait for the next retry instead of spinning
+            return max(0, min(200, int((self.retry_at - time.monotonic()) * 1000)))
         if not self.batches:
             return 200
-        if self.retry_at:  # paused: wait for the next retry instead of spinning on due batches
-            return max(0, min(200, int((self.retry_at - time.monotonic()) * 1000)))
         oldest = max(b.age for b in self.batches.values())
         left = self.settings.aggregator_batch_max_age_ms / 1000 - oldest
         return max(0, min(200, int(left * 1000)))
@@ -135,57 +143,111 @@ class EventConsumer:
         batch.add(message.offset, table, row)
         self.positions[tp.partition] = message.offset + 1
 
-    # ---- flushing -------------------------------------------------------------------------------
+    # ---- writing --------------------------------------------------------------------------------
+    # One insert is in flight at a time, in a task, while the loop goes on polling and decoding the
+    # next batches (chDB and the server do their work outside the GIL). Batches of one partition are
+    # written in offset order, and each partition's offset is committed only after its batch is in.
+    # A partition whose next batch is full while the insert is still running is paused, so memory is
+    # bounded by one full batch per partition plus the one being written.
+
     def _due(self, batch: PartitionBatch) -> bool:
         return (
             batch.messages >= self.settings.aggregator_batch_size
             or batch.age * 1000 >= self.settings.aggregator_batch_max_age_ms
         )
 
-    async def _flush_due(self) -> None:
-        due = [p for p, b in self.batches.items() if self._due(b)]
-        if due and time.monotonic() >= self.retry_at:
-            await self._flush(due)
+    def _start_write(self) -> None:
+        if self.writing is not None or time.monotonic() < self.retry_at:
+            return
+        if self.failed:  # retry exactly the batches that failed (same tokens), before any later one
+            batches, self.failed = self.failed, []
+        else:
+            batches = [self.batches.pop(p) for p, b in list(self.batches.items()) if self._due(b)]
+        if batches:
+            self.writing = asyncio.create_task(self._write(batches), name="aggregator:insert")
+            self.writing_batches = batches
 
-    async def _flush(self, partitions: list[int]) -> bool:
-        """Insert the batches of `partitions`; on failure pause everything and retry later."""
-        assert self.consumer is not None
-        async with self._flush_lock:
-            for p in partitions:
-                batch = self.batches.get(p)
-                if batch is None:  # flushed by a rebalance callback meanwhile
-                    continue
-                try:
-                    await write_batch(self.ch, batch)
-                except ClickHouseError as exc:
-                    INSERT_FAILURES.inc()
-                    self._pause(exc)
-                    return False
-                self.pending_commit[TopicPartition(self.topic, p)] = batch.last_offset + 1
-                if self.batches.get(p) is batch:
-                    del self.batches[p]
-            self._resume()
+    async def _write(self, batches: list[PartitionBatch]) -> None:
+        for batch in batches:
+            await write_batch(self.ch, batch)
+            batch.written = True
+
+    async def _reap(self, wait: bool = False) -> None:
+        """Account for the insert in flight once it is over: commit what went in, keep what did not."""
+        task = self.writing
+        if task is None or (not wait and not task.done()):
+            return
+        if wait:
+            with contextlib.suppress(Exception):  # its outcome is examined below
+                await asyncio.shield(task)
+        if self.writing is not task:  # accounted for by a concurrent caller (a rebalance callback)
+            return
+        self.writing = None
+        batches, self.writing_batches = self.writing_batches, []
+        for batch in batches:
+            if batch.written:
+                self.pending_commit[TopicPartition(self.topic, batch.partition)] = batch.last_offset + 1
+        left = [b for b in batches if not b.written]
+        if left:
+            exc = task.exception() if not task.cancelled() else None
+            if exc is not None and not isinstance(exc, ClickHouseError):
+                raise exc
+            INSERT_FAILURES.inc()
+            self.failed = left + self.failed
+            self._pause_all(exc)
+        else:
+            self._clickhouse_ok()
             await self._commit(force=True)
-        return True
 
-    def _pause(self, exc: Exception) -> None:
+    def _apply_backpressure(self) -> None:
+        """Paused: every partition while ClickHouse refuses writes, else those holding a full batch."""
         assert self.consumer is not None
-        assigned = list(self.consumer.assignment())
-        if not self.consumer.paused():
+        assigned = self.consumer.assignment()
+        if self.failed:
+            wanted = set(assigned)
+        else:
+            full = {p for p, b in self.batches.items() if b.messages >= self.settings.aggregator_batch_size}
+            wanted = {tp for tp in assigned if tp.partition in full}
+        paused = self.consumer.paused()
+        if wanted - paused:
+            self.consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self.consumer.resume(*(paused - wanted))
+
+    def _pause_all(self, exc: BaseException | None) -> None:
+        if not self.refusing:  # log once per outage, not per retry
             log.error("clickhouse refused the insert; partitions paused until it accepts", error=str(exc)[:300])
-        self.consumer.pause(*assigned)
+        self.refusing = True
         PAUSED.set(1)
         self.retry_at = time.monotonic() + self.retry_delay
         self.retry_delay = min(self.retry_delay * 2, 10.0)
 
-    def _resume(self) -> None:
-        assert self.consumer is not None
-        if self.consumer.paused():
-            self.consumer.resume(*self.consumer.paused())
+    def _clickhouse_ok(self) -> None:
+        if self.refusing:
             log.info("clickhouse accepts inserts again; partitions resumed")
+        self.refusing = False
         PAUSED.set(0)
         self.retry_delay = 0.2
         self.retry_at = 0.0
+
+    async def _flush_now(self, partitions: set[int] | None = None) -> bool:
+        """Write, in order, everything held for `partitions` (default all): the insert in flight, the
+        failed batches, the filling ones. For shutdown and rebalance. False if ClickHouse refused."""
+        async with self._flush_lock:
+            await self._reap(wait=True)
+            held = self.failed + sorted(self.batches.values(), key=lambda b: b.partition)
+            batches = [b for b in held if partitions is None or b.partition in partitions]
+            self.failed = [b for b in self.failed if b not in batches]
+            for b in batches:
+                if self.batches.get(b.partition) is b:
+                    del self.batches[b.partition]
+            if not batches:
+                return True
+            self.writing = asyncio.create_task(self._write(batches), name="aggregator:insert")
+            self.writing_batches = batches
+            await self._reap(wait=True)
+            # Refused ones are back in self.failed; the caller decides (retry on shutdown, drop on hand-over).
+            return not any(b in batches for b in self.failed)
 
     async def _commit(self, force: bool) -> None:
         assert self.consumer is not None
@@ -202,10 +264,10 @@ class EventConsumer:
     # ---- rebalance and shutdown --------------------------------------------------------------------
     async def hand_over(self, revoked: list[TopicPartition]) -> None:
         """Before partitions go to another member: store what we have and commit it."""
-        parts = [tp.partition for tp in revoked if tp.partition in self.batches]
-        if parts and not await self._flush(parts):
-            for p in parts:  # the new owner reads them again; the dedup token and FINAL absorb it
-                self.batches.pop(p, None)
+        parts = {tp.partition for tp in revoked}
+        if not await self._flush_now(parts):
+            # The new owner reads them again from the last commit; the dedup token and FINAL absorb it.
+            self.failed = [b for b in self.failed if b.partition not in parts]
         for tp in revoked:
             self.positions.pop(tp.partition, None)
         offsets = {tp: off for tp, off in self.pending_commit.items() if tp in revoked}
@@ -222,7 +284,11 @@ class EventConsumer:
         if self.consumer is None:
             return
         for _ in range(3):
-            if not self.batches or await self._flush(list(self.batches)):
+            try:
+                if await self._flush_now():
+                    break
+            except Exception as exc:  # noqa: BLE001 - shutting down goes on; uncommitted work is re-read
+                log.warning("last flush failed", error=repr(exc))
                 break
             await asyncio.sleep(0.5)
         with contextlib.suppress(Exception):
@@ -260,6 +326,7 @@ class EventConsumer:
             high = self.consumer.highwater(tp)
             if high is None:
                 continue
-            batch = self.batches.get(tp.partition)
-            stored_up_to = batch.first_offset if batch else self.positions.get(tp.partition, high)
+            held = [b.first_offset for b in (*self.failed, *self.writing_batches, *self.batches.values())
+                    if b.partition == tp.partition]
+            stored_up_to = min(held) if held else self.positions.get(tp.partition, high)
             LAG.labels(str(tp.partition)).set(max(0, high - stored_up_to))

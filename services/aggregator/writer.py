@@ -46,7 +46,7 @@ INSERT_LATENCY = Histogram(
 )
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two batches are never "the same" batch
 class PartitionBatch:
     """Messages of one partition, from `first_offset` to `last_offset`, grouped by table."""
 
@@ -57,6 +57,7 @@ class PartitionBatch:
     rows: dict[str, list[bytes]] = field(default_factory=dict)
     created: float = field(default_factory=time.monotonic)
     messages: int = 0
+    written: bool = False
 
     def add(self, offset: int, table: str | None, row: bytes | None) -> None:
         self.last_offset = offset

@@ -1,0 +1,243 @@
+"""Aggregator benchmark (issue #5), both numbers from one run.
+
+1. Throughput: N enriched events (the gateway's shape, ~600 bytes) are produced to a fresh topic; one
+   EventConsumer drains them into chDB (events/s from its partition assignment to the last insert).
+   The baseline is chDB's own bulk insert of the same rows (the JSONEachRow lines the aggregator
+   builds), in blocks of the aggregator's batch size, through the same adapter, into the same table
+   (with the views that feed its rollups). Target: aggregator / chDB >= 0.5.
+2. Freshness: the whole stack (`analytics run`, every service in one process, chDB inside) takes
+   RATE events/s for SECONDS s through `POST /api/analytics/collect` (batches of 100 events with
+   client event ids); for a sample of events a poller measures the time from the gateway's 202 to
+   `GET /api/analytics/events/{event_id}` finding it (`cache-control: no-cache`). Target: p99 <= 2 s.
+   The rate the machine actually sustained is reported next to the target rate.
+
+`python -m bench aggregator`; BENCH_AGG_EVENTS, BENCH_AGG_RATE, BENCH_AGG_SECONDS change the sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client import REGISTRY
+
+from bench.common import Proc, env_for, write_result
+from libs.embedded import EmbeddedStack
+from libs.embedded.procs import free_port
+from libs.settings import Settings
+
+EVENTS = int(os.environ.get("BENCH_AGG_EVENTS", "200000"))
+RATE = int(os.environ.get("BENCH_AGG_RATE", "5000"))
+SECONDS = int(os.environ.get("BENCH_AGG_SECONDS", "60"))
+PER_REQUEST = 100
+SAMPLE_EVERY = 10  # one sampled event per 10 requests: 5 a second at 5,000 events/s
+UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+def enriched(app_id: str, i: int, now: str) -> bytes:
+    """One event as the gateway publishes it."""
+    return orjson.dumps({
+        "schema_version": 1, "event_id": uuid.uuid4().hex, "app_id": app_id, "type": "page",
+        "event_name": "page_view", "event_category": "", "source": "collect", "user_id": f"u{i % 5000}",
+        "anonymous_id": f"a{i % 9000}", "session_id": f"s{i % 20000}",
+        "url": f"https://shop.example/p/{i % 300}?utm_source=news", "path": f"/p/{i % 300}",
+        "referrer": "https://www.google.com/", "referrer_host": "www.google.com", "utm_source": "news",
+        "utm_medium": "", "utm_campaign": "spring", "utm_term": "", "utm_content": "",
+        "device_type": "mobile" if i % 3 else "desktop", "browser": "Firefox", "os": "Linux",
+        "screen_size": "1920x1080", "country": "DE", "ip": "203.0.113.0", "user_agent": UA,
+        "properties": {"plan": "pro", "amount": i % 100}, "metric_value": None, "metric_unit": "",
+        "timestamp": now, "received_at": now, "is_bot": False, "flags": [],
+    })
+
+
+def inserted_rows() -> float:
+    return REGISTRY.get_sample_value("aggregator_rows_inserted_total", {"table": "events"}) or 0.0
+
+
+# ---- 1. throughput ---------------------------------------------------------------------------------
+
+
+async def throughput(settings: Settings) -> dict[str, Any]:
+    from libs.clickhouse.embedded import ChdbClickHouse
+    from libs.kafka import ensure_topics, make_producer
+    from libs.migrations import apply_clickhouse
+    from services.aggregator import MIGRATIONS
+    from services.aggregator.consumer import EventConsumer
+    from services.aggregator.decode import decode
+
+    ch = await ChdbClickHouse.open(settings.data_dir / "clickhouse")
+    await apply_clickhouse(ch, "analytics", MIGRATIONS, {"retention_days": settings.clickhouse_retention_days})
+    topic = f"bench.aggregator.{uuid.uuid4().hex[:6]}"
+    await ensure_topics(settings, (topic,))
+    producer = make_producer(settings, linger_ms=5)
+    await producer.start()
+    now = datetime.now(UTC).isoformat()
+    values = [enriched("bench-app", i, now) for i in range(EVENTS)]
+    t0 = time.perf_counter()
+    futures = [await producer.send(topic, v, key=b"bench-app", partition=i % settings.kafka_partitions)
+               for i, v in enumerate(values)]
+    await asyncio.gather(*futures)
+    print(f"  produced {EVENTS:,} events to {topic} in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    consumer = EventConsumer(settings, ch, producer, topic=topic, group_id=f"bench-{topic}")
+    start_rows = inserted_rows()
+    task = asyncio.create_task(consumer.run())
+    while not (consumer.consumer and consumer.consumer.assignment()):  # noqa: ASYNC110 - polling someone else's state
+        await asyncio.sleep(0.01)
+    began = time.perf_counter()
+    while inserted_rows() - start_rows < EVENTS:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    drained = time.perf_counter() - began
+    consumer.stop()
+    await task
+    aggregator_rate = EVENTS / drained
+    print(f"  {'one aggregator, Kafka -> chDB':<40} {aggregator_rate:>10,.0f} events/s ({drained:.1f}s)", flush=True)
+
+    # chDB's own bulk insert of the very same rows into the same table (its rollup views included), in
+    # blocks of the aggregator's batch size. ReplacingMergeTree folds the second copy away (FINAL).
+    rows = [decode(v)[1] for v in values]
+    size = settings.aggregator_batch_size
+    began = time.perf_counter()
+    for i in range(0, len(rows), size):
+        await ch.insert_rows("events", rows[i:i + size])
+    baseline = time.perf_counter() - began
+    chdb_rate = EVENTS / baseline
+    print(f"  {'chDB bulk insert, same rows':<40} {chdb_rate:>10,.0f} events/s ({baseline:.1f}s)", flush=True)
+    stored = (await ch.query("SELECT count() AS n FROM events FINAL WHERE app_id = 'bench-app'"))[0]["n"]
+    await producer.stop()
+    await ch.close()
+    return {
+        "events": EVENTS, "batch_size": size, "partitions": settings.kafka_partitions,
+        "aggregator_events_per_s": round(aggregator_rate), "chdb_bulk_insert_events_per_s": round(chdb_rate),
+        "ratio": round(aggregator_rate / chdb_rate, 3), "target": 0.5, "rows_stored": stored,
+    }
+
+
+# ---- 2. freshness under load -------------------------------------------------------------------------
+
+
+def make_app(base: str) -> dict[str, Any]:
+    name = f"bench{uuid.uuid4().hex[:6]}"
+    with httpx.Client(base_url=base, timeout=10) as http:
+        http.post("/api/user/signup", json={"username": name, "email": f"{name}@example.com",
+                                            "password": "Str0ng!pass"}).raise_for_status()
+        token = http.post("/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
+        app: dict[str, Any] = http.post("/api/auth/register", json={"name": "bench"},
+                                        headers={"authorization": f"Bearer {token['access_token']}"}).json()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if http.get("/api/analytics/events/count", headers={"x-api-key": app["api_key"]}).status_code == 200:
+                return app
+            time.sleep(0.1)
+    raise RuntimeError("the new key never became usable")
+
+
+async def freshness(base: str, app: dict[str, Any]) -> dict[str, Any]:
+    requests = RATE * SECONDS // PER_REQUEST
+    interval = PER_REQUEST / RATE
+    delays: list[float] = []
+    accepted = [0]
+    failed: list[str] = []
+    pollers: list[asyncio.Task[None]] = []
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+
+        async def visible(event_id: str, acked: float) -> None:
+            url = f"/api/analytics/events/{event_id}"
+            headers = {"x-api-key": app["api_key"], "cache-control": "no-cache"}
+            while time.monotonic() - acked < 60:
+                if (await http.get(url, headers=headers)).status_code == 200:
+                    delays.append(time.monotonic() - acked)
+                    return
+                await asyncio.sleep(0.05)
+            failed.append(f"{event_id} not visible after 60s")
+
+        async def send(n: int) -> None:
+            events = [{"event": "bench_view", "url": f"https://shop.example/p/{i}", "device": "mobile",
+                       "userId": f"u{(n * PER_REQUEST + i) % 5000}", "event_id": uuid.uuid4().hex,
+                       "metadata": {"browser": "Firefox", "os": "Linux", "screenSize": "1920x1080"}}
+                      for i in range(PER_REQUEST)]
+            r = await http.post("/api/analytics/collect", content=orjson.dumps({"events": events}),
+                                headers={"x-api-key": app["write_key"], "content-type": "application/json",
+                                         "user-agent": UA})
+            acked = time.monotonic()
+            if r.status_code != 202:
+                failed.append(f"collect answered {r.status_code}: {r.text[:200]}")
+                return
+            accepted[0] += r.json()["accepted"]
+            if n % SAMPLE_EVERY == 0:
+                pollers.append(asyncio.create_task(visible(events[-1]["event_id"], acked)))
+
+        senders: list[asyncio.Task[None]] = []
+        began = time.monotonic()
+        for n in range(requests):
+            await asyncio.sleep(max(0.0, began + n * interval - time.monotonic()))
+            senders.append(asyncio.create_task(send(n)))
+        await asyncio.gather(*senders)
+        took = time.monotonic() - began
+        await asyncio.gather(*pollers)
+        counted = 0
+        deadline = time.monotonic() + 60
+        while counted != accepted[0] and time.monotonic() < deadline:
+            r = await http.get("/api/analytics/events/count", headers={"x-api-key": app["api_key"],
+                                                                          "cache-control": "no-cache"})
+            counted = r.json()["count"]
+            await asyncio.sleep(0.5)
+    if failed:
+        print(f"  {len(failed)} failures, e.g. {failed[0]}", flush=True)
+    delays.sort()
+    p = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))], 3) if delays else None  # noqa: E731
+    return {
+        "target_events_per_s": RATE, "seconds": SECONDS, "sustained_events_per_s": round(accepted[0] / took),
+        "events_accepted": accepted[0], "events_counted_by_query": counted, "samples": len(delays),
+        "p50_s": p(0.5), "p99_s": p(0.99), "max_s": round(delays[-1], 3) if delays else None,
+        "mean_s": round(statistics.fmean(delays), 3) if delays else None, "target_p99_s": 2.0,
+        "failures": len(failed),
+    }
+
+
+def main() -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="bench-agg-"))
+    base_settings = Settings(analytics_data_dir=data, log_level="WARNING", ingest_rate_limit="10000000/second")
+    print("aggregator benchmark: starting Kafka (Tansu), Postgres, Redis and the SMTP sink ...", flush=True)
+    engines = EmbeddedStack.start(base_settings, ["kafka", "postgres", "redis", "smtp"])
+    proc: Proc | None = None
+    try:
+        print(f"1. throughput ({EVENTS:,} events, batches of {engines.settings.aggregator_batch_size}):", flush=True)
+        moved = asyncio.run(throughput(engines.settings))
+        print(f"ratio aggregator / chDB bulk insert: {moved['ratio']:.2f} (target >= 0.5)", flush=True)
+
+        port = free_port()
+        env = env_for(engines.settings, ANALYTICS_DATA_DIR=str(data / "stack"), INGEST_RATE_LIMIT="10000000/second")
+        proc = Proc.analytics(["run", "--port", str(port)], env, f"http://127.0.0.1:{port}")
+        proc.wait_ready()
+        app = make_app(proc.base)
+        print(f"2. freshness: {RATE:,} events/s for {SECONDS}s through the whole stack ...", flush=True)
+        fresh = asyncio.run(freshness(proc.base, app))
+        print(f"  sustained {fresh['sustained_events_per_s']:,} events/s; 202 -> visible: p50 {fresh['p50_s']}s, "
+              f"p99 {fresh['p99_s']}s (target <= 2s); {fresh['events_counted_by_query']:,} of "
+              f"{fresh['events_accepted']:,} counted", flush=True)
+        result = {"throughput": moved, "freshness": fresh, "cpus": os.cpu_count()}
+        write_result("aggregator", result)
+        return result
+    finally:
+        if proc is not None:
+            proc.stop()
+        engines.stop()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -7,8 +7,8 @@ one), Kafka producers copy it into the `request_id` header, and consumers restor
 from __future__ import annotations
 
 import logging
+import random
 import sys
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -22,8 +22,12 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _configured = False
 
 
+_ids = random.Random(random.SystemRandom().getrandbits(64))
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex characters. Request ids must be unique, not secret: no os.urandom call per request."""
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def _add_request_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class IngestFastPath:
         self.app = app
         self.ingestor = ingestor
         self.service = service
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -75,8 +76,19 @@ class IngestFastPath:
                         *_CORS, *extra],
         })
         await send({"type": "http.response.body", "body": body})
-        HTTP_REQUESTS.labels(self.service, "POST", path, str(status)).inc()
-        HTTP_LATENCY.labels(self.service, path).observe(time.perf_counter() - start)
+        counter, latency = self._metrics(path, status)
+        counter.inc()
+        latency.observe(time.perf_counter() - start)
+
+    def _metrics(self, path: str, status: int) -> tuple[Any, Any]:
+        """The labelled metric children, looked up once per (path, status) rather than per request."""
+        found = self._children.get((path, status))
+        if found is None:
+            found = self._children[(path, status)] = (
+                HTTP_REQUESTS.labels(self.service, "POST", path, str(status)),
+                HTTP_LATENCY.labels(self.service, path),
+            )
+        return found
 
     async def _handle(self, path: str, scope: Scope, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
         gate = self.ingestor()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -257,15 +258,20 @@ class Publisher:
         self._producer = producer
         self._partitions: dict[bytes, int] = {}
         self._partition_count = 0
+        self._sorted_partitions: list[int] = []
+        self._partitions_checked_at = float("-inf")
 
     async def _partition(self, producer: AIOKafkaProducer, key: bytes) -> int:
-        partitions = await producer.partitions_for(EVENTS_TOPIC)
-        if len(partitions) != self._partition_count:  # partitions were added: recompute
-            self._partitions.clear()
-            self._partition_count = len(partitions)
+        if time.monotonic() >= self._partitions_checked_at + 10:
+            partitions = await producer.partitions_for(EVENTS_TOPIC)
+            self._partitions_checked_at = time.monotonic()
+            if len(partitions) != self._partition_count:  # partitions were added: recompute
+                self._partitions.clear()
+                self._partition_count = len(partitions)
+                self._sorted_partitions = sorted(partitions)
         found = self._partitions.get(key)
         if found is None:
-            ordered = sorted(partitions)
+            ordered = self._sorted_partitions
             found = self._partitions[key] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
         return found
 

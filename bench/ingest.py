@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 
 from bench.common import Proc, env_for, write_result
 from bench.wrk import run_wrk
@@ -78,12 +79,20 @@ async def producer_rate(bootstrap: str, n: int, value: bytes) -> float:
         await producer.stop()
 
 
-def measure(label: str, url: str, body: bytes, headers: dict[str, str]) -> float:
+CPU_PER_REQUEST_US: dict[str, float] = {}
+
+
+def measure(label: str, url: str, body: bytes, headers: dict[str, str], server: Proc | None = None) -> float:
     run_wrk(url, body, headers, 2, CONNECTIONS)  # warm-up
+    process = psutil.Process(server.popen.pid) if server is not None and server.popen is not None else None
+    before = sum(process.cpu_times()[:2]) if process else 0.0
     result = run_wrk(url, body, headers, SECONDS, CONNECTIONS)
+    cpu_us = (sum(process.cpu_times()[:2]) - before) / (result.requests_per_s * SECONDS) * 1e6 if process else 0.0
+    CPU_PER_REQUEST_US[label] = round(cpu_us, 1)
     bad = result.non_2xx + result.errors
     print(f"  {label:<44} {result.requests_per_s:>10,.0f} req/s   p50 {result.latency_p50_ms or 0:.2f} ms"
-          f"   p99 {result.latency_p99_ms or 0:.2f} ms" + (f"   ({bad} failed)" if bad else ""), flush=True)
+          f"   p99 {result.latency_p99_ms or 0:.2f} ms   server CPU {cpu_us:,.0f} µs/request"
+          + (f"   ({bad} failed)" if bad else ""), flush=True)
     if bad:
         raise RuntimeError(f"{label}: {bad} requests failed; the numbers would not mean anything")
     return result.requests_per_s
@@ -108,16 +117,17 @@ def main() -> dict[str, Any]:
         single = orjson.dumps(EVENT)
         json_headers = {"content-type": "application/json", "user-agent": UA}
         print(f"single events ({CONNECTIONS} connections, {SECONDS}s each, one uvicorn worker each):", flush=True)
-        bare = measure("bare ASGI endpoint answering 202", f"{procs[2].base}/api/analytics/collect", single, json_headers)
+        bare = measure("bare ASGI endpoint answering 202", f"{procs[2].base}/api/analytics/collect", single,
+                       json_headers, procs[2])
         gateway = measure("gateway /api/analytics/collect (Kafka acked)", f"{procs[1].base}/api/analytics/collect",
-                          single, {**json_headers, "x-api-key": app["write_key"]})
+                          single, {**json_headers, "x-api-key": app["write_key"]}, procs[1])
         fastapi = measure("plain FastAPI + pydantic, no Kafka", f"{procs[3].base}/api/analytics/collect",
-                          single, json_headers)
+                          single, json_headers, procs[3])
         print("batches of 100 events:", flush=True)
         auth = "Basic " + base64.b64encode(f"{app['write_key']}:".encode()).decode()
         body = batch_body(100)
         batch_rps = measure("gateway /v1/batch (100 events a request)", f"{procs[1].base}/v1/batch", body,
-                            {**json_headers, "authorization": auth})
+                            {**json_headers, "authorization": auth}, procs[1])
         batch_events = batch_rps * 100
         sample_event = _sample_enriched_size()
         producer = asyncio.run(producer_rate(engines.settings.kafka_bootstrap_servers or "", 200_000, sample_event))
@@ -133,6 +143,7 @@ def main() -> dict[str, Any]:
                 "gateway_events_per_s": round(batch_events), "aiokafka_producer_events_per_s": round(producer),
                 "ratio": round(batch_events / producer, 3), "target": 0.5,
             },
+            "server_cpu_us_per_request": CPU_PER_REQUEST_US,
             "seconds_per_measurement": SECONDS, "connections": CONNECTIONS, "cpus": os.cpu_count(),
         }
         print(f"ratio single-event gateway / bare ASGI: {result['single_event']['ratio']:.2f} (target >= 0.5)")

@@ -113,21 +113,28 @@ def _is_ip(value: str) -> bool:
     return True
 
 
-def url_facts(url: str | None) -> dict[str, str]:
-    if not url:
-        return {}
+@lru_cache(maxsize=8192)
+def _url_facts(url: str) -> tuple[tuple[str, str], ...]:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return {}
-    facts = {"path": parts.path or "/"}
-    query = parse_qs(parts.query)
-    for name in ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"):
-        if query.get(name):
-            facts[name] = query[name][0][:200]
-    return facts
+        return ()
+    facts = [("path", parts.path or "/")]
+    if parts.query:
+        query = parse_qs(parts.query)
+        facts.extend((name, query[name][0][:200]) for name in _UTM if query.get(name))
+    return tuple(facts)
 
 
+_UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+
+
+def url_facts(url: str | None) -> dict[str, str]:
+    """Path and UTM fields of a page URL (cached: a site's pages repeat)."""
+    return dict(_url_facts(url)) if url else {}
+
+
+@lru_cache(maxsize=8192)
 def referrer_host(referrer: str | None) -> str:
     if not referrer:
         return ""

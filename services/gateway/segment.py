@@ -103,50 +103,70 @@ def _text(value: Any, limit: int = 4096) -> str:
     return str(value)[:limit] if value not in (None, "") else ""
 
 
+_NO_DICT: dict[str, Any] = {}
+_UTM_FIELDS = (("source", "utm_source"), ("medium", "utm_medium"), ("name", "utm_campaign"),
+               ("term", "utm_term"), ("content", "utm_content"))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else _NO_DICT
+
+
 def from_segment(msg: SegmentMessage, base: dict[str, Any], batch_sent_at: datetime | None) -> dict[str, Any]:
+    """The enriched event of one Segment call. `base` is a fresh dict for this event and is filled in.
+
+    This runs once per event on the ingest hot path: plain dict work, no copies it does not need."""
     ctx = msg.context
-    page = ctx.get("page") if isinstance(ctx.get("page"), dict) else {}
     props = msg.properties
+    page = _dict(ctx.get("page"))
+    out = base
     url = _text(props.get("url") or page.get("url"))
-    referrer = _text(props.get("referrer") or page.get("referrer"))
-    out = dict(base)
-    out.update(enrich.url_facts(url))
-    if props.get("path") or page.get("path"):
-        out["path"] = _text(props.get("path") or page.get("path"), 2048)
-    campaign = ctx.get("campaign") if isinstance(ctx.get("campaign"), dict) else {}
-    for field in ("source", "medium", "name", "term", "content"):
-        if campaign.get(field):
-            out["utm_campaign" if field == "name" else f"utm_{field}"] = _text(campaign[field], 200)
-    if ctx.get("userAgent"):
-        browser, os_name, device = enrich.user_agent_facts(str(ctx["userAgent"]))
-        bot = enrich.is_bot(str(ctx["userAgent"])) or device == "bot"
-        out.update(browser=browser, os=os_name, device_type="bot" if bot else device, is_bot=bot,
-                   user_agent=_text(ctx["userAgent"], 1000))
+    if url:
+        out.update(enrich.url_facts(url))
+    path = props.get("path") or page.get("path")
+    if path:
+        out["path"] = _text(path, 2048)
+    campaign = ctx.get("campaign")
+    if campaign and isinstance(campaign, dict):
+        for field, column in _UTM_FIELDS:
+            if campaign.get(field):
+                out[column] = _text(campaign[field], 200)
+    user_agent = ctx.get("userAgent")
+    if user_agent:
+        user_agent = str(user_agent)
+        browser, os_name, device = enrich.user_agent_facts(user_agent)
+        bot = device == "bot" or enrich.is_bot(user_agent)
+        out["browser"], out["os"], out["device_type"], out["is_bot"] = browser, os_name, "bot" if bot else device, bot
+        out["user_agent"] = user_agent[:1000]
     if ctx.get("ip"):
         out["ip"] = _text(ctx["ip"], 64)
-    screen = ctx.get("screen") if isinstance(ctx.get("screen"), dict) else {}
-    if screen.get("width") and screen.get("height"):
+    screen = ctx.get("screen")
+    if screen and isinstance(screen, dict) and screen.get("width") and screen.get("height"):
         out["screen_size"] = f"{screen['width']}x{screen['height']}"
-    properties: dict[str, Any] = dict(props)
-    if msg.type in ("identify", "group"):
+    kind = msg.type
+    properties = props
+    if kind == "identify" or kind == "group":
         properties = {"traits": msg.traits or ctx.get("traits") or {}}
-    if msg.groupId:
-        properties["group_id"] = msg.groupId
-    if msg.previousId:
-        properties["previous_id"] = msg.previousId
-    out.update(
-        type=msg.type,
-        event_name=(msg.event if msg.type == "track" else msg.name) or DEFAULT_NAMES.get(msg.type, msg.type),
-        event_category=_text(msg.category or props.get("category"), 200),
-        source="segment",
-        user_id=msg.userId or "",
-        anonymous_id=msg.anonymousId or "",
-        session_id=_text(ctx.get("sessionId") or props.get("sessionId"), 200),
-        url=url,
-        referrer=referrer,
-        referrer_host=enrich.referrer_host(referrer),
-        properties=properties,
-    )
+    if msg.groupId or msg.previousId:
+        properties = dict(properties)
+        if msg.groupId:
+            properties["group_id"] = msg.groupId
+        if msg.previousId:
+            properties["previous_id"] = msg.previousId
+    referrer = _text(props.get("referrer") or page.get("referrer"))
+    out["type"] = kind
+    out["event_name"] = (msg.event if kind == "track" else msg.name) or DEFAULT_NAMES.get(kind, kind)
+    category = msg.category or props.get("category")
+    out["event_category"] = _text(category, 200) if category else ""
+    out["source"] = "segment"
+    out["user_id"] = msg.userId or ""
+    out["anonymous_id"] = msg.anonymousId or ""
+    session = ctx.get("sessionId") or props.get("sessionId")
+    out["session_id"] = _text(session, 200) if session else ""
+    out["url"] = url
+    out["referrer"] = referrer
+    out["referrer_host"] = enrich.referrer_host(referrer) if referrer else ""
+    out["properties"] = properties
     happened = msg.timestamp or msg.originalTimestamp
     out["timestamp"] = enrich.event_time(happened, base["received_at"], out["flags"], msg.sentAt or batch_sent_at)
     return out

@@ -177,18 +177,24 @@ async def count(ch: ClickHouse, where: Where) -> int:
 INTERVALS = {"hour": "toStartOfHour", "day": "toStartOfDay"}
 
 
+async def counts_by(
+    ch: ClickHouse, where: Where, name: str, rollup_key: str, raw_key: str, order: str, limit: int = 100_000
+) -> list[dict[str, Any]]:
+    """Events and distinct visitors per `name`: whole UTC days from the rollup, partial days from events."""
+    union, params = rollup_union(
+        where, f"{rollup_key} AS {name}, events AS c, visitors AS v",
+        f"{raw_key} AS {name}, count() AS c, {ROLLUP_STATE} AS v", name,
+    )
+    return await ch.query(
+        f"SELECT {name}, sum(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
+        f"GROUP BY {name} ORDER BY {order} LIMIT {{limit:UInt32}}",
+        {**params, "limit": limit},
+    )
+
+
 async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> list[dict[str, Any]]:
     if interval == "day" and tz == "UTC":
-        # UTC days: whole days from the rollup, today and the first partial day from events.
-        union, params = rollup_union(
-            where, "toDateTime(day, 'UTC') AS bucket, events AS c, visitors AS v",
-            f"toStartOfDay(timestamp, 'UTC') AS bucket, count() AS c, {ROLLUP_STATE} AS v", "bucket",
-        )
-        return await ch.query(
-            f"SELECT bucket, sum(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
-            "GROUP BY bucket ORDER BY bucket",
-            params,
-        )
+        return await counts_by(ch, where, "bucket", "toDateTime(day, 'UTC')", "toStartOfDay(timestamp, 'UTC')", "bucket")
     bucket = INTERVALS[interval]
     return await ch.query(
         f"""SELECT {bucket}(timestamp, {{tz:String}}) AS bucket, count() AS count,
@@ -201,15 +207,7 @@ async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> li
 async def grouped(ch: ClickHouse, where: Where, by: str, limit: int) -> list[dict[str, Any]]:
     column = GROUPABLE[by]
     if by == "event_name":
-        union, params = rollup_union(
-            where, "event_name AS key, events AS c, visitors AS v",
-            f"event_name AS key, count() AS c, {ROLLUP_STATE} AS v", "key",
-        )
-        return await ch.query(
-            f"SELECT key, sum(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
-            "GROUP BY key ORDER BY count DESC, key LIMIT {limit:UInt32}",
-            {**params, "limit": limit},
-        )
+        return await counts_by(ch, where, "key", "event_name", "event_name", "count DESC, key", limit)
     return await ch.query(
         f"""SELECT {column} AS key, count() AS count, uniqExact(visitor_id) AS unique_users
             FROM events FINAL WHERE {where.sql()} GROUP BY key ORDER BY count DESC, key LIMIT {{limit:UInt32}}""",

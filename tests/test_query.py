@@ -249,6 +249,26 @@ async def test_daily_event_series_counts_events_and_users_per_utc_day(client, si
     assert (by_day[str(NEXT)]["count"], by_day[str(NEXT)]["unique_users"]) == (1, 1)
 
 
+async def test_custom_metrics_summary_and_series(client, site) -> None:
+    for value, hh in ((120.0, 9), (80.0, 9), (100.0, 11)):
+        r = await client.post("/api/analytics/metrics", headers={"x-api-key": site["write_key"], "user-agent": UA},
+                              json={"metric_name": "checkout_ms", "value": value, "unit": "ms", "timestamp": at(D, hh)})
+        assert r.status_code == 202, r.text
+
+    async def stored() -> bool:
+        r = await client.get("/api/analytics/metrics", params={"metric_name": "checkout_ms", "start_date": str(D)},
+                             headers={**site["key"], **FRESH})
+        return r.status_code == 200 and bool(r.json()["metrics"]) and r.json()["metrics"][0]["count"] == 3
+
+    await eventually(stored, 20, "the metrics never arrived")
+    summary = (await get(client, site, "metrics", metric_name="checkout_ms", start_date=str(D)))["metrics"][0]
+    assert {k: summary[k] for k in ("metric_name", "unit", "count", "sum", "avg", "min", "max")} == {
+        "metric_name": "checkout_ms", "unit": "ms", "count": 3, "sum": 300.0, "avg": 100.0, "min": 80.0, "max": 120.0}
+    series = await get(client, site, "metrics/timeseries", metric_name="checkout_ms", interval="hour", days=7)
+    assert [(row["bucket"][:13], row["count"], row["avg"]) for row in series["series"]] == [
+        (f"{D}T09", 2, 100.0), (f"{D}T11", 1, 100.0)]
+
+
 # --- funnels, retention, users --------------------------------------------------------------------
 
 async def test_funnel_counts_visitors_per_ordered_step_with_conversion_rates(client, site) -> None:
@@ -329,7 +349,8 @@ ENDPOINTS = [
     ("GET", "event-summary", {}), ("GET", "user-stats", {"userId": "alice"}), ("GET", "events", {}),
     ("GET", "events/{event_id}", {}), ("GET", "events/count", {}), ("GET", "events/daily", {}),
     ("GET", "events/timeseries", {}), ("GET", "events/grouped", {}), ("GET", "users/active", {}),
-    ("GET", "metrics", {}), ("GET", "stats/aggregate", {}), ("GET", "stats/timeseries", {}),
+    ("GET", "metrics", {}), ("GET", "metrics/timeseries", {"metric_name": "checkout_ms"}),
+    ("GET", "stats/aggregate", {}), ("GET", "stats/timeseries", {}),
     ("GET", "stats/breakdown", {"property": "source"}), ("GET", "stats/realtime", {}),
     ("GET", "funnels", {"steps": "page_view,signup_click"}), ("GET", "retention", {}), ("GET", "users", {}),
     ("GET", "users/{user}/export", {}), ("DELETE", "users/{user}", {}),
@@ -393,6 +414,9 @@ BAD = [
     ("funnel of one step", "funnels", {"steps": "page_view"}, "steps=first_event,second_event"),
     ("funnel window too long", "funnels", {"steps": "a,b", "window": 10**9}, str(90 * 86400)),
     ("too many cohorts", "retention", {"cohorts": 500}, "52"),
+    ("metric series without a name", "metrics/timeseries", {}, "metric_name"),
+    ("hourly metric series over a long range", "metrics/timeseries", {"metric_name": "m", "interval": "hour", "days": 90},
+     "interval=day"),
 ]
 
 

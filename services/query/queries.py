@@ -235,3 +235,18 @@ async def metric_summary(ch: ClickHouse, app_id: str, name: str | None, start: d
             GROUP BY metric_name ORDER BY metric_name""",
         params,
     )
+
+
+async def metric_series(
+    ch: ClickHouse, app_id: str, name: str, start: datetime, end: datetime, interval: str, tz: str
+) -> list[dict[str, Any]]:
+    bucket = INTERVALS[interval]
+    return await ch.query(
+        f"""SELECT {bucket}(timestamp, {{tz:String}}) AS bucket, count() AS count, sum(value) AS sum,
+                   avg(value) AS avg, min(value) AS min, max(value) AS max
+            FROM metrics FINAL
+            WHERE app_id = {{app_id:String}} AND metric_name = {{name:String}}
+              AND timestamp >= {{start:DateTime64(3, 'UTC')}} AND timestamp < {{end:DateTime64(3, 'UTC')}}
+            GROUP BY bucket ORDER BY bucket""",
+        {"app_id": app_id, "name": name, "start": ts_param(start), "end": ts_param(end), "tz": tz},
+    )

@@ -304,6 +304,29 @@ def build_router(
         params = {"m": metric_name, "start": start_date, "end": end_date}
         return await cached(app_id, "metrics", params, reaches_now(end), compute)
 
+    @router.get("/metrics/timeseries", summary="One custom metric per hour or day: count, sum, avg, min, max")
+    async def metric_timeseries(
+        app_id: App,
+        metric_name: Annotated[str, Query(min_length=1, max_length=200)],
+        interval: Literal["day", "hour"] = "day",
+        days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
+        tz: Annotated[str, Query(max_length=64)] = "UTC",
+    ) -> JSONResponse:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ApiError(422, f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin") from exc
+        if interval == "hour" and days > 31:
+            raise ApiError(422, "hourly series cover at most 31 days; ask for interval=day")
+        end = datetime.now(UTC) + timedelta(seconds=1)
+
+        async def compute() -> dict[str, Any]:
+            rows = await q.metric_series(clickhouse(), app_id, metric_name, end - timedelta(days=days), end, interval, tz)
+            return {"metric_name": metric_name, "interval": interval, "timezone": tz, "series": rows}
+
+        params = {"m": metric_name, "i": interval, "d": days, "tz": tz}
+        return await cached(app_id, "metric-timeseries", params, True, compute)
+
     from services.query.web import add_web_routes
 
     add_web_routes(router, App, cached, clickhouse, cache)

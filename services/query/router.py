@@ -77,6 +77,16 @@ def date_range(start_raw: str | None, end_raw: str | None, start_name: str, end_
     return start, end
 
 
+def check_series(interval: str, days: int, tz: str) -> None:
+    """422 for an unknown time zone, or an hourly series too long to read."""
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ApiError(422, f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin") from exc
+    if interval == "hour" and days > 31:
+        raise ApiError(422, "hourly series cover at most 31 days; ask for interval=day")
+
+
 def build_router(
     settings: Settings,
     keys: Callable[[], KeyTable],
@@ -216,12 +226,7 @@ def build_router(
         return await cached(app_id, "events-count", params, reaches_now(end), compute)
 
     async def series(app_id: str, interval: str, days: int, tz: str, event_name: str | None) -> JSONResponse:
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ApiError(422, f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin") from exc
-        if interval == "hour" and days > 31:
-            raise ApiError(422, "hourly series cover at most 31 days; ask for interval=day")
+        check_series(interval, days, tz)
         end = datetime.now(UTC) + timedelta(seconds=1)
         start = end - timedelta(days=days)
         where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name)
@@ -312,12 +317,7 @@ def build_router(
         days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
         tz: Annotated[str, Query(max_length=64)] = "UTC",
     ) -> JSONResponse:
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ApiError(422, f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin") from exc
-        if interval == "hour" and days > 31:
-            raise ApiError(422, "hourly series cover at most 31 days; ask for interval=day")
+        check_series(interval, days, tz)
         end = datetime.now(UTC) + timedelta(seconds=1)
 
         async def compute() -> dict[str, Any]:

@@ -69,6 +69,10 @@ class Scope:
     start: datetime
     end: datetime
     filters: dict[str, str] = field(default_factory=dict)
+    carry: tuple[str, ...] = ()  # visit properties a breakdown needs besides the filtered ones
+
+    def needs(self, name: str) -> bool:
+        return name in self.filters or name in self.carry
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"app_id": self.app_id, "start": ts_param(self.start), "end": ts_param(self.end)}
@@ -91,7 +95,7 @@ class Scope:
 
 def numbered_sql(scope: Scope) -> str:
     """Each web event with its visitor and the number of its visit (1, 2, ... per visitor)."""
-    cols = ", ".join(f"{expr} AS {name}" for name, expr in VISIT_PROPS.items())
+    cols = "".join(f", {expr} AS {name}" for name, expr in VISIT_PROPS.items() if scope.needs(name))
     return f"""
         SELECT *, sum(is_new) OVER (PARTITION BY visitor ORDER BY timestamp
                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS visit_no
@@ -101,7 +105,7 @@ def numbered_sql(scope: Scope) -> str:
                                     ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
                         timestamp) > {VISIT_GAP_S} AS is_new
             FROM (
-                SELECT visitor_id AS visitor, timestamp, type, event_name, path, {cols}
+                SELECT visitor_id AS visitor, timestamp, type, event_name, path{cols}
                 FROM events FINAL
                 WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
                   AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot AND {WEB_TYPES}
@@ -111,17 +115,19 @@ def numbered_sql(scope: Scope) -> str:
 
 def sessions_sql(scope: Scope) -> str:
     """One row per visit that passes the filters."""
-    firsts = ", ".join(f"argMin({name}, timestamp) AS {name}" for name in VISIT_PROPS)
+    # Only what the filters or the breakdown read: fewer columns, less work.
+    firsts = "".join(f", argMin({name}, timestamp) AS {name}" for name in VISIT_PROPS if scope.needs(name))
+    if scope.needs("entry_page"):
+        firsts += ", argMinIf(path, timestamp, type = 'page') AS entry_page"
+    if scope.needs("exit_page"):
+        firsts += ", argMaxIf(path, timestamp, type = 'page') AS exit_page"
     match = scope.event_match()
     return f"""
         SELECT * FROM (
             SELECT visitor, visit_no, min(timestamp) AS started, max(timestamp) AS ended,
                    dateDiff('second', min(timestamp), max(timestamp)) AS duration,
                    countIf(type = 'page') AS pageviews, count() AS events,
-                   countIf(type = 'page' AND {match}) AS m_pageviews, countIf({match}) AS m_events,
-                   argMinIf(path, timestamp, type = 'page') AS entry_page,
-                   argMaxIf(path, timestamp, type = 'page') AS exit_page,
-                   {firsts}
+                   countIf(type = 'page' AND {match}) AS m_pageviews, countIf({match}) AS m_events{firsts}
             FROM ({numbered_sql(scope)})
             GROUP BY visitor, visit_no
         ) WHERE {scope.visit_match()}"""

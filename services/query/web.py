@@ -138,7 +138,7 @@ def add_web_routes(
         wanted = metric_list(metrics, ("visitors", "pageviews"))
 
         async def compute() -> dict[str, Any]:
-            scope = stats.Scope(app_id, span.start, span.end, filters)
+            scope = stats.Scope(app_id, span.start, span.end, filters, carry=(property,))
             rows = await stats.breakdown(clickhouse(), scope, property, wanted, limit, (page_number - 1) * limit)
             return {"property": property, "period": span.as_json(), "results": rows}
 

@@ -5,13 +5,15 @@
    The baseline is chDB's own bulk insert of the same rows (the JSONEachRow lines the aggregator
    builds), in blocks of the aggregator's batch size, through the same adapter, into the same table
    (with the views that feed its rollups). Target: aggregator / chDB >= 0.5.
-2. Freshness: the whole stack (`analytics run`, every service in one process, chDB inside) takes
+2. Freshness: the whole stack (engines, gateway+auth in one process, aggregator+query+notifier with
+   chDB in another, as `analytics infra` + `analytics run --services` deploy it on one machine) takes
    RATE events/s for SECONDS s through `POST /api/analytics/collect` (batches of 100 events with
    client event ids); for a sample of events a poller measures the time from the gateway's 202 to
    `GET /api/analytics/events/{event_id}` finding it (`cache-control: no-cache`). Target: p99 <= 2 s.
    The rate the machine actually sustained is reported next to the target rate.
 
-`python -m bench aggregator`; BENCH_AGG_EVENTS, BENCH_AGG_RATE, BENCH_AGG_SECONDS change the sizes.
+`python -m bench aggregator`; BENCH_AGG_PARTS=throughput|freshness runs one part;
+BENCH_AGG_EVENTS, BENCH_AGG_RATE, BENCH_AGG_SECONDS change the sizes.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from libs.settings import Settings
 EVENTS = int(os.environ.get("BENCH_AGG_EVENTS", "200000"))
 RATE = int(os.environ.get("BENCH_AGG_RATE", "5000"))
 SECONDS = int(os.environ.get("BENCH_AGG_SECONDS", "60"))
+PARTS = os.environ.get("BENCH_AGG_PARTS", "throughput,freshness")  # for trying one part alone
 PER_REQUEST = 100
-SAMPLE_EVERY = 10  # one sampled event per 10 requests: 5 a second at 5,000 events/s
+SAMPLE_EVERY = 25  # one sampled event per 25 requests: 2 a second at 5,000 events/s, 120 in a minute
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 
 
@@ -91,6 +94,7 @@ async def throughput(settings: Settings) -> dict[str, Any]:
 
     consumer = EventConsumer(settings, ch, producer, topic=topic, group_id=f"bench-{topic}")
     start_rows = inserted_rows()
+    start_inserts = REGISTRY.get_sample_value("aggregator_batch_rows_count") or 0.0
     task = asyncio.create_task(consumer.run())
     while not (consumer.consumer and consumer.consumer.assignment()):  # noqa: ASYNC110 - polling someone else's state
         await asyncio.sleep(0.01)
@@ -103,12 +107,13 @@ async def throughput(settings: Settings) -> dict[str, Any]:
     consumer.stop()
     await task
     aggregator_rate = EVENTS / drained
+    inserts = (REGISTRY.get_sample_value("aggregator_batch_rows_count") or 0.0) - start_inserts
     print(f"  {'one aggregator, Kafka -> chDB':<40} {aggregator_rate:>10,.0f} events/s ({drained:.1f}s)", flush=True)
 
     # chDB's own bulk insert of the very same rows into the same table (its rollup views included), in
-    # blocks of the aggregator's batch size. ReplacingMergeTree folds the second copy away (FINAL).
+    # as many blocks as the aggregator made. ReplacingMergeTree folds the second copy away (FINAL).
     rows = [decode(v)[1] for v in values]
-    size = settings.aggregator_batch_size
+    size = -(-EVENTS // max(1, int(inserts)))
     began = time.perf_counter()
     for i in range(0, len(rows), size):
         await ch.insert_rows("events", rows[i:i + size])
@@ -119,7 +124,8 @@ async def throughput(settings: Settings) -> dict[str, Any]:
     await producer.stop()
     await ch.close()
     return {
-        "events": EVENTS, "batch_size": size, "partitions": settings.kafka_partitions,
+        "events": EVENTS, "aggregator_inserts": int(inserts), "rows_per_insert": size,
+        "batch_size_setting": settings.aggregator_batch_size, "partitions": settings.kafka_partitions,
         "aggregator_events_per_s": round(aggregator_rate), "chdb_bulk_insert_events_per_s": round(chdb_rate),
         "ratio": round(aggregator_rate / chdb_rate, 3), "target": 0.5, "rows_stored": stored,
     }
@@ -128,48 +134,70 @@ async def throughput(settings: Settings) -> dict[str, Any]:
 # ---- 2. freshness under load -------------------------------------------------------------------------
 
 
-def make_app(base: str) -> dict[str, Any]:
+def make_app(front: str, back: str) -> dict[str, Any]:
     name = f"bench{uuid.uuid4().hex[:6]}"
-    with httpx.Client(base_url=base, timeout=10) as http:
-        http.post("/api/user/signup", json={"username": name, "email": f"{name}@example.com",
-                                            "password": "Str0ng!pass"}).raise_for_status()
-        token = http.post("/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
-        app: dict[str, Any] = http.post("/api/auth/register", json={"name": "bench"},
+    with httpx.Client(timeout=10) as http:
+        http.post(f"{front}/api/user/signup", json={"username": name, "email": f"{name}@example.com",
+                                                    "password": "Str0ng!pass"}).raise_for_status()
+        token = http.post(f"{front}/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
+        app: dict[str, Any] = http.post(f"{front}/api/auth/register", json={"name": "bench"},
                                         headers={"authorization": f"Bearer {token['access_token']}"}).json()
-        deadline = time.monotonic() + 15
+        # Warm-up: the key known on both sides, and one event through (the aggregator has joined its
+        # consumer group, which takes a few seconds after a start), before the clock starts.
+        deadline = time.monotonic() + 30
+        sent = False
         while time.monotonic() < deadline:
-            if http.get("/api/analytics/events/count", headers={"x-api-key": app["api_key"]}).status_code == 200:
+            if not sent:
+                sent = http.post(f"{front}/api/analytics/collect", json={"event": "warm_up"},
+                                 headers={"x-api-key": app["write_key"]}).status_code == 202
+            seen = http.get(f"{back}/api/analytics/events/count", params={"event_name": "warm_up"},
+                            headers={"x-api-key": app["api_key"], "cache-control": "no-cache"})
+            if sent and seen.status_code == 200 and seen.json()["count"] == 1:
                 return app
             time.sleep(0.1)
-    raise RuntimeError("the new key never became usable")
+    raise RuntimeError("the warm-up event never became visible")
 
 
-async def freshness(base: str, app: dict[str, Any]) -> dict[str, Any]:
+def request_bodies(n: int) -> list[tuple[bytes, str]]:
+    """(body, last event id) for `n` requests of PER_REQUEST events with client event ids, built before
+    the clock starts so that the load generator spends its time sending."""
+    bodies = []
+    for r in range(n):
+        events = [{"event": "bench_view", "url": f"https://shop.example/p/{i}", "device": "mobile",
+                   "userId": f"u{(r * PER_REQUEST + i) % 5000}", "event_id": uuid.uuid4().hex,
+                   "metadata": {"browser": "Firefox", "os": "Linux", "screenSize": "1920x1080"}}
+                  for i in range(PER_REQUEST)]
+        bodies.append((orjson.dumps({"events": events}), events[-1]["event_id"]))
+    return bodies
+
+
+async def freshness(front: str, back: str, app: dict[str, Any]) -> dict[str, Any]:
     requests = RATE * SECONDS // PER_REQUEST
+    bodies = request_bodies(requests)
     interval = PER_REQUEST / RATE
     delays: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (seconds into the run, delay): where the slow ones were
+    began = time.monotonic()
     accepted = [0]
     failed: list[str] = []
     pollers: list[asyncio.Task[None]] = []
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
 
         async def visible(event_id: str, acked: float) -> None:
-            url = f"/api/analytics/events/{event_id}"
+            url = f"{back}/api/analytics/events/{event_id}"
             headers = {"x-api-key": app["api_key"], "cache-control": "no-cache"}
             while time.monotonic() - acked < 60:
                 if (await http.get(url, headers=headers)).status_code == 200:
                     delays.append(time.monotonic() - acked)
+                    timeline.append((round(acked - began, 1), round(delays[-1], 2)))
                     return
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)
             failed.append(f"{event_id} not visible after 60s")
 
         async def send(n: int) -> None:
-            events = [{"event": "bench_view", "url": f"https://shop.example/p/{i}", "device": "mobile",
-                       "userId": f"u{(n * PER_REQUEST + i) % 5000}", "event_id": uuid.uuid4().hex,
-                       "metadata": {"browser": "Firefox", "os": "Linux", "screenSize": "1920x1080"}}
-                      for i in range(PER_REQUEST)]
-            r = await http.post("/api/analytics/collect", content=orjson.dumps({"events": events}),
+            body, last_id = bodies[n]
+            r = await http.post(f"{front}/api/analytics/collect", content=body,
                                 headers={"x-api-key": app["write_key"], "content-type": "application/json",
                                          "user-agent": UA})
             acked = time.monotonic()
@@ -178,7 +206,7 @@ async def freshness(base: str, app: dict[str, Any]) -> dict[str, Any]:
                 return
             accepted[0] += r.json()["accepted"]
             if n % SAMPLE_EVERY == 0:
-                pollers.append(asyncio.create_task(visible(events[-1]["event_id"], acked)))
+                pollers.append(asyncio.create_task(visible(last_id, acked)))
 
         senders: list[asyncio.Task[None]] = []
         began = time.monotonic()
@@ -190,13 +218,15 @@ async def freshness(base: str, app: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*pollers)
         counted = 0
         deadline = time.monotonic() + 60
-        while counted != accepted[0] and time.monotonic() < deadline:
-            r = await http.get("/api/analytics/events/count", headers={"x-api-key": app["api_key"],
-                                                                          "cache-control": "no-cache"})
+        while counted < accepted[0] and time.monotonic() < deadline:
+            r = await http.get(f"{back}/api/analytics/events/count", params={"event_name": "bench_view"},
+                               headers={"x-api-key": app["api_key"], "cache-control": "no-cache"})
             counted = r.json()["count"]
             await asyncio.sleep(0.5)
     if failed:
         print(f"  {len(failed)} failures, e.g. {failed[0]}", flush=True)
+    if os.environ.get("BENCH_AGG_TIMELINE"):
+        print("  (s into the run, delay s):", sorted(timeline), flush=True)
     delays.sort()
     p = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))], 3) if delays else None  # noqa: E731
     return {
@@ -205,6 +235,7 @@ async def freshness(base: str, app: dict[str, Any]) -> dict[str, Any]:
         "p50_s": p(0.5), "p99_s": p(0.99), "max_s": round(delays[-1], 3) if delays else None,
         "mean_s": round(statistics.fmean(delays), 3) if delays else None, "target_p99_s": 2.0,
         "failures": len(failed),
+        "deployment": "analytics infra engines + `run --services gateway,auth` + `run --services aggregator,query,notifier`",
     }
 
 
@@ -213,19 +244,30 @@ def main() -> dict[str, Any]:
     base_settings = Settings(analytics_data_dir=data, log_level="WARNING", ingest_rate_limit="10000000/second")
     print("aggregator benchmark: starting Kafka (Tansu), Postgres, Redis and the SMTP sink ...", flush=True)
     engines = EmbeddedStack.start(base_settings, ["kafka", "postgres", "redis", "smtp"])
-    proc: Proc | None = None
+    procs: list[Proc] = []
     try:
-        print(f"1. throughput ({EVENTS:,} events, batches of {engines.settings.aggregator_batch_size}):", flush=True)
-        moved = asyncio.run(throughput(engines.settings))
-        print(f"ratio aggregator / chDB bulk insert: {moved['ratio']:.2f} (target >= 0.5)", flush=True)
+        moved: dict[str, Any] = {}
+        if "throughput" in PARTS:
+            print(f"1. throughput ({EVENTS:,} events, batches of {engines.settings.aggregator_batch_size}):", flush=True)
+            moved = asyncio.run(throughput(engines.settings))
+            print(f"ratio aggregator / chDB bulk insert: {moved['ratio']:.2f} (target >= 0.5)", flush=True)
+        if "freshness" not in PARTS:
+            return {"throughput": moved}
 
-        port = free_port()
+        # The stack as deployed on one machine without Docker: ingest and auth in one process, the
+        # aggregator with the query service (they share chDB) in another, the engines beside them.
+        p_front, p_back = free_port(), free_port()
         env = env_for(engines.settings, ANALYTICS_DATA_DIR=str(data / "stack"), INGEST_RATE_LIMIT="10000000/second")
-        proc = Proc.analytics(["run", "--port", str(port)], env, f"http://127.0.0.1:{port}")
-        proc.wait_ready()
-        app = make_app(proc.base)
+        front = Proc.analytics(["run", "--services", "gateway,auth", "--port", str(p_front)], env,
+                               f"http://127.0.0.1:{p_front}")
+        back = Proc.analytics(["run", "--services", "aggregator,query,notifier", "--port", str(p_back)], env,
+                              f"http://127.0.0.1:{p_back}")
+        procs.extend([front, back])
+        front.wait_ready()
+        back.wait_ready()
+        app = make_app(front.base, back.base)
         print(f"2. freshness: {RATE:,} events/s for {SECONDS}s through the whole stack ...", flush=True)
-        fresh = asyncio.run(freshness(proc.base, app))
+        fresh = asyncio.run(freshness(front.base, back.base, app))
         print(f"  sustained {fresh['sustained_events_per_s']:,} events/s; 202 -> visible: p50 {fresh['p50_s']}s, "
               f"p99 {fresh['p99_s']}s (target <= 2s); {fresh['events_counted_by_query']:,} of "
               f"{fresh['events_accepted']:,} counted", flush=True)
@@ -233,7 +275,7 @@ def main() -> dict[str, Any]:
         write_result("aggregator", result)
         return result
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.stop()
         engines.stop()
 

@@ -1,6 +1,8 @@
 """The aggregator's consumer: poll -> decode -> batch per partition -> insert -> commit.
 
-* Batches close by size or age (`aggregator_batch_size`, `aggregator_batch_max_age_ms`).
+* A batch closes by size (messages held over all partitions) or by the age of its oldest message
+  (`aggregator_batch_size`, `aggregator_batch_max_age_ms`); it is written as one insert per table
+  while the next one fills.
 * Offsets are committed only after the batch's insert succeeded, at most about once a second
   unless a flush forces it, and always on shutdown and before partitions are handed away.
 * When ClickHouse refuses writes, the partitions are paused (polling goes on, so the consumer keeps
@@ -26,7 +28,7 @@ from libs.kafka import EVENTS_DLQ_TOPIC, dumps, make_consumer
 from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
 from libs.settings import Settings
 from services.aggregator.decode import PoisonMessage, decode
-from services.aggregator.writer import PartitionBatch, write_batch
+from services.aggregator.writer import PartitionBatch, write_batches
 
 log = get_logger(__name__)
 
@@ -102,7 +104,12 @@ class EventConsumer:
 
     async def _step(self) -> None:
         assert self.consumer is not None
-        polled = await self.consumer.getmany(timeout_ms=self._poll_timeout_ms())
+        if self.writing is not None and self._held() >= self.settings.aggregator_batch_size:
+            # The next batch is full (its partitions are paused): wait for the insert, not the broker.
+            await asyncio.wait({self.writing}, timeout=0.2)
+            polled = {}
+        else:
+            polled = await self.consumer.getmany(timeout_ms=self._poll_timeout_ms())
         for tp, messages in polled.items():
             for message in messages:
                 await self._take(tp, message)
@@ -118,7 +125,7 @@ class EventConsumer:
 
     def _poll_timeout_ms(self) -> int:
         if self.writing is not None:  # come back soon to start the next insert once this one is done
-            return 5
+            return 20
         if self.failed:  # ClickHouse refuses writes: wait for the next retry instead of spinning
             return max(0, min(200, int((self.retry_at - time.monotonic()) * 1000)))
         if not self.batches:
@@ -145,15 +152,19 @@ class EventConsumer:
 
     # ---- writing --------------------------------------------------------------------------------
     # One insert is in flight at a time, in a task, while the loop goes on polling and decoding the
-    # next batches (chDB and the server do their work outside the GIL). Batches of one partition are
+    # next batch (chDB and the server do their work outside the GIL). Batches of one partition are
     # written in offset order, and each partition's offset is committed only after its batch is in.
-    # A partition whose next batch is full while the insert is still running is paused, so memory is
-    # bounded by one full batch per partition plus the one being written.
+    # When the next batch is full while the insert is still running, the partitions are paused, so
+    # memory is bounded by about two batches.
 
-    def _due(self, batch: PartitionBatch) -> bool:
-        return (
-            batch.messages >= self.settings.aggregator_batch_size
-            or batch.age * 1000 >= self.settings.aggregator_batch_max_age_ms
+    def _held(self) -> int:
+        return sum(b.messages for b in self.batches.values())
+
+    def _due(self) -> bool:
+        """Flush by size (messages held over all partitions) or by the age of the oldest batch."""
+        return bool(self.batches) and (
+            self._held() >= self.settings.aggregator_batch_size
+            or max(b.age for b in self.batches.values()) * 1000 >= self.settings.aggregator_batch_max_age_ms
         )
 
     def _start_write(self) -> None:
@@ -161,15 +172,19 @@ class EventConsumer:
             return
         if self.failed:  # retry exactly the batches that failed (same tokens), before any later one
             batches, self.failed = self.failed, []
+        elif self._due():
+            # One insert for every partition that holds something: fewer, larger blocks.
+            batches = list(self.batches.values())
+            self.batches = {}
         else:
-            batches = [self.batches.pop(p) for p, b in list(self.batches.items()) if self._due(b)]
+            batches = []
         if batches:
             self.writing = asyncio.create_task(self._write(batches), name="aggregator:insert")
             self.writing_batches = batches
 
     async def _write(self, batches: list[PartitionBatch]) -> None:
+        await write_batches(self.ch, batches)
         for batch in batches:
-            await write_batch(self.ch, batch)
             batch.written = True
 
     async def _reap(self, wait: bool = False) -> None:
@@ -200,14 +215,12 @@ class EventConsumer:
             await self._commit(force=True)
 
     def _apply_backpressure(self) -> None:
-        """Paused: every partition while ClickHouse refuses writes, else those holding a full batch."""
+        """Paused: every partition while ClickHouse refuses writes, or while a full batch waits for the
+        insert in flight; otherwise none."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
-        if self.failed:
-            wanted = set(assigned)
-        else:
-            full = {p for p, b in self.batches.items() if b.messages >= self.settings.aggregator_batch_size}
-            wanted = {tp for tp in assigned if tp.partition in full}
+        full = self._held() >= self.settings.aggregator_batch_size
+        wanted = set(assigned) if self.failed or (full and self.writing is not None) else set()
         paused = self.consumer.paused()
         if wanted - paused:
             self.consumer.pause(*(wanted - paused))

@@ -1,16 +1,19 @@
-"""Batch writer: rows of one partition's offset range, inserted in one block per table.
+"""Batch writer: the batches of several partitions (each a contiguous offset range of one partition),
+inserted in one block per table.
 
 Why each event ends up stored once, whatever happens (SIGKILL mid-batch, rebalance, client retry):
 
 1. Offsets are committed only after the insert of every message before them succeeded, so a crash
    can only make Kafka deliver a message again, never skip one (at-least-once delivery).
-2. A batch covers a contiguous offset range of one partition, and its insert carries the token
-   `<table>:<topic>:<partition>:<first>-<last>:<hash of the rows>`. When the same range is inserted
-   again (the commit after a successful insert was lost), ClickHouse recognises the token and drops
-   the block: the common redelivery costs nothing. The hash of the rows is part of the token because
-   offsets alone are not unique over time: the embedded broker keeps messages in memory, so after a
-   restart offsets begin at 0 again while ClickHouse still remembers the old tokens, and a token made
-   of offsets only would make ClickHouse silently drop new events as "duplicates".
+2. An insert carries the token `<table>:<hash of the topic, each batch's partition and offset range,
+   and the rows>`. When the same batches are inserted again (a retry after ClickHouse refused or
+   timed out, a commit lost after a successful insert), ClickHouse recognises the token and drops the
+   block: the common redelivery costs nothing. The rows are part of the hash because offsets alone
+   are not unique over time: the embedded broker keeps messages in memory, so after a restart offsets
+   begin at 0 again while ClickHouse still remembers the old tokens, and a token made of offsets only
+   would make ClickHouse silently drop new events as "duplicates".
+   One insert for all the partitions that have something (rather than one per partition) keeps the
+   number of parts, and so of background merges, low under load: fewer, larger blocks.
 3. A redelivered range can be cut differently (the batch closed by time at another offset), and a
    client can retry an event with the same id through the gateway. Those copies do get in, so the
    table is a ReplacingMergeTree keyed by event id, and every read uses FINAL: a copy is never
@@ -70,15 +73,26 @@ class PartitionBatch:
         return time.monotonic() - self.created
 
 
-async def write_batch(ch: ClickHouse, batch: PartitionBatch) -> None:
-    """One bulk insert per table. Raises ClickHouseError; safe to call again with the same batch."""
-    for table, rows in batch.rows.items():
+def dedup_token(table: str, batches: list[PartitionBatch], rows: list[bytes]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for batch in batches:
+        digest.update(f"{batch.topic}/{batch.partition}/{batch.first_offset}-{batch.last_offset};".encode())
+    for row in rows:
+        digest.update(row)
+    return f"{table}:{digest.hexdigest()}"
+
+
+async def write_batches(ch: ClickHouse, batches: list[PartitionBatch]) -> None:
+    """One bulk insert per table for all `batches`. Raises ClickHouseError; safe to call again with
+    the same batches (a table that already took them drops the repeat by its token)."""
+    tables: dict[str, list[bytes]] = {}
+    for batch in batches:
+        for table, batch_rows in batch.rows.items():
+            tables.setdefault(table, []).extend(batch_rows)
+    for table, rows in tables.items():
         if not rows:
             continue
-        digest = hashlib.blake2b(digest_size=8)
-        for row in rows:
-            digest.update(row)
-        token = f"{table}:{batch.topic}:{batch.partition}:{batch.first_offset}-{batch.last_offset}:{digest.hexdigest()}"
+        token = dedup_token(table, batches, rows)
         start = time.perf_counter()
         await ch.insert_rows(table, rows, dedup_token=token)
         INSERT_LATENCY.observe(time.perf_counter() - start)

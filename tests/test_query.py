@@ -235,6 +235,31 @@ async def test_event_summary_of_whole_days_and_of_partial_days_agree_with_the_hi
     assert (everything["count"], everything["uniqueUsers"]) == (12, 5)
 
 
+async def test_events_list_newest_first_with_filters_pages_and_one_event_by_id(client, site) -> None:
+    since = str(D - timedelta(days=30))
+    first = await get(client, site, "events", start_date=since, limit=5)
+    assert (first["total"], first["page"], first["limit"], len(first["events"])) == (12, 1, 5, 5)
+    stamps = [e["timestamp"] for e in first["events"]]
+    assert stamps == sorted(stamps, reverse=True) and stamps[0].startswith(f"{NEXT}T09:00")
+    assert len((await get(client, site, "events", start_date=since, limit=5, page=3))["events"]) == 2
+    clicks = await get(client, site, "events", start_date=since, event_name="signup_click", user_id="alice")
+    assert [e["path"] for e in clicks["events"]] == ["/pricing"] and clicks["total"] == 1
+    one = await get(client, site, f"events/{first['events'][0]['event_id']}")
+    assert one == first["events"][0]
+    r = await client.get("/api/analytics/events/no-such-event", headers=site["key"])
+    assert r.status_code == 404
+
+
+async def test_user_stats_and_active_users(client, site) -> None:
+    alice = await get(client, site, "user-stats", userId="alice")
+    assert (alice["userId"], alice["totalEvents"]) == ("alice", 5)
+    assert alice["deviceDetails"] == {"browser": "Firefox", "os": "Linux", "device": "mobile"}
+    assert [e["timestamp"][:16] for e in alice["recentEvents"]][:2] == [f"{NEXT}T09:00", f"{D}T10:50"]
+    assert (await client.get("/api/analytics/user-stats", params={"userId": "nobody"}, headers=site["key"])).status_code == 404
+    active = {r: (await get(client, site, "users/active", range=r))["activeUsers"] for r in ("day", "week", "month")}
+    assert active == {"day": 0, "week": 5, "month": 5}
+
+
 async def test_events_grouped_by_name_count_events_and_users(client, site) -> None:
     body = await get(client, site, "events/grouped", by="event_name", start_date=str(D - timedelta(days=1)), end_date=str(NEXT))
     assert [(g["key"], g["count"], g["unique_users"]) for g in body["groups"]] == [

@@ -32,7 +32,10 @@ SELECT app_id, toDate(timestamp) AS day, event_name, device_type,
 FROM events
 GROUP BY app_id, day, event_name, device_type;
 
--- Backfill what was stored before the view existed (runs once, with this migration).
+-- Backfill what was stored before the view existed (runs once, with this migration). Not idempotent:
+-- when upgrading a deployment that already holds events, apply migrations from one place first
+-- (`analytics migrate`, the Kubernetes migrate Job); two processes applying 0002 at the same moment
+-- would both backfill. On a new install there is nothing to backfill.
 INSERT INTO events_daily
 SELECT app_id, toDate(timestamp) AS day, event_name, device_type,
        count() AS events, uniqCombined64State(15)(visitor_id) AS visitors

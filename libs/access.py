@@ -25,16 +25,20 @@ def bearer_dependency(
     async def current_user(credentials: BearerCredentials) -> tokens.TokenClaims:
         if credentials is None:
             raise ApiError(401, "missing Bearer token; log in at POST /api/user/login", {"WWW-Authenticate": "Bearer"})
-        try:
-            claims = tokens.decode(settings, credentials.credentials, "access")
-        except tokens.InvalidToken as exc:
-            raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
-        client = redis()
-        if client is not None and await tokens.is_denylisted(client, claims.jti, claims.family):
-            raise ApiError(401, "token revoked (logged out); log in again", {"WWW-Authenticate": "Bearer"})
-        return claims
+        return await verify_access_token(settings, credentials.credentials, redis())
 
     return current_user
+
+
+async def verify_access_token(settings: Settings, token: str, redis: aioredis.Redis | None) -> tokens.TokenClaims:
+    """The claims of a valid, not logged-out access token; else ApiError 401."""
+    try:
+        claims = tokens.decode(settings, token, "access")
+    except tokens.InvalidToken as exc:
+        raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
+    if redis is not None and await tokens.is_denylisted(redis, claims.jti, claims.family):
+        raise ApiError(401, "token revoked (logged out); log in again", {"WWW-Authenticate": "Bearer"})
+    return claims
 
 
 def client_ip(request: Request) -> str:

@@ -12,8 +12,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from libs import tokens
-from libs.access import BearerCredentials
+from libs.access import BearerCredentials, verify_access_token
 from libs.apikeys import KeyTable
 from libs.clickhouse import ClickHouse
 from libs.http import ApiError
@@ -115,13 +114,7 @@ def build_router(
                 raise ApiError(403, "this key belongs to another app")
             return record.app_id
         if credentials is not None:
-            try:
-                claims = tokens.decode(settings, credentials.credentials, "access")
-            except tokens.InvalidToken as exc:
-                raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
-            client = redis()
-            if client is not None and await tokens.is_denylisted(client, claims.jti, claims.family):
-                raise ApiError(401, "token revoked (logged out); log in again")
+            claims = await verify_access_token(settings, credentials.credentials, redis())
             if not app_id:
                 raise ApiError(422, "app_id is required when reading with a Bearer token")
             owner = keys().app_owner.get(app_id)

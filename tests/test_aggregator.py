@@ -197,7 +197,8 @@ async def test_three_consumers_share_the_partitions_and_the_others_take_over_whe
     topic = await own_topic(stack.settings, 6)
     group = f"g-{topic}"
     ch = await stack.runtime.clickhouse()
-    members = [EventConsumer(stack.settings, ch, producer, topic=topic, group_id=group) for _ in range(3)]
+    settings = stack.settings.model_copy(update={"aggregator_session_timeout_ms": 3000})
+    members = [EventConsumer(settings, ch, producer, topic=topic, group_id=group) for _ in range(3)]
     tasks = [asyncio.create_task(m.run()) for m in members]
 
     def assignments(ms: list[EventConsumer]) -> list[set[int]]:

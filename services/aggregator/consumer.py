@@ -111,6 +111,7 @@ class EventConsumer:
         else:
             polled = await self.consumer.getmany(timeout_ms=self._poll_timeout_ms())
         for tp, messages in polled.items():
+            CONSUMED.inc(len(messages))
             for message in messages:
                 await self._take(tp, message)
         await self._reap()
@@ -135,7 +136,6 @@ class EventConsumer:
         return max(0, min(200, int(left * 1000)))
 
     async def _take(self, tp: TopicPartition, message: Any) -> None:
-        CONSUMED.inc()
         batch = self.batches.get(tp.partition)
         if batch is None:
             batch = self.batches[tp.partition] = PartitionBatch(tp.partition, message.offset, self.topic)
@@ -154,8 +154,8 @@ class EventConsumer:
     # One insert is in flight at a time, in a task, while the loop goes on polling and decoding the
     # next batch (chDB and the server do their work outside the GIL). Batches of one partition are
     # written in offset order, and each partition's offset is committed only after its batch is in.
-    # When the next batch is full while the insert is still running, the partitions are paused, so
-    # memory is bounded by about two batches.
+    # When the next batch is full while the insert is still running, the loop waits for the insert
+    # instead of polling, so memory is bounded by about two batches plus aiokafka's prefetch.
 
     def _held(self) -> int:
         return sum(b.messages for b in self.batches.values())
@@ -215,12 +215,11 @@ class EventConsumer:
             await self._commit(force=True)
 
     def _apply_backpressure(self) -> None:
-        """Paused: every partition while ClickHouse refuses writes, or while a full batch waits for the
-        insert in flight; otherwise none."""
+        """Every partition is paused while ClickHouse refuses writes, none otherwise. (A full batch
+        waiting for the insert in flight needs no pause: the loop then stops polling until the insert
+        is over, and aiokafka prefetches at most one fetch per partition meanwhile.)"""
         assert self.consumer is not None
-        assigned = self.consumer.assignment()
-        full = self._held() >= self.settings.aggregator_batch_size
-        wanted = set(assigned) if self.failed or (full and self.writing is not None) else set()
+        wanted = set(self.consumer.assignment()) if self.failed else set()
         paused = self.consumer.paused()
         if wanted - paused:
             self.consumer.pause(*(wanted - paused))

@@ -263,3 +263,15 @@ async def test_a_client_retry_with_the_same_event_id_counts_once_in_whole_day_su
     r = await client.get("/api/analytics/event-summary", params=params, headers={"x-api-key": app["api_key"], **FRESH})
     assert r.status_code == 200, r.text
     assert r.json()["count"] == 1, r.json()
+
+
+async def test_metrics_show_consumed_inserted_dead_lettered_batch_size_latency_and_lag_per_partition(
+    client: httpx.AsyncClient, app: dict[str, Any], producer: AIOKafkaProducer
+) -> None:
+    await producer.send_and_wait(EVENTS_TOPIC, enriched(app["app_id"]), key=app["app_id"].encode())
+    await wait_count(client, app["api_key"], 1)
+    text = (await client.get("/metrics")).text
+    for name in ("aggregator_messages_consumed_total", 'aggregator_rows_inserted_total{table="events"}',
+                 "aggregator_messages_dead_lettered_total", "aggregator_batch_rows_bucket",
+                 "aggregator_insert_seconds_bucket", 'aggregator_consumer_lag{partition="0"}', "aggregator_paused"):
+        assert name in text, f"{name} missing from /metrics"

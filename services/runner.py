@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 import sys
@@ -122,6 +123,7 @@ async def run_services(
         await _wait_or_stop(stack.start(), stop)
         if stop.is_set():
             return 130
+        tune_garbage_collector()
         for listener in listeners:
             app = stack.app(listener.specs)
             config = uvicorn.Config(
@@ -154,6 +156,16 @@ async def run_services(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("stopped cleanly")
+
+
+def tune_garbage_collector() -> None:
+    """After start-up, move everything alive (code, schemas, parsers' tables) out of the collector's
+    reach and collect young objects less often. Request handling makes short-lived, mostly acyclic
+    objects that reference counting frees; scanning hundreds of thousands of start-up objects on every
+    collection cost the ingest path about a third of its CPU."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 async def _wait_or_stop(coro: Any, stop: asyncio.Event) -> None:

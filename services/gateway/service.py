@@ -21,11 +21,13 @@ from pydantic import BaseModel, ValidationError
 from libs.apikeys import KeyRecord, KeyTable
 from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
-from libs.logs import kafka_headers
+from libs.logs import get_logger, kafka_headers
 from libs.settings import Settings
 from services.gateway import enrich
 from services.gateway.ratelimit import KeyRateLimiter
 from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
+
+log = get_logger(__name__)
 
 MAX_REQUEST_BYTES = 500 * 1024  # Segment's limit per request
 MAX_EVENT_BYTES = 32 * 1024  # Segment's limit per event
@@ -253,13 +255,36 @@ class Ingestor:
         return events, bad
 
 
+# From this many events, a request's events are encoded into record batches of their own (one future
+# per batch instead of one per event); fewer are appended to the shared batch, where concurrent
+# requests' events coalesce.
+BATCH_BUILDER_MIN = 8
+
+
 class Publisher:
     def __init__(self, producer: Callable[[], AIOKafkaProducer]) -> None:
         self._producer = producer
         self._partitions: dict[bytes, int] = {}
+        self._submit_locks: dict[int, asyncio.Lock] = {}
         self._partition_count = 0
         self._sorted_partitions: list[int] = []
         self._partitions_checked_at = float("-inf")
+
+    async def _send_as_batches(
+        self, producer: AIOKafkaProducer, events: list[dict[str, Any]], key: bytes, partition: int, headers: Any
+    ) -> list[Any]:
+        batches = [producer.create_batch()]
+        for event in events:
+            value = orjson.dumps(event)
+            if batches[-1].append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
+                batches.append(producer.create_batch())
+                batches[-1].append(key=key, value=value, timestamp=None, headers=headers)
+        # One submitter per partition at a time: aiokafka's send_batch waits for the partition's
+        # previous batch to drain, and with many concurrent waiters its timeout bookkeeping expires
+        # them early (KafkaTimeoutError). Queued here instead, in order, under our own deadline.
+        lock = self._submit_locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            return [await producer.send_batch(batch, EVENTS_TOPIC, partition=partition) for batch in batches]
 
     async def _partition(self, producer: AIOKafkaProducer, key: bytes) -> int:
         if time.monotonic() >= self._partitions_checked_at + 10:
@@ -285,11 +310,15 @@ class Publisher:
                 # Every event of a request has the same key, hence the same partition: find it once
                 # (what aiokafka's default partitioner would pick) instead of hashing per event.
                 partition = await self._partition(producer, key)
-                futures = [
-                    await producer.send(EVENTS_TOPIC, orjson.dumps(ev), key=key, partition=partition, headers=headers)
-                    for ev in events
-                ]
+                if len(events) >= BATCH_BUILDER_MIN:
+                    futures = await self._send_as_batches(producer, events, key, partition, headers)
+                else:
+                    futures = [
+                        await producer.send(EVENTS_TOPIC, orjson.dumps(ev), key=key, partition=partition, headers=headers)
+                        for ev in events
+                    ]
                 await asyncio.gather(*futures)
         except (TimeoutError, KafkaError) as exc:
             PUBLISH_FAILURES.inc()
+            log.warning("kafka did not acknowledge in time; answering 503", error=repr(exc), events=len(events))
             raise DependencyUnavailable("the event bus (Kafka)", retry_after=2) from exc

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from libs.embedded.procs import die_with_parent
 from libs.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,9 @@ class Proc:
 
     def start(self) -> None:
         self.popen = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,  # noqa: S603
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+                                      stderr=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=die_with_parent())  # a killed bench leaves nothing behind
+
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

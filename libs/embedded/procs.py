@@ -31,9 +31,14 @@ log = get_logger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn asking the kernel to send `sig` to the child when its parent dies."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return preexec
 
 
 class DataDirBusy(RuntimeError):
@@ -142,7 +147,9 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 user=self.user,
-                preexec_fn=_die_with_parent,
+                # The stop signal, also when we die: PostgreSQL's SIGTERM ("smart") would wait for
+                # clients of other processes to disconnect, its SIGINT ("fast") does not.
+                preexec_fn=die_with_parent(self.stop_signal),
                 env=self.env,
                 start_new_session=True,  # Ctrl-C in a shell reaches us, and we stop the child in order
             )

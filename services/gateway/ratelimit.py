@@ -1,12 +1,12 @@
 """Per-key ingest limits: a moving window in Redis (`limits`) shared by every gateway, checked locally.
 
-A Redis round trip per request would cost more than the rest of the request, so the hot path does
-two in-process things only: a local moving window (`limits` in memory, about 5 µs), which enforces
-the limit exactly for this instance, and a dict lookup of keys that Redis has said are over the
-shared limit. Every `interval` seconds the hits counted since the last sync go to Redis in one
-`hit(cost=n)` per key, so N gateways share one window; a key found over it is refused here until its
-window resets. Overshoot across instances is bounded by one interval's traffic. When Redis is down
-the sync fails open (counted in `rate_limit_fail_open_total`) and the local window still applies.
+A Redis round trip per request would cost more than the rest of the request, so the hot path only
+does dict work: it counts the key's requests since the last sync and compares them with what the
+shared window had left at that sync. Every `interval` seconds the counts go to Redis in one
+`hit(cost=n)` per key (one moving window, shared by all gateways), and the window's remaining
+capacity and reset time come back; a key whose window is full is refused here until it resets, with
+`Retry-After`. Across several gateways the overshoot is bounded by one interval's traffic. When Redis
+is down the sync fails open (counted in `rate_limit_fail_open_total`) and requests pass.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import math
 import time
 
 from limits import parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter as LocalMovingWindow
 
 from libs.logs import get_logger
 from libs.ratelimit import RATE_LIMIT_FAIL_OPEN, RateLimiter
@@ -32,23 +30,26 @@ class KeyRateLimiter:
         self.item = parse(limit)
         self.shared = shared
         self.interval = interval
-        self._local = LocalMovingWindow(MemoryStorage())
         self._pending: collections.Counter[str] = collections.Counter()
+        self._remaining: dict[str, int] = {}  # the shared window's room at the last sync
+        self._reset_at: dict[str, float] = {}
         self._blocked_until: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def check(self, key_id: str) -> int | None:
         """Count one request of `key_id`: None when allowed, else seconds until it would be."""
-        now = time.time()
         until = self._blocked_until.get(key_id)
         if until is not None:
+            now = time.time()
             if until > now:
                 return max(1, math.ceil(until - now))
             del self._blocked_until[key_id]
-        if not self._local.hit(self.item, "ingest", key_id):
-            reset = self._local.get_window_stats(self.item, "ingest", key_id).reset_time
-            return max(1, math.ceil(reset - now))
-        self._pending[key_id] += 1
+            self._remaining.pop(key_id, None)
+        used = self._pending[key_id]
+        if used >= self._remaining.get(key_id, self.item.amount):
+            reset = self._reset_at.get(key_id, time.time() + self.item.get_expiry())
+            return max(1, math.ceil(reset - time.time()))
+        self._pending[key_id] = used + 1
         return None
 
     def start(self) -> None:
@@ -69,17 +70,25 @@ class KeyRateLimiter:
             await self.sync()
 
     async def sync(self) -> None:
-        """Send the hits counted since the last sync to the shared window in Redis."""
-        if self.shared is None or not self._pending:
+        """Send the hits counted since the last sync to the shared window; learn what room it has left."""
+        if self.shared is None:
+            self._pending.clear()
+            self._remaining.clear()
             return
         pending, self._pending = self._pending, collections.Counter()
-        for key_id, cost in pending.items():
+        # Keys seen lately whose window was not empty: their room grows back as the window moves.
+        keys = set(pending) | {k for k, room in self._remaining.items() if room < self.item.amount}
+        for key_id in keys:
+            cost = pending.get(key_id, 0)
             try:
-                if await self.shared.limiter.hit(self.item, "ingest", key_id, cost=cost):
-                    continue
+                accepted = await self.shared.limiter.hit(self.item, "ingest", key_id, cost=cost) if cost else True
                 stats = await self.shared.limiter.get_window_stats(self.item, "ingest", key_id)
             except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure; fail open
                 RATE_LIMIT_FAIL_OPEN.labels(str(self.item)).inc(cost)
                 log.warning("rate limit store unreachable; allowing the requests", error=repr(exc))
+                self._remaining.pop(key_id, None)
                 continue
-            self._blocked_until[key_id] = stats.reset_time
+            self._remaining[key_id] = stats.remaining
+            self._reset_at[key_id] = stats.reset_time
+            if not accepted or stats.remaining <= 0:
+                self._blocked_until[key_id] = stats.reset_time

@@ -238,11 +238,6 @@ async def test_three_consumers_share_the_partitions_and_the_others_take_over_whe
 # ---- rollups -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: events_daily (migration 0002, a materialized view summing count() per insert) counts "
-    "every copy that gets past insert deduplication; /events/count (events FINAL) counts the event once",
-)
 async def test_a_client_retry_with_the_same_event_id_counts_once_in_whole_day_summaries(
     client: httpx.AsyncClient, stack: Stack, app: dict[str, Any], producer: AIOKafkaProducer
 ) -> None:

@@ -76,7 +76,7 @@ async def rebuild_daily(ch: ClickHouse, app_id: str, days: list[str]) -> None:
     await ch.command(
         """INSERT INTO events_daily
            SELECT app_id, toDate(timestamp) AS day, event_name, device_type,
-                  count() AS events, uniqCombined64State(15)(visitor_id) AS visitors
+                  uniqExactState(cityHash64(event_id)) AS events, uniqCombined64State(15)(visitor_id) AS visitors
            FROM events FINAL WHERE app_id = {app_id:String} AND has(splitByChar(',', {days:String}), toString(toDate(timestamp)))
            GROUP BY app_id, day, event_name, device_type""",
         params,

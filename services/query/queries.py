@@ -56,6 +56,10 @@ class Where:
 
 ROLLUP_UNIQ = "uniqCombined64Merge(15)"
 ROLLUP_STATE = "uniqCombined64State(15)(visitor_id)"
+# Event counts in the rollup are exact distinct counts of event ids (see migration 0003): an event that
+# reached ClickHouse twice counts once, like every FINAL read of the events table.
+COUNT_STATE = "uniqExactState(cityHash64(event_id))"
+COUNT_MERGE = "uniqExactMerge"
 
 
 def whole_days(where: Where) -> tuple[date, date] | None:
@@ -93,10 +97,10 @@ async def event_summary(ch: ClickHouse, where: Where) -> dict[str, Any]:
     """Count, distinct visitors and events per device, in one pass over the rollup and the edges."""
     union, params = rollup_union(
         where, "device_type AS device, events AS c, visitors AS v",
-        f"device_type AS device, count() AS c, {ROLLUP_STATE} AS v", "device_type",
+        f"device_type AS device, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", "device_type",
     )
     rows = await ch.query(
-        f"""SELECT grouping(device) = 1 AS total, if(device = '', 'unknown', device) AS device, sum(c) AS n,
+        f"""SELECT grouping(device) = 1 AS total, if(device = '', 'unknown', device) AS device, {COUNT_MERGE}(c) AS n,
                    {ROLLUP_UNIQ}(v) AS u
             FROM ({union}) GROUP BY GROUPING SETS ((device), ()) ORDER BY n DESC, device""",
         params,
@@ -183,10 +187,10 @@ async def counts_by(
     """Events and distinct visitors per `name`: whole UTC days from the rollup, partial days from events."""
     union, params = rollup_union(
         where, f"{rollup_key} AS {name}, events AS c, visitors AS v",
-        f"{raw_key} AS {name}, count() AS c, {ROLLUP_STATE} AS v", name,
+        f"{raw_key} AS {name}, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", name,
     )
     return await ch.query(
-        f"SELECT {name}, sum(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
+        f"SELECT {name}, {COUNT_MERGE}(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
         f"GROUP BY {name} ORDER BY {order} LIMIT {{limit:UInt32}}",
         {**params, "limit": limit},
     )

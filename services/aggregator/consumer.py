@@ -94,7 +94,11 @@ class EventConsumer:
             heartbeat_interval_ms=min(1000, self.settings.aggregator_session_timeout_ms // 3),
         )
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:  # cancelled while joining the group: still close the client
+            await self.consumer.stop()
+            raise
         log.info("aggregator consuming", topic=self.topic, group=self.group_id)
         try:
             while self.running:

@@ -71,16 +71,21 @@ def whole_days(where: Where) -> tuple[date, date] | None:
     return (first, last) if first < last else None
 
 
-def rollup_union(where: Where, rollup_cols: str, raw_cols: str, raw_group: str) -> tuple[str, dict[str, Any]]:
+def rollup_union(
+    where: Where, rollup_cols: str, raw_cols: str, raw_group: str, final: bool = True
+) -> tuple[str, dict[str, Any]]:
     """`rollup rows UNION ALL raw rows` for the range of `where`: whole days from events_daily, the
-    partial days at either end from events. Only app, range and event_name filters are supported."""
+    partial days at either end from events. Only app, range and event_name filters are supported.
+    `final=False` reads the edges without FINAL, for callers whose aggregates are distinct counts
+    (a copy of a row changes nothing there) and so need no deduplication."""
+    source = "events FINAL" if final else "events"
     params = dict(where.params)
     names = [n for n in ("event", "event_name") if n in params]
     extra = f" AND event_name = {{{names[0]}:String}}" if names else ""
     supported = set(params) <= {"app_id", "start", "end", "event", "event_name"}
     days = whole_days(where) if supported else None
     if days is None:
-        return (f"SELECT {raw_cols} FROM events FINAL WHERE {where.sql()} GROUP BY {raw_group}", params)
+        return (f"SELECT {raw_cols} FROM {source} WHERE {where.sql()} GROUP BY {raw_group}", params)
     params["d0"], params["d1"] = days[0].isoformat(), days[1].isoformat()
     edges = ("app_id = {app_id:String} AND ((timestamp >= {start:DateTime64(3, 'UTC')} "
              "AND timestamp < toDateTime64({d0:String}, 3, 'UTC')) "
@@ -88,28 +93,32 @@ def rollup_union(where: Where, rollup_cols: str, raw_cols: str, raw_group: str) 
     return (
         f"SELECT {rollup_cols} FROM events_daily WHERE app_id = {{app_id:String}} AND day >= toDate({{d0:String}}) "
         f"AND day < toDate({{d1:String}}){extra} "
-        f"UNION ALL SELECT {raw_cols} FROM events FINAL WHERE {edges} GROUP BY {raw_group}",
+        f"UNION ALL SELECT {raw_cols} FROM {source} WHERE {edges} GROUP BY {raw_group}",
         params,
     )
 
 
 async def event_summary(ch: ClickHouse, where: Where) -> dict[str, Any]:
-    """Count, distinct visitors and events per device, in one pass over the rollup and the edges."""
+    """Count, distinct visitors and events per device, in one pass over the rollup and the edges.
+
+    The exact distinct count of event ids is the costly part: it is merged once per device (an event
+    has one device, so the total is their sum), while visitor states merge once more for the total."""
     union, params = rollup_union(
         where, "device_type AS device, events AS c, visitors AS v",
-        f"device_type AS device, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", "device_type",
+        f"device_type AS device, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", "device_type", final=False,
     )
     rows = await ch.query(
-        f"""SELECT grouping(device) = 1 AS total, if(device = '', 'unknown', device) AS device, {COUNT_MERGE}(c) AS n,
-                   {ROLLUP_UNIQ}(v) AS u
-            FROM ({union}) GROUP BY GROUPING SETS ((device), ()) ORDER BY n DESC, device""",
+        f"""SELECT groupArray((device, n)) AS devices, {ROLLUP_UNIQ}(vs) AS u
+            FROM (SELECT if(device = '', 'unknown', device) AS device, {COUNT_MERGE}(c) AS n,
+                         uniqCombined64MergeState(15)(v) AS vs
+                  FROM ({union}) GROUP BY device)""",
         params,
     )
-    total = next((r for r in rows if r["total"]), {"n": 0, "u": 0})
+    devices = sorted(((str(d), int(n)) for d, n in (rows[0]["devices"] if rows else []) if n), key=lambda x: (-x[1], x[0]))
     return {
-        "count": int(total["n"]),
-        "uniqueUsers": int(total["u"]),
-        "deviceData": {r["device"]: int(r["n"]) for r in rows if not r["total"] and r["n"]},
+        "count": sum(n for _, n in devices),
+        "uniqueUsers": int(rows[0]["u"]) if rows else 0,
+        "deviceData": dict(devices),
     }
 
 
@@ -187,7 +196,7 @@ async def counts_by(
     """Events and distinct visitors per `name`: whole UTC days from the rollup, partial days from events."""
     union, params = rollup_union(
         where, f"{rollup_key} AS {name}, events AS c, visitors AS v",
-        f"{raw_key} AS {name}, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", name,
+        f"{raw_key} AS {name}, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", name, final=False,
     )
     return await ch.query(
         f"SELECT {name}, {COUNT_MERGE}(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "

@@ -34,7 +34,7 @@ import httpx
 import orjson
 from prometheus_client import REGISTRY
 
-from bench.common import Proc, env_for, write_result
+from bench.common import Proc, env_for, register_app, write_result
 from libs.embedded import EmbeddedStack
 from libs.embedded.procs import free_port
 from libs.settings import Settings
@@ -155,13 +155,8 @@ async def one_round(settings: Settings, ch: Any, producer: Any, n: int) -> dict[
 
 
 def make_app(front: str, back: str) -> dict[str, Any]:
-    name = f"bench{uuid.uuid4().hex[:6]}"
     with httpx.Client(timeout=10) as http:
-        http.post(f"{front}/api/user/signup", json={"username": name, "email": f"{name}@example.com",
-                                                    "password": "Str0ng!pass"}).raise_for_status()
-        token = http.post(f"{front}/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
-        app: dict[str, Any] = http.post(f"{front}/api/auth/register", json={"name": "bench"},
-                                        headers={"authorization": f"Bearer {token['access_token']}"}).json()
+        app = register_app(http, front)
         # Warm-up: the key known on both sides, and one event through (the aggregator has joined its
         # consumer group, which takes a few seconds after a start), before the clock starts.
         deadline = time.monotonic() + 30

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,19 @@ class Proc:
                 self.popen.wait(30)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
+
+
+def register_app(http: httpx.Client, auth: str) -> dict[str, Any]:
+    """A new user with a registered app, through the public auth API: {app_id, api_key, write_key, ...}."""
+    name = f"bench{uuid.uuid4().hex[:6]}"
+    http.post(f"{auth}/api/user/signup", json={"username": name, "email": f"{name}@example.com",
+                                               "password": "Str0ng!pass"}).raise_for_status()
+    login = http.post(f"{auth}/api/user/login", json={"username": name, "password": "Str0ng!pass"})
+    login.raise_for_status()
+    app = http.post(f"{auth}/api/auth/register", json={"name": "bench"},
+                    headers={"authorization": f"Bearer {login.json()['access_token']}"})
+    app.raise_for_status()
+    return app.json()  # type: ignore[no-any-return]
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

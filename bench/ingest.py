@@ -16,7 +16,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import httpx
 import orjson
 import psutil
 
-from bench.common import Proc, env_for, write_result
+from bench.common import Proc, env_for, register_app, write_result
 from bench.wrk import run_wrk
 from libs.embedded import EmbeddedStack
 from libs.embedded.procs import free_port
@@ -46,13 +45,8 @@ def batch_body(n: int) -> bytes:
 
 
 def make_keys(auth: str, gateway: str) -> dict[str, Any]:
-    name = f"bench{uuid.uuid4().hex[:6]}"
     with httpx.Client(timeout=10) as http:
-        http.post(f"{auth}/api/user/signup", json={"username": name, "email": f"{name}@example.com",
-                                                   "password": "Str0ng!pass"}).raise_for_status()
-        token = http.post(f"{auth}/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
-        app = http.post(f"{auth}/api/auth/register", json={"name": "bench"},
-                        headers={"authorization": f"Bearer {token['access_token']}"}).json()
+        app = register_app(http, auth)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             r = http.post(f"{gateway}/api/analytics/collect", json=EVENT, headers={"x-api-key": app["write_key"]})

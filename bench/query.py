@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, Proc, env_for, write_result
+from bench.common import ROOT, Proc, env_for, register_app, write_result
 from libs.embedded import EmbeddedStack
 from libs.embedded.procs import free_port
 from libs.settings import Settings
@@ -191,15 +191,8 @@ async def time_postgres(dsn: str, queries: list[tuple[str, list[Any]]], runs: in
 
 
 def make_app(auth: str) -> dict[str, Any]:
-    name = f"bench{uuid.uuid4().hex[:6]}"
     with httpx.Client(timeout=30) as http:
-        http.post(f"{auth}/api/user/signup", json={"username": name, "email": f"{name}@example.com",
-                                                   "password": "Str0ng!pass"}).raise_for_status()
-        token = http.post(f"{auth}/api/user/login", json={"username": name, "password": "Str0ng!pass"}).json()
-        r = http.post(f"{auth}/api/auth/register", json={"name": "bench"},
-                      headers={"authorization": f"Bearer {token['access_token']}"})
-        r.raise_for_status()
-        return r.json()  # type: ignore[no-any-return]
+        return register_app(http, auth)
 
 
 def wait_for_key(base: str, key: str, timeout: float = 60) -> None:

@@ -45,4 +45,4 @@ async def test_an_event_sent_twice_in_separate_batches_counts_once_in_every_summ
     assert count["count"] == 3
     assert summary["count"] == 3, summary
     assert summary["uniqueUsers"] == 3
-    assert [g for g in daily["groups"] if g["key"] == "retried"][0]["count"] == 3
+    assert next(g for g in daily["groups"] if g["key"] == "retried")["count"] == 3

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.e2e import analytics, clean_env, port, running, stop_and_check_nothing_left
+from tests.e2e import analytics, clean_env, port, read_exports, running, stop_and_check_nothing_left
 from tests.slice_http import run_slice
 
 pytestmark = pytest.mark.e2e
@@ -40,14 +38,7 @@ def test_infra_plus_two_service_processes_do_the_same_slice(tmp_path: Path) -> N
     data = tmp_path / "d"
     infra = analytics("infra", env=clean_env(data), log=tmp_path / "infra.log")
     try:
-        exports: dict[str, str] = {}
-        deadline = time.monotonic() + 60
-        while "SMTP_URL" not in exports and time.monotonic() < deadline:
-            line = infra.stdout.readline() if infra.stdout else ""
-            if not line and infra.poll() is not None:
-                raise AssertionError((tmp_path / "infra.log").read_text())
-            if m := re.match(r"export (\w+)=(.*)", line.strip()):
-                exports[m.group(1)] = m.group(2)
+        exports = read_exports(infra, tmp_path / "infra.log")
         assert {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "SMTP_URL"} <= set(exports)
         env = clean_env(data, **exports)
         p1, p2 = port(), port()

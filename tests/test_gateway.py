@@ -148,6 +148,27 @@ async def test_gzip_and_text_plain_beacon_bodies_are_accepted(client: httpx.Asyn
     await eventually(lambda: _equals(count_named(client, app_keys["api_key"], name), 2), 10)
 
 
+async def test_the_documented_fastapi_routes_answer_as_the_fast_path_does(stack: Stack, app_keys: dict) -> None:
+    """Without the fast path in front (e.g. the routes mounted elsewhere), the same answers come back."""
+    from fastapi import FastAPI
+
+    from libs.http import install_error_handlers
+
+    plain = FastAPI()
+    install_error_handlers(plain)
+    for router in stack.parts["gateway"].routers:
+        plain.include_router(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://gw") as http:
+        ok = await http.post("/api/analytics/collect", json={"events": [{"event": "doc"}, {"nope": 1}]},
+                             headers={"x-api-key": app_keys["write_key"]})
+        seg = await http.post("/v1/track", json={"userId": "d", "event": "Doc"}, headers=_basic(app_keys["write_key"]))
+        missing = await http.post("/api/analytics/collect", json={"event": "doc"})
+    assert ok.status_code == 202
+    assert (ok.json()["accepted"], [e["index"] for e in ok.json()["errors"]]) == (1, [1])
+    assert seg.status_code == 200 and seg.json()["success"] is True
+    assert missing.status_code == 401 and "missing API key" in missing.json()["detail"]
+
+
 async def test_cors_preflight_is_answered_for_any_origin(client: httpx.AsyncClient) -> None:
     r = await client.options(
         "/api/analytics/collect",

@@ -10,7 +10,7 @@ FastAPI routes in `router.py`, which stay for the OpenAPI docs and for every oth
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -55,7 +55,8 @@ class IngestFastPath:
         status, body, extra = 500, b"", []
         try:
             raw = await _read_body(receive)
-            status, payload = await self._handle(path, scope, headers, raw)
+            peer = scope["client"][0] if scope.get("client") else "unknown"
+            status, payload = await handle_ingest(self.ingestor(), path, peer, headers, raw)
             body = orjson.dumps(payload)
         except ApiError as exc:
             status, body = exc.status, orjson.dumps({"detail": exc.detail})
@@ -90,31 +91,34 @@ class IngestFastPath:
             )
         return found
 
-    async def _handle(self, path: str, scope: Scope, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
-        gate = self.ingestor()
-        body = ingest.decode_body(raw, headers.get("content-encoding"))
-        peer = scope["client"][0] if scope.get("client") else "unknown"
-        if path in SEED_ROUTES:
-            model, convert, route = SEED_ROUTES[path]
-            record = ingest.authenticate(gate.keys, headers.get("x-api-key"))
-            items, is_batch = ingest.split_batch(body)
-            facts = gate.facts(record, peer, headers)
-            facts.body_size = len(raw)
-            events, bad = await gate.ingest(facts, items, is_batch, model, convert, route)
-            return 202, {"accepted": len(events), "event_ids": [e["event_id"] for e in events], "errors": bad}
-        if not isinstance(body, dict):
-            raise ApiError(400, "send a JSON object")
-        key = basic_auth_user(headers.get("authorization")) or body.get("writeKey")
-        record = ingest.authenticate(gate.keys, key if isinstance(key, str) else None,
-                                     "HTTP Basic auth (write key as user name) or writeKey in the body")
-        items, is_batch = segment_items(path.removeprefix("/v1/"), body)
-        sent_at = parse_time(body.get("sentAt"))
+
+async def handle_ingest(
+    gate: ingest.Ingestor, path: str, peer: str, headers: Mapping[str, str], raw: bytes
+) -> tuple[int, Any]:
+    """(status, JSON payload) for a POST to an ingest route: the one implementation behind both the
+    fast path and the documented FastAPI routes. Raises ApiError / DependencyUnavailable."""
+    body = ingest.decode_body(raw, headers.get("content-encoding"))
+    if path in SEED_ROUTES:
+        model, convert, route = SEED_ROUTES[path]
+        record = ingest.authenticate(gate.keys, headers.get("x-api-key"))
+        items, is_batch = ingest.split_batch(body)
         facts = gate.facts(record, peer, headers)
         facts.body_size = len(raw)
-        events, bad = await gate.ingest(
-            facts, items, is_batch, SegmentMessage, lambda msg, base: from_segment(msg, base, sent_at), "segment"
-        )
-        return 200, {"success": True, "accepted": len(events), "errors": bad}
+        events, bad = await gate.ingest(facts, items, is_batch, model, convert, route)
+        return 202, {"accepted": len(events), "event_ids": [e["event_id"] for e in events], "errors": bad}
+    if not isinstance(body, dict):
+        raise ApiError(400, "send a JSON object")
+    key = basic_auth_user(headers.get("authorization")) or body.get("writeKey")
+    record = ingest.authenticate(gate.keys, key if isinstance(key, str) else None,
+                                 "HTTP Basic auth (write key as user name) or writeKey in the body")
+    items, is_batch = segment_items(path.removeprefix("/v1/"), body)
+    sent_at = parse_time(body.get("sentAt"))
+    facts = gate.facts(record, peer, headers)
+    facts.body_size = len(raw)
+    events, bad = await gate.ingest(
+        facts, items, is_batch, SegmentMessage, lambda msg, base: from_segment(msg, base, sent_at), "segment"
+    )
+    return 200, {"success": True, "accepted": len(events), "errors": bad}
 
 
 def _headers(scope: Scope) -> dict[str, str]:

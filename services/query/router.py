@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from libs.access import BearerCredentials, verify_access_token
 from libs.apikeys import KeyTable
@@ -154,7 +154,7 @@ def build_router(
         event: Annotated[str | None, Query(max_length=200)] = None,
         startDate: Annotated[str | None, Query()] = None,
         endDate: Annotated[str | None, Query()] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         start, end = date_range(startDate, endDate, "startDate", "endDate")
         where = q.Where(app_id, start, end).equals("event_name", "event", event)
 
@@ -170,17 +170,16 @@ def build_router(
         app_id: App,
         userId: Annotated[str, Query(min_length=1, max_length=200)],
         recent: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> JSONResponse:
+    ) -> Response:
         where = q.Where(app_id).equals("user_id", "user_id", userId)
 
-        async def compute() -> dict[str, Any] | None:
-            return await q.user_stats(clickhouse(), where, recent)
+        async def compute() -> dict[str, Any]:
+            stats = await q.user_stats(clickhouse(), where, recent)
+            if stats is None:  # raised, not cached: the user's first event shows up at once
+                raise ApiError(404, f"no events for userId {userId!r}")
+            return {"userId": userId, **stats}
 
-        response = await cached(app_id, "user-stats", {"user": userId, "recent": recent}, True, compute)
-        if response.body == b"null":
-            raise ApiError(404, f"no events for userId {userId!r}")
-        body = _json_body(response)
-        return JSONResponse({"userId": userId, **body}, headers={"X-Cache": response.headers["X-Cache"]})
+        return await cached(app_id, "user-stats", {"user": userId, "recent": recent}, True, compute)
 
     @router.get("/events", summary="Events, newest first, filtered and paginated")
     async def list_events(
@@ -191,13 +190,13 @@ def build_router(
         end_date: Annotated[str | None, Query()] = None,
         page: Annotated[int, Query(ge=1, le=100000)] = 1,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"at most {MAX_PAGE_SIZE}")] = 50,
-    ) -> JSONResponse:
+    ) -> Response:
         start, end = date_range(start_date, end_date, "start_date", "end_date")
         where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals(
             "user_id", "user_id", user_id
         )
         rows, total = await q.list_events(clickhouse(), where, limit, (page - 1) * limit)
-        return JSONResponse(_jsonable({"events": rows, "page": page, "limit": limit, "total": total}))
+        return _json({"events": rows, "page": page, "limit": limit, "total": total})
 
     @router.get("/events/count", summary="Number of events matching the filters")
     async def events_count(
@@ -206,7 +205,7 @@ def build_router(
         user_id: Annotated[str | None, Query(max_length=200)] = None,
         start_date: Annotated[str | None, Query()] = None,
         end_date: Annotated[str | None, Query()] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         start, end = date_range(start_date, end_date, "start_date", "end_date")
         where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals(
             "user_id", "user_id", user_id
@@ -218,7 +217,7 @@ def build_router(
         params = {"e": event_name, "u": user_id, "start": start_date, "end": end_date}
         return await cached(app_id, "events-count", params, reaches_now(end), compute)
 
-    async def series(app_id: str, interval: str, days: int, tz: str, event_name: str | None) -> JSONResponse:
+    async def series(app_id: str, interval: str, days: int, tz: str, event_name: str | None) -> Response:
         check_series(interval, days, tz)
         end = datetime.now(UTC) + timedelta(seconds=1)
         start = end - timedelta(days=days)
@@ -237,7 +236,7 @@ def build_router(
         days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 30,
         tz: Annotated[str, Query(max_length=64)] = "UTC",
         event_name: Annotated[str | None, Query(max_length=200)] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         return await series(app_id, "day", days, tz, event_name)
 
     @router.get("/events/timeseries", summary="Events per hour or day")
@@ -247,7 +246,7 @@ def build_router(
         days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
         tz: Annotated[str, Query(max_length=64)] = "UTC",
         event_name: Annotated[str | None, Query(max_length=200)] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         return await series(app_id, interval, days, tz, event_name)
 
     @router.get("/events/grouped", summary="Event counts grouped by name, category or source")
@@ -257,7 +256,7 @@ def build_router(
         start_date: Annotated[str | None, Query()] = None,
         end_date: Annotated[str | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
-    ) -> JSONResponse:
+    ) -> Response:
         start, end = date_range(start_date, end_date, "start_date", "end_date")
         where = q.Where(app_id, start, end)
 
@@ -268,7 +267,7 @@ def build_router(
         return await cached(app_id, "grouped", params, reaches_now(end), compute)
 
     @router.get("/users/active", summary="Active users over the last day, week or month (DAU/WAU/MAU)")
-    async def users_active(app_id: App, range: Literal["day", "week", "month"] = "day") -> JSONResponse:
+    async def users_active(app_id: App, range: Literal["day", "week", "month"] = "day") -> Response:
         days = {"day": 1, "week": 7, "month": 30}[range]
         end = datetime.now(UTC) + timedelta(seconds=1)
         where = q.Where(app_id, end - timedelta(days=days), end)
@@ -279,13 +278,13 @@ def build_router(
         return await cached(app_id, "users-active", {"range": range}, True, compute)
 
     @router.get("/events/{event_id}", summary="One event by id")
-    async def get_event(app_id: App, event_id: str) -> JSONResponse:
+    async def get_event(app_id: App, event_id: str) -> Response:
         if len(event_id) > 128:
             raise ApiError(422, "event_id is at most 128 characters")
         row = await q.get_event(clickhouse(), app_id, event_id)
         if row is None:
             raise ApiError(404, "event not found")
-        return JSONResponse(_jsonable(row))
+        return _json(row)
 
     @router.get("/metrics", summary="Custom metrics: count, sum, avg, min, max, p50, p95 per metric")
     async def metrics_summary(
@@ -293,7 +292,7 @@ def build_router(
         metric_name: Annotated[str | None, Query(max_length=200)] = None,
         start_date: Annotated[str | None, Query()] = None,
         end_date: Annotated[str | None, Query()] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         start, end = date_range(start_date, end_date, "start_date", "end_date")
 
         async def compute() -> dict[str, Any]:
@@ -309,7 +308,7 @@ def build_router(
         interval: Literal["day", "hour"] = "day",
         days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
         tz: Annotated[str, Query(max_length=64)] = "UTC",
-    ) -> JSONResponse:
+    ) -> Response:
         check_series(interval, days, tz)
         end = datetime.now(UTC) + timedelta(seconds=1)
 
@@ -326,13 +325,6 @@ def build_router(
     return router
 
 
-def _jsonable(value: Any) -> Any:
-    import orjson
-
-    return orjson.loads(orjson.dumps(value, default=str))
-
-
-def _json_body(response: JSONResponse) -> Any:
-    import orjson
-
-    return orjson.loads(response.body)
+def _json(value: Any) -> Response:
+    """Serialized once, by orjson (datetimes as ISO strings), as the cached answers are."""
+    return Response(orjson.dumps(value, default=str), media_type="application/json")

@@ -415,3 +415,48 @@ async def test_kafka_down_gives_503_with_retry_after_in_under_a_second(
     assert elapsed < 1.0
 
 
+
+
+async def test_concurrent_requests_share_produce_batches_and_every_event_is_stored_once(
+    client: httpx.AsyncClient, app_keys: dict
+) -> None:
+    name = f"burst_{uuid.uuid4().hex[:8]}"
+    key = {"x-api-key": app_keys["write_key"]}
+    answers = await asyncio.gather(*[
+        client.post("/api/analytics/collect", json={"event": name, "userId": f"u{i}"}, headers=key) for i in range(300)
+    ])
+    assert [r.status_code for r in answers] == [202] * 300
+    assert len({r.json()["event_ids"][0] for r in answers}) == 300
+
+    async def all_stored() -> bool:
+        return await count_named(client, app_keys["api_key"], name) == 300
+
+    await eventually(all_stored, 20, "not every acknowledged event was stored exactly once")
+
+
+async def test_a_stalled_partition_refuses_new_events_at_once_past_its_backlog_bound(tmp_path: Any) -> None:
+    from libs.kafka import EVENTS_TOPIC, ensure_topics, make_producer
+    from services.gateway.publisher import Backpressure, CoalescingPublisher
+
+    broker, bootstrap = start_kafka(tmp_path)
+    settings = Settings(kafka_bootstrap_servers=bootstrap)
+    producer = make_producer(settings, request_timeout_ms=1500)
+    try:
+        await ensure_topics(settings, (EVENTS_TOPIC,))
+        await producer.start()
+        batches = CoalescingPublisher(lambda: producer, EVENTS_TOPIC, ack_timeout_s=0.5, max_pending_bytes=1000)
+        await batches.ensure_metadata()
+        partition = batches.partition(b"app")
+        await asyncio.gather(*batches.append(partition, b"app", [b"x" * 2000], []))  # the broker answers
+        broker.stop()
+        started = time.monotonic()
+        waiting = batches.append(partition, b"app", [b"y" * 2000], [])
+        with pytest.raises(Backpressure):  # 2,000 bytes already wait: no more queueing behind them
+            batches.append(partition, b"app", [b"z"], [])
+        with pytest.raises(TimeoutError, match="did not acknowledge"):
+            await asyncio.gather(*waiting)
+        assert time.monotonic() - started < 1.0, "a request must learn of the failure within its deadline"
+        await batches.close()
+    finally:
+        broker.stop()
+        await producer.stop()

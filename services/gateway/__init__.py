@@ -26,11 +26,15 @@ def build(runtime: Runtime) -> ServiceParts:
         shared = RateLimiter(settings.redis_url, "ingest") if settings.redis_url else None
         limiter = KeyRateLimiter(settings.ingest_rate_limit, shared)
         limiter.start()
-        state["ingestor"] = Ingestor(settings, await shared_key_table(runtime), Publisher(lambda: producer), limiter)
+        publisher = Publisher(lambda: producer)
+        await publisher.batches.ensure_metadata()
+        state["ingestor"] = Ingestor(settings, await shared_key_table(runtime), publisher, limiter)
 
     async def stop() -> None:
-        if "ingestor" in state and state["ingestor"].limiter is not None:
-            await state["ingestor"].limiter.stop()
+        if "ingestor" in state:
+            await state["ingestor"].publisher.batches.close()
+            if state["ingestor"].limiter is not None:
+                await state["ingestor"].limiter.stop()
         await stop_shared_key_table(runtime)
 
     async def key_table_loaded() -> bool:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,7 +12,6 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
@@ -24,6 +21,7 @@ from libs.kafka import EVENTS_TOPIC
 from libs.logs import get_logger, kafka_headers
 from libs.settings import Settings
 from services.gateway import enrich
+from services.gateway.publisher import Backpressure, CoalescingPublisher
 from services.gateway.ratelimit import KeyRateLimiter
 from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
 
@@ -115,11 +113,13 @@ def split_batch(body: Any, batch_key: str = "events") -> tuple[list[Any], bool]:
 
 
 def from_collect(ev: CollectEvent, base: dict[str, Any]) -> dict[str, Any]:
-    meta = ev.metadata.model_dump(exclude_none=True) if ev.metadata else {}
+    meta = ev.metadata
     out = dict(base)
-    out.update(enrich.url_facts(ev.url))
-    props = dict(ev.properties or {})
-    props.update({k: v for k, v in meta.items() if k not in ("browser", "os", "screenSize")})
+    if ev.url:
+        out.update(enrich.url_facts(ev.url))
+    props = dict(ev.properties) if ev.properties else {}
+    if meta is not None and meta.model_extra:  # what the client adds beside browser, os and screenSize
+        props.update({k: v for k, v in meta.model_extra.items() if v is not None})
     out.update(
         type="page" if ev.event in ("pageview", "page_view", "page") else "track",
         event_name=ev.event,
@@ -129,16 +129,17 @@ def from_collect(ev: CollectEvent, base: dict[str, Any]) -> dict[str, Any]:
         url=ev.url or "",
         referrer=ev.referrer or "",
         referrer_host=enrich.referrer_host(ev.referrer),
-        screen_size=meta.get("screenSize", ""),
+        screen_size=(meta.screenSize or "") if meta is not None else "",
         properties=props,
     )
     # What the client says about itself wins over what its User-Agent suggests.
     if ev.device:
         out["device_type"] = ev.device.lower()
-    if meta.get("browser"):
-        out["browser"] = meta["browser"]
-    if meta.get("os"):
-        out["os"] = meta["os"]
+    if meta is not None:
+        if meta.browser:
+            out["browser"] = meta.browser
+        if meta.os:
+            out["os"] = meta.os
     if ev.ipAddress:
         out["ip"] = ev.ipAddress
     out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
@@ -189,7 +190,7 @@ class RequestFacts:
     def base(self, event_id: str | None) -> dict[str, Any]:
         """The request's own facts for one event: computed once per request, copied per event."""
         if self._template is None:
-            self._template = enrich.base_event(self.record.app_id, None, self.received_at, self.user_agent, self.ip)
+            self._template = enrich.base_event(self.record.app_id, "", self.received_at, self.user_agent, self.ip)
         event = dict(self._template)
         event["event_id"] = event_id or enrich.new_event_id()
         event["flags"] = []
@@ -239,7 +240,8 @@ class Ingestor:
         """Publish the valid items; returns (published events, per-index errors). 422 if none is valid."""
         self.check_rate(facts.record)
         good, bad = validate_items(model, items, facts.body_size)
-        EVENTS_REJECTED.labels(route).inc(len(bad))
+        if bad:
+            _child(EVENTS_REJECTED, route).inc(len(bad))
         if not good:
             raise ApiError(422, bad if is_batch else bad[0]["errors"])
         events = []
@@ -251,74 +253,39 @@ class Ingestor:
             events.append(event)
         if events:
             await self.publisher.publish(facts.record.app_id, events)
-        EVENTS_ACCEPTED.labels(route).inc(len(events))
+        _child(EVENTS_ACCEPTED, route).inc(len(events))
         return events, bad
 
 
-# From this many events, a request's events are encoded into record batches of their own (one future
-# per batch instead of one per event); fewer are appended to the shared batch, where concurrent
-# requests' events coalesce.
-BATCH_BUILDER_MIN = 8
+_children: dict[tuple[int, str], Any] = {}
+
+
+def _child(metric: Counter, route: str) -> Any:
+    """`metric.labels(route)`, looked up once per route instead of per request."""
+    found = _children.get((id(metric), route))
+    if found is None:
+        found = _children[(id(metric), route)] = metric.labels(route)
+    return found
 
 
 class Publisher:
+    """The gateway's side of `analytics.events.v1`: publish a request's events and wait for the ack."""
+
     def __init__(self, producer: Callable[[], AIOKafkaProducer]) -> None:
-        self._producer = producer
-        self._partitions: dict[bytes, int] = {}
-        self._submit_locks: dict[int, asyncio.Lock] = {}
-        self._partition_count = 0
-        self._sorted_partitions: list[int] = []
-        self._partitions_checked_at = float("-inf")
-
-    async def _send_as_batches(
-        self, producer: AIOKafkaProducer, events: list[dict[str, Any]], key: bytes, partition: int, headers: Any
-    ) -> list[Any]:
-        batches = [producer.create_batch()]
-        for event in events:
-            value = orjson.dumps(event)
-            if batches[-1].append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
-                batches.append(producer.create_batch())
-                batches[-1].append(key=key, value=value, timestamp=None, headers=headers)
-        # One submitter per partition at a time: aiokafka's send_batch waits for the partition's
-        # previous batch to drain, and with many concurrent waiters its timeout bookkeeping expires
-        # them early (KafkaTimeoutError). Queued here instead, in order, under our own deadline.
-        lock = self._submit_locks.setdefault(partition, asyncio.Lock())
-        async with lock:
-            return [await producer.send_batch(batch, EVENTS_TOPIC, partition=partition) for batch in batches]
-
-    async def _partition(self, producer: AIOKafkaProducer, key: bytes) -> int:
-        if time.monotonic() >= self._partitions_checked_at + 10:
-            partitions = await producer.partitions_for(EVENTS_TOPIC)
-            self._partitions_checked_at = time.monotonic()
-            if len(partitions) != self._partition_count:  # partitions were added: recompute
-                self._partitions.clear()
-                self._partition_count = len(partitions)
-                self._sorted_partitions = sorted(partitions)
-        found = self._partitions.get(key)
-        if found is None:
-            ordered = self._sorted_partitions
-            found = self._partitions[key] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
-        return found
+        self.batches = CoalescingPublisher(producer, EVENTS_TOPIC, ACK_TIMEOUT_S)
 
     async def publish(self, app_id: str, events: list[dict[str, Any]]) -> None:
-        """Hand every event to Kafka and wait until all are acknowledged, or raise 503."""
-        producer = self._producer()
+        """Hand every event to Kafka and wait until all are acknowledged, or raise 503 (within
+        ACK_TIMEOUT_S: the batch deadline starts when its first event arrives)."""
         key = app_id.encode()
-        headers = kafka_headers()
         try:
-            async with asyncio.timeout(ACK_TIMEOUT_S):
-                # Every event of a request has the same key, hence the same partition: find it once
-                # (what aiokafka's default partitioner would pick) instead of hashing per event.
-                partition = await self._partition(producer, key)
-                if len(events) >= BATCH_BUILDER_MIN:
-                    futures = await self._send_as_batches(producer, events, key, partition, headers)
-                else:
-                    futures = [
-                        await producer.send(EVENTS_TOPIC, orjson.dumps(ev), key=key, partition=partition, headers=headers)
-                        for ev in events
-                    ]
-                await asyncio.gather(*futures)
-        except (TimeoutError, KafkaError) as exc:
+            # Every event of a request has the same key, hence the same partition.
+            waiters = self.batches.append(
+                self.batches.partition(key), key, [orjson.dumps(ev) for ev in events], kafka_headers()
+            )
+            for waiter in waiters:
+                await waiter
+        except (TimeoutError, KafkaError, Backpressure) as exc:
             PUBLISH_FAILURES.inc()
             log.warning("kafka did not acknowledge in time; answering 503", error=repr(exc), events=len(events))
             raise DependencyUnavailable("the event bus (Kafka)", retry_after=2) from exc

@@ -2,7 +2,10 @@
 
 A migration is a file `NNNN_name.sql` in a service's `migrations/<engine>/` folder. Statements are
 separated by a line ending in `;`. ClickHouse files are jinja2 templates rendered with values from
-settings (retention days and the like: never client input).
+settings (retention days and the like: never client input) and `schema` (libs/clickhouse/schema.py:
+one server, or a cluster with ON CLUSTER, Replicated local tables and Distributed ones). Block tags
+(`{% if %}` on a line of its own) leave no blank line behind, so what the single-server rendering
+sends is unchanged by the cluster branches.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ def _only_comments(sql: str) -> bool:
 
 
 def load(folder: Path, context: dict[str, Any] | None = None) -> list[Migration]:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - SQL, not HTML
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True  # noqa: S701 - SQL, not HTML
+    )
     found = []
     for path in sorted(folder.glob("*.sql")):
         match = _NAME_RE.match(path.name)
@@ -95,19 +100,26 @@ async def apply_postgres(pool: asyncpg.Pool, component: str, folder: Path) -> li
 
 async def apply_clickhouse(ch: ClickHouse, component: str, folder: Path, context: dict[str, Any]) -> list[str]:
     """Apply pending ClickHouse migrations. Statements are written to be idempotent (IF NOT EXISTS),
-    so two instances starting at once converge on the same schema."""
+    so two instances starting at once converge on the same schema. The templates get `schema` (the
+    client's: one server or a cluster) besides `context`.
+
+    In a cluster, schema_migrations is one replicated table with a copy on every node (not sharded):
+    whichever node a later `analytics migrate` reaches through a load balancer knows what was applied,
+    so a backfill (not idempotent) or a rebuild (0003 drops the rollup for a moment) never runs again.
+    Kept per node instead, each node would replay them against the whole cluster through ON CLUSTER."""
+    schema = ch.schema
     await ch.command(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
+        f"""CREATE TABLE IF NOT EXISTS schema_migrations{schema.on_cluster} (
                component String, version UInt32, name String, checksum String,
                applied_at DateTime DEFAULT now())
-           ENGINE = ReplacingMergeTree ORDER BY (component, version)"""
+           ENGINE = {schema.engine("schema_migrations", "ReplacingMergeTree", sharded=False)} ORDER BY (component, version)"""
     )
     rows = await ch.query(
         "SELECT version FROM schema_migrations FINAL WHERE component = {c:String}", {"c": component}
     )
     done = {r["version"] for r in rows}
     applied_now: list[str] = []
-    for mig in load(folder, context):
+    for mig in load(folder, {"schema": schema, **context}):
         if mig.version in done:
             continue
         for statement in mig.statements():

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # How long a killed aggregator keeps its partitions before the group hands them to the others.
     aggregator_session_timeout_ms: int = Field(default=10000, ge=1000)
     clickhouse_retention_days: int = Field(default=730, ge=1)
+    # Cluster mode: the name of a cluster in the ClickHouse servers' <remote_servers> (with Keeper).
+    # Empty: one server. Set: ON CLUSTER DDL, Replicated*_local tables and Distributed tables under the
+    # usual names (libs/clickhouse/schema.py). A plain identifier: it is written into DDL.
+    clickhouse_cluster: str = Field(default="", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
 
     query_cache_ttl_live_s: int = Field(default=5, ge=1)
     query_cache_ttl_closed_s: int = 3600
@@ -104,6 +108,14 @@ class Settings(BaseSettings):
                     f"{MIN_PRODUCTION_SECRET_LENGTH} characters, e.g. `python -c 'import secrets; "
                     "print(secrets.token_urlsafe(48))'`"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_server(self) -> Settings:
+        if self.clickhouse_cluster and not self.clickhouse_url:
+            raise ValueError(
+                "CLICKHOUSE_CLUSTER needs CLICKHOUSE_URL (a node of that cluster): the embedded chDB is one node"
+            )
         return self
 
     @property

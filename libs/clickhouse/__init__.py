@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from libs.clickhouse.schema import Schema, check_identifier
 from libs.settings import Settings
 
 # Same output from a server and from chDB, whatever their version's defaults are.
@@ -31,7 +32,6 @@ OUTPUT_SETTINGS: dict[str, Any] = {
 }
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ClickHouseError(RuntimeError):
@@ -45,6 +45,7 @@ class ClickHouseUnavailable(ClickHouseError):
 class ClickHouse(Protocol):
     database: str
     kind: str
+    schema: Schema  # one server or a cluster: which table stores the rows, ON CLUSTER (libs/clickhouse/schema.py)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts. Raises ClickHouseUnavailable when the engine is down."""
@@ -64,13 +65,6 @@ class ClickHouse(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
-
-
-def check_identifier(name: str) -> str:
-    """Table and column names come only from code, never from clients; refuse anything else."""
-    if not _IDENT_RE.match(name):
-        raise ValueError(f"not an identifier: {name!r}")
-    return name
 
 
 def check_token(token: str) -> str:
@@ -96,7 +90,7 @@ async def connect_clickhouse(settings: Settings) -> ClickHouse:
     if settings.clickhouse_url:
         from libs.clickhouse.http import HttpClickHouse
 
-        return await HttpClickHouse.connect(settings.clickhouse_url)
+        return await HttpClickHouse.connect(settings.clickhouse_url, cluster=settings.clickhouse_cluster)
     from libs.clickhouse.embedded import ChdbClickHouse
 
     return await ChdbClickHouse.open(settings.data_dir / "clickhouse")

@@ -17,6 +17,7 @@ from libs.clickhouse import (
     OUTPUT_SETTINGS,
     ClickHouseError,
     ClickHouseUnavailable,
+    Schema,
     check_identifier,
     check_token,
     parse_rows,
@@ -34,6 +35,7 @@ class ChdbClickHouse:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.database = database
+        self.schema = Schema(database)  # one process, one node: never a cluster
         # One thread: a chDB session is not meant to be driven from several threads at once.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         self._session = session.Session(str(path))

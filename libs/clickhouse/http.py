@@ -13,6 +13,7 @@ from libs.clickhouse import (
     OUTPUT_SETTINGS,
     ClickHouseError,
     ClickHouseUnavailable,
+    Schema,
     check_identifier,
     check_token,
     database_from_url,
@@ -23,14 +24,17 @@ from libs.clickhouse import (
 class HttpClickHouse:
     kind = "clickhouse-server"
 
-    def __init__(self, client: Any, database: str) -> None:
+    def __init__(self, client: Any, schema: Schema) -> None:
         self._client = client
-        self.database = database
+        self.schema = schema
+        self.database = schema.database
 
     @classmethod
-    async def connect(cls, url: str) -> HttpClickHouse:
+    async def connect(cls, url: str, cluster: str = "") -> HttpClickHouse:
+        """A client of the server at `url`; with `cluster` (CLICKHOUSE_CLUSTER), of that cluster: the
+        database is created on every node and the cluster-mode settings apply to every query."""
         parts = urlsplit(url)
-        database = database_from_url(url)
+        schema = Schema(database_from_url(url), cluster)
         try:
             # Connect to `default` first: the database may not exist before migrations run.
             client = await clickhouse_connect.get_async_client(
@@ -40,13 +44,13 @@ class HttpClickHouse:
                 password=unquote(parts.password or ""),
                 secure=parts.scheme == "https",
                 database="default",
-                settings=OUTPUT_SETTINGS,
+                settings={**OUTPUT_SETTINGS, **schema.session_settings},
             )
-            await client.command(f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}")
-            client.database = database
+            await client.command(f"CREATE DATABASE IF NOT EXISTS {schema.database}{schema.on_cluster}")
+            client.database = schema.database
         except OperationalError as exc:
             raise ClickHouseUnavailable(f"ClickHouse at {parts.hostname}:{parts.port} is unreachable: {exc}") from exc
-        return cls(client, database)
+        return cls(client, schema)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:

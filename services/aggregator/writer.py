@@ -30,6 +30,15 @@ event ids before each insert fixes it but, tried, cost 25-40 % of throughput on 
 events and collapsed with 20,000-row batches (a large IN set over the sorting key); rollups for
 closed days rebuilt from `events FINAL` are the better way, in the query service's hands.
 
+In cluster mode (CLICKHOUSE_CLUSTER, libs/clickhouse/schema.py) the same inserts go to Distributed
+tables, and the client sends every query with `distributed_foreground_insert=1`: the insert returns
+only when each shard has stored its share of the rows, so offsets are still committed only for stored
+events (not for events queued on one node's disk), and each shard receives its share in the same
+INSERT, with the same insert_deduplication_token. A repeated batch is split the same way (the sharding
+key, cityHash64(app_id, event_id), depends on the rows only), so every shard drops its repeat by the
+token; a shard that failed while another succeeded gets its share on the retry. The sharding key keeps
+every copy of an event on one shard, so the ReplacingMergeTree guarantee above holds shard by shard.
+
 The one gap of the table engine: copies are merged only when they share the sorting key
 (app_id, toDate(timestamp), event_id) and the month partition. A client retry gets the same
 timestamp when the client sends one (the SDKs do); an event without a client timestamp is stamped

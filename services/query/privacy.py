@@ -62,8 +62,9 @@ async def delete_user(ch: ClickHouse, app_id: str, user_id: str) -> int:
     if n:
         days = [r["d"] for r in await ch.query(
             f"SELECT DISTINCT toString(toDate(timestamp)) AS d FROM events FINAL WHERE {where}", params)]
-        # A mutation, waited for: when this returns, no read finds the rows.
-        await ch.command(f"ALTER TABLE events DELETE WHERE {where} SETTINGS mutations_sync = 2", params)
+        # A mutation, waited for: when this returns, no read finds the rows. It goes to the table that
+        # stores the rows (in a cluster: events_local ON CLUSTER; a Distributed table takes no mutation).
+        await ch.command(f"{ch.schema.alter('events')} DELETE WHERE {where} SETTINGS mutations_sync = 2", params)
         await rebuild_daily(ch, app_id, days)
     return n
 
@@ -72,9 +73,13 @@ async def rebuild_daily(ch: ClickHouse, app_id: str, days: list[str]) -> None:
     """Recompute the events_daily rollup of these days of the app from events (after a deletion)."""
     params: dict[str, Any] = {"app_id": app_id, "days": ",".join(days)}
     scope = "app_id = {app_id:String} AND has(splitByChar(',', {days:String}), toString(day))"
-    await ch.command(f"ALTER TABLE events_daily DELETE WHERE {scope} SETTINGS mutations_sync = 2", params)
+    await ch.command(f"{ch.schema.alter('events_daily')} DELETE WHERE {scope} SETTINGS mutations_sync = 2", params)
+    # Through the Distributed events_daily in a cluster (the days' new rows land on the shard of their
+    # key, the old ones are gone from every shard), written before this returns (foreground inserts).
+    # No insert deduplication: a replicated rollup would drop a rebuild identical to an earlier one
+    # (the same day rebuilt after the rows added since were deleted), after the DELETE emptied the day.
     await ch.command(
-        """INSERT INTO events_daily
+        """INSERT INTO events_daily SETTINGS insert_deduplicate = 0
            SELECT app_id, toDate(timestamp) AS day, event_name, device_type,
                   uniqExactState(cityHash64(event_id)) AS events, uniqCombined64State(15)(visitor_id) AS visitors
            FROM events FINAL WHERE app_id = {app_id:String} AND has(splitByChar(',', {days:String}), toString(toDate(timestamp)))

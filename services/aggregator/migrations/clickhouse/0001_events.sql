@@ -5,7 +5,15 @@
 --   partition and offsets, so a batch retried after a failed commit is dropped by ClickHouse;
 -- * ReplacingMergeTree keyed on event_id removes any copy that still gets in (a client retry with the
 --   same event id, a batch cut differently after a crash); reads use FINAL so no copy is ever counted.
-CREATE TABLE IF NOT EXISTS events
+{#
+  Cluster mode (CLICKHOUSE_CLUSTER; libs/clickhouse/schema.py renders the names and engines): the rows
+  live in events_local / metrics_local on each node, ReplicatedReplacingMergeTree tables per shard, and
+  `events` / `metrics` are Distributed tables over them, so the writer and the queries keep their
+  names. Both are sharded by (app_id, event_id): every copy of an event lands on the same shard, where
+  the version column, FINAL (run on each shard) and the deduplication window work as on one server.
+  Without CLICKHOUSE_CLUSTER this file renders exactly the single-server SQL it always did.
+#}
+CREATE TABLE IF NOT EXISTS {{ schema.local("events") }}{{ schema.on_cluster }}
 (
     app_id          LowCardinality(String),
     event_id        String,
@@ -40,14 +48,18 @@ CREATE TABLE IF NOT EXISTS events
     schema_version  UInt8,
     inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplacingMergeTree(inserted_at)
+ENGINE = {{ schema.engine("events", "ReplacingMergeTree", "inserted_at") }}
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (app_id, toDate(timestamp), event_id)
 TTL toDateTime(timestamp) + INTERVAL {{ retention_days }} DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS {{ schema.dedup_window }} = 10000;
+{% if schema.cluster %}
+
+{{ schema.create_distributed("events", "cityHash64(app_id, event_id)") }};
+{% endif %}
 
 -- Custom metrics (POST /api/analytics/metrics).
-CREATE TABLE IF NOT EXISTS metrics
+CREATE TABLE IF NOT EXISTS {{ schema.local("metrics") }}{{ schema.on_cluster }}
 (
     app_id       LowCardinality(String),
     event_id     String,
@@ -59,8 +71,14 @@ CREATE TABLE IF NOT EXISTS metrics
     received_at  DateTime64(3, 'UTC'),
     inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplacingMergeTree(inserted_at)
+ENGINE = {{ schema.engine("metrics", "ReplacingMergeTree", "inserted_at") }}
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (app_id, metric_name, toDate(timestamp), event_id)
 TTL toDateTime(timestamp) + INTERVAL {{ retention_days }} DAY
-SETTINGS non_replicated_deduplication_window = 10000;
+SETTINGS {{ schema.dedup_window }} = 10000;
+{#- The dashes keep the single-server rendering's end exactly as it was (no newline after the last `;`). #}
+{%- if schema.cluster %}
+
+
+{{ schema.create_distributed("metrics", "cityHash64(app_id, event_id)") }};
+{%- endif %}

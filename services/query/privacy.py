@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from libs.clickhouse import ClickHouse
+from services.query import frozen
 from services.query.queries import EVENT_COLUMNS, _decode_properties
 
 EXPORT_BATCH = 1000
@@ -66,6 +67,7 @@ async def delete_user(ch: ClickHouse, app_id: str, user_id: str) -> int:
         # stores the rows (in a cluster: events_local ON CLUSTER; a Distributed table takes no mutation).
         await ch.command(f"{ch.schema.alter('events')} DELETE WHERE {where} SETTINGS mutations_sync = 2", params)
         await rebuild_daily(ch, app_id, days)
+        await frozen.mark_changed(ch, app_id, days)  # their frozen counts are not used again
     return n
 
 

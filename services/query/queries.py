@@ -3,12 +3,14 @@ the fixed maps below, never from a request."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
 from typing import Any
 
 from libs.clickhouse import ClickHouse
+from services.query import frozen
 
 # Who a row counts as: the signed-in user id, else the SDK's anonymous id, else the session, else
 # the device (ip + user agent), as Plausible does when there is nothing better.
@@ -54,16 +56,19 @@ class Where:
         return " AND ".join(self.clauses)
 
 
-ROLLUP_UNIQ = "uniqCombined64Merge(15)"
-ROLLUP_STATE = "uniqCombined64State(15)(visitor_id)"
-# Event counts in the rollup are exact distinct counts of event ids (see migration 0003): an event that
-# reached ClickHouse twice counts once, like every FINAL read of the events table.
-COUNT_STATE = "uniqExactState(cityHash64(event_id))"
-COUNT_MERGE = "uniqExactMerge"
+VISITORS_MERGE = "uniqCombined64Merge(15)"
+VISITORS_MERGE_STATE = "uniqCombined64MergeState(15)"
+# Day rows (see over_day_rows) read from the events table: per (UTC day, event name, device), the
+# distinct event ids (a copy of an event adds nothing, so no FINAL is needed) and the visitor state, as
+# the rollup and the frozen days (frozen.py) hold them.
+RAW_DAY_ROWS = (
+    "SELECT toDate(timestamp) AS day, event_name, device_type, uniqExact(cityHash64(event_id)) AS n, "
+    "uniqCombined64State(15)(visitor_id) AS v FROM events WHERE {where} GROUP BY day, event_name, device_type"
+)
 
 
 def whole_days(where: Where) -> tuple[date, date] | None:
-    """The UTC days wholly inside the range (read from the events_daily rollup), or None."""
+    """The UTC days wholly inside the range (read from frozen days or the rollup), or None."""
     if where.start is None or where.end is None:
         return None
     first = where.start.date() + (timedelta(days=1) if where.start.time() != dt_time() else timedelta())
@@ -71,49 +76,38 @@ def whole_days(where: Where) -> tuple[date, date] | None:
     return (first, last) if first < last else None
 
 
-def rollup_union(
-    where: Where, rollup_cols: str, raw_cols: str, raw_group: str, final: bool = True
-) -> tuple[str, dict[str, Any]]:
-    """`rollup rows UNION ALL raw rows` for the range of `where`: whole days from events_daily, the
-    partial days at either end from events. Only app, range and event_name filters are supported.
-    `final=False` reads the edges without FINAL, for callers whose aggregates are distinct counts
-    (a copy of a row changes nothing there) and so need no deduplication."""
-    source = "events FINAL" if final else "events"
-    params = dict(where.params)
-    names = [n for n in ("event", "event_name") if n in params]
+async def over_day_rows(
+    ch: ClickHouse, where: Where, outer: Callable[[str], str], params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Run `outer(rows)`, a query over rows (day, event_name, device_type, n, v) covering the range of
+    `where`: n the group's distinct event ids, v its visitor state, which callers add up and merge
+    under their own key. Whole UTC days come from frozen exact counts, else the events_daily rollup
+    (frozen.py: the closed days of the range are frozen first), the partial days at either end from
+    events. Only app, range and event_name filters take that path; any other filter reads events."""
+    params = {**where.params, **(params or {})}
+    names = [n for n in ("event", "event_name") if n in where.params]
     extra = f" AND event_name = {{{names[0]}:String}}" if names else ""
-    supported = set(params) <= {"app_id", "start", "end", "event", "event_name"}
+    supported = set(where.params) <= {"app_id", "start", "end", "event", "event_name"}
     days = whole_days(where) if supported else None
     if days is None:
-        return (f"SELECT {raw_cols} FROM {source} WHERE {where.sql()} GROUP BY {raw_group}", params)
-    params["d0"], params["d1"] = days[0].isoformat(), days[1].isoformat()
+        return await ch.query(outer(RAW_DAY_ROWS.format(where=where.sql())), params)
+    plan = await frozen.plan(ch, where.app_id, *days)
+    params.update(plan.params(), d0=days[0].isoformat(), d1=days[1].isoformat())
     edges = ("app_id = {app_id:String} AND ((timestamp >= {start:DateTime64(3, 'UTC')} "
              "AND timestamp < toDateTime64({d0:String}, 3, 'UTC')) "
              "OR (timestamp >= toDateTime64({d1:String}, 3, 'UTC') AND timestamp < {end:DateTime64(3, 'UTC')}))" + extra)
-    return (
-        f"SELECT {rollup_cols} FROM events_daily WHERE app_id = {{app_id:String}} AND day >= toDate({{d0:String}}) "
-        f"AND day < toDate({{d1:String}}){extra} "
-        f"UNION ALL SELECT {raw_cols} FROM {source} WHERE {edges} GROUP BY {raw_group}",
-        params,
-    )
+    rows = [r for r in (plan.rows(extra), RAW_DAY_ROWS.format(where=edges)) if r]
+    return await ch.query(outer(" UNION ALL ".join(rows)), params)
 
 
 async def event_summary(ch: ClickHouse, where: Where) -> dict[str, Any]:
-    """Count, distinct visitors and events per device, in one pass over the rollup and the edges.
-
-    The exact distinct count of event ids is the costly part: it is merged once per device (an event
-    has one device, so the total is their sum), while visitor states merge once more for the total."""
-    union, params = rollup_union(
-        where, "device_type AS device, events AS c, visitors AS v",
-        f"device_type AS device, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", "device_type", final=False,
-    )
-    rows = await ch.query(
-        f"""SELECT groupArray((device, n)) AS devices, {ROLLUP_UNIQ}(vs) AS u
-            FROM (SELECT if(device = '', 'unknown', device) AS device, {COUNT_MERGE}(c) AS n,
-                         uniqCombined64MergeState(15)(v) AS vs
-                  FROM ({union}) GROUP BY device)""",
-        params,
-    )
+    """Count, distinct visitors and events per device, in one pass over the day rows: counts are added
+    up per device (plain numbers), visitor states merged per device and once more for the total."""
+    rows = await over_day_rows(ch, where, lambda day_rows: f"""
+        SELECT groupArray((device, events)) AS devices, {VISITORS_MERGE}(vs) AS u
+        FROM (SELECT if(device_type = '', 'unknown', device_type) AS device, sum(n) AS events,
+                     {VISITORS_MERGE_STATE}(v) AS vs
+              FROM ({day_rows}) GROUP BY device)""")
     devices = sorted(((str(d), int(n)) for d, n in (rows[0]["devices"] if rows else []) if n), key=lambda x: (-x[1], x[0]))
     return {
         "count": sum(n for _, n in devices),
@@ -191,23 +185,21 @@ INTERVALS = {"hour": "toStartOfHour", "day": "toStartOfDay"}
 
 
 async def counts_by(
-    ch: ClickHouse, where: Where, name: str, rollup_key: str, raw_key: str, order: str, limit: int = 100_000
+    ch: ClickHouse, where: Where, name: str, key: str, order: str, limit: int = 100_000
 ) -> list[dict[str, Any]]:
-    """Events and distinct visitors per `name`: whole UTC days from the rollup, partial days from events."""
-    union, params = rollup_union(
-        where, f"{rollup_key} AS {name}, events AS c, visitors AS v",
-        f"{raw_key} AS {name}, {COUNT_STATE} AS c, {ROLLUP_STATE} AS v", name, final=False,
-    )
-    return await ch.query(
-        f"SELECT {name}, {COUNT_MERGE}(c) AS count, {ROLLUP_UNIQ}(v) AS unique_users FROM ({union}) "
-        f"GROUP BY {name} ORDER BY {order} LIMIT {{limit:UInt32}}",
-        {**params, "limit": limit},
+    """Events and distinct visitors per `key`, an expression of day, event_name and device_type (a fixed
+    one, from this module), over the day rows of over_day_rows()."""
+    return await over_day_rows(
+        ch, where,
+        lambda day_rows: f"SELECT {key} AS {name}, sum(n) AS count, {VISITORS_MERGE}(v) AS unique_users "
+                         f"FROM ({day_rows}) GROUP BY {name} ORDER BY {order} LIMIT {{limit:UInt32}}",
+        {"limit": limit},
     )
 
 
 async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> list[dict[str, Any]]:
     if interval == "day" and tz == "UTC":
-        return await counts_by(ch, where, "bucket", "toDateTime(day, 'UTC')", "toStartOfDay(timestamp, 'UTC')", "bucket")
+        return await counts_by(ch, where, "bucket", "toDateTime(day, 'UTC')", "bucket")
     bucket = INTERVALS[interval]
     return await ch.query(
         f"""SELECT {bucket}(timestamp, {{tz:String}}) AS bucket, count() AS count,
@@ -220,7 +212,7 @@ async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> li
 async def grouped(ch: ClickHouse, where: Where, by: str, limit: int) -> list[dict[str, Any]]:
     column = GROUPABLE[by]
     if by == "event_name":
-        return await counts_by(ch, where, "key", "event_name", "event_name", "count DESC, key", limit)
+        return await counts_by(ch, where, "key", "event_name", "count DESC, key", limit)
     return await ch.query(
         f"""SELECT {column} AS key, count() AS count, uniqExact(visitor_id) AS unique_users
             FROM events FINAL WHERE {where.sql()} GROUP BY key ORDER BY count DESC, key LIMIT {{limit:UInt32}}""",

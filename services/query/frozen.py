@@ -33,10 +33,11 @@ while the counter still reads that number. Why that is enough:
   group whose events were deleted since) are never mixed in. Two freezes of a day at the same counter
   (two replicas, two requests) write the same groups; the read takes one row of each.
 
-In a cluster (libs/clickhouse/schema.py) the chain holds on the replica that took the insert, but
-another replica fetches the parts of events_daily_local and of the counter's table independently, so a
-freeze could read a counter that is ahead of the rollup it reads. There a day is frozen only once its
-last change is CLUSTER_QUIET_S old (ClickHouse itself stops reading from replicas that lag by more,
+With replicas (cluster mode, libs/clickhouse/schema.py, or a Replicated database behind a load
+balancer) the chain holds on the replica that took the insert, but another replica fetches the parts
+of the rollup and of the counter's table independently, so a freeze could read a counter that is ahead
+of the rollup it reads. Where the rollup is a replicated table a day is therefore frozen only once its
+last change is REPLICATED_QUIET_S old (ClickHouse itself stops reading from replicas that lag by more,
 max_replica_delay_for_distributed_queries), and the counter bump of a deletion is inserted without
 deduplication (a replicated table would drop a second identical bump).
 
@@ -58,11 +59,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from weakref import WeakKeyDictionary
 
 from libs.clickhouse import ClickHouse
 
 MAX_DAYS_PER_READ = 31
-CLUSTER_QUIET_S = 300
+REPLICATED_QUIET_S = 300
 
 # The bound parameters of a range of whole days: {app_id}, {d0} (first day), {d1} (day after the last).
 _DAY_RANGE = "app_id = {app_id:String} AND day >= toDate({d0:String}) AND day < toDate({d1:String})"
@@ -75,7 +77,7 @@ def _listed(name: str) -> str:
 
 # Each day of the range that has rollup rows, frozen rows or a counter: in the rollup, its newest frozen
 # version (frozen = 0: none), its change counter (no row reads 0), and whether its last change is
-# {quiet} seconds old. Reads only keys and small columns.
+# {quiet} seconds old (see REPLICATED_QUIET_S). Reads only keys and small columns.
 _PLAN = f"""SELECT toString(day) AS day, max(src = 0) AS in_rollup, max(src = 1) AS frozen,
            maxIf(n, src = 1) AS frozen_version, sumIf(n, src = 2) AS version,
            maxIf(t, src = 2) <= now64(3) - toIntervalSecond({{quiet:UInt32}}) AS quiet
@@ -135,6 +137,20 @@ class Plan:
         return " UNION ALL ".join(parts) or None
 
 
+_REPLICATED: WeakKeyDictionary[ClickHouse, bool] = WeakKeyDictionary()
+
+
+async def _replicated(ch: ClickHouse) -> bool:
+    """Whether the rollup is a replicated table (asked once per client)."""
+    known = _REPLICATED.get(ch)
+    if known is None:
+        rows = await ch.query(
+            "SELECT count() AS n FROM system.tables WHERE database = currentDatabase() "
+            "AND name IN ('events_daily', 'events_daily_local') AND engine LIKE 'Replicated%'")
+        known = _REPLICATED[ch] = bool(rows and int(rows[0]["n"]))
+    return known
+
+
 def today_utc() -> date:
     return datetime.now(UTC).date()
 
@@ -143,7 +159,7 @@ async def plan(ch: ClickHouse, app_id: str, first: date, last: date, limit: int 
     """The plan of the whole days [first, last) of an app, after freezing the closed ones that have
     events and no current freeze (at most `limit`, default MAX_DAYS_PER_READ, newest first)."""
     limit = MAX_DAYS_PER_READ if limit is None else limit
-    quiet = CLUSTER_QUIET_S if ch.schema.cluster else 0
+    quiet = REPLICATED_QUIET_S if await _replicated(ch) else 0
     params = {"app_id": app_id, "d0": first.isoformat(), "d1": last.isoformat(), "quiet": quiet}
     result = Plan()
     to_freeze: dict[str, int] = {}

@@ -8,7 +8,8 @@
 -- events: each insert reaches it after the rollup stored its rows, which is what a freeze relies on
 -- (a migration that rebuilds events_daily under the same name keeps this view working). Days whose
 -- rollup rows were all written before this view existed have no row: their counter reads 0 until
--- something new arrives. last_change: when the day last changed (a cluster freezes only quiet days).
+-- something new arrives. last_change: when the day last changed (with replicas, only days quiet for
+-- some minutes are frozen).
 {# In a cluster (see 0002): events_day_changes_local per shard, counted by the view from the shard's own
    events_daily_local rows, and a Distributed events_day_changes whose reads add the shards' counters up
    (each only grows, so their sum does too). #}

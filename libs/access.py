@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from libs import tokens
+from libs.clientip import TrustedProxies
 from libs.http import ApiError
 from libs.settings import Settings
 
@@ -41,5 +42,11 @@ async def verify_access_token(settings: Settings, token: str, redis: aioredis.Re
     return claims
 
 
-def client_ip(request: Request) -> str:
+def peer_ip(request: Request) -> str:
+    """The socket peer's address (a proxy's, when there is one in front)."""
     return request.client.host if request.client else "unknown"
+
+
+def client_ip(request: Request, proxies: TrustedProxies) -> str:
+    """The client's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
+    return proxies.client_ip(peer_ip(request), request.headers.get("x-forwarded-for"))

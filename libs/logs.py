@@ -6,6 +6,7 @@ one), Kafka producers copy it into the `request_id` header, and consumers restor
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import sys
@@ -22,12 +23,15 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _configured = False
 
 
-_ids = random.Random(random.SystemRandom().getrandbits(64))
+# A random 80-bit prefix per process and a counter: request ids must be unique, not secret, and the
+# hot path makes one per request (no os.urandom call, not even a PRNG draw).
+_id_prefix = f"{random.SystemRandom().getrandbits(80):020x}"
+_id_counter = itertools.count(random.SystemRandom().getrandbits(32))
 
 
 def new_request_id() -> str:
-    """32 hex characters. Request ids must be unique, not secret: no os.urandom call per request."""
-    return f"{_ids.getrandbits(128):032x}"
+    """32 hex characters, unique across processes (a random prefix) and within one (a counter)."""
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _add_request_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from libs.logs import get_logger
 from libs.runtime import ServiceSpec, Stack
 from libs.settings import Settings
 from services import aggregator, auth, gateway, notifier, query
+from services.http_protocol import OneWriteHttpToolsProtocol
 
 log = get_logger(__name__)
 
@@ -128,7 +129,8 @@ async def run_services(
             app = stack.app(listener.specs)
             config = uvicorn.Config(
                 app, host=listener.host, port=listener.port, log_config=None, access_log=False,
-                lifespan="off", timeout_graceful_shutdown=10, backlog=2048,
+                lifespan="off", timeout_graceful_shutdown=10, backlog=2048, http=OneWriteHttpToolsProtocol,
+                proxy_headers=False,  # X-Forwarded-For is read by libs.clientip, from TRUSTED_PROXIES only
             )
             servers.append(_Server(config))
         serving.extend(asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers)

@@ -9,6 +9,7 @@ under a temporary data dir. Never a mock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -114,3 +115,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10, 
         if time.monotonic() > deadline:
             raise AssertionError(message or "condition not met in time")
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, **config: Any) -> AsyncIterator[str]:
+    """`app` served by uvicorn on a free local port for the duration; yields its base URL."""
+    import uvicorn
+
+    from libs.embedded.procs import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off", **config))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

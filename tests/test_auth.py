@@ -308,6 +308,28 @@ async def test_too_many_failed_logins_from_one_ip_are_429_with_retry_after(stack
         assert r.status_code == 200, r.text
 
 
+async def test_behind_a_trusted_proxy_failed_logins_count_per_forwarded_client(stack: Stack) -> None:
+    """The edge proxy's own address is shared by every user: the limit must count the client it names."""
+    attacker, bystander = random_ip(), random_ip()
+    async with client_for(stack, "127.0.0.1") as via_proxy:  # 127.0.0.1 is in TRUSTED_PROXIES by default
+        victim = await signup_login(via_proxy)
+        for _ in range(30):
+            r = await via_proxy.post("/api/user/login", json={"username": unique("stuffed"), "password": "Guess!x1"},
+                                     headers={"x-forwarded-for": attacker})
+            assert r.status_code == 401, r.text
+        r = await via_proxy.post("/api/user/login", json={"username": victim["username"], "password": PASSWORD},
+                                 headers={"x-forwarded-for": attacker})
+        assert r.status_code == 429
+        r = await via_proxy.post("/api/user/login", json={"username": victim["username"], "password": PASSWORD},
+                                 headers={"x-forwarded-for": bystander})
+        assert r.status_code == 200, r.text
+    # a client that is not a trusted proxy cannot pick its address by sending the header
+    async with client_for(stack, attacker) as direct:
+        r = await direct.post("/api/user/login", json={"username": victim["username"], "password": PASSWORD},
+                              headers={"x-forwarded-for": random_ip()})
+        assert r.status_code == 429
+
+
 async def test_failed_logins_from_one_ipv6_network_count_as_one_address(stack: Stack) -> None:
     network = random_ip().removesuffix("::1")
     for attempt in range(30):  # a host rotating through the addresses of its /64

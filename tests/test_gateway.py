@@ -15,14 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from libs.embedded.engines import start_kafka
-from libs.embedded.procs import free_port
 from libs.runtime import Stack
 from libs.settings import Settings
 from services import gateway
-from tests.conftest import eventually, register_app, signup_login
+from tests.conftest import eventually, register_app, serving, signup_login
 
 pytestmark = pytest.mark.engines
 
@@ -41,14 +39,8 @@ async def app_keys(client: httpx.AsyncClient) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 async def live_url(stack: Stack) -> AsyncIterator[str]:
     """The whole app on a real socket, for SDKs that speak HTTP themselves."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(stack.app(), host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serving(stack.app()) as url:
+        yield url
 
 
 async def stored_event(client: httpx.AsyncClient, key: str, event_id: str, timeout: float = 10) -> dict[str, Any]:
@@ -179,6 +171,15 @@ async def test_cors_preflight_is_answered_for_any_origin(client: httpx.AsyncClie
     assert r.headers["access-control-allow-origin"] == "*"
     assert "POST" in r.headers["access-control-allow-methods"]
     assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
+
+
+async def test_a_browsers_post_may_read_the_answer_and_its_request_id(client: httpx.AsyncClient, app_keys: dict) -> None:
+    r = await client.post("/api/analytics/collect", json={"event": "cors"},
+                          headers={"x-api-key": app_keys["write_key"], "origin": "https://blog.example"})
+    assert r.status_code == 202
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "X-Request-ID" in r.headers["access-control-expose-headers"]
+    assert len(r.headers["x-request-id"]) == 32
 
 
 async def test_the_first_seeds_events_and_custom_metrics_are_accepted(client: httpx.AsyncClient, app_keys: dict) -> None:

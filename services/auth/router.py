@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from libs import tokens
 from libs.access import bearer_dependency, client_ip
 from libs.apikeys import KeyRecord
+from libs.clientip import TrustedProxies
 from libs.settings import Settings
 from services.auth import schemas as s
 from services.auth.service import AuthService
@@ -25,6 +26,7 @@ def _key_meta(row: object) -> s.KeyMeta:
 
 def build_routers(settings: Settings, svc: Callable[[], AuthService]) -> list[APIRouter]:
     current_user = bearer_dependency(settings, lambda: svc().redis)
+    proxies = TrustedProxies(settings.trusted_proxies)
     User = Annotated[tokens.TokenClaims, Depends(current_user)]
     Svc = Annotated[AuthService, Depends(svc)]
 
@@ -37,7 +39,7 @@ def build_routers(settings: Settings, svc: Callable[[], AuthService]) -> list[AP
 
     @users.post("/login", response_model=s.TokenPair, summary="Exchange username (or email) and password for tokens")
     async def login(body: s.LoginIn, request: Request, service: Svc) -> dict[str, object]:
-        return await service.login(body.username, body.password, client_ip(request))
+        return await service.login(body.username, body.password, client_ip(request, proxies))
 
     @users.post("/refresh", response_model=s.TokenPair, summary="Rotate a refresh token for a new pair")
     async def refresh(body: s.RefreshIn, service: Svc) -> dict[str, object]:

@@ -85,38 +85,6 @@ def anonymize_ip(ip: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
-class TrustedProxies:
-    """Client IP from the socket, or from X-Forwarded-For when the socket peer is a trusted proxy."""
-
-    def __init__(self, cidrs: str) -> None:
-        self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs.split(",") if c.strip()]
-
-    def trusted(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.networks)
-
-    def client_ip(self, peer: str, forwarded_for: str | None) -> str:
-        if not forwarded_for or not self.trusted(peer):
-            return peer
-        # Walk from the nearest hop outwards; the first address not of our proxies is the client.
-        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
-        for hop in reversed(hops):
-            if not self.trusted(hop):
-                return hop if _is_ip(hop) else peer
-        return hops[0] if hops and _is_ip(hops[0]) else peer
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
 @lru_cache(maxsize=8192)
 def _url_facts(url: str) -> tuple[tuple[str, str], ...]:
     try:

@@ -31,7 +31,12 @@ SEED_ROUTES: dict[str, tuple[Any, Any, str]] = {
 }
 SEGMENT_PATHS = {"/v1/track", "/v1/page", "/v1/screen", "/v1/identify", "/v1/group", "/v1/alias", "/v1/batch"}
 _JSON = (b"content-type", b"application/json")
+# Answers to browsers (requests with an Origin) carry the CORS headers; servers' requests need none.
 _CORS = [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", b"X-Request-ID, Retry-After")]
+# The request headers the ingest path reads; others are not even decoded.
+_READ_HEADERS = frozenset({
+    b"x-api-key", b"authorization", b"content-encoding", b"user-agent", b"x-forwarded-for", b"x-request-id", b"origin",
+})
 
 
 class IngestFastPath:
@@ -74,7 +79,7 @@ class IngestFastPath:
         await send({
             "type": "http.response.start", "status": status,
             "headers": [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid.encode()),
-                        *_CORS, *extra],
+                        *(_CORS if "origin" in headers else ()), *extra],
         })
         await send({"type": "http.response.body", "body": body})
         counter, latency = self._metrics(path, status)
@@ -122,7 +127,7 @@ async def handle_ingest(
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in _READ_HEADERS}
 
 
 async def _read_body(receive: Receive) -> bytes:

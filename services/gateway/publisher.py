@@ -2,8 +2,8 @@
 
 Concurrent requests' events share record batches: an event is appended to the open batch of its
 partition (aiokafka's C batch builder, about a microsecond), the request waits on a plain future, and
-one drain task per partition hands each batch to the producer as soon as the previous one is on its
-way. A request that finds a batch open joins it; one that finds none opens it. So a request costs an
+one drain task per partition hands each batch to the producer once the previous one is
+acknowledged. A request that finds a batch open joins it; one that finds none opens it. So a request costs an
 append and a future, not aiokafka's per-message `send()` bookkeeping, a timeout context and a gather,
 and under load each produce request carries the events of every request that arrived while the
 previous one was in flight (natural batching: no linger, no added latency when idle).
@@ -23,16 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from prometheus_client import Histogram
 
 from libs.logs import get_logger
 
 log = get_logger(__name__)
+
+BATCH_EVENTS = Histogram(
+    "gateway_produce_batch_events", "Events per record batch handed to Kafka",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
 
 
 class Backpressure(Exception):
@@ -42,12 +49,13 @@ class Backpressure(Exception):
 class _Batch:
     """An open record batch of one partition and the futures of the requests waiting on it."""
 
-    __slots__ = ("builder", "handed_over", "size", "timer", "waiters")
+    __slots__ = ("builder", "count", "handed_over", "size", "timer", "waiters")
 
     def __init__(self, builder: Any) -> None:
         self.builder = builder
         self.waiters: list[asyncio.Future[None]] = []
         self.size = 0
+        self.count = 0
         self.timer: asyncio.TimerHandle | None = None
         self.handed_over = False
 
@@ -88,16 +96,23 @@ class CoalescingPublisher:
         self._parts: dict[int, _Partition] = {}
         self._partition_of: dict[bytes, int] = {}
         self._partition_ids: tuple[int, ...] = ()
+        self._partitions_checked_at = float("-inf")
         self._drains: set[asyncio.Task[None]] = set()
+        # The loop, looked up once: CPython 3.11's asyncio.get_running_loop() makes a getpid() system
+        # call each time (its fork check), several percent of a request's CPU on the hot path.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def partition(self, key: bytes) -> int:
         """What aiokafka's default partitioner picks for `key`, from the producer's metadata cache
         (no await: metadata is refreshed by the client in the background)."""
         ids = self._partition_ids
-        known = self._producer().client.cluster.partitions_for_topic(self.topic)
-        if known is not None and len(known) != len(ids):  # first use, or partitions were added
-            ids = self._partition_ids = tuple(sorted(known))
-            self._partition_of.clear()
+        now = time.monotonic()
+        if now >= self._partitions_checked_at + 1.0:  # at most once a second: it builds a set
+            self._partitions_checked_at = now
+            known = self._producer().client.cluster.partitions_for_topic(self.topic)
+            if known is not None and len(known) != len(ids):  # first use, or partitions were added
+                ids = self._partition_ids = tuple(sorted(known))
+                self._partition_of.clear()
         found = self._partition_of.get(key)
         if found is None:
             if not ids:
@@ -107,6 +122,7 @@ class CoalescingPublisher:
 
     async def ensure_metadata(self) -> None:
         """Load the topic's partitions once at start (later refreshes happen inside aiokafka)."""
+        self._loop = asyncio.get_running_loop()
         await self._producer().partitions_for(self.topic)
 
     def append(
@@ -120,7 +136,7 @@ class CoalescingPublisher:
             part = self._parts[partition] = _Partition()
         if part.pending_bytes > self.max_pending_bytes:
             raise Backpressure(f"{part.pending_bytes} bytes wait for partition {partition}")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         waiters: list[asyncio.Future[None]] = []
         batch = part.queue[-1] if part.queue else None
         joined = None
@@ -135,6 +151,7 @@ class CoalescingPublisher:
                 batch.waiters.append(waiter)
                 waiters.append(waiter)
             batch.size += len(value)
+            batch.count += 1
             part.pending_bytes += len(value)
         if not part.draining:
             part.draining = True
@@ -157,22 +174,27 @@ class CoalescingPublisher:
         batch.settle(TimeoutError(f"Kafka did not acknowledge within {self.ack_timeout_s}s"))
 
     async def _drain(self, partition: int, part: _Partition) -> None:
-        """Hand the partition's batches to the producer, oldest first, one at a time: send_batch
-        returns once the previous batch of the partition has gone out, and meanwhile new events
-        gather in the next batch."""
+        """Hand the partition's batches to the producer, oldest first, each once the previous one is
+        acknowledged: one batch in flight, the next gathering every event that arrives meanwhile.
+
+        (Handing a batch over as soon as the previous one has merely left, as aiokafka's send_batch
+        allows, freezes it with the few events of that instant and makes every other produce request
+        a tiny one.) An idle partition sends its first event at once: no linger."""
         producer = self._producer()
         try:
             while part.queue:
                 batch = part.queue.pop(0)
                 batch.handed_over = True
+                BATCH_EVENTS.observe(batch.count)
                 try:
                     delivered = await producer.send_batch(batch.builder, self.topic, partition=partition)
                 except (TimeoutError, KafkaError) as exc:
                     batch.settle(exc)
-                else:
-                    delivered.add_done_callback(lambda fut, b=batch: b.settle(_error_of(fut)))
+                    continue
                 finally:
                     part.pending_bytes -= batch.size
+                delivered.add_done_callback(lambda fut, b=batch: b.settle(_error_of(fut)))
+                await asyncio.wait((delivered,))
         finally:
             part.draining = False
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
-from libs.access import client_ip
+from libs.access import peer_ip
 from services.gateway import service as ingest
 from services.gateway.fastpath import handle_ingest
 from services.gateway.schemas import Accepted
@@ -30,7 +30,7 @@ def build_routers(ingestor: Callable[[], ingest.Ingestor]) -> list[APIRouter]:
     # Bodies are read raw (gzip, text/plain beacons) and validated event by event.
     async def answer(request: Request) -> JSONResponse:
         status, payload = await handle_ingest(
-            ingestor(), request.url.path, client_ip(request), request.headers, await request.body()
+            ingestor(), request.url.path, peer_ip(request), request.headers, await request.body()
         )
         return JSONResponse(payload, status_code=status)
 

@@ -16,6 +16,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
+from libs.clientip import TrustedProxies
 from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
 from libs.logs import get_logger, kafka_headers
@@ -211,7 +212,7 @@ class Ingestor:
         self.keys = keys
         self.publisher = publisher
         self.limiter = limiter
-        self.proxies = enrich.TrustedProxies(settings.trusted_proxies)
+        self.proxies = TrustedProxies(settings.trusted_proxies)
 
     def facts(self, record: KeyRecord, peer: str, headers: Any) -> RequestFacts:
         ip = self.proxies.client_ip(peer, headers.get("x-forwarded-for"))

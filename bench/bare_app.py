@@ -2,10 +2,15 @@
 
 * `app`: a bare ASGI endpoint that reads the body and answers 202 — the HTTP ceiling here.
 * `fastapi_app`: a plain FastAPI + pydantic route without Kafka — what a straightforward service gets.
+
+`python -m bench.bare_app PORT` serves `app` on the HTTP protocol the services use (uvicorn's, with
+a response's head and body in one write: `services/http_protocol.py`), for context next to the
+stock-uvicorn baseline.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from fastapi import FastAPI
@@ -39,3 +44,12 @@ class Event(BaseModel):
 @fastapi_app.post("/api/analytics/collect", status_code=202)
 async def collect(event: Event) -> dict[str, int]:
     return {"accepted": 1}
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    from services.http_protocol import OneWriteHttpToolsProtocol
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
+                backlog=2048, http=OneWriteHttpToolsProtocol)

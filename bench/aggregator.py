@@ -80,11 +80,13 @@ async def throughput(settings: Settings) -> dict[str, Any]:
     from libs.kafka import make_producer
     from libs.migrations import apply_clickhouse
     from services.aggregator import MIGRATIONS
+    from services.runner import tune_garbage_collector
 
     ch = await ChdbClickHouse.open(settings.data_dir / "clickhouse")
     await apply_clickhouse(ch, "analytics", MIGRATIONS, {"retention_days": settings.clickhouse_retention_days})
     producer = make_producer(settings, linger_ms=5)
     await producer.start()
+    tune_garbage_collector()  # as `analytics run` does once a service has started
     try:
         rounds = [await one_round(settings, ch, producer, r) for r in range(ROUNDS)]
         stored = (await ch.query("SELECT count() AS n FROM events FINAL WHERE app_id = 'bench-app'"))[0]["n"]

@@ -128,6 +128,8 @@ async def serving(app: Any, **config: Any) -> AsyncIterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off", **config))
     task = asyncio.create_task(server.serve())
     while not server.started:
+        if task.done():
+            task.result()  # it failed to start: say why
         await asyncio.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"

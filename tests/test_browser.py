@@ -15,14 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from libs.embedded.procs import free_port
 from libs.runtime import Stack
-from tests.conftest import PASSWORD, eventually, register_app, signup_login, wait_for_key
+from tests.conftest import PASSWORD, eventually, register_app, serving, signup_login, wait_for_key
 
 try:
     from playwright.async_api import Browser, Page, async_playwright
@@ -44,25 +42,10 @@ PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML,
             "Chrome/131.0.0.0 Mobile Safari/537.36")
 
 
-async def serve(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest.fixture(scope="module")
 async def live_url(stack: Stack) -> AsyncIterator[str]:
     """The whole platform on a real socket (gateway, auth, query, dashboard)."""
-    async for url in serve(stack.app()):
+    async with serving(stack.app()) as url:
         yield url
 
 
@@ -91,7 +74,7 @@ async def site() -> AsyncIterator[dict[str, Any]]:
         return Response(b"%PDF-1.4\n%%EOF\n", media_type="application/pdf")
 
     app = Starlette(routes=[Route("/", page), Route("/pricing", page), Route("/private", page), Route("/files/guide.pdf", pdf)])
-    async for url in serve(app):
+    async with serving(app) as url:
         state["url"] = url
         yield state
 

@@ -117,7 +117,9 @@ class EventConsumer:
         for tp, messages in polled.items():
             CONSUMED.inc(len(messages))
             for message in messages:
-                await self._take(tp, message)
+                poison = self._take(tp, message)
+                if poison is not None:
+                    await self._dead_letter(message, poison)
         await self._reap()
         self._start_write()
         self._apply_backpressure()
@@ -139,20 +141,21 @@ class EventConsumer:
         left = self.settings.aggregator_batch_max_age_ms / 1000 - oldest
         return max(0, min(200, int(left * 1000)))
 
-    async def _take(self, tp: TopicPartition, message: Any) -> None:
+    def _take(self, tp: TopicPartition, message: Any) -> str | None:
+        """Decode one message into its partition's batch; the error when it is poison (for the DLQ).
+        Not a coroutine: it runs once per message, and only poison needs to await anything."""
         batch = self.batches.get(tp.partition)
         if batch is None:
             batch = self.batches[tp.partition] = PartitionBatch(tp.partition, message.offset, self.topic)
+        self.positions[tp.partition] = message.offset + 1
         try:
             table, row = decode(message.value)
         except PoisonMessage as exc:
             batch.add(message.offset, None, None)
-            self.positions[tp.partition] = message.offset + 1
-            await self._dead_letter(message, str(exc))
-            return
+            return str(exc)
         self.recent_bad.append(False)
         batch.add(message.offset, table, row)
-        self.positions[tp.partition] = message.offset + 1
+        return None
 
     # ---- writing --------------------------------------------------------------------------------
     # One insert is in flight at a time, in a task, while the loop goes on polling and decoding the

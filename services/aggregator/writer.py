@@ -23,12 +23,11 @@ Token-only deduplication (the ClickHouse Kafka Connect sink's way) needs the bat
 kept in shared state so that a replay re-forms identical batches; the table engine gives the same
 result for any boundaries, so it is the guarantee, and the token is the cheap fast path.
 
-Known gap (tests/test_aggregator.py, strict xfail): a materialized view over events (the
-events_daily rollup of migration 0002) sees every insert, so a copy that gets past the token (a
-client retry in another batch, a replay cut differently) is counted there. A lookup of the batch's
-event ids before each insert fixes it but, tried, cost 25-40 % of throughput on a day of 600k
-events and collapsed with 20,000-row batches (a large IN set over the sorting key); rollups for
-closed days rebuilt from `events FINAL` are the better way, in the query service's hands.
+Rollups: a materialized view over events (the events_daily rollup) sees every insert, copies
+included, so it cannot count rows: it keeps exact distinct counts of event-id hashes (migration 0003),
+to which a copy adds nothing, and the query service freezes closed days into plain exact counts
+(migration 0004, services/query/frozen.py). A lookup of the batch's event ids before each insert was
+tried instead and cost 25-40 % of throughput on a day of 600k events.
 
 In cluster mode (CLICKHOUSE_CLUSTER, libs/clickhouse/schema.py) the same inserts go to Distributed
 tables, and the client sends every query with `distributed_foreground_insert=1`: the insert returns

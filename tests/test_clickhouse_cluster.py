@@ -101,6 +101,21 @@ def test_every_migration_is_cluster_ready(name: str) -> None:
             assert target and target.group(1).endswith("_local"), f"{name}: view into {target}, {hint}"
 
 
+@pytest.mark.parametrize("name", sorted(rendered(Schema())))
+def test_every_cluster_statement_parses_in_the_clickhouse_engine(name: str) -> None:
+    """The ClickHouse engine itself (chDB's parser, through formatQuery) reads every statement the cluster
+    rendering produces: no syntax error can wait for the first deployment on a real cluster."""
+    import chdb
+
+    for statement in cluster_statements(name):
+        # a String parameter's value is read in the escaped (TSV) form
+        escaped = statement.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+        try:
+            chdb.query("SELECT formatQuery({q:String})", "CSV", params={"q": escaped})
+        except Exception as exc:
+            pytest.fail(f"{name}: ClickHouse cannot parse\n{statement}\n{exc}")
+
+
 def test_the_cluster_schema_shards_events_by_app_and_event_id_and_keeps_the_usual_names() -> None:
     events = cluster_statements("0001_events")
     assert [s.split("\n")[0] for s in events] == [

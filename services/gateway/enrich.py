@@ -142,14 +142,14 @@ def event_time(
 
 
 def base_event(
-    app_id: str, event_id: str | None, received_at: datetime, user_agent: str, ip: str
+    app_id: str, event_id: str, received_at: datetime | None, user_agent: str, ip: str
 ) -> dict[str, Any]:
     """The fields every event gets from the request itself (see `libs.events.EnrichedEvent`)."""
     browser, os_name, device_type = user_agent_facts(user_agent)
     bot = is_bot(user_agent) or device_type == "bot"
     return {
         "schema_version": 1,
-        "event_id": event_id or new_event_id(),
+        "event_id": event_id,
         "app_id": app_id,
         "browser": browser,
         "os": os_name,
@@ -161,6 +161,13 @@ def base_event(
         "flags": [],
         "properties": {},
     }
+
+
+@lru_cache(maxsize=16384)
+def request_template(app_id: str, user_agent: str, ip: str) -> dict[str, Any]:
+    """`base_event` without the per-event fields, cached: a site's visitors send request after request
+    from the same browser and address. Callers copy it and must never change it."""
+    return base_event(app_id, "", None, user_agent, ip)
 
 
 def finalize(event: dict[str, Any], anonymize: bool) -> dict[str, Any]:

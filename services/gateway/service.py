@@ -115,24 +115,23 @@ def split_batch(body: Any, batch_key: str = "events") -> tuple[list[Any], bool]:
 
 def from_collect(ev: CollectEvent, base: dict[str, Any]) -> dict[str, Any]:
     meta = ev.metadata
-    out = dict(base)
-    if ev.url:
-        out.update(enrich.url_facts(ev.url))
     props = dict(ev.properties) if ev.properties else {}
     if meta is not None and meta.model_extra:  # what the client adds beside browser, os and screenSize
         props.update({k: v for k, v in meta.model_extra.items() if v is not None})
-    out.update(
-        type="page" if ev.event in ("pageview", "page_view", "page") else "track",
-        event_name=ev.event,
-        source="collect",
-        user_id=ev.userId or "",
-        session_id=ev.sessionId or "",
-        url=ev.url or "",
-        referrer=ev.referrer or "",
-        referrer_host=enrich.referrer_host(ev.referrer),
-        screen_size=(meta.screenSize or "") if meta is not None else "",
-        properties=props,
-    )
+    out = {
+        **base,
+        **(enrich.url_facts(ev.url) if ev.url else {}),
+        "type": "page" if ev.event in ("pageview", "page_view", "page") else "track",
+        "event_name": ev.event,
+        "source": "collect",
+        "user_id": ev.userId or "",
+        "session_id": ev.sessionId or "",
+        "url": ev.url or "",
+        "referrer": ev.referrer or "",
+        "referrer_host": enrich.referrer_host(ev.referrer),
+        "screen_size": (meta.screenSize or "") if meta is not None else "",
+        "properties": props,
+    }
     # What the client says about itself wins over what its User-Agent suggests.
     if ev.device:
         out["device_type"] = ev.device.lower()
@@ -176,7 +175,7 @@ def from_metric(ev: MetricIn, base: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestFacts:
     """What the request itself says about every event in it."""
 
@@ -184,17 +183,16 @@ class RequestFacts:
     received_at: datetime
     user_agent: str
     ip: str
-
     body_size: int | None = None
-    _template: dict[str, Any] | None = None
 
     def base(self, event_id: str | None) -> dict[str, Any]:
-        """The request's own facts for one event: computed once per request, copied per event."""
-        if self._template is None:
-            self._template = enrich.base_event(self.record.app_id, "", self.received_at, self.user_agent, self.ip)
-        event = dict(self._template)
+        """The request's own facts for one event (a copy of the cached template, plus its own id,
+        arrival time, flags and properties)."""
+        event = dict(enrich.request_template(self.record.app_id, self.user_agent, self.ip))
         event["event_id"] = event_id or enrich.new_event_id()
+        event["received_at"] = self.received_at
         event["flags"] = []
+        event["properties"] = {}
         return event
 
 

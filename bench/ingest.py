@@ -30,7 +30,7 @@ from libs.embedded.procs import free_port
 from libs.settings import Settings
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-CONNECTIONS = 64
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 BATCH_CONNECTIONS = 8
 EVENT = {"event": "page_view", "url": "https://shop.example/p/1?utm_source=news", "device": "mobile",
          "userId": "u-1", "metadata": {"browser": "Firefox", "os": "Linux", "screenSize": "1920x1080"}}

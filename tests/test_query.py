@@ -267,6 +267,21 @@ async def test_events_grouped_by_name_count_events_and_users(client, site) -> No
     ]
 
 
+async def test_filter_values_with_backslashes_tabs_quotes_and_newlines_match_exactly(client) -> None:
+    """A value reaches ClickHouse as a bound parameter and means itself, whatever characters it holds."""
+    app = await register_app(client, await signup_login(client), "odd names")
+    names = ["back\\slash\\n", "tab\there", "quote's \"double\"", "new\nline", "plain"]
+    await send(client, app, [{"event": name, "url": "https://shop.test/", "userId": "u1"} for name in names])
+    await wait_stored(client, app, len(names))
+    for name in names:
+        r = await client.get("/api/analytics/events/count", params={"event_name": name, "start_date": str(D - timedelta(days=30))},
+                             headers={"x-api-key": app["api_key"], **FRESH})
+        assert r.status_code == 200, (name, r.text)
+        assert r.json()["count"] == 1, name
+        r = await client.get("/api/analytics/event-summary", params={"event": name}, headers={"x-api-key": app["api_key"], **FRESH})
+        assert r.status_code == 200 and r.json()["count"] == 1, (name, r.text)
+
+
 async def test_daily_event_series_counts_events_and_users_per_utc_day(client, site) -> None:
     body = await get(client, site, "events/timeseries", interval="day", days=7)
     by_day = {row["bucket"][:10]: row for row in body["series"]}

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
+from clickhouse_connect.driver.binding import escape_str
+
 from libs.clickhouse import (
     OUTPUT_SETTINGS,
     ClickHouseError,
@@ -72,7 +74,7 @@ class ChdbClickHouse:
         from chdb import ChdbError
 
         try:
-            res = self._session.query(sql, "JSONEachRow", params=params or None)
+            res = self._session.query(sql, "JSONEachRow", params=_escaped(params) if params else None)
         except ChdbError as exc:
             raise ClickHouseError(str(exc)) from exc
         return res.bytes() if res is not None else b""
@@ -104,3 +106,9 @@ class ChdbClickHouse:
         self._pool.shutdown(wait=True)
 
 
+def _escaped(params: dict[str, Any]) -> dict[str, Any]:
+    """String values in the escaped text form ClickHouse reads `{name:String}` parameters in, as
+    clickhouse-connect sends them to a server: the same value then means the same on both engines.
+    (Raw, a backslash in a client's filter value started an escape sequence and a tab or a newline
+    made the query fail.)"""
+    return {k: escape_str(v) if isinstance(v, str) else v for k, v in params.items()}

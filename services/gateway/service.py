@@ -44,7 +44,7 @@ def decode_body(raw: bytes, content_encoding: str | None) -> Any:
     """JSON from a plain or gzip/deflate body; 413 past the size limit, 400 when not JSON."""
     if len(raw) > MAX_REQUEST_BYTES:
         raise ApiError(413, f"request body over {MAX_REQUEST_BYTES // 1024} KB; send smaller batches")
-    encoding = (content_encoding or "").lower().strip()
+    encoding = content_encoding.lower().strip() if content_encoding else ""
     if encoding in ("gzip", "deflate"):
         try:
             decomp = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
@@ -114,24 +114,24 @@ def split_batch(body: Any, batch_key: str = "events") -> tuple[list[Any], bool]:
 
 
 def from_collect(ev: CollectEvent, base: dict[str, Any]) -> dict[str, Any]:
+    """The second seed's event, enriched; fills in `base` (a fresh copy per event) and returns it."""
     meta = ev.metadata
     props = dict(ev.properties) if ev.properties else {}
     if meta is not None and meta.model_extra:  # what the client adds beside browser, os and screenSize
         props.update({k: v for k, v in meta.model_extra.items() if v is not None})
-    out = {
-        **base,
-        **(enrich.url_facts(ev.url) if ev.url else {}),
-        "type": "page" if ev.event in ("pageview", "page_view", "page") else "track",
-        "event_name": ev.event,
-        "source": "collect",
-        "user_id": ev.userId or "",
-        "session_id": ev.sessionId or "",
-        "url": ev.url or "",
-        "referrer": ev.referrer or "",
-        "referrer_host": enrich.referrer_host(ev.referrer),
-        "screen_size": (meta.screenSize or "") if meta is not None else "",
-        "properties": props,
-    }
+    out = base
+    if ev.url:
+        out.update(enrich.url_facts(ev.url))
+    out["type"] = "page" if ev.event in ("pageview", "page_view", "page") else "track"
+    out["event_name"] = ev.event
+    out["source"] = "collect"
+    out["user_id"] = ev.userId or ""
+    out["session_id"] = ev.sessionId or ""
+    out["url"] = ev.url or ""
+    out["referrer"] = ev.referrer or ""
+    out["referrer_host"] = enrich.referrer_host(ev.referrer)
+    out["screen_size"] = (meta.screenSize or "") if meta is not None else ""
+    out["properties"] = props
     # What the client says about itself wins over what its User-Agent suggests.
     if ev.device:
         out["device_type"] = ev.device.lower()
@@ -142,7 +142,7 @@ def from_collect(ev: CollectEvent, base: dict[str, Any]) -> dict[str, Any]:
             out["os"] = meta.os
     if ev.ipAddress:
         out["ip"] = ev.ipAddress
-    out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
+    out["timestamp"] = enrich.event_time(ev.timestamp, out["received_at"], out["flags"])
     return out
 
 

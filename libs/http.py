@@ -27,6 +27,18 @@ HTTP_LATENCY = Histogram(
 
 Check = Callable[[], Awaitable[bool]]
 
+_labelled: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label set rather than on every request
+    (prometheus_client's own lookup takes a lock and builds a tuple each time)."""
+    key = (id(metric), labels)
+    found = _labelled.get(key)
+    if found is None:
+        found = _labelled[key] = metric.labels(*labels)
+    return found
+
 
 class DependencyUnavailable(Exception):
     """A backing service is down: answered as 503 with Retry-After, never 500."""
@@ -82,8 +94,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
-            HTTP_LATENCY.labels(self.service, path).observe(elapsed)
+            labelled(HTTP_REQUESTS, self.service, scope["method"], path, str(status)).inc()
+            labelled(HTTP_LATENCY, self.service, path).observe(elapsed)
             if path not in ("/healthz", "/readyz", "/metrics"):
                 log.info(
                     "request", method=scope["method"], path=scope["path"], status=status,

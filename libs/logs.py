@@ -6,14 +6,14 @@ one), Kafka producers copy it into the `request_id` header, and consumers restor
 
 from __future__ import annotations
 
-import itertools
 import logging
-import random
 import sys
 from contextvars import ContextVar
 from typing import Any
 
 import structlog
+
+from libs import ids
 
 REQUEST_ID_HEADER = "x-request-id"
 KAFKA_REQUEST_ID_HEADER = "request_id"
@@ -23,15 +23,8 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _configured = False
 
 
-# A random 80-bit prefix per process and a counter: request ids must be unique, not secret, and the
-# hot path makes one per request (no os.urandom call, not even a PRNG draw).
-_id_prefix = f"{random.SystemRandom().getrandbits(80):020x}"
-_id_counter = itertools.count(random.SystemRandom().getrandbits(32))
-
-
-def new_request_id() -> str:
-    """32 hex characters, unique across processes (a random prefix) and within one (a counter)."""
-    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
+new_request_id = ids.hex32_ids()
+"""32 hex characters, unique across processes and within one (libs/ids.py)."""
 
 
 def _add_request_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -416,6 +417,11 @@ async def test_kafka_down_gives_503_with_retry_after_in_under_a_second(
     assert elapsed < 1.0
 
 
+async def produce_batches(client: httpx.AsyncClient) -> tuple[float, float]:
+    """(record batches handed to Kafka, events in them) so far, from the gateway's /metrics."""
+    text = (await client.get("/metrics")).text
+    found = dict(re.findall(r"^gateway_produce_batch_events_(count|sum) ([0-9.e+]+)$", text, re.M))
+    return float(found.get("count", 0)), float(found.get("sum", 0))
 
 
 async def test_concurrent_requests_share_produce_batches_and_every_event_is_stored_once(
@@ -423,11 +429,15 @@ async def test_concurrent_requests_share_produce_batches_and_every_event_is_stor
 ) -> None:
     name = f"burst_{uuid.uuid4().hex[:8]}"
     key = {"x-api-key": app_keys["write_key"]}
+    batches_before, events_before = await produce_batches(client)
     answers = await asyncio.gather(*[
         client.post("/api/analytics/collect", json={"event": name, "userId": f"u{i}"}, headers=key) for i in range(300)
     ])
     assert [r.status_code for r in answers] == [202] * 300
     assert len({r.json()["event_ids"][0] for r in answers}) == 300
+    batches_after, events_after = await produce_batches(client)
+    assert events_after - events_before == 300
+    assert batches_after - batches_before < 100, "concurrent requests' events should travel in shared record batches"
 
     async def all_stored() -> bool:
         return await count_named(client, app_keys["api_key"], name) == 300

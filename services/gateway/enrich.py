@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import random
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -13,6 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 from crawlerdetect import CrawlerDetect
 from geoip2fast import GeoIP2Fast
 from ua_parser import parse as parse_ua
+
+from libs import ids
 
 MAX_FUTURE = timedelta(days=1)
 _MOBILE_OS = {"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS"}
@@ -48,19 +48,8 @@ def is_bot(user_agent: str) -> bool:
     return bool(user_agent) and bool(_crawlers.isCrawler(user_agent))
 
 
-# Event ids: a random 74-bit prefix per process (from the OS) and a counter, laid out as a version 4
-# UUID. Ids only need to be unique, not secret or unguessable, and a counter costs a fraction of an
-# os.urandom call (or even a PRNG draw) per event on the hot path. Two gateway processes draw the same
-# prefix with odds of 2^-74.
-_seed = random.SystemRandom()
-_id_counter = itertools.count(_seed.getrandbits(32))
-_id_prefix = (f"{_seed.getrandbits(32):08x}-{_seed.getrandbits(16):04x}-4{_seed.getrandbits(12):03x}-"
-              f"{8 | _seed.getrandbits(2):x}{_seed.getrandbits(12):03x}-")
-
-
-def new_event_id() -> str:
-    """A string shaped as a version 4 UUID, unique across events (see above)."""
-    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
+new_event_id = ids.uuid4_shaped_ids()
+"""A string shaped as a version 4 UUID, unique across events (libs/ids.py)."""
 
 
 @lru_cache(maxsize=65536)
@@ -141,15 +130,15 @@ def event_time(
     return ts
 
 
-def base_event(
-    app_id: str, event_id: str, received_at: datetime | None, user_agent: str, ip: str
-) -> dict[str, Any]:
-    """The fields every event gets from the request itself (see `libs.events.EnrichedEvent`)."""
+@lru_cache(maxsize=16384)
+def request_template(app_id: str, user_agent: str, ip: str) -> dict[str, Any]:
+    """The fields every event of a request gets from the request itself (see `libs.events.EnrichedEvent`),
+    without the per-event ones (event_id, received_at, flags, properties). Cached: a site's visitors send
+    request after request from the same browser and address. Callers copy it and never change it."""
     browser, os_name, device_type = user_agent_facts(user_agent)
     bot = is_bot(user_agent) or device_type == "bot"
     return {
         "schema_version": 1,
-        "event_id": event_id,
         "app_id": app_id,
         "browser": browser,
         "os": os_name,
@@ -157,17 +146,7 @@ def base_event(
         "user_agent": user_agent[:1000],
         "ip": ip,
         "is_bot": bot,
-        "received_at": received_at,
-        "flags": [],
-        "properties": {},
     }
-
-
-@lru_cache(maxsize=16384)
-def request_template(app_id: str, user_agent: str, ip: str) -> dict[str, Any]:
-    """`base_event` without the per-event fields, cached: a site's visitors send request after request
-    from the same browser and address. Callers copy it and must never change it."""
-    return base_event(app_id, "", None, user_agent, ip)
 
 
 def finalize(event: dict[str, Any], anonymize: bool) -> dict[str, Any]:

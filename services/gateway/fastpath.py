@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable
+from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable, labelled
 from libs.logs import get_logger, new_request_id, request_id_var
 from services.gateway import service as ingest
 from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
@@ -44,7 +44,6 @@ class IngestFastPath:
         self.app = app
         self.ingestor = ingestor
         self.service = service
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -82,19 +81,8 @@ class IngestFastPath:
                         *(_CORS if "origin" in headers else ()), *extra],
         })
         await send({"type": "http.response.body", "body": body})
-        counter, latency = self._metrics(path, status)
-        counter.inc()
-        latency.observe(time.perf_counter() - start)
-
-    def _metrics(self, path: str, status: int) -> tuple[Any, Any]:
-        """The labelled metric children, looked up once per (path, status) rather than per request."""
-        found = self._children.get((path, status))
-        if found is None:
-            found = self._children[(path, status)] = (
-                HTTP_REQUESTS.labels(self.service, "POST", path, str(status)),
-                HTTP_LATENCY.labels(self.service, path),
-            )
-        return found
+        labelled(HTTP_REQUESTS, self.service, "POST", path, str(status)).inc()
+        labelled(HTTP_LATENCY, self.service, path).observe(time.perf_counter() - start)
 
 
 async def handle_ingest(

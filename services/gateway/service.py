@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
 from libs.clientip import TrustedProxies
-from libs.http import ApiError, DependencyUnavailable
+from libs.http import ApiError, DependencyUnavailable, labelled
 from libs.kafka import EVENTS_TOPIC
 from libs.logs import get_logger, kafka_headers
 from libs.settings import Settings
@@ -240,7 +240,7 @@ class Ingestor:
         self.check_rate(facts.record)
         good, bad = validate_items(model, items, facts.body_size)
         if bad:
-            _child(EVENTS_REJECTED, route).inc(len(bad))
+            labelled(EVENTS_REJECTED, route).inc(len(bad))
         if not good:
             raise ApiError(422, bad if is_batch else bad[0]["errors"])
         events = []
@@ -252,19 +252,8 @@ class Ingestor:
             events.append(event)
         if events:
             await self.publisher.publish(facts.record.app_id, events)
-        _child(EVENTS_ACCEPTED, route).inc(len(events))
+        labelled(EVENTS_ACCEPTED, route).inc(len(events))
         return events, bad
-
-
-_children: dict[tuple[int, str], Any] = {}
-
-
-def _child(metric: Counter, route: str) -> Any:
-    """`metric.labels(route)`, looked up once per route instead of per request."""
-    found = _children.get((id(metric), route))
-    if found is None:
-        found = _children[(id(metric), route)] = metric.labels(route)
-    return found
 
 
 class Publisher:

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,12 +18,6 @@ from libs.kafka import KafkaUnavailable
 from libs.logs import REQUEST_ID_HEADER, get_logger, new_request_id, request_id_var
 
 log = get_logger("http")
-
-HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
-HTTP_LATENCY = Histogram(
-    "http_request_duration_seconds", "HTTP request latency", ["service", "route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -38,6 +32,53 @@ def labelled(metric: Any, *labels: str) -> Any:
     if found is None:
         found = _labelled[key] = metric.labels(*labels)
     return found
+
+
+class Tally:
+    """Counter increments gathered in a plain dict and added to their Prometheus counters whenever
+    metrics are collected (`/metrics`, `REGISTRY.get_sample_value`), so readers never see them late.
+
+    For hot paths: prometheus_client takes a lock and checks the metric on every `inc` (about 0.4 µs),
+    a noticeable share of a single-event ingest request; a dict update costs a quarter of that."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+        _TALLIES.append(self)
+
+    def inc(self, metric: Any, labels: tuple[str, ...], amount: float = 1) -> None:
+        key = (metric, labels)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + amount
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        for (metric, labels), amount in counts.items():
+            labelled(metric, *labels).inc(amount)
+
+
+_TALLIES: list[Tally] = []
+
+
+class _FlushTallies:
+    """Registered before any tallied metric, so the registry flushes the tallies before it collects
+    them (collectors are collected in the order they were registered)."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        for tally in _TALLIES:
+            tally.flush()
+        return []
+
+
+REGISTRY.register(_FlushTallies())  # type: ignore[arg-type]
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds", "HTTP request latency", ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 
 class DependencyUnavailable(Exception):

@@ -31,6 +31,7 @@ SEED_ROUTES: dict[str, tuple[Any, Any, str]] = {
 }
 SEGMENT_PATHS = {"/v1/track", "/v1/page", "/v1/screen", "/v1/identify", "/v1/group", "/v1/alias", "/v1/batch"}
 _JSON = (b"content-type", b"application/json")
+_STATUS = {code: str(code) for code in (200, 202, 400, 401, 403, 413, 415, 422, 429, 500, 503)}
 # Answers to browsers (requests with an Origin) carry the CORS headers; servers' requests need none.
 _CORS = [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", b"X-Request-ID, Retry-After")]
 # The request headers the ingest path reads; others are not even decoded.
@@ -60,7 +61,9 @@ class IngestFastPath:
         try:
             raw = await _read_body(receive)
             peer = scope["client"][0] if scope.get("client") else "unknown"
-            status, payload = await handle_ingest(self.ingestor(), path, peer, headers, raw)
+            gate = self.ingestor()
+            status, pending, payload = start_ingest(gate, path, peer, headers, raw)
+            await gate.publisher.acknowledged(pending)
             body = orjson.dumps(payload)
         except ApiError as exc:
             status, body = exc.status, orjson.dumps({"detail": exc.detail})
@@ -81,15 +84,26 @@ class IngestFastPath:
                         *(_CORS if "origin" in headers else ()), *extra],
         })
         await send({"type": "http.response.body", "body": body})
-        labelled(HTTP_REQUESTS, self.service, "POST", path, str(status)).inc()
+        ingest.TALLY.inc(HTTP_REQUESTS, (self.service, "POST", path, _STATUS.get(status) or str(status)))
         labelled(HTTP_LATENCY, self.service, path).observe(time.perf_counter() - start)
 
 
 async def handle_ingest(
     gate: ingest.Ingestor, path: str, peer: str, headers: Mapping[str, str], raw: bytes
 ) -> tuple[int, Any]:
-    """(status, JSON payload) for a POST to an ingest route: the one implementation behind both the
-    fast path and the documented FastAPI routes. Raises ApiError / DependencyUnavailable."""
+    """(status, JSON payload) for a POST to an ingest route once Kafka acknowledged its events: the
+    one implementation behind both the fast path and the documented FastAPI routes. Raises ApiError /
+    DependencyUnavailable."""
+    status, pending, payload = start_ingest(gate, path, peer, headers, raw)
+    await gate.publisher.acknowledged(pending)
+    return status, payload
+
+
+def start_ingest(
+    gate: ingest.Ingestor, path: str, peer: str, headers: Mapping[str, str], raw: bytes
+) -> tuple[int, ingest.Pending, dict[str, Any]]:
+    """Everything up to handing the events to the publisher: (status, pending events, the answer to
+    send once they are acknowledged). Raises ApiError / DependencyUnavailable."""
     body = ingest.decode_body(raw, headers.get("content-encoding"))
     if path in SEED_ROUTES:
         model, convert, route = SEED_ROUTES[path]
@@ -97,8 +111,10 @@ async def handle_ingest(
         items, is_batch = ingest.split_batch(body)
         facts = gate.facts(record, peer, headers)
         facts.body_size = len(raw)
-        events, bad = await gate.ingest(facts, items, is_batch, model, convert, route)
-        return 202, {"accepted": len(events), "event_ids": [e["event_id"] for e in events], "errors": bad}
+        pending = gate.accept(facts, items, is_batch, model, convert, route)
+        events = pending.events
+        return 202, pending, {"accepted": len(events), "event_ids": [e["event_id"] for e in events],
+                              "errors": pending.errors}
     if not isinstance(body, dict):
         raise ApiError(400, "send a JSON object")
     key = basic_auth_user(headers.get("authorization")) or body.get("writeKey")
@@ -108,10 +124,10 @@ async def handle_ingest(
     sent_at = parse_time(body.get("sentAt"))
     facts = gate.facts(record, peer, headers)
     facts.body_size = len(raw)
-    events, bad = await gate.ingest(
+    pending = gate.accept(
         facts, items, is_batch, SegmentMessage, lambda msg, base: from_segment(msg, base, sent_at), "segment"
     )
-    return 200, {"success": True, "accepted": len(events), "errors": bad}
+    return 200, pending, {"success": True, "accepted": len(pending.events), "errors": pending.errors}
 
 
 def _headers(scope: Scope) -> dict[str, str]:

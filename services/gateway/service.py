@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
 from libs.clientip import TrustedProxies
-from libs.http import ApiError, DependencyUnavailable, labelled
+from libs.http import ApiError, DependencyUnavailable, Tally, labelled
 from libs.kafka import EVENTS_TOPIC
 from libs.logs import get_logger, kafka_headers
 from libs.settings import Settings
@@ -38,6 +38,7 @@ EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Events refused at va
 PUBLISH_FAILURES = Counter("gateway_publish_failures_total", "Requests answered 503 because Kafka did not ack")
 RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests answered 429")
 BOTS_DROPPED = Counter("gateway_bot_events_dropped_total", "Bot events dropped (BOT_POLICY=drop)")
+TALLY = Tally()  # the per-request counters of the ingest path
 
 
 def decode_body(raw: bytes, content_encoding: str | None) -> Any:
@@ -227,7 +228,7 @@ class Ingestor:
                 {"Retry-After": str(retry_after)},
             )
 
-    async def ingest(
+    def accept(
         self,
         facts: RequestFacts,
         items: Sequence[Any],
@@ -235,8 +236,9 @@ class Ingestor:
         model: type[BaseModel],
         convert: Callable[[Any, dict[str, Any]], dict[str, Any]],
         route: str,
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Publish the valid items; returns (published events, per-index errors). 422 if none is valid."""
+    ) -> Pending:
+        """Validate, enrich and hand the valid items to the publisher, without waiting: the caller
+        awaits `Publisher.acknowledged(pending)` before answering. 422 if no item is valid."""
         self.check_rate(facts.record)
         good, bad = validate_items(model, items, facts.body_size)
         if bad:
@@ -250,30 +252,50 @@ class Ingestor:
                 BOTS_DROPPED.inc()
                 continue
             events.append(event)
-        if events:
-            await self.publisher.publish(facts.record.app_id, events)
-        labelled(EVENTS_ACCEPTED, route).inc(len(events))
-        return events, bad
+        waiters = self.publisher.append(facts.record.app_id, events) if events else []
+        return Pending(events, bad, waiters, route)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request's accepted events, handed to the publisher and not yet acknowledged."""
+
+    events: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    waiters: list[Any]
+    route: str
 
 
 class Publisher:
-    """The gateway's side of `analytics.events.v1`: publish a request's events and wait for the ack."""
+    """The gateway's side of `analytics.events.v1`: hand a request's events over, then wait for the ack."""
 
     def __init__(self, producer: Callable[[], AIOKafkaProducer]) -> None:
         self.batches = CoalescingPublisher(producer, EVENTS_TOPIC, ACK_TIMEOUT_S)
 
-    async def publish(self, app_id: str, events: list[dict[str, Any]]) -> None:
-        """Hand every event to Kafka and wait until all are acknowledged, or raise 503 (within
-        ACK_TIMEOUT_S: the batch deadline starts when its first event arrives)."""
+    def append(self, app_id: str, events: list[dict[str, Any]]) -> list[Any]:
+        """Add the events to their partition's open batch; the futures resolve on the broker's ack."""
         key = app_id.encode()
         try:
             # Every event of a request has the same key, hence the same partition.
-            waiters = self.batches.append(
+            return self.batches.append(
                 self.batches.partition(key), key, [orjson.dumps(ev) for ev in events], kafka_headers()
             )
-            for waiter in waiters:
+        except (KafkaError, Backpressure) as exc:
+            raise _unavailable(exc, len(events)) from exc
+
+    @staticmethod
+    async def acknowledged(pending: Pending) -> None:
+        """Wait until Kafka acknowledged every event of the request, or raise 503 (within
+        ACK_TIMEOUT_S: the batch deadline starts when its first event arrives)."""
+        try:
+            for waiter in pending.waiters:
                 await waiter
         except (TimeoutError, KafkaError, Backpressure) as exc:
-            PUBLISH_FAILURES.inc()
-            log.warning("kafka did not acknowledge in time; answering 503", error=repr(exc), events=len(events))
-            raise DependencyUnavailable("the event bus (Kafka)", retry_after=2) from exc
+            raise _unavailable(exc, len(pending.events)) from exc
+        TALLY.inc(EVENTS_ACCEPTED, (pending.route,), len(pending.events))
+
+
+def _unavailable(exc: BaseException, events: int) -> DependencyUnavailable:
+    PUBLISH_FAILURES.inc()
+    log.warning("kafka did not acknowledge in time; answering 503", error=repr(exc), events=events)
+    return DependencyUnavailable("the event bus (Kafka)", retry_after=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,14 +36,18 @@ def labelled(metric: Any, *labels: str) -> Any:
 
 
 class Tally:
-    """Counter increments gathered in a plain dict and added to their Prometheus counters whenever
-    metrics are collected (`/metrics`, `REGISTRY.get_sample_value`), so readers never see them late.
+    """Counter increments and histogram observations gathered in plain dicts and added to their
+    Prometheus metrics whenever metrics are collected (`/metrics`, `REGISTRY.get_sample_value`), so
+    readers never see them late.
 
-    For hot paths: prometheus_client takes a lock and checks the metric on every `inc` (about 0.4 µs),
-    a noticeable share of a single-event ingest request; a dict update costs a quarter of that."""
+    For hot paths: prometheus_client takes a lock and checks the metric on every `inc` (about 0.4 µs)
+    and walks the buckets on every `observe` (0.7 µs), a noticeable share of a single-event ingest
+    request; a dict update and a bisect cost a fraction of that."""
 
     def __init__(self) -> None:
         self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+        # (histogram, labels) -> [sum, count in bucket 0, count in bucket 1, ...]
+        self._observed: dict[tuple[Any, tuple[str, ...]], list[float]] = {}
         _TALLIES.append(self)
 
     def inc(self, metric: Any, labels: tuple[str, ...], amount: float = 1) -> None:
@@ -50,10 +55,26 @@ class Tally:
         counts = self._counts
         counts[key] = counts.get(key, 0) + amount
 
+    def observe(self, histogram: Any, labels: tuple[str, ...], value: float) -> None:
+        key = (histogram, labels)
+        slots = self._observed.get(key)
+        if slots is None:
+            slots = self._observed[key] = [0.0] * (len(histogram._upper_bounds) + 1)
+        slots[0] += value
+        slots[1 + bisect_left(histogram._upper_bounds, value)] += 1  # the first bound >= value, as observe()
+
     def flush(self) -> None:
         counts, self._counts = self._counts, {}
         for (metric, labels), amount in counts.items():
             labelled(metric, *labels).inc(amount)
+        observed, self._observed = self._observed, {}
+        for (histogram, labels), slots in observed.items():
+            # What `observe` does value by value (prometheus_client has no call that adds many at once).
+            child = labelled(histogram, *labels)
+            child._sum.inc(slots[0])
+            for bucket, count in zip(child._buckets, slots[1:], strict=True):
+                if count:
+                    bucket.inc(count)
 
 
 _TALLIES: list[Tally] = []

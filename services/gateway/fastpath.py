@@ -16,18 +16,18 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable, labelled
+from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable
 from libs.logs import get_logger, new_request_id, request_id_var
 from services.gateway import service as ingest
-from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
+from services.gateway.schemas import COLLECT_EVENT, MetricIn, SeedEvent
 from services.gateway.segment import SegmentMessage, basic_auth_user, from_segment, parse_time, segment_items
 
 log = get_logger(__name__)
 
 SEED_ROUTES: dict[str, tuple[Any, Any, str]] = {
-    "/api/analytics/collect": (CollectEvent, ingest.from_collect, "collect"),
-    "/api/analytics/events": (SeedEvent, ingest.from_seed_event, "events"),
-    "/api/analytics/metrics": (MetricIn, ingest.from_metric, "metrics"),
+    "/api/analytics/collect": (COLLECT_EVENT.validate_python, ingest.from_collect, "collect"),
+    "/api/analytics/events": (SeedEvent.model_validate, ingest.from_seed_event, "events"),
+    "/api/analytics/metrics": (MetricIn.model_validate, ingest.from_metric, "metrics"),
 }
 SEGMENT_PATHS = {"/v1/track", "/v1/page", "/v1/screen", "/v1/identify", "/v1/group", "/v1/alias", "/v1/batch"}
 _JSON = (b"content-type", b"application/json")
@@ -85,7 +85,7 @@ class IngestFastPath:
         })
         await send({"type": "http.response.body", "body": body})
         ingest.TALLY.inc(HTTP_REQUESTS, (self.service, "POST", path, _STATUS.get(status) or str(status)))
-        labelled(HTTP_LATENCY, self.service, path).observe(time.perf_counter() - start)
+        ingest.TALLY.observe(HTTP_LATENCY, (self.service, path), time.perf_counter() - start)
 
 
 async def handle_ingest(
@@ -106,12 +106,12 @@ def start_ingest(
     send once they are acknowledged). Raises ApiError / DependencyUnavailable."""
     body = ingest.decode_body(raw, headers.get("content-encoding"))
     if path in SEED_ROUTES:
-        model, convert, route = SEED_ROUTES[path]
+        validate, convert, route = SEED_ROUTES[path]
         record = ingest.authenticate(gate.keys, headers.get("x-api-key"))
         items, is_batch = ingest.split_batch(body)
         facts = gate.facts(record, peer, headers)
         facts.body_size = len(raw)
-        pending = gate.accept(facts, items, is_batch, model, convert, route)
+        pending = gate.accept(facts, items, is_batch, validate, convert, route)
         events = pending.events
         return 202, pending, {"accepted": len(events), "event_ids": [e["event_id"] for e in events],
                               "errors": pending.errors}
@@ -125,7 +125,8 @@ def start_ingest(
     facts = gate.facts(record, peer, headers)
     facts.body_size = len(raw)
     pending = gate.accept(
-        facts, items, is_batch, SegmentMessage, lambda msg, base: from_segment(msg, base, sent_at), "segment"
+        facts, items, is_batch, SegmentMessage.model_validate,
+        lambda msg, facts: from_segment(msg, facts.base(msg.messageId), sent_at), "segment",
     )
     return 200, pending, {"success": True, "accepted": len(pending.events), "errors": pending.errors}
 

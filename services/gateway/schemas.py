@@ -3,36 +3,46 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Required
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
+from typing_extensions import TypedDict
+
+Text40 = Annotated[str | None, Field(max_length=40)]
+Text64 = Annotated[str | None, Field(max_length=64)]
+Text128 = Annotated[str | None, Field(max_length=128)]
+Text200 = Annotated[str | None, Field(max_length=200)]
+Text4096 = Annotated[str | None, Field(max_length=4096)]
 
 
-class CollectMetadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    browser: str | None = Field(default=None, max_length=200)
-    os: str | None = Field(default=None, max_length=200)
-    screenSize: str | None = Field(default=None, max_length=40)
+# The second seed's event is validated into a plain dict (a TypedDict): the most frequent request of
+# all, and pydantic validates a TypedDict in half the time it takes to build the two model instances
+# (about 0.9 µs against 1.7 µs). Same validation, same error messages.
+@with_config(ConfigDict(extra="allow"))
+class CollectMetadata(TypedDict, total=False):
+    browser: Text200
+    os: Text200
+    screenSize: Text40
 
 
-class CollectEvent(BaseModel):
+@with_config(ConfigDict(extra="forbid"))
+class CollectEvent(TypedDict, total=False):
     """The second seed's event (`POST /api/analytics/collect`)."""
 
-    model_config = ConfigDict(extra="forbid")
-    event: str = Field(min_length=1, max_length=200, examples=["login_form_cta_click"])
-    url: str | None = Field(default=None, max_length=4096, examples=["https://example.com/page"])
-    referrer: str | None = Field(default=None, max_length=4096, examples=["https://google.com"])
-    device: str | None = Field(default=None, max_length=40, examples=["mobile"])
-    ipAddress: str | None = Field(default=None, max_length=64)
-    timestamp: datetime | None = None
-    metadata: CollectMetadata | None = None
-    userId: str | None = Field(default=None, max_length=200)
-    sessionId: str | None = Field(default=None, max_length=200)
-    event_id: str | None = Field(default=None, max_length=128, description="idempotency key for retries")
-    properties: dict[str, Any] | None = None
+    event: Required[Annotated[str, Field(min_length=1, max_length=200)]]  # "login_form_cta_click"
+    url: Text4096
+    referrer: Text4096
+    device: Text40  # "mobile", "desktop", "tablet"
+    ipAddress: Text64
+    timestamp: datetime | None
+    metadata: CollectMetadata | None
+    userId: Text200
+    sessionId: Text200
+    event_id: Text128  # idempotency key for retries
+    properties: dict[str, Any] | None
 
-    def client_event_id(self) -> str | None:
-        return self.event_id
+
+COLLECT_EVENT = TypeAdapter(CollectEvent)
 
 
 class SeedEvent(BaseModel):
@@ -48,9 +58,6 @@ class SeedEvent(BaseModel):
     timestamp: datetime | None = None
     event_id: str | None = Field(default=None, max_length=128)
 
-    def client_event_id(self) -> str | None:
-        return self.event_id
-
 
 class MetricIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -60,9 +67,6 @@ class MetricIn(BaseModel):
     tags: dict[str, str] | None = None
     timestamp: datetime | None = None
     event_id: str | None = Field(default=None, max_length=128)
-
-    def client_event_id(self) -> str | None:
-        return self.event_id
 
 
 class Accepted(BaseModel):

@@ -42,9 +42,6 @@ class SegmentMessage(BaseModel):
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
 
-    def client_event_id(self) -> str | None:
-        return self.messageId
-
     @field_validator("userId", "anonymousId", "groupId", "previousId", mode="before")
     @classmethod
     def _ids_as_text(cls, value: Any) -> Any:

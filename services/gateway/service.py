@@ -13,7 +13,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
 from libs.clientip import TrustedProxies
@@ -77,10 +77,13 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
+Validate = Callable[[Any], Any]  # a schema's validation: the validated event, or ValidationError
+
+
 def validate_items(
-    model: type[BaseModel], items: Sequence[Any], body_size: int | None = None
+    validate: Validate, items: Sequence[Any], body_size: int | None = None
 ) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
-    """Valid (index, model) pairs and per-index errors; events over 32 KB are refused by index too.
+    """Valid (index, validated event) pairs and per-index errors; events over 32 KB are refused by index too.
 
     `body_size`, when known and at most 32 KB, spares measuring each event: none can be larger."""
     good: list[tuple[int, Any]] = []
@@ -94,7 +97,7 @@ def validate_items(
             bad.append({"index": index, "errors": [{"msg": f"event over {MAX_EVENT_BYTES // 1024} KB"}]})
             continue
         try:
-            good.append((index, model.model_validate(item)))
+            good.append((index, validate(item)))
         except ValidationError as exc:
             bad.append({"index": index, "errors": _errors(exc)})
     return good, bad
@@ -114,41 +117,48 @@ def split_batch(body: Any, batch_key: str = "events") -> tuple[list[Any], bool]:
     raise ApiError(400, 'send one event object, or {"events": [...]}')
 
 
-def from_collect(ev: CollectEvent, base: dict[str, Any]) -> dict[str, Any]:
-    """The second seed's event, enriched; fills in `base` (a fresh copy per event) and returns it."""
-    meta = ev.metadata
-    props = dict(ev.properties) if ev.properties else {}
-    if meta is not None and meta.model_extra:  # what the client adds beside browser, os and screenSize
-        props.update({k: v for k, v in meta.model_extra.items() if v is not None})
-    out = base
-    if ev.url:
-        out.update(enrich.url_facts(ev.url))
-    out["type"] = "page" if ev.event in ("pageview", "page_view", "page") else "track"
-    out["event_name"] = ev.event
+_META_FIELDS = frozenset({"browser", "os", "screenSize"})
+
+
+def from_collect(ev: CollectEvent, facts: RequestFacts) -> dict[str, Any]:
+    """The second seed's event (validated into a dict, see schemas.CollectEvent), enriched."""
+    get = ev.get
+    out = facts.base(get("event_id"))
+    meta = get("metadata") or {}
+    props = dict(ev["properties"]) if get("properties") else {}
+    if len(meta) > len(_META_FIELDS & meta.keys()):  # what the client adds beside browser, os and screenSize
+        props.update({k: v for k, v in meta.items() if k not in _META_FIELDS and v is not None})
+    url = get("url")
+    if url:
+        out.update(enrich.url_facts(url))
+    name = ev["event"]
+    out["type"] = "page" if name in ("pageview", "page_view", "page") else "track"
+    out["event_name"] = name
     out["source"] = "collect"
-    out["user_id"] = ev.userId or ""
-    out["session_id"] = ev.sessionId or ""
-    out["url"] = ev.url or ""
-    out["referrer"] = ev.referrer or ""
-    out["referrer_host"] = enrich.referrer_host(ev.referrer)
-    out["screen_size"] = (meta.screenSize or "") if meta is not None else ""
+    out["user_id"] = get("userId") or ""
+    out["session_id"] = get("sessionId") or ""
+    out["url"] = url or ""
+    referrer = get("referrer")
+    out["referrer"] = referrer or ""
+    out["referrer_host"] = enrich.referrer_host(referrer)
+    out["screen_size"] = meta.get("screenSize") or ""
     out["properties"] = props
     # What the client says about itself wins over what its User-Agent suggests.
-    if ev.device:
-        out["device_type"] = ev.device.lower()
-    if meta is not None:
-        if meta.browser:
-            out["browser"] = meta.browser
-        if meta.os:
-            out["os"] = meta.os
-    if ev.ipAddress:
-        out["ip"] = ev.ipAddress
-    out["timestamp"] = enrich.event_time(ev.timestamp, out["received_at"], out["flags"])
+    device = get("device")
+    if device:
+        out["device_type"] = device.lower()
+    if meta.get("browser"):
+        out["browser"] = meta["browser"]
+    if meta.get("os"):
+        out["os"] = meta["os"]
+    if get("ipAddress"):
+        out["ip"] = ev["ipAddress"]
+    out["timestamp"] = enrich.event_time(get("timestamp"), out["received_at"], out["flags"])
     return out
 
 
-def from_seed_event(ev: SeedEvent, base: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+def from_seed_event(ev: SeedEvent, facts: RequestFacts) -> dict[str, Any]:
+    out = facts.base(ev.event_id)
     out.update(
         type="track",
         event_name=ev.event_name,
@@ -158,12 +168,12 @@ def from_seed_event(ev: SeedEvent, base: dict[str, Any]) -> dict[str, Any]:
         session_id=ev.session_id or "",
         properties=ev.metadata or {},
     )
-    out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
+    out["timestamp"] = enrich.event_time(ev.timestamp, out["received_at"], out["flags"])
     return out
 
 
-def from_metric(ev: MetricIn, base: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+def from_metric(ev: MetricIn, facts: RequestFacts) -> dict[str, Any]:
+    out = facts.base(ev.event_id)
     out.update(
         type="metric",
         event_name=ev.metric_name,
@@ -172,7 +182,7 @@ def from_metric(ev: MetricIn, base: dict[str, Any]) -> dict[str, Any]:
         metric_unit=ev.unit or "",
         properties=dict(ev.tags or {}),
     )
-    out["timestamp"] = enrich.event_time(ev.timestamp, base["received_at"], out["flags"])
+    out["timestamp"] = enrich.event_time(ev.timestamp, out["received_at"], out["flags"])
     return out
 
 
@@ -233,21 +243,21 @@ class Ingestor:
         facts: RequestFacts,
         items: Sequence[Any],
         is_batch: bool,
-        model: type[BaseModel],
-        convert: Callable[[Any, dict[str, Any]], dict[str, Any]],
+        validate: Validate,
+        convert: Callable[[Any, RequestFacts], dict[str, Any]],
         route: str,
     ) -> Pending:
         """Validate, enrich and hand the valid items to the publisher, without waiting: the caller
         awaits `Publisher.acknowledged(pending)` before answering. 422 if no item is valid."""
         self.check_rate(facts.record)
-        good, bad = validate_items(model, items, facts.body_size)
+        good, bad = validate_items(validate, items, facts.body_size)
         if bad:
             labelled(EVENTS_REJECTED, route).inc(len(bad))
         if not good:
             raise ApiError(422, bad if is_batch else bad[0]["errors"])
         events = []
         for _, item in good:
-            event = enrich.finalize(convert(item, facts.base(item.client_event_id())), self.settings.ip_anonymize)
+            event = enrich.finalize(convert(item, facts), self.settings.ip_anonymize)
             if event["is_bot"] and self.settings.bot_policy == "drop":
                 BOTS_DROPPED.inc()
                 continue

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable
 from libs.logs import get_logger, new_request_id, request_id_var
@@ -59,7 +59,11 @@ class IngestFastPath:
         token = request_id_var.set(rid)
         status, body, extra = 500, b"", []
         try:
-            raw = await _read_body(receive)
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body"):
+                raw = message.get("body", b"")  # the whole body in one message, as nearly always (size checked later)
+            else:
+                raw = await _read_body(receive, message)
             peer = scope["client"][0] if scope.get("client") else "unknown"
             gate = self.ingestor()
             status, pending, payload = start_ingest(gate, path, peer, headers, raw)
@@ -135,11 +139,11 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in _READ_HEADERS}
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, message: Message) -> bytes:
+    """The rest of a body sent in several messages, `message` being the first."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ApiError(400, "client disconnected")
         chunk = message.get("body", b"")
@@ -149,3 +153,4 @@ async def _read_body(receive: Receive) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        message = await receive()

@@ -1,11 +1,11 @@
 """Hand events to Kafka and tell each request when its events are acknowledged.
 
 Concurrent requests' events share record batches: an event is appended to the open batch of its
-partition (aiokafka's C record-batch builder, about a microsecond) and the request waits on a plain
-future. Batches go to the partition's leader as produce requests of their own (aiokafka's client
-and connection: its version negotiation, framing and metadata), `max_in_flight` at a time per
-partition. So a request costs an append and a future, not aiokafka's per-message `send()`
-bookkeeping, and under load each produce request carries the events of every request that arrived
+partition (aiokafka's C record-batch builder, about a microsecond) and the request awaits that
+batch's future, shared by every request in it. Batches go to the partition's leader as produce
+requests of their own (aiokafka's client and connection: its version negotiation, framing and
+metadata), `max_in_flight` at a time per partition. So a request costs an append and an await, not
+aiokafka's per-message `send()` bookkeeping, and under load each produce request carries the events of every request that arrived
 while the previous one was in flight (natural batching: no linger, no added latency when idle).
 
 Why not the producer's own `send_batch`: a batch it acknowledges reaches the next one only after
@@ -67,13 +67,13 @@ def _new_builder() -> Any:
 
 
 class _Batch:
-    """An open record batch of one partition and the futures of the requests waiting on it."""
+    """An open record batch of one partition; every request with an event in it awaits `acked`."""
 
-    __slots__ = ("builder", "count", "deadline", "handed_over", "size", "timer", "waiters")
+    __slots__ = ("acked", "builder", "count", "deadline", "handed_over", "size", "timer")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, acked: asyncio.Future[None]) -> None:
         self.builder = _new_builder()
-        self.waiters: list[asyncio.Future[None]] = []
+        self.acked = acked
         self.size = 0
         self.count = 0
         self.deadline = deadline
@@ -87,13 +87,11 @@ class _Batch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        for waiter in self.waiters:
-            if not waiter.done():
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
-        self.waiters = []
+        if not self.acked.done():
+            if error is None:
+                self.acked.set_result(None)
+            else:
+                self.acked.set_exception(error)
 
 
 class _Partition:
@@ -175,11 +173,9 @@ class CoalescingPublisher:
                 batch = self._open(part, loop)
                 if not batch.add(key, value, headers):
                     raise ValueError("an event larger than a record batch")
-            if batch is not joined:  # one future per batch the request has events in
+            if batch is not joined:  # the futures of the batches the request has events in
                 joined = batch
-                waiter = loop.create_future()
-                batch.waiters.append(waiter)
-                waiters.append(waiter)
+                waiters.append(batch.acked)
             batch.size += len(value)
             batch.count += 1
             part.pending_bytes += len(value)
@@ -191,7 +187,7 @@ class CoalescingPublisher:
         return waiters
 
     def _open(self, part: _Partition, loop: asyncio.AbstractEventLoop) -> _Batch:
-        batch = _Batch(time.monotonic() + self.ack_timeout_s)
+        batch = _Batch(time.monotonic() + self.ack_timeout_s, loop.create_future())
         batch.timer = loop.call_later(self.ack_timeout_s, self._expire, part, batch)
         part.queue.append(batch)
         return batch

@@ -45,6 +45,9 @@ class _OneWritePerTurn:
         self._flush()
         self._transport.close()
 
+    def is_closing(self) -> bool:  # uvicorn asks after every response: spare it the __getattr__ detour
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(len(c) for c in self._chunks)
 

@@ -503,3 +503,27 @@ async def test_a_stalled_partition_refuses_new_events_at_once_past_its_backlog_b
     finally:
         broker.stop()
         await producer.stop()
+
+
+async def test_a_batch_for_a_partition_without_a_leader_is_retried_until_its_deadline_then_fails(
+    engines: Settings,
+) -> None:
+    from libs.kafka import EVENTS_TOPIC, make_producer
+    from services.gateway.publisher import CoalescingPublisher
+
+    producer = make_producer(engines)
+    await producer.start()
+    try:
+        batches = CoalescingPublisher(lambda: producer, EVENTS_TOPIC, ack_timeout_s=0.5)
+        await batches.ensure_metadata()
+        started = time.monotonic()
+        with pytest.raises((TimeoutError, KafkaError)):
+            await asyncio.gather(*batches.append(99, b"app", [b"lost"], []))  # the topic has no partition 99
+        elapsed = time.monotonic() - started
+        assert 0.4 <= elapsed < 1.0, f"retried for {elapsed:.2f}s: it should keep trying until the 0.5 s deadline"
+        # The other partitions are not held up by it.
+        await asyncio.wait_for(asyncio.gather(*batches.append(batches.partition(b"app"), b"app", [b"ok"], [])), 5)
+        await batches.close()
+    finally:
+        await producer.stop()
+

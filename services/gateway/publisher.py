@@ -217,14 +217,16 @@ class CoalescingPublisher:
             task.add_done_callback(self._sends.discard)
 
     async def _produce(self, partition: int, part: _Partition, batch: _Batch) -> None:
-        error: BaseException | None = None
+        # Anything but an acknowledgement fails the batch's requests (503), a cancellation by close() too.
+        error: BaseException | None = KafkaError("the gateway stopped before Kafka acknowledged")
         try:
             await self._send(partition, batch)
-        except (TimeoutError, KafkaError, OSError) as exc:
+            error = None
+        except (TimeoutError, KafkaError) as exc:
             error = exc
-        except asyncio.CancelledError as exc:
-            error = exc
-            raise
+        except Exception as exc:  # noqa: BLE001 - a broken connection, or a bug: never an acknowledgement
+            log.warning("producing a batch failed", error=repr(exc), partition=partition)
+            error = KafkaError(f"producing failed: {exc!r}")
         finally:
             part.in_flight -= 1
             self._pump(partition, part)  # the next batch goes out before this one's requests are answered

@@ -226,6 +226,28 @@ async def test_events_are_enriched_from_the_user_agent_url_and_referrer(client: 
     assert event["is_bot"] is False
 
 
+async def test_what_a_collect_event_says_of_itself_wins_and_its_extra_metadata_is_kept(
+    client: httpx.AsyncClient, app_keys: dict
+) -> None:
+    own_id = f"client-{uuid.uuid4().hex[:8]}"
+    body = {"event": "signup_click", "device": "Tablet", "userId": "u-7", "sessionId": "s-7", "event_id": own_id,
+            "metadata": {"browser": "Firefox", "os": "Linux", "screenSize": "1920x1080", "plan": "pro", "gone": None},
+            "properties": {"cta": "hero"}}
+    r = await client.post("/api/analytics/collect", json=body,
+                          headers={"x-api-key": app_keys["write_key"], "user-agent": IPHONE})
+    assert r.status_code == 202, r.text
+    assert r.json()["event_ids"] == [own_id]
+    event = await stored_event(client, app_keys["api_key"], own_id)
+    assert (event["device_type"], event["browser"], event["os"]) == ("tablet", "Firefox", "Linux")
+    assert (event["screen_size"], event["user_id"], event["session_id"]) == ("1920x1080", "u-7", "s-7")
+    assert event["properties"] == {"cta": "hero", "plan": "pro"}
+    assert event["type"] == "track" and event["event_name"] == "signup_click"
+    too_long = await client.post("/api/analytics/collect", json={"event": "x", "metadata": {"browser": "b" * 201}},
+                                 headers={"x-api-key": app_keys["write_key"]})
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["loc"] == ["metadata", "browser"]
+
+
 async def test_bots_are_flagged(client: httpx.AsyncClient, app_keys: dict) -> None:
     r = await client.post("/api/analytics/collect", json={"event": "crawl"},
                           headers={"x-api-key": app_keys["write_key"], "user-agent": GOOGLEBOT})

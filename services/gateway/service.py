@@ -126,7 +126,7 @@ def from_collect(ev: CollectEvent, facts: RequestFacts) -> dict[str, Any]:
     out = facts.base(get("event_id"))
     meta = get("metadata") or {}
     props = dict(ev["properties"]) if get("properties") else {}
-    if len(meta) > len(_META_FIELDS & meta.keys()):  # what the client adds beside browser, os and screenSize
+    if meta.keys() - _META_FIELDS:  # what the client adds beside browser, os and screenSize
         props.update({k: v for k, v in meta.items() if k not in _META_FIELDS and v is not None})
     url = get("url")
     if url:
@@ -307,5 +307,5 @@ class Publisher:
 
 def _unavailable(exc: BaseException, events: int) -> DependencyUnavailable:
     PUBLISH_FAILURES.inc()
-    log.warning("kafka did not acknowledge in time; answering 503", error=repr(exc), events=events)
+    log.warning("Kafka did not take or acknowledge the events in time; answering 503", error=repr(exc), events=events)
     return DependencyUnavailable("the event bus (Kafka)", retry_after=2)

@@ -90,9 +90,10 @@ def _url_facts(url: str) -> tuple[tuple[str, str], ...]:
 _UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
 
-def url_facts(url: str | None) -> dict[str, str]:
-    """Path and UTM fields of a page URL (cached: a site's pages repeat)."""
-    return dict(_url_facts(url)) if url else {}
+def url_facts(url: str | None) -> tuple[tuple[str, str], ...]:
+    """(field, value) pairs of a page URL's path and UTM fields, for `dict.update` (cached: a site's
+    pages repeat)."""
+    return _url_facts(url) if url else ()
 
 
 @lru_cache(maxsize=8192)

@@ -288,7 +288,7 @@ class Publisher:
         try:
             # Every event of a request has the same key, hence the same partition.
             return self.batches.append(
-                self.batches.partition(key), key, [orjson.dumps(ev) for ev in events], kafka_headers()
+                self.batches.partition(key), key, list(map(orjson.dumps, events)), kafka_headers()
             )
         except (KafkaError, Backpressure) as exc:
             raise _unavailable(exc, len(events)) from exc

@@ -240,8 +240,9 @@ class CoalescingPublisher:
         batch.builder = None
         while True:
             node = client.cluster.leader_for_partition(tp)
+            leaderless = node is None or node < 0
             try:
-                if node is None or node < 0:
+                if leaderless:
                     raise KafkaError(f"no leader known for {tp.topic}[{tp.partition}]")
                 request = ProduceRequest(None, -1, BROKER_TIMEOUT_MS, [(self.topic, [(partition, data)])])
                 response = await client.send(node, request)
@@ -250,9 +251,9 @@ class CoalescingPublisher:
                     return
                 raise for_code(code)()
             except KafkaError as exc:
-                retriable = getattr(exc, "retriable", False) or node is None or node < 0
-                if getattr(exc, "invalid_metadata", False) or node is None or node < 0:
-                    client.force_metadata_update()
+                if leaderless or getattr(exc, "invalid_metadata", False):
+                    client.force_metadata_update()  # refreshed in the background; the retry reads it
+                retriable = leaderless or getattr(exc, "retriable", False)
                 if not retriable or time.monotonic() + RETRY_BACKOFF_S >= batch.deadline:
                     raise
                 log.warning("produce failed; retrying", error=repr(exc), partition=partition)

@@ -42,7 +42,8 @@ class Tally:
 
     For hot paths: prometheus_client takes a lock and checks the metric on every `inc` (about 0.4 µs)
     and walks the buckets on every `observe` (0.7 µs), a noticeable share of a single-event ingest
-    request; a dict update and a bisect cost a fraction of that."""
+    request; a dict update and a bisect cost a fraction of that. Used from the event loop's thread, as
+    `/metrics` is."""
 
     def __init__(self) -> None:
         self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}

@@ -101,6 +101,7 @@ HTTP_LATENCY = Histogram(
     "http_request_duration_seconds", "HTTP request latency", ["service", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+TALLY = Tally()  # the per-request metrics of every HTTP path: the middleware's and the ingest fast path's
 
 
 class DependencyUnavailable(Exception):
@@ -157,8 +158,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            labelled(HTTP_REQUESTS, self.service, scope["method"], path, str(status)).inc()
-            labelled(HTTP_LATENCY, self.service, path).observe(elapsed)
+            TALLY.inc(HTTP_REQUESTS, (self.service, scope["method"], path, str(status)))
+            TALLY.observe(HTTP_LATENCY, (self.service, path), elapsed)
             if path not in ("/healthz", "/readyz", "/metrics"):
                 log.info(
                     "request", method=scope["method"], path=scope["path"], status=status,

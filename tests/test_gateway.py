@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka.errors import KafkaError
 
 from libs.embedded.engines import start_kafka
 from libs.runtime import Stack
@@ -518,7 +517,7 @@ async def test_a_stalled_partition_refuses_new_events_at_once_past_its_backlog_b
         waiting = batches.append(partition, b"app", [b"y" * 2000], [])
         with pytest.raises(Backpressure):  # 2,000 bytes already wait: no more queueing behind them
             batches.append(partition, b"app", [b"z"], [])
-        with pytest.raises((TimeoutError, KafkaError)):  # the deadline passed, or retrying ran out of time
+        with pytest.raises(TimeoutError, match="did not acknowledge"):
             await asyncio.gather(*waiting)
         assert time.monotonic() - started < 1.0, "a request must learn of the failure within its deadline"
         await batches.close()
@@ -539,7 +538,7 @@ async def test_a_batch_for_a_partition_without_a_leader_is_retried_until_its_dea
         batches = CoalescingPublisher(lambda: producer, EVENTS_TOPIC, ack_timeout_s=0.5)
         await batches.ensure_metadata()
         started = time.monotonic()
-        with pytest.raises((TimeoutError, KafkaError)):
+        with pytest.raises(TimeoutError, match="did not acknowledge"):  # retried until the deadline answered
             await asyncio.gather(*batches.append(99, b"app", [b"lost"], []))  # the topic has no partition 99
         elapsed = time.monotonic() - started
         assert 0.4 <= elapsed < 1.0, f"retried for {elapsed:.2f}s: it should keep trying until the 0.5 s deadline"

@@ -5,8 +5,9 @@ partition (aiokafka's C record-batch builder, about a microsecond) and the reque
 batch's future, shared by every request in it. Batches go to the partition's leader as produce
 requests of their own (aiokafka's client and connection: its version negotiation, framing and
 metadata), `max_in_flight` at a time per partition. So a request costs an append and an await, not
-aiokafka's per-message `send()` bookkeeping, and under load each produce request carries the events of every request that arrived
-while the previous one was in flight (natural batching: no linger, no added latency when idle).
+aiokafka's per-message `send()` bookkeeping, and under load each produce request carries the events
+of every request that arrived while the previous one was in flight (natural batching: no linger, no
+added latency when idle).
 
 Why not the producer's own `send_batch`: a batch it acknowledges reaches the next one only after
 several turns of the event loop (the sender task, a shield, the drain task), each queued behind the
@@ -23,7 +24,7 @@ Promises:
   timeout. A batch not yet handed to the broker by then is dropped, so an event answered with an
   error is, as far as the gateway can tell, not published; one already handed over may still arrive
   (a client retry carrying the same event id is then counted once downstream). A retriable broker
-  error (leader moved, broker restarting) is retried until the deadline;
+  error (leader moved, broker restarting) is retried until the deadline has answered the requests;
 * the events waiting for a partition are bounded (`max_pending_bytes`): past that a request fails at
   once with `Backpressure` instead of queueing behind a broker that does not keep up.
 """
@@ -69,14 +70,13 @@ def _new_builder() -> Any:
 class _Batch:
     """An open record batch of one partition; every request with an event in it awaits `acked`."""
 
-    __slots__ = ("acked", "builder", "count", "deadline", "handed_over", "size", "timer")
+    __slots__ = ("acked", "builder", "count", "handed_over", "size", "timer")
 
-    def __init__(self, deadline: float, acked: asyncio.Future[None]) -> None:
+    def __init__(self, acked: asyncio.Future[None]) -> None:
         self.builder = _new_builder()
         self.acked = acked
         self.size = 0
         self.count = 0
-        self.deadline = deadline
         self.timer: asyncio.TimerHandle | None = None
         self.handed_over = False
 
@@ -187,7 +187,7 @@ class CoalescingPublisher:
         return waiters
 
     def _open(self, part: _Partition, loop: asyncio.AbstractEventLoop) -> _Batch:
-        batch = _Batch(time.monotonic() + self.ack_timeout_s, loop.create_future())
+        batch = _Batch(loop.create_future())
         batch.timer = loop.call_later(self.ack_timeout_s, self._expire, part, batch)
         part.queue.append(batch)
         return batch
@@ -233,7 +233,8 @@ class CoalescingPublisher:
             batch.settle(error)
 
     async def _send(self, partition: int, batch: _Batch) -> None:
-        """One produce request for the batch, retried on retriable errors until its deadline."""
+        """One produce request for the batch, retried on retriable errors until its deadline timer
+        has answered its requests (then there is no one left to tell)."""
         client = self._producer().client
         tp = TopicPartition(self.topic, partition)
         data = batch.builder.build()
@@ -254,7 +255,7 @@ class CoalescingPublisher:
                 if leaderless or getattr(exc, "invalid_metadata", False):
                     client.force_metadata_update()  # refreshed in the background; the retry reads it
                 retriable = leaderless or getattr(exc, "retriable", False)
-                if not retriable or time.monotonic() + RETRY_BACKOFF_S >= batch.deadline:
+                if not retriable or batch.acked.done():
                     raise
                 log.warning("produce failed; retrying", error=repr(exc), partition=partition)
                 await asyncio.sleep(RETRY_BACKOFF_S)

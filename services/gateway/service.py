@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
 from libs.clientip import TrustedProxies
-from libs.http import ApiError, DependencyUnavailable, Tally, labelled
+from libs.http import TALLY, ApiError, DependencyUnavailable, labelled
 from libs.kafka import EVENTS_TOPIC
 from libs.logs import get_logger, kafka_headers
 from libs.settings import Settings
@@ -38,7 +38,6 @@ EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Events refused at va
 PUBLISH_FAILURES = Counter("gateway_publish_failures_total", "Requests answered 503 because Kafka did not ack")
 RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests answered 429")
 BOTS_DROPPED = Counter("gateway_bot_events_dropped_total", "Bot events dropped (BOT_POLICY=drop)")
-TALLY = Tally()  # the per-request counters of the ingest path
 
 
 def decode_body(raw: bytes, content_encoding: str | None) -> Any:

@@ -256,6 +256,7 @@ class SharedRounds:
         self._min_interval = min_interval
         self._queued: asyncio.Future[None] | None = None  # the round not started yet, if any
         self._last: asyncio.Task[None] | None = None  # the latest round (in flight or queued)
+        self._tasks: set[asyncio.Task[None]] = set()  # rounds not finished, for close()
         self._last_start = -math.inf
 
     def request(self) -> asyncio.Future[None]:
@@ -264,6 +265,8 @@ class SharedRounds:
             self._queued = asyncio.get_running_loop().create_future()
             self._queued.add_done_callback(_retrieved)
             self._last = asyncio.create_task(self._run(self._queued, self._last), name="api-key-catch-up")
+            self._tasks.add(self._last)
+            self._last.add_done_callback(self._tasks.discard)
         return self._queued
 
     async def _run(self, done: asyncio.Future[None], previous: asyncio.Task[None] | None) -> None:
@@ -276,17 +279,17 @@ class SharedRounds:
             await self._work()
         except BaseException as exc:
             if not done.done():
-                done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("key table stopped"))
+                done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
             if not isinstance(exc, Exception):
                 raise
         else:
             done.set_result(None)
 
     async def close(self) -> None:
-        if self._last is not None:
-            self._last.cancel()
-            with contextlib.suppress(BaseException):
-                await self._last
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.apikeys import CATCH_UP_MIN_INTERVAL_S, CATCH_UP_TIMEOUT_S
+from libs.apikeys import CATCH_UP_MIN_INTERVAL_S, CATCH_UP_TIMEOUT_S, SharedRounds
 from libs.embedded.engines import start_kafka
 from libs.runtime import Stack
 from libs.settings import Settings
@@ -175,3 +175,27 @@ async def test_with_kafka_down_an_unknown_key_is_503_and_a_malformed_one_401(eng
     assert "Kafka" in unknown.json()["detail"] and int(unknown.headers["retry-after"]) >= 1
     assert waited < CATCH_UP_TIMEOUT_S + 0.5
     assert malformed.status_code == 401
+
+
+async def test_a_caller_never_shares_a_catchup_that_started_before_it_asked() -> None:
+    """A round in flight read its end offsets before a later caller's key existed: the later caller
+    joins the next round (one queued, shared by all who ask meanwhile), started after the first."""
+    starts: list[float] = []
+
+    async def work() -> None:
+        starts.append(time.monotonic())
+        await asyncio.sleep(0.1)
+
+    rounds = SharedRounds(work, min_interval=0.05)
+    first = rounds.request()
+    await asyncio.sleep(0.02)  # the first round is in flight
+    asked = time.monotonic()
+    second, third = rounds.request(), rounds.request()
+    assert second is third and second is not first
+    await asyncio.gather(first, second)
+    assert len(starts) == 2 and starts[1] >= asked and starts[1] - starts[0] >= 0.1
+    late = rounds.request()  # nothing queued any more: a new round
+    assert late is not second
+    await late
+    assert len(starts) == 3
+    await rounds.close()

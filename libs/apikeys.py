@@ -9,7 +9,19 @@ and keeps the lookup on the hot path to one dict access.
 
 The table is filled from a Postgres snapshot at start (when Postgres answers) and then from every
 message on `auth.api-keys.v1`, each carrying the key's whole state and a version, so messages may be
-replayed or arrive after the snapshot and the newest state always wins. Lookups never leave memory.
+replayed or arrive after the snapshot and the newest state always wins. A lookup of a known key never
+leaves memory.
+
+Read-your-writes: auth answers a new key only after Kafka acknowledged its message, yet the message
+reaches this table some milliseconds later (longer in another process). So a well-formed key the table
+does not know, or an app it does not know, is not refused at once: the caller awaits `caught_up_for`,
+which reads the key topic's end offsets (after the request arrived) and waits until the table's own
+follower has applied everything up to them, then looks again. Those catch-ups are shared: one in
+flight and one queued per process, every waiting request joining the queued one, started at most
+every CATCH_UP_MIN_INTERVAL_S, so a flood of invalid keys costs at most ~20 offset requests a second
+per process and no database call. A string that cannot be one of our keys, or a known key that is
+revoked or expired, is refused without one. If Kafka cannot answer within CATCH_UP_TIMEOUT_S the
+request gets 503 (retry), not 401: the key may well be valid.
 
 When a key was last used is noted in memory at lookup and written to a Redis hash
 (`KEY_LAST_USED_HASH`, key id -> unix time, the newest wins) every few seconds, off the hot path;
@@ -22,8 +34,11 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import math
+import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -34,6 +49,7 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
 
+from libs.http import DependencyUnavailable
 from libs.kafka import API_KEYS_TOPIC, make_consumer
 from libs.logs import get_logger
 from libs.settings import Settings
@@ -46,6 +62,18 @@ PREFIX_SHOWN = 11  # "sk_" + 8 chars: enough to tell keys apart in a list, usele
 
 KEY_EVENTS_APPLIED = Counter("api_key_events_applied_total", "Key lifecycle messages applied", ["type"])
 KEYS_KNOWN = Gauge("api_keys_known", "Keys in this process's in-memory key table")
+KEY_MISSES = Counter(
+    "api_key_misses_total", "Presented keys (or apps) the key table did not accept at first look", ["reason"]
+)
+KEY_CATCHUPS = Counter(
+    "api_key_catchups_total", "Catch-ups of the key table to the key topic's end offsets", ["outcome"]
+)
+
+# What generate_key makes: a prefix and token_urlsafe(32). Anything else is refused without a catch-up.
+KEY_FORMAT = re.compile(r"(?:sk|wk)_[A-Za-z0-9_-]{43}")
+APP_ID_FORMAT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+CATCH_UP_MIN_INTERVAL_S = 0.05  # between the starts of two catch-ups of one process: <= 20 offset requests/s
+CATCH_UP_TIMEOUT_S = 2.0  # a request waits this long for the key topic at most, then gets 503
 
 KEY_LAST_USED_HASH = "auth:key-last-used"
 # HSET each field only if the new time is newer: gateways flush independently.
@@ -150,14 +178,46 @@ class KeyTable:
         self.app_owner: dict[str, str] = {}
         self.ready = asyncio.Event()
         self._used: dict[str, float] = {}  # key id -> last use (unix time), since the last flush
+        # Set by KeyTableSync: wait until the table holds everything on the key topic when called.
+        self.catch_up: Callable[[], Awaitable[None]] | None = None
 
     def lookup(self, key: str) -> KeyRecord | None:
-        """The record of a usable key (known, not revoked, not expired), else None."""
+        """The record of a usable key (known, not revoked, not expired), else None. Never waits."""
         rec = self._by_hash.get(_hash_of_presented_key(key))
         if rec is None or not rec.usable():
             return None
         self._used[rec.key_id] = time.time()
         return rec
+
+    async def caught_up_for(self, key: str) -> bool:
+        """After `lookup(key)` missed: True once the table caught up with every key message
+        acknowledged before this call (look again), False when no catch-up could change the answer
+        (a string that cannot be our key, a known key that is revoked or expired).
+
+        Raises DependencyUnavailable when the key topic could not be read in time."""
+        if not KEY_FORMAT.fullmatch(key):
+            return self._no_catch_up("malformed")
+        if _hash_of_presented_key(key) in self._by_hash:
+            return self._no_catch_up("revoked_or_expired")
+        return await self._wait_for_topic("unknown_key")
+
+    async def caught_up_for_app(self, app_id: str) -> bool:
+        """As `caught_up_for`, after `app_owner` did not know `app_id`."""
+        if not APP_ID_FORMAT.fullmatch(app_id):
+            return self._no_catch_up("malformed_app")
+        return await self._wait_for_topic("unknown_app")
+
+    @staticmethod
+    def _no_catch_up(reason: str) -> bool:
+        KEY_MISSES.labels(reason).inc()
+        return False
+
+    async def _wait_for_topic(self, reason: str) -> bool:
+        KEY_MISSES.labels(reason).inc()
+        if self.catch_up is None:
+            return False
+        await self.catch_up()
+        return True
 
     def take_used(self) -> dict[str, float]:
         """The keys used since the last call, with when; forgets them."""
@@ -186,8 +246,61 @@ class KeyTable:
         return len(self._by_id)
 
 
+class SharedRounds:
+    """Runs `work` for whoever asks, shared: at most one round in flight and one queued. Every caller
+    arriving while a round is queued joins it, so each caller gets a round that starts after it asked;
+    a round starts no sooner than `min_interval` after the previous one started."""
+
+    def __init__(self, work: Callable[[], Awaitable[None]], min_interval: float) -> None:
+        self._work = work
+        self._min_interval = min_interval
+        self._queued: asyncio.Future[None] | None = None  # the round not started yet, if any
+        self._last: asyncio.Task[None] | None = None  # the latest round (in flight or queued)
+        self._tasks: set[asyncio.Task[None]] = set()  # rounds not finished, for close()
+        self._last_start = -math.inf
+
+    def request(self) -> asyncio.Future[None]:
+        """A round that starts after this call: its result, or the exception its work raised."""
+        if self._queued is None:
+            self._queued = asyncio.get_running_loop().create_future()
+            self._queued.add_done_callback(_retrieved)
+            self._last = asyncio.create_task(self._run(self._queued, self._last), name="api-key-catch-up")
+            self._tasks.add(self._last)
+            self._last.add_done_callback(self._tasks.discard)
+        return self._queued
+
+    async def _run(self, done: asyncio.Future[None], previous: asyncio.Task[None] | None) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await asyncio.sleep(max(0.0, self._last_start + self._min_interval - time.monotonic()))
+            self._queued = None  # who asks from now on needs the next round
+            self._last_start = time.monotonic()
+            await self._work()
+        except BaseException as exc:
+            if not done.done():
+                done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            done.set_result(None)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark a round's exception as seen: its waiters may all have given up already."""
+    if not future.cancelled():
+        future.exception()
+
+
 class KeyTableSync:
-    """Fills a KeyTable from Postgres (once) and the key topic (continuously)."""
+    """Fills a KeyTable from Postgres (once) and the key topic (continuously), and catches it up with
+    the topic on demand (`KeyTable.caught_up_for`)."""
 
     def __init__(
         self, settings: Settings, table: KeyTable, pg: asyncpg.Pool | None, redis: aioredis.Redis | None = None
@@ -198,6 +311,10 @@ class KeyTableSync:
         self.redis = redis
         self._task: asyncio.Task[None] | None = None
         self._usage_task: asyncio.Task[None] | None = None
+        self._consumer: Any = None
+        self._applied: dict[TopicPartition, int] = {}  # partition -> next offset not yet in the table
+        self._progress = asyncio.Event()  # set (and replaced) each time the follower applied a fetch
+        self._rounds = SharedRounds(self._reach_end, CATCH_UP_MIN_INTERVAL_S)
 
     async def start(self) -> None:
         consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
@@ -210,12 +327,15 @@ class KeyTableSync:
             end = await consumer.end_offsets(tps)
             await self._load_snapshot()
             await self._catch_up(consumer, end)
+            await self._note_applied(consumer, tps)
         except BaseException:
             await consumer.stop()
             raise
         self.table.ready.set()
         log.info("api key table loaded", keys=len(self.table))
-        self._task = asyncio.create_task(self._follow(consumer), name="api-key-table-sync")
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._follow(consumer, tps), name="api-key-table-sync")
+        self.table.catch_up = self.wait_caught_up
         if self.redis is not None:
             self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="api-key-usage-flush")
 
@@ -248,13 +368,51 @@ class KeyTableSync:
             self._apply_batch(batch)
             pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
 
-    async def _follow(self, consumer: Any) -> None:
+    async def _follow(self, consumer: Any, tps: list[TopicPartition]) -> None:
         try:
             while True:
                 self._apply_batch(await consumer.getmany(timeout_ms=1000))
+                await self._note_applied(consumer, tps)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 5)
+
+    async def _note_applied(self, consumer: Any, tps: list[TopicPartition]) -> None:
+        """Record how far the table is (only getmany, applied at once, moves a position) and wake the
+        catch-ups waiting for it."""
+        for tp in tps:
+            self._applied[tp] = await consumer.position(tp)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait_caught_up(self) -> None:
+        """Return once the table holds every key message Kafka acknowledged before this call.
+
+        Shares a catch-up with concurrent callers (see SharedRounds). Raises DependencyUnavailable
+        (503) past CATCH_UP_TIMEOUT_S: Kafka did not answer or the follower is stuck, and the key may
+        well be valid, so it is not a 401."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._rounds.request()), CATCH_UP_TIMEOUT_S)
+        except Exception as exc:
+            raise DependencyUnavailable("the API-key topic (Kafka)", retry_after=2) from exc
+
+    async def _reach_end(self) -> None:
+        """One catch-up, within half the callers' budget (a caller may first wait for the one before)."""
+        try:
+            await asyncio.wait_for(self._read_to_end(), CATCH_UP_TIMEOUT_S / 2)
+        except Exception as exc:
+            KEY_CATCHUPS.labels("failed").inc()
+            log.warning("api key table could not catch up with the key topic; answering 503", error=repr(exc))
+            raise
+        KEY_CATCHUPS.labels("done").inc()
+
+    async def _read_to_end(self) -> None:
+        end = await self._consumer.end_offsets(list(self._applied))
+        while True:
+            progress = self._progress
+            if all(self._applied[tp] >= offset for tp, offset in end.items()):
+                return
+            await progress.wait()
 
     def _apply_batch(self, batch: dict[Any, list[Any]]) -> None:
         for messages in batch.values():
@@ -284,6 +442,8 @@ class KeyTableSync:
             log.warning("api key usage not flushed", keys=len(used), error=repr(exc))
 
     async def stop(self) -> None:
+        self.table.catch_up = None
+        await self._rounds.close()
         for task in (self._task, self._usage_task):
             if task is not None:
                 task.cancel()

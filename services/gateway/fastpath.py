@@ -68,7 +68,10 @@ class IngestFastPath:
                 raw = await _read_body(receive, message)
             peer = scope["client"][0] if scope.get("client") else "unknown"
             gate = self.ingestor()
-            status, pending, payload = start_ingest(gate, path, peer, headers, raw)
+            try:
+                status, pending, payload = start_ingest(gate, path, peer, headers, raw)
+            except ingest.KeyMiss as miss:
+                status, pending, payload = await start_after_key_miss(gate, miss, path, peer, headers, raw)
             await gate.publisher.acknowledged(pending)
             body = orjson.dumps(payload)
         except ApiError as exc:
@@ -100,9 +103,22 @@ async def handle_ingest(
     """(status, JSON payload) for a POST to an ingest route once Kafka acknowledged its events: the
     one implementation behind both the fast path and the documented FastAPI routes. Raises ApiError /
     DependencyUnavailable."""
-    status, pending, payload = start_ingest(gate, path, peer, headers, raw)
+    try:
+        status, pending, payload = start_ingest(gate, path, peer, headers, raw)
+    except ingest.KeyMiss as miss:
+        status, pending, payload = await start_after_key_miss(gate, miss, path, peer, headers, raw)
     await gate.publisher.acknowledged(pending)
     return status, payload
+
+
+async def start_after_key_miss(
+    gate: ingest.Ingestor, miss: ingest.KeyMiss, path: str, peer: str, headers: Mapping[str, str], raw: bytes
+) -> tuple[int, ingest.Pending, dict[str, Any]]:
+    """The slow path of a key this process does not know (yet), e.g. one auth has just issued: once
+    the key table caught up with the key topic, start again; a key still not usable is a 401."""
+    if not await gate.keys.caught_up_for(miss.key):
+        raise miss
+    return start_ingest(gate, path, peer, headers, raw)
 
 
 def start_ingest(

@@ -63,12 +63,23 @@ def decode_body(raw: bytes, content_encoding: str | None) -> Any:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
 
 
+class KeyMiss(ApiError):
+    """A 401 for a key the key table does not accept (yet): `KeyTable.caught_up_for(key)` tells
+    whether looking again after a catch-up may still find it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(401, "invalid, revoked or expired API key")
+        self.key = key
+
+
 def authenticate(keys: KeyTable, api_key: str | None, how: str = "the x-api-key header") -> KeyRecord:
+    """The usable key's record, without waiting. Raises ApiError 401, KeyMiss when the key is not usable."""
     if not api_key:
         raise ApiError(401, f"missing API key: send it in {how}")
-    record = keys.lookup(api_key.strip())
+    key = api_key.strip()
+    record = keys.lookup(key)
     if record is None:
-        raise ApiError(401, "invalid, revoked or expired API key")
+        raise KeyMiss(key)
     return record
 
 

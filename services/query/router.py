@@ -104,8 +104,12 @@ def build_router(
         app_id: Annotated[str | None, Query(max_length=64, description="required with a Bearer token")] = None,
     ) -> str:
         """The app this request may read: the secret key's own, or one the signed-in user owns."""
+        table = keys()
         if x_api_key:
-            record = keys().lookup(x_api_key.strip())
+            key = x_api_key.strip()
+            record = table.lookup(key)
+            if record is None and await table.caught_up_for(key):  # a key issued a moment ago
+                record = table.lookup(key)
             if record is None:
                 raise ApiError(401, "invalid, revoked or expired API key")
             if record.kind != "secret":
@@ -117,7 +121,9 @@ def build_router(
             claims = await verify_access_token(settings, credentials.credentials, redis())
             if not app_id:
                 raise ApiError(422, "app_id is required when reading with a Bearer token")
-            owner = keys().app_owner.get(app_id)
+            owner = table.app_owner.get(app_id)
+            if owner is None and await table.caught_up_for_app(app_id):  # an app registered a moment ago
+                owner = table.app_owner.get(app_id)
             if owner is None:
                 raise ApiError(404, "app not found")
             if owner != claims.sub:

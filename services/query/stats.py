@@ -9,7 +9,7 @@ Which events count: every page, track and screen event that is not a bot's, what
 (`source_kind` browser, server or mobile), as PostHog counts server-side and app events beside web
 ones: a purchase recorded by the shop's server is an event of its visitor (its user id), in visitors,
 visits and events alike (such a visit has no page views, like an app's). Bot events (crawlers,
-headless browsers) are left out of every metric; `bot_events` says how many were.
+headless browsers) are left out of every metric; `aggregate(count_bots=True)` says how many were.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Scope:
     end: datetime
     filters: dict[str, str] = field(default_factory=dict)
     carry: tuple[str, ...] = ()  # visit properties a breakdown needs besides the filtered ones
-    bots: bool = False  # read the bots' events instead of everyone else's (see bot_events)
+    bots: bool = False  # read the bots' events instead of everyone else's (see aggregate)
 
     def needs(self, name: str) -> bool:
         return name in self.filters or name in self.carry
@@ -155,16 +155,17 @@ def _clean(row: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
     return out
 
 
-async def aggregate(ch: ClickHouse, scope: Scope, metrics: list[str]) -> dict[str, Any]:
-    rows = await ch.query(f"SELECT {_select(metrics)} FROM ({sessions_sql(scope)})", scope.params())
-    return _clean(rows[0] if rows else {}, metrics)
-
-
-async def bot_events(ch: ClickHouse, scope: Scope) -> int:
-    """How many bot events the stats of `scope` left out: the `events` metric over the bots' visits
-    that pass the same filters."""
-    counted = await aggregate(ch, replace(scope, bots=True), ["events"])
-    return int(counted["events"])
+async def aggregate(ch: ClickHouse, scope: Scope, metrics: list[str], count_bots: bool = False) -> dict[str, Any]:
+    """The metrics of `scope`; with `count_bots`, also `bot_events`: how many bot events they left out
+    (the `events` metric over the bots' visits that pass the same filters), in the same query."""
+    bots = ""
+    if count_bots:
+        bots = f", (SELECT sum(m_events) FROM ({sessions_sql(replace(scope, bots=True))})) AS r_bot_events"
+    rows = await ch.query(f"SELECT {_select(metrics)}{bots} FROM ({sessions_sql(scope)})", scope.params())
+    out = _clean(rows[0] if rows else {}, metrics)
+    if count_bots:
+        out["bot_events"] = int(rows[0].get("r_bot_events") or 0) if rows else 0
+    return out
 
 
 async def timeseries(ch: ClickHouse, scope: Scope, interval: str, tz: str, metrics: list[str]) -> dict[str, dict[str, Any]]:

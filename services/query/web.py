@@ -84,7 +84,7 @@ def add_web_routes(
 
         async def compute() -> dict[str, Any]:
             scope = stats.Scope(app_id, span.start, span.end, filters)
-            now = await stats.aggregate(clickhouse(), scope, wanted)
+            now = await stats.aggregate(clickhouse(), scope, wanted, count_bots=True)
             before: dict[str, Any] = {}
             if compare:
                 prev = span.previous()
@@ -93,7 +93,7 @@ def add_web_routes(
                 "period": span.as_json(),
                 "results": {m: {"value": now[m], "change": _change(now[m], before[m]) if compare else None}
                             for m in wanted},
-                "bot_events_excluded": await stats.bot_events(clickhouse(), scope),
+                "bot_events_excluded": now["bot_events"],
             }
 
         params = {"p": period, "d": date, "tz": tz, "m": wanted, "c": compare, "f": filters}

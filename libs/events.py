@@ -28,6 +28,13 @@ class EnrichedEvent(BaseModel):
     event_name: str = Field(max_length=200)
     event_category: str = ""
     source: str = Field("", description="collect | events | metrics | segment | script, or the client's own")
+    source_kind: str = Field(
+        "",
+        description="browser | server | mobile: what sent the event, from the Segment `channel` or "
+        "`context.library.name` (analytics-python, analytics-ios, ...), else the request's User-Agent "
+        "(curl, requests, Go-http-client: server; okhttp, CFNetwork: mobile; browsers and crawlers: browser). "
+        "Empty on events stored before it was recorded",
+    )
     user_id: str = ""
     anonymous_id: str = ""
     session_id: str = ""
@@ -47,12 +54,14 @@ class EnrichedEvent(BaseModel):
     country: str = ""
     ip: str = ""
     user_agent: str = ""
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(
+        default_factory=dict, description="the event's properties exactly as sent (null values, empty objects included)")
     metric_value: float | None = None
     metric_unit: str = ""
     timestamp: datetime = Field(description="when it happened (client clock, skew-corrected), UTC")
     received_at: datetime = Field(description="when the gateway received it, UTC")
-    is_bot: bool = False
+    is_bot: bool = Field(False, description="a crawler: a known bot or a headless browser posing as a visitor "
+                                            "(server-side and mobile senders never are)")
     flags: list[str] = Field(default_factory=list, description="e.g. timestamp_clamped")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -70,10 +71,14 @@ async def site() -> AsyncIterator[dict[str, Any]]:
         extra = " data-respect-dnt" if request.url.path == "/private" else ""
         return HTMLResponse(SITE_PAGE.format(live=state["live"], key=state["key"], user=state.get("user", "u"), extra=extra))
 
+    async def early(request: Any) -> Response:
+        return HTMLResponse(state["early"])
+
     async def pdf(request: Any) -> Response:
         return Response(b"%PDF-1.4\n%%EOF\n", media_type="application/pdf")
 
-    app = Starlette(routes=[Route("/", page), Route("/pricing", page), Route("/private", page), Route("/files/guide.pdf", pdf)])
+    app = Starlette(routes=[Route("/", page), Route("/pricing", page), Route("/private", page), Route("/early", early),
+                              Route("/files/guide.pdf", pdf)])
     async with serving(app) as url:
         state["url"] = url
         yield state
@@ -124,6 +129,47 @@ async def test_the_snippet_is_small_cacheable_and_served_by_the_gateway(client: 
     assert b"sendBeacon" in r.content and b"/v1/batch" in r.content
     again = await client.get("/js/script.js", headers={"if-none-match": r.headers["etag"]})
     assert again.status_code == 304
+
+
+def readme_snippet(live: str, key: str) -> str:
+    """The snippet README.md tells site owners to paste (the queue stub, then the tag), for this host and key."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```html\n(.*?)\n```", readme, re.S)
+    snippet = next(b for b in blocks if "window.analytics" in b and "/js/script.js" in b)
+    return snippet.replace("http://127.0.0.1:8000", live).replace("wk_...", key)
+
+
+EARLY_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Early calls</title>
+{snippet}
+<script>analytics.track("early_signup", {{plan: "pro", coupon: null}}); analytics.identify("{user}");</script>
+</head><body><h1>Calls made before the snippet loaded</h1></body></html>"""
+
+
+async def test_calls_made_before_the_deferred_snippet_loads_are_queued_and_replayed_in_order(
+    client: httpx.AsyncClient, live_url: str, site: dict[str, Any], browser: Browser
+) -> None:
+    app = await register_app(client, await signup_login(client), "Early calls")
+    user = f"early-{uuid.uuid4().hex[:6]}"
+    site["early"] = EARLY_PAGE.format(snippet=readme_snippet(live_url, app["write_key"]), user=user)
+    visitor = await browser.new_context(user_agent=DESKTOP_UA)
+    errors: list[str] = []
+    try:
+        page = await visitor.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{site['url']}/early", wait_until="load")
+        await page.wait_for_function("window.analytics && !Array.isArray(window.analytics)")
+        await counts_reach(client, app["api_key"], {"early_signup": 1, "identify": 1, "page_view": 1})
+    finally:
+        await visitor.close()
+    assert errors == []
+    r = await client.get("/api/analytics/events", headers={"x-api-key": app["api_key"]})
+    by_name = {e["event_name"]: e for e in r.json()["events"]}
+    # Replayed in order: the track call before identify (no user yet), the automatic page view after it.
+    assert (by_name["early_signup"]["properties"], by_name["early_signup"]["user_id"]) == (
+        {"plan": "pro", "coupon": None}, "")
+    assert (by_name["identify"]["user_id"], by_name["page_view"]["user_id"]) == (user, user)
+    assert by_name["page_view"]["source_kind"] == "browser"
 
 
 async def test_page_views_custom_events_and_clicks_from_a_real_page_reach_the_dashboard(
@@ -355,7 +401,7 @@ async def test_a_new_user_signs_up_adds_a_site_and_manages_its_keys_in_the_dashb
         write = (await page.locator("#write-key").text_content() or "").strip()
         assert secret.startswith("sk_") and write.startswith("wk_")
         snippet = await page.locator("#snippet").text_content() or ""
-        assert snippet == f'<script defer src="{live_url}/js/script.js" data-key="{write}"></script>'
+        assert snippet == readme_snippet(live_url, write)
         await shot(page, "keys-created.png")
         await assert_labelled(page)
 

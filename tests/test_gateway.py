@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from libs.embedded.engines import start_kafka
@@ -548,3 +549,159 @@ async def test_a_batch_for_a_partition_without_a_leader_is_retried_until_its_dea
     finally:
         await producer.stop()
 
+
+
+# ---- fidelity: properties as sent, source kinds, IPv6 countries ------------------------------------
+
+SENT_PROPERTIES: dict[str, Any] = {
+    "a": None, "b": {"c": None, "d": 1}, "e": [1, None, "x", {"f": None}], "g": {}, "h": "", "i": 1.5, "j": False,
+}
+
+
+async def test_properties_are_stored_and_read_back_exactly_as_sent_nulls_included(
+    client: httpx.AsyncClient, app_keys: dict, live_url: str
+) -> None:
+    import rudderstack.analytics as rudder
+    from segment.analytics import Client as SegmentClient
+
+    user = f"exact-{uuid.uuid4().hex[:8]}"
+    ids = {route: str(uuid.uuid4()) for route in ("segment-sdk", "rudder-sdk", "v1-batch", "collect", "events")}
+    failures: list[Any] = []
+
+    def send_with_the_sdks() -> None:
+        seg = SegmentClient(app_keys["write_key"], host=live_url, sync_mode=True, on_error=lambda e, b: failures.append(e))
+        seg.track(user, "exact", SENT_PROPERTIES, message_id=ids["segment-sdk"])
+        seg.flush()
+        rudder.write_key = app_keys["write_key"]
+        rudder.dataPlaneUrl = live_url
+        rudder.sync_mode = True
+        rudder.on_error = lambda e, b: failures.append(e)
+        rudder.track(user, "exact", SENT_PROPERTIES, message_id=ids["rudder-sdk"])
+        rudder.flush()
+
+    await asyncio.to_thread(send_with_the_sdks)
+    assert not failures, failures
+    key = {"x-api-key": app_keys["write_key"]}
+    r = await client.post("/v1/batch", json={"batch": [{"type": "track", "event": "exact", "userId": user,
+                                                        "messageId": ids["v1-batch"], "properties": SENT_PROPERTIES}]},
+                          headers=_basic(app_keys["write_key"]))
+    assert r.status_code == 200, r.text
+    r = await client.post("/api/analytics/collect", json={"event": "exact", "userId": user, "event_id": ids["collect"],
+                                                          "properties": SENT_PROPERTIES}, headers=key)
+    assert r.status_code == 202, r.text
+    r = await client.post("/api/analytics/events", json={"event_name": "exact", "user_id": user,
+                                                         "event_id": ids["events"], "metadata": SENT_PROPERTIES},
+                          headers=key)
+    assert r.status_code == 202, r.text
+
+    read = {"x-api-key": app_keys["api_key"], "cache-control": "no-cache"}
+    for route, event_id in ids.items():
+        assert (route, (await stored_event(client, app_keys["api_key"], event_id))["properties"]) == (
+            route, SENT_PROPERTIES)
+    listed = (await client.get("/api/analytics/events", params={"user_id": user}, headers=read)).json()["events"]
+    assert [e["properties"] for e in listed] == [SENT_PROPERTIES] * 5
+    recent = (await client.get("/api/analytics/user-stats", params={"userId": user}, headers=read)).json()
+    assert [e["properties"] for e in recent["recentEvents"]] == [SENT_PROPERTIES] * 5
+    export = await client.get(f"/api/analytics/users/{user}/export", headers=read)
+    assert export.status_code == 200
+    lines = [orjson.loads(line) for line in export.content.splitlines()]
+    assert sorted(e["event_id"] for e in lines) == sorted(ids.values())
+    assert [e["properties"] for e in lines] == [SENT_PROPERTIES] * 5
+
+
+CURL = "curl/8.5.0"
+HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 "
+            "Safari/537.36")
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "kind", "is_bot", "device"),
+    [
+        pytest.param(IPHONE, "browser", False, "mobile", id="safari"),
+        pytest.param(GOOGLEBOT, "browser", True, "bot", id="googlebot"),
+        pytest.param(HEADLESS, "browser", True, "bot", id="headless-chrome"),
+        pytest.param(CURL, "server", False, "other", id="curl"),
+        pytest.param("python-requests/2.32.3", "server", False, "other", id="requests"),
+        pytest.param("python-httpx/0.27.0", "server", False, "other", id="httpx"),
+        pytest.param("Go-http-client/1.1", "server", False, "other", id="go"),
+        pytest.param("Java/17.0.1", "server", False, "other", id="java"),
+        pytest.param("analytics-node/2.1.0", "server", False, "other", id="analytics-node"),
+        pytest.param("okhttp/4.12.0", "mobile", False, "mobile", id="okhttp"),
+        pytest.param("Shop/3.1 CFNetwork/1496.0.7 Darwin/23.5.0", "mobile", False, "mobile", id="ios-app"),
+        pytest.param("", "server", False, "", id="no-user-agent"),
+    ],
+)
+async def test_each_event_records_its_source_kind_and_only_crawlers_are_bots(
+    client: httpx.AsyncClient, app_keys: dict, user_agent: str, kind: str, is_bot: bool, device: str
+) -> None:
+    r = await client.post("/api/analytics/collect", json={"event": "kind"},
+                          headers={"x-api-key": app_keys["write_key"], "user-agent": user_agent})
+    assert r.status_code == 202, r.text
+    event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert (event["source_kind"], event["is_bot"], event["device_type"]) == (kind, is_bot, device)
+
+
+@pytest.mark.parametrize(
+    ("call", "user_agent", "kind", "is_bot"),
+    [
+        pytest.param({"context": {"library": {"name": "analytics-python", "version": "2.4.0"}}},
+                     "analytics-python/2.4.0", "server", False, id="segment-python"),
+        pytest.param({"context": {"library": {"name": "@segment/analytics-node"}}}, "node-fetch/1.0", "server", False,
+                     id="segment-node"),
+        pytest.param({"channel": "server", "context": {"library": {"name": "analytics-python"}}}, CURL, "server", False,
+                     id="rudder-channel"),
+        pytest.param({"context": {"library": {"name": "analytics-ios"}}}, "Shop/1 CFNetwork/1496 Darwin/23.5.0",
+                     "mobile", False, id="segment-ios"),
+        pytest.param({"context": {"library": {"name": "com.rudderstack.android.sdk.core"}}}, "okhttp/4.12.0",
+                     "mobile", False, id="rudder-android"),
+        pytest.param({"context": {"library": {"name": "analytics.js"}}}, IPHONE, "browser", False, id="analytics-js"),
+        # A server SDK forwarding its visitor's user agent: a crawler it served is still a bot.
+        pytest.param({"context": {"library": {"name": "analytics-node"}, "userAgent": GOOGLEBOT}}, "analytics-node/2",
+                     "server", True, id="server-forwarding-a-crawler"),
+        pytest.param({"context": {"library": {"name": "analytics-node"}, "userAgent": IPHONE}}, "analytics-node/2",
+                     "server", False, id="server-forwarding-a-browser"),
+        pytest.param({}, GOOGLEBOT, "browser", True, id="crawler-posing-as-segment"),
+    ],
+)
+async def test_segment_calls_record_the_kind_of_library_that_sent_them(
+    client: httpx.AsyncClient, app_keys: dict, call: dict, user_agent: str, kind: str, is_bot: bool
+) -> None:
+    mid = str(uuid.uuid4())
+    r = await client.post("/v1/track", json={"userId": "k", "event": "kind", "messageId": mid, **call},
+                          headers={**_basic(app_keys["write_key"]), "user-agent": user_agent})
+    assert r.status_code == 200, r.text
+    event = await stored_event(client, app_keys["api_key"], mid)
+    assert (event["source_kind"], event["is_bot"]) == (kind, is_bot)
+
+
+async def test_bot_policy_drop_drops_crawlers_but_keeps_server_side_events(
+    engines: Settings, client: httpx.AsyncClient, app_keys: dict
+) -> None:
+    settings = engines.model_copy(update={"bot_policy": "drop"})
+    async with gateway_alone(settings) as gw:
+        server = await gw.post("/api/analytics/collect", json={"event": "from-a-server"},
+                               headers={"x-api-key": app_keys["write_key"], "user-agent": CURL})
+        crawler = await gw.post("/api/analytics/collect", json={"event": "from-a-crawler"},
+                                headers={"x-api-key": app_keys["write_key"], "user-agent": GOOGLEBOT})
+    assert (server.json()["accepted"], crawler.json()["accepted"]) == (1, 0)
+    event = await stored_event(client, app_keys["api_key"], server.json()["event_ids"][0])
+    assert (event["source_kind"], event["is_bot"]) == ("server", False)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "country"),
+    [
+        pytest.param("127.0.0.1", "2a00:1450:4009:81f::200e", "GB", id="ipv6-behind-a-proxy"),
+        pytest.param("2001:4860:4860::8888", None, "US", id="ipv6-peer"),
+        pytest.param("127.0.0.1", "81.2.69.160", "GB", id="ipv4-still"),
+    ],
+)
+async def test_ipv6_clients_get_their_country(
+    stack: Stack, client: httpx.AsyncClient, app_keys: dict, peer: str, forwarded: str | None, country: str
+) -> None:
+    transport = httpx.ASGITransport(app=stack.app(), client=(peer, 5000))
+    headers = {"x-api-key": app_keys["write_key"], **({"x-forwarded-for": forwarded} if forwarded else {})}
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as http:
+        r = await http.post("/api/analytics/collect", json={"event": "v6"}, headers=headers)
+    event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
+    assert (event["ip"], event["country"]) == (forwarded or peer, country)

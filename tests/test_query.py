@@ -205,6 +205,53 @@ async def test_breakdown_by_page_entry_exit_source_device_and_utm(client, site) 
     ]
 
 
+async def test_a_visit_tagged_with_utm_source_and_no_referrer_counts_under_its_utm_source(client) -> None:
+    app = await register_app(client, await signup_login(client), "tagged")
+    await send(client, app, [page(D, 9, 0, "/?utm_source=news&utm_medium=email", userId="reader"),
+                             page(D, 9, 1, "/pricing", userId="reader")])
+    await wait_stored(client, app, 2)
+    key = {"x-api-key": app["api_key"]}
+    r = await client.get("/api/analytics/stats/breakdown", params={"property": "source", "period": "custom", "date": DAY,
+                                                                   "metrics": "visitors,visits"}, headers=key)
+    assert r.json()["results"] == [{"source": "news", "visitors": 1, "visits": 1}]
+    r = await client.get("/api/analytics/stats/aggregate", params={"period": "custom", "date": DAY, "source": "news",
+                                                                   "metrics": "visitors"}, headers=key)
+    assert r.json()["results"]["visitors"]["value"] == 1
+
+
+CURL = "curl/8.5.0"
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+async def test_server_and_mobile_events_count_in_the_stats_and_left_out_bot_events_are_reported(client) -> None:
+    app = await register_app(client, await signup_login(client), "kinds")
+    sent = [(UA, page(D, 9, 0, "/", userId="reader")),
+            (CURL, {"event": "order_completed", "userId": "buyer", "timestamp": at(D, 9, 5)}),
+            ("okhttp/4.12.0", {"event": "app_open", "userId": "phone", "timestamp": at(D, 9, 6)}),
+            (GOOGLEBOT, page(D, 9, 7, "/", sessionId="crawl")),
+            (GOOGLEBOT, page(D, 9, 8, "/pricing", sessionId="crawl"))]
+    for agent, event in sent:
+        r = await client.post("/api/analytics/collect", json=event,
+                              headers={"x-api-key": app["write_key"], "user-agent": agent})
+        assert r.status_code == 202, r.text
+    await wait_stored(client, app, len(sent))
+    key = {"x-api-key": app["api_key"]}
+    r = await client.get("/api/analytics/stats/aggregate", params={"period": "custom", "date": DAY,
+                                                                   "metrics": "visitors,visits,pageviews,events"},
+                         headers=key)
+    body = r.json()
+    assert {k: v["value"] for k, v in body["results"].items()} == {"visitors": 3, "visits": 3, "pageviews": 1, "events": 3}
+    assert body["bot_events_excluded"] == 2
+    r = await client.get("/api/analytics/stats/breakdown", params={"property": "event_name", "period": "custom",
+                                                                   "date": DAY, "metrics": "visitors,events"}, headers=key)
+    assert r.json()["results"] == [{"event_name": "app_open", "visitors": 1, "events": 1},
+                                   {"event_name": "order_completed", "visitors": 1, "events": 1},
+                                   {"event_name": "page_view", "visitors": 1, "events": 1}]
+    r = await client.get("/api/analytics/stats/aggregate", params={"period": "custom", "date": DAY, "page": "/pricing",
+                                                                   "metrics": "visitors"}, headers=key)
+    assert (r.json()["results"]["visitors"]["value"], r.json()["bot_events_excluded"]) == (0, 1)
+
+
 async def test_breakdown_pages_through_results_with_limit_and_page(client, site) -> None:
     first = await get(client, site, "stats/breakdown", property="page", period="custom", date=DAY, limit=2, page=1)
     second = await get(client, site, "stats/breakdown", property="page", period="custom", date=DAY, limit=2, page=2)

@@ -48,5 +48,8 @@ def decode(raw: bytes | None) -> tuple[str, bytes]:
         }
         return "metrics", orjson.dumps(row)
     # The validated event serialized by pydantic's Rust serializer: the cheapest canonical row (ISO
-    # timestamps, read by ClickHouse's best_effort parser; the metric fields are skipped as unknown).
-    return "events", event.__pydantic_serializer__.to_json(event)
+    # timestamps, read by ClickHouse's best_effort parser; the metric fields are skipped as unknown),
+    # plus the properties' JSON text for the properties_json column (the JSON column drops nulls).
+    row_json = event.__pydantic_serializer__.to_json(event)
+    exact = orjson.dumps(orjson.dumps(event.properties).decode())
+    return "events", b"".join((row_json[:-1], b',"properties_json":', exact, b"}"))

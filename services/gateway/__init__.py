@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from libs.apikeys import shared_key_table, stop_shared_key_table
 from libs.ratelimit import RateLimiter
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
@@ -20,6 +22,9 @@ def build(runtime: Runtime) -> ServiceParts:
         return state["ingestor"]
 
     async def start() -> None:
+        from services.gateway.enrich import geoip
+
+        await asyncio.to_thread(geoip)  # the country database, loaded before the first event needs it
         producer = await runtime.producer()
         settings = runtime.settings
         await runtime.redis()  # readiness reports whether the rate-limit store answers

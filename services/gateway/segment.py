@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -109,6 +111,38 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else _NO_DICT
 
 
+# Segment's `channel` (RudderStack's SDKs send it) and `context.library.name` say what sent a call.
+_CHANNELS = {"browser": "browser", "client": "browser", "web": "browser", "server": "server", "mobile": "mobile"}
+_MOBILE_LIBRARY = frozenset({"ios", "android", "swift", "kotlin", "native", "flutter", "xamarin", "unity", "cordova",
+                             "capacitor", "expo"})
+_BROWSER_LIBRARY = frozenset({"js", "javascript", "next", "browser", "snippet", "web"})
+_SERVER_LIBRARY = frozenset({"python", "node", "ruby", "go", "java", "php", "net", "dotnet", "csharp", "rust",
+                             "elixir", "clojure", "scala", "server", "perl"})
+
+
+@lru_cache(maxsize=1024)
+def library_kind(name: str) -> str:
+    """`mobile`, `browser` or `server` for a Segment/RudderStack library name (analytics-python,
+    @segment/analytics-node, analytics.js, analytics-ios, com.rudderstack.android.sdk.core, ...), ''
+    when the name does not tell."""
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    for kind, hints in (("mobile", _MOBILE_LIBRARY), ("browser", _BROWSER_LIBRARY), ("server", _SERVER_LIBRARY)):
+        if words & hints:
+            return kind
+    return ""
+
+
+def sender_kind(extra: dict[str, Any] | None, ctx: dict[str, Any]) -> str:
+    """The kind of client that sent a Segment call, from its `channel`, else its library's name; ''
+    when neither tells (the request's User-Agent then decides, in `enrich.request_template`)."""
+    channel = extra.get("channel") if extra else None
+    if isinstance(channel, str) and channel in _CHANNELS:
+        return _CHANNELS[channel]
+    library = ctx.get("library")
+    name = library.get("name") if isinstance(library, dict) else None
+    return library_kind(name[:200]) if isinstance(name, str) and name else ""
+
+
 def from_segment(msg: SegmentMessage, base: dict[str, Any], batch_sent_at: datetime | None) -> dict[str, Any]:
     """The enriched event of one Segment call. `base` is a fresh dict for this event and is filled in.
 
@@ -130,11 +164,14 @@ def from_segment(msg: SegmentMessage, base: dict[str, Any], batch_sent_at: datet
                 out[column] = _text(campaign[field], 200)
     user_agent = ctx.get("userAgent")
     if user_agent:
+        # The visitor's own agent, forwarded by a server or sent by analytics.js: it tells the device
+        # and whether a crawler was served; the kind of sender is told below.
         user_agent = str(user_agent)
-        browser, os_name, device = enrich.user_agent_facts(user_agent)
-        bot = device == "bot" or enrich.is_bot(user_agent)
-        out["browser"], out["os"], out["device_type"], out["is_bot"] = browser, os_name, "bot" if bot else device, bot
+        out["browser"], out["os"], out["device_type"], _, out["is_bot"] = enrich.ua_profile(user_agent)
         out["user_agent"] = user_agent[:1000]
+    kind = sender_kind(msg.model_extra, ctx)
+    if kind:
+        out["source_kind"] = kind
     if ctx.get("ip"):
         out["ip"] = _text(ctx["ip"], 64)
     screen = ctx.get("screen")

@@ -141,10 +141,13 @@ async def user_stats(ch: ClickHouse, where: Where, recent: int) -> dict[str, Any
     }
 
 
+# An event as every read returns it. Its properties are the JSON text it was sent with (properties_json),
+# as the JSON column drops null values; rows stored before that column existed have only the JSON column.
 EVENT_COLUMNS = (
-    "event_id, type, event_name, event_category, source, user_id, anonymous_id, session_id, url, path, "
+    "event_id, type, event_name, event_category, source, source_kind, user_id, anonymous_id, session_id, url, path, "
     "referrer, referrer_host, utm_source, utm_medium, utm_campaign, device_type, browser, os, screen_size, "
-    "country, ip, toJSONString(properties) AS properties, timestamp, received_at, is_bot"
+    "country, ip, if(properties_json != '', properties_json, toJSONString(properties)) AS properties, timestamp, "
+    "received_at, is_bot"
 )
 
 

@@ -4,11 +4,17 @@
 A visit is a visitor's run of events with no gap over 30 minutes (window functions over the
 visitor's events, ordered by time). Every value is a bound parameter; every column or expression
 comes from the fixed maps below.
+
+Which events count: every page, track and screen event that is not a bot's, whatever sent it
+(`source_kind` browser, server or mobile), as PostHog counts server-side and app events beside web
+ones: a purchase recorded by the shop's server is an event of its visitor (its user id), in visitors,
+visits and events alike (such a visit has no page views, like an app's). Bot events (crawlers,
+headless browsers) are left out of every metric; `aggregate(count_bots=True)` says how many were.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +27,9 @@ DIRECT = "Direct / None"
 
 # Visit-level properties: what the visit's first event says (its entry).
 VISIT_PROPS: dict[str, str] = {
-    "source": f"if(referrer_host = '', '{DIRECT}', referrer_host)",
+    # The referring site, else the visit's utm_source (a tagged link opened from an email or an app sends
+    # no referrer), else Direct / None.
+    "source": f"if(referrer_host != '', referrer_host, if(utm_source != '', utm_source, '{DIRECT}'))",
     "referrer": f"if(referrer = '', '{DIRECT}', referrer)",
     "utm_source": "utm_source",
     "utm_medium": "utm_medium",
@@ -70,6 +78,7 @@ class Scope:
     end: datetime
     filters: dict[str, str] = field(default_factory=dict)
     carry: tuple[str, ...] = ()  # visit properties a breakdown needs besides the filtered ones
+    bots: bool = False  # read the bots' events instead of everyone else's (see aggregate)
 
     def needs(self, name: str) -> bool:
         return name in self.filters or name in self.carry
@@ -108,7 +117,8 @@ def numbered_sql(scope: Scope) -> str:
                 SELECT visitor_id AS visitor, timestamp, type, event_name, path{cols}
                 FROM events FINAL
                 WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
-                  AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot AND {WEB_TYPES}
+                  AND timestamp < {{end:DateTime64(3, 'UTC')}} AND {"is_bot" if scope.bots else "NOT is_bot"}
+                  AND {WEB_TYPES}
             )
         )"""
 
@@ -145,9 +155,17 @@ def _clean(row: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
     return out
 
 
-async def aggregate(ch: ClickHouse, scope: Scope, metrics: list[str]) -> dict[str, Any]:
-    rows = await ch.query(f"SELECT {_select(metrics)} FROM ({sessions_sql(scope)})", scope.params())
-    return _clean(rows[0] if rows else {}, metrics)
+async def aggregate(ch: ClickHouse, scope: Scope, metrics: list[str], count_bots: bool = False) -> dict[str, Any]:
+    """The metrics of `scope`; with `count_bots`, also `bot_events`: how many bot events they left out
+    (the `events` metric over the bots' visits that pass the same filters), in the same query."""
+    bots = ""
+    if count_bots:
+        bots = f", (SELECT sum(m_events) FROM ({sessions_sql(replace(scope, bots=True))})) AS r_bot_events"
+    rows = await ch.query(f"SELECT {_select(metrics)}{bots} FROM ({sessions_sql(scope)})", scope.params())
+    out = _clean(rows[0] if rows else {}, metrics)
+    if count_bots:
+        out["bot_events"] = int(rows[0].get("r_bot_events") or 0) if rows else 0
+    return out
 
 
 async def timeseries(ch: ClickHouse, scope: Scope, interval: str, tz: str, metrics: list[str]) -> dict[str, dict[str, Any]]:

@@ -83,7 +83,8 @@ def add_web_routes(
         wanted = metric_list(metrics)
 
         async def compute() -> dict[str, Any]:
-            now = await stats.aggregate(clickhouse(), stats.Scope(app_id, span.start, span.end, filters), wanted)
+            scope = stats.Scope(app_id, span.start, span.end, filters)
+            now = await stats.aggregate(clickhouse(), scope, wanted, count_bots=True)
             before: dict[str, Any] = {}
             if compare:
                 prev = span.previous()
@@ -92,6 +93,7 @@ def add_web_routes(
                 "period": span.as_json(),
                 "results": {m: {"value": now[m], "change": _change(now[m], before[m]) if compare else None}
                             for m in wanted},
+                "bot_events_excluded": now["bot_events"],
             }
 
         params = {"p": period, "d": date, "tz": tz, "m": wanted, "c": compare, "f": filters}

@@ -3,6 +3,8 @@
  * Options: data-api="https://other-host" (where to send), data-respect-dnt (honour Do-Not-Track / GPC),
  * data-manual (no automatic page views; call analytics.page()), data-hash (hash changes are page views).
  * API: analytics.track(name, props), analytics.page(props), analytics.identify(userId, traits), analytics.reset().
+ * Calls made before this deferred script has run go to a queue that it replays, in order, when it loads:
+ * <script>window.analytics=window.analytics||[];["track","page","identify","reset"].forEach(function(m){analytics[m]=analytics[m]||function(){analytics.push([m].concat([].slice.call(arguments)))}})</script>
  * Visitor id: a random anonymousId kept in localStorage (falls back to memory when storage is blocked). */
 (function (w, d) {
   "use strict";
@@ -93,12 +95,13 @@
     },
     reset: function () { store("localStorage", "_an_uid", null); store("localStorage", "_an_id", null); }
   };
+  // The queue stub's calls ([method, ...args], pushed before this ran), replayed in order, each on its own.
   var queued = w.analytics;
   w.analytics = api;
   if (queued && queued.length) {
     for (var i = 0; i < queued.length; i++) {
       var call = queued[i];
-      if (call && api[call[0]]) api[call[0]].apply(api, [].slice.call(call, 1));
+      try { if (call && api[call[0]]) api[call[0]].apply(api, [].slice.call(call, 1)); } catch (e) {}
     }
   }
 

@@ -158,8 +158,13 @@ function rememberWriteKey(appId, key) {
   } catch { /* not remembered */ }
 }
 
+// The queue stub: analytics.track() and friends work inline before the deferred script has loaded (it
+// replays the queued calls in order). The same line as in README.md and script.js.
+const QUEUE_STUB = '<script>window.analytics=window.analytics||[];["track","page","identify","reset"].forEach(function(m){analytics[m]=analytics[m]||function(){analytics.push([m].concat([].slice.call(arguments)))}})</script>';
+
 function snippetText(writeKey) {
-  return `<script defer src="${location.origin}/js/script.js" data-key="${writeKey || "YOUR_WRITE_KEY"}"></script>`;
+  return `${QUEUE_STUB}
+<script defer src="${location.origin}/js/script.js" data-key="${writeKey || "YOUR_WRITE_KEY"}"></script>`;
 }
 
 function secretRow(label, value, id) {
@@ -176,6 +181,7 @@ function snippetBlock(writeKey) {
   return h("div", { class: "snippet" },
     h("p", {}, "Paste this into the <head> of every page of your site:"),
     h("pre", { id: "snippet", tabindex: "0", "aria-label": "Embed snippet" }, text), button,
+    h("p", {}, "The first line lets your pages call analytics.track() before the script has loaded: the calls wait and are sent, in order, once it has."),
     h("details", {}, h("summary", {}, "Custom events, users and options"),
       h("pre", {}, `<button onclick="analytics.track('signup_click', {plan: 'pro'})">Sign up</button>
 analytics.identify('user-42')      // later events carry this userId

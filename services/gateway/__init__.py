@@ -47,7 +47,7 @@ def build(runtime: Runtime) -> ServiceParts:
         on_stop=[stop],
         checks={"api_key_table": key_table_loaded},
         asgi_wrappers=[lambda app: IngestFastPath(app, ingestor)],
-        body_limits=dict.fromkeys(ingest_paths, MAX_REQUEST_BYTES),  # as the fast path's, in front
+        body_limits=dict.fromkeys(ingest_paths, MAX_REQUEST_BYTES),  # the fast path's caps, for these routes behind it
         public_routes=[*(f"POST {path}" for path in ingest_paths), "GET /js/*", "HEAD /js/*"],
     )
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -123,6 +124,118 @@ class ApiError(Exception):
         self.headers = headers
 
 
+JSON_BODY_LIMIT = 64 * 1024  # every route's request body, unless its service sets its own (ingest)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over its route's cap: 413.
+
+    An HTTPException so that FastAPI's body parsing passes it on as it is (it turns others into 400).
+    The connection is left open: closing it with the rest of the body unread would reset it, and the
+    client could lose the answer; uvicorn discards what still comes and closes the connection once
+    its keep-alive timeout passes without a new request."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(413, f"request body over the {cap // 1024} KB limit of this route; send less")
+
+
+class BodyLimitMiddleware:
+    """Caps request bodies before they are read, so no client can make a service hold a large body.
+
+    A `Content-Length` over the cap is answered 413 at once, without reading the body; a body sent
+    without one (chunked) is cut off with 413 as soon as it passes the cap. `limits` gives exact
+    paths a cap of their own.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = JSON_BODY_LIMIT, limits: Mapping[str, int] | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.limits = dict(limits or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cap = self.limits.get(scope["path"], self.max_bytes)
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length" and value.isdigit() and int(value) > cap:
+                await _refuse(BodyTooLarge(cap), scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cap:
+                    raise BodyTooLarge(cap)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, watched_send)
+        except BodyTooLarge as exc:  # read outside FastAPI's error handlers (e.g. by a middleware)
+            if started:
+                raise
+            await _refuse(exc, scope, receive, send)
+
+
+async def _refuse(exc: StarletteHTTPException, scope: Scope, receive: Receive, send: Send) -> None:
+    await JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)(scope, receive, send)
+
+
+def route_matcher(routes: Iterable[str]) -> Callable[[str, str], bool]:
+    """A test of (method, path) against routes written `"POST /api/x"` (exact) or `"GET /js/*"` (prefix)."""
+    exact: set[tuple[str, str]] = set()
+    prefixes: list[tuple[str, str]] = []
+    for route in routes:
+        method, path = route.split(" ", 1)
+        if path.endswith("*"):
+            prefixes.append((method, path[:-1]))
+        else:
+            exact.add((method, path))
+
+    def matches(method: str, path: str) -> bool:
+        return (method, path) in exact or any(method == m and path.startswith(p) for m, p in prefixes)
+
+    return matches
+
+
+class RouteCORS:
+    """CORS by route: any origin on `public` routes (websites send events with the publishable write
+    key and load the snippet), only the configured `origins` elsewhere (dashboards served from
+    another origin; none: same-origin only). No cookies are used, so no credentials mode."""
+
+    def __init__(self, app: ASGIApp, public: Callable[[str, str], bool], origins: Sequence[str]) -> None:
+        options: dict[str, Any] = {
+            "allow_methods": ["GET", "POST", "DELETE", "OPTIONS"], "allow_headers": ["*"],
+            "expose_headers": ["X-Request-ID", "X-Cache", "Retry-After"], "max_age": 86400,
+        }
+        self.app = app
+        self.public = public
+        self.open = CORSMiddleware(app, allow_origins=["*"], **options)
+        self.configured = CORSMiddleware(app, allow_origins=list(origins), **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        if method == "OPTIONS":  # a preflight asks about the method to come
+            for key, value in scope.get("headers", ()):
+                if key == b"access-control-request-method":
+                    method = value.decode("latin-1").upper()
+                    break
+        cors = self.open if self.public(method, scope["path"]) else self.configured
+        await cors(scope, receive, send)
+
+
 class RequestContextMiddleware:
     """Sets the request id (from X-Request-ID or new), echoes it, logs one line per request."""
 
@@ -209,8 +322,9 @@ def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
-def install_health_routes(app: FastAPI, checks: dict[str, Check]) -> None:
-    """`/healthz` (alive), `/readyz` (every dependency answers), `/metrics` (Prometheus)."""
+def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequence[str] = ()) -> None:
+    """`/healthz` (alive), `/readyz` (every dependency answers; `warnings`: insecure settings allowed
+    outside production), `/metrics` (Prometheus)."""
 
     @app.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -221,7 +335,7 @@ def install_health_routes(app: FastAPI, checks: dict[str, Check]) -> None:
         results = {name: await check() for name, check in checks.items()}
         ok = all(results.values())
         return JSONResponse(
-            {"status": "ready" if ok else "not ready", "checks": results},
+            {"status": "ready" if ok else "not ready", "checks": results, "warnings": list(warnings)},
             status_code=200 if ok else 503,
             headers=None if ok else {"Retry-After": "1"},
         )

@@ -31,6 +31,7 @@ class RateLimiter:
             _limits_uri(redis_url), implementation="redispy", key_prefix=key_prefix,
             wrap_exceptions=True, socket_timeout=0.5, socket_connect_timeout=0.5,
         )
+        self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
 
     @property
@@ -58,6 +59,17 @@ class RateLimiter:
             log.warning("rate limit store unreachable; allowing the request", error=repr(exc))
             return None
         return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def refund(self, limit: str | RateLimitItem, *identifiers: str) -> None:
+        """Give back one hit counted by `hit` (best effort), e.g. for an attempt that turned out not to
+        count. `limits` has no call for it: its moving window is a Redis list of hit times, newest
+        first, so the newest is removed (any one frees the same room, the newest the latest)."""
+        item = parse(limit) if isinstance(limit, str) else limit
+        bridge = self._storage.bridge
+        try:
+            await bridge.get_connection().lpop(bridge.prefixed_key(item.key_for(*identifiers)))
+        except Exception as exc:  # noqa: BLE001 - best effort, as the limit itself fails open
+            log.warning("rate limit refund failed", error=repr(exc))
 
     async def clear(self, limit: str, *identifiers: str) -> None:
         try:

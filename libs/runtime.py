@@ -17,10 +17,17 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from libs.clickhouse import ClickHouse, connect_clickhouse
-from libs.http import Check, RequestContextMiddleware, install_error_handlers, install_health_routes
+from libs.http import (
+    BodyLimitMiddleware,
+    Check,
+    RequestContextMiddleware,
+    RouteCORS,
+    install_error_handlers,
+    install_health_routes,
+    route_matcher,
+)
 from libs.kafka import ensure_topics, kafka_ping, make_producer
 from libs.logs import get_logger
 from libs.settings import Settings
@@ -118,6 +125,10 @@ class ServiceParts:
     checks: dict[str, Check] = field(default_factory=dict)
     # Outermost ASGI layers (e.g. the gateway's ingest fast path), applied around the whole app.
     asgi_wrappers: list[Callable[[Any], Any]] = field(default_factory=list)
+    # Request body caps of exact paths, instead of the JSON APIs' 64 KB (libs.http.BodyLimitMiddleware).
+    body_limits: dict[str, int] = field(default_factory=dict)
+    # Routes any website may call from a browser (open CORS): "POST /path" or "GET /prefix/*".
+    public_routes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,8 @@ class Stack:
             for hook in self.parts[spec.name].on_start:
                 await hook()
             log.info("service started", service=spec.name)
+        for problem in self.settings.insecure_defaults():
+            log.warning("insecure configuration", problem=problem)
         for spec in self.specs:
             for job in self.parts[spec.name].background:
                 task = asyncio.create_task(job(), name=f"{spec.name}:{job.__name__}")
@@ -218,13 +231,11 @@ class Stack:
             checked = spec.ready_needs if spec.ready_needs is not None else spec.needs
             checks.update(self.runtime.checks(set(checked) - {"smtp"}))
             checks.update(parts.checks)
-        install_health_routes(app, checks)
-        # Browsers on any site send events with the publishable write key, and dashboards on other
-        # origins read with Bearer tokens; no cookies are used, so no credentials mode is needed.
-        app.add_middleware(
-            CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Cache", "Retry-After"], max_age=86400,
-        )
+        install_health_routes(app, checks, self.settings.insecure_defaults())
+        parts = [self.parts[spec.name] for spec in specs]
+        app.add_middleware(BodyLimitMiddleware, limits={k: v for p in parts for k, v in p.body_limits.items()})
+        public = route_matcher(route for p in parts for route in p.public_routes)
+        app.add_middleware(RouteCORS, public=public, origins=self.settings.cors_origins)
         app.add_middleware(RequestContextMiddleware, service="+".join(names))
         wrapped: Any = app
         for spec in specs:

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     bot_policy: Literal["flag", "drop"] = "flag"
     ingest_rate_limit: str = "10000/second"
 
+    # Browser origins (comma-separated, e.g. https://dash.example.com) allowed to call the account,
+    # key and query APIs cross-origin: a dashboard served elsewhere. Empty: same-origin only. Ingest
+    # and the snippet are open to every origin regardless.
+    cors_allowed_origins: str = ""
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
@@ -117,6 +122,21 @@ class Settings(BaseSettings):
                 "CLICKHOUSE_CLUSTER needs CLICKHOUSE_URL (a node of that cluster): the embedded chDB is one node"
             )
         return self
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_allowed_origins.split(",") if origin.strip()]
+
+    def insecure_defaults(self) -> list[str]:
+        """What is insecure but allowed outside production (production refuses to start instead)."""
+        if self.jwt_secret != DEFAULT_JWT_SECRET:
+            return []
+        return [
+            "JWT_SECRET is the development default: anyone who reads this code can sign tokens for any "
+            "account. Set JWT_SECRET to a random value before this service is reachable by others, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(48))'` (ANALYTICS_ENV=production "
+            "refuses to start without one)"
+        ]
 
     @property
     def data_dir(self) -> Path:

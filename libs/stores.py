@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import redis.asyncio as aioredis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -11,8 +13,13 @@ from libs.settings import Settings
 _CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
-async def create_pg_pool(settings: Settings, *, timeout: float = 60, max_size: int = 10) -> asyncpg.Pool:
-    """A pool on DATABASE_URL, waiting (with backoff) for Postgres to accept connections."""
+async def create_pg_pool(
+    settings: Settings, *, timeout: float = 60, max_size: int = 10, command_timeout: float = 10
+) -> asyncpg.Pool:
+    """A pool on DATABASE_URL, waiting (with backoff) for Postgres to accept connections.
+
+    `command_timeout`: how long a statement may go unanswered (the default of every statement run
+    on the pool's connections, BEGIN and COMMIT included; a call may pass its own `timeout=`)."""
     assert settings.database_url, "DATABASE_URL is not set and no embedded Postgres was started"
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(timeout),
@@ -22,10 +29,18 @@ async def create_pg_pool(settings: Settings, *, timeout: float = 60, max_size: i
     ):
         with attempt:
             pool = await asyncpg.create_pool(
-                settings.database_url, min_size=1, max_size=max_size, command_timeout=10, timeout=5
+                settings.database_url, min_size=1, max_size=max_size, command_timeout=command_timeout, timeout=5
             )
     assert pool is not None
     return pool
+
+
+async def close_pg_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully within 5 s, else terminate: a dead or hung database must not hold up shutdown."""
+    try:
+        await asyncio.wait_for(pool.close(), 5)
+    except Exception:  # noqa: BLE001 - closing goes on regardless
+        pool.terminate()
 
 
 def create_redis(settings: Settings) -> aioredis.Redis:

@@ -126,6 +126,55 @@ async def test_signup_with_malformed_fields_is_422_and_never_echoes_the_password
     assert PASSWORD not in r.text
 
 
+NUL = "\u0000"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        pytest.param("post", "/api/user/signup", {"username": f"ada{NUL}x", "email": "a@example.com"}, "username",
+                     id="signup-username-nul"),
+        pytest.param("post", "/api/user/signup", {"username": "ada\n", "email": "a@example.com"}, "username",
+                     id="signup-username-newline"),
+        pytest.param("post", "/api/user/signup", {"username": "ada", "email": f"a{NUL}@example.com"}, "email",
+                     id="signup-email-nul"),
+        pytest.param("post", "/api/user/login", {"username": f"ada{NUL}"}, "username", id="login-username-nul"),
+        pytest.param("post", "/api/user/refresh", {"refresh_token": f"x{NUL}y"}, "refresh_token", id="refresh-nul"),
+        pytest.param("post", "/api/auth/register", {"name": f"blog{NUL}"}, "name", id="register-name-nul"),
+        pytest.param("post", "/api/auth/register", {"name": "blog", "domain": f"a{NUL}.example"}, "domain",
+                     id="register-domain-nul"),
+        pytest.param("post", "/api/auth/revoke", {"key_id": f"k{NUL}"}, "key_id", id="revoke-key-id-nul"),
+        pytest.param("post", "/api/auth/regenerate", {"app_id": f"a{NUL}"}, "app_id", id="regenerate-app-id-nul"),
+        pytest.param("post", "/api/email/notification", {"subject": f"hi{NUL}", "body": "x"}, "subject",
+                     id="notification-subject-nul"),
+        pytest.param("post", "/api/email/notification", {"subject": "hi\r\nBcc: x@example.com", "body": "x"},
+                     "subject", id="notification-subject-header-injection"),
+        pytest.param("post", "/api/email/notification", {"subject": "hi", "body": f"line{NUL}"}, "body",
+                     id="notification-body-nul"),
+        pytest.param("post", "/api/email/reports", {"app_id": f"a{NUL}"}, "app_id", id="report-app-id-nul"),
+    ],
+)
+async def test_control_characters_in_text_fields_are_422_naming_the_field(
+    http: httpx.AsyncClient, method: str, path: str, body: dict[str, str], field: str
+) -> None:
+    """NUL cannot be stored in Postgres text (it was a 500) and a line break has no place in a name or
+    a mail subject: refused at validation, saying which field."""
+    user = await signup_login(http)
+    if path in ("/api/user/signup", "/api/user/login"):
+        body = {**body, "password": PASSWORD}
+    r = await getattr(http, method)(path, json=body, headers=user["headers"])
+    assert r.status_code == 422, r.text
+    problems = r.json()["detail"]
+    assert any(p["loc"][-1] == field and "control character" in p["msg"] for p in problems), problems
+
+
+async def test_line_breaks_and_tabs_stay_allowed_in_a_notification_body(http: httpx.AsyncClient) -> None:
+    user = await signup_login(http)
+    r = await http.post("/api/email/notification", json={"subject": "two lines", "body": "one\n\ttwo\r\n"},
+                        headers=user["headers"])
+    assert r.status_code == 202, r.text
+
+
 async def test_login_accepts_the_username_or_the_email_in_any_case(http: httpx.AsyncClient) -> None:
     user = await signup_login(http)
     for login in (user["username"], user["username"].upper(), user["email"], user["email"].upper()):
@@ -347,6 +396,24 @@ async def test_successful_logins_never_run_into_the_limit(http: httpx.AsyncClien
     for _ in range(12):
         r = await http.post("/api/user/login", json={"username": user["username"], "password": PASSWORD})
         assert r.status_code == 200, r.text
+
+
+async def test_concurrent_wrong_guesses_cannot_get_around_the_account_limit(stack: Stack) -> None:
+    """The attempt is counted before the password is checked: 60 parallel guesses with the default
+    10/minute get at most 10 password checks (401), the others 429 with Retry-After."""
+    async with client_for(stack, random_ip()) as setup:
+        user = await signup_login(setup)
+
+    async def guess(attempt: int) -> httpx.Response:
+        async with client_for(stack, random_ip()) as attacker:  # each from its own address
+            return await attacker.post("/api/user/login",
+                                       json={"username": user["username"], "password": f"Guess{attempt}!x"})
+
+    answers = await asyncio.gather(*(guess(i) for i in range(60)))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {401, 429}, statuses
+    assert 1 <= statuses.count(401) <= 10, statuses
+    assert all(int(r.headers["retry-after"]) >= 1 for r in answers if r.status_code == 429)
 
 
 # ---- apps and keys ---------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -142,9 +144,19 @@ class PostgresProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def up(self) -> None:
+        self._flowing.set()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    def hang(self) -> None:
+        """Keep accepting connections and bytes but pass nothing on, as a hung (SIGSTOPped) server does."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def down(self) -> None:
         """Refuse new connections and cut the open ones, as a crashed database would."""
@@ -169,7 +181,7 @@ class PostgresProxy:
                 up_reader, up_writer = await asyncio.open_connection(*self._target)
             writers.append(up_writer)
             self._writers.update(writers)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer, self._flowing), _pipe(up_reader, writer, self._flowing))
         finally:
             self._tasks.discard(task)
             for w in writers:
@@ -177,9 +189,27 @@ class PostgresProxy:
                 w.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while data := await reader.read(65536):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
     writer.transport.abort()
+
+
+@contextmanager
+def captured_logs() -> Iterator[io.StringIO]:
+    """Every log line of this process, rendered by the product's own JSON formatter, at DEBUG."""
+    root = logging.getLogger()
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(root.handlers[0].formatter)
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

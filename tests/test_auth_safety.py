@@ -4,17 +4,16 @@ working at the gateway while Postgres is unreachable, and the periodic key-expir
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
 import pytest
 
+from libs.embedded.procs import free_port
 from libs.runtime import Stack
 from libs.settings import Settings
 from services.auth import SERVICE as AUTH
@@ -23,6 +22,7 @@ from tests.conftest import PASSWORD, eventually, signup_login, unique
 from tests.test_auth_helpers import (
     KeyTopicReader,
     PostgresProxy,
+    captured_logs,
     client_for,
     collect,
     mails_to,
@@ -38,23 +38,6 @@ pytestmark = pytest.mark.engines
 async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(stack, random_ip()) as client:
         yield client
-
-
-@contextmanager
-def captured_logs() -> Iterator[io.StringIO]:
-    """Every log line of this process, rendered by the product's own JSON formatter, at DEBUG."""
-    root = logging.getLogger()
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(root.handlers[0].formatter)
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield out
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 async def a_user_with_everything(http: httpx.AsyncClient) -> tuple[dict, dict, list[str]]:
@@ -198,45 +181,55 @@ async def test_the_expiry_check_warns_owners_and_announces_expired_keys(
     assert (await collect(http, app["api_key"])).status_code == 401
 
 
-async def test_auth_answers_503_with_retry_after_while_postgres_is_down_and_recovers(engines: Settings) -> None:
+@asynccontextmanager
+async def auth_behind_a_proxy(engines: Settings) -> AsyncIterator[tuple[PostgresProxy, Stack, httpx.AsyncClient]]:
+    """An auth replica whose only way to Postgres is a proxy the test can cut or hang."""
     proxy = PostgresProxy(engines.database_url)
     await proxy.up()
     try:
-        # an auth replica whose only way to Postgres is the proxy
         async with Stack(engines.model_copy(update={"database_url": proxy.dsn}), [AUTH]) as lone, client_for(
             lone, random_ip()
         ) as auth:
-            user = await signup_login(auth)
-            await proxy.down()
-            name = unique("outage")
-            calls = {
-                "signup": auth.post(
-                    "/api/user/signup", json={"username": name, "email": f"{name}@example.com", "password": PASSWORD}
-                ),
-                "login": auth.post("/api/user/login", json={"username": user["username"], "password": PASSWORD}),
-                "refresh": auth.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]}),
-                "profile": auth.get("/api/user/get_user_profile", headers=user["headers"]),
-                "register": auth.post("/api/auth/register", json={"name": "x"}, headers=user["headers"]),
-                "apps": auth.get("/api/auth/apps", headers=user["headers"]),
-            }
-            for what, call in calls.items():
-                r = await call
-                assert r.status_code == 503, (what, r.status_code, r.text)
-                assert int(r.headers["retry-after"]) >= 1, what
-                assert "Postgres" in r.json()["detail"], what
-            await proxy.up()
-
-            async def back() -> bool:
-                r = await auth.post("/api/user/login", json={"username": user["username"], "password": PASSWORD})
-                return r.status_code == 200
-
-            await eventually(back, 10, "auth did not recover once Postgres was back")
-            # the refresh token that could not be spent during the outage still works
-            r = await auth.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]})
-            assert r.status_code == 200, r.text
-            assert not lone.failed.is_set(), lone.failure  # the background key job survived the outage
+            yield proxy, lone, auth
     finally:
+        proxy.resume()
         await proxy.down()
+
+
+async def logs_in_again(auth: httpx.AsyncClient, user: dict, message: str) -> None:
+    async def back() -> bool:
+        r = await auth.post("/api/user/login", json={"username": user["username"], "password": PASSWORD})
+        return r.status_code == 200
+
+    await eventually(back, 10, message)
+
+
+async def test_auth_answers_503_with_retry_after_while_postgres_is_down_and_recovers(engines: Settings) -> None:
+    async with auth_behind_a_proxy(engines) as (proxy, lone, auth):
+        user = await signup_login(auth)
+        await proxy.down()
+        name = unique("outage")
+        calls = {
+            "signup": auth.post(
+                "/api/user/signup", json={"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+            ),
+            "login": auth.post("/api/user/login", json={"username": user["username"], "password": PASSWORD}),
+            "refresh": auth.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]}),
+            "profile": auth.get("/api/user/get_user_profile", headers=user["headers"]),
+            "register": auth.post("/api/auth/register", json={"name": "x"}, headers=user["headers"]),
+            "apps": auth.get("/api/auth/apps", headers=user["headers"]),
+        }
+        for what, call in calls.items():
+            r = await call
+            assert r.status_code == 503, (what, r.status_code, r.text)
+            assert int(r.headers["retry-after"]) >= 1, what
+            assert "Postgres" in r.json()["detail"], what
+        await proxy.up()
+        await logs_in_again(auth, user, "auth did not recover once Postgres was back")
+        # the refresh token that could not be spent during the outage still works
+        r = await auth.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]})
+        assert r.status_code == 200, r.text
+        assert not lone.failed.is_set(), lone.failure  # the background key job survived the outage
 
 
 async def test_auth_republishes_every_keys_state_periodically(http: httpx.AsyncClient, engines: Settings) -> None:
@@ -250,3 +243,42 @@ async def test_auth_republishes_every_keys_state_periodically(http: httpx.AsyncC
     # the start-up snapshot and at least one periodic one, for both keys, with their current state
     assert all(m["revoked_at"] is not None for m, _ in found)
     assert len({m["key_id"] for m, _ in found}) == 2
+
+
+async def test_auth_answers_503_within_two_seconds_while_postgres_hangs(engines: Settings) -> None:
+    """A database that accepts connections but never answers (hung, SIGSTOPped) must not hold a login
+    for the pool's 10 s command timeout: the auth request path gives up after its own short timeouts."""
+    async with auth_behind_a_proxy(engines) as (proxy, _, auth):
+        user = await signup_login(auth)
+        proxy.hang()
+        for attempt in range(2):  # the second finds the connection the first gave up on replaced
+            started = time.monotonic()
+            r = await auth.post("/api/user/login", json={"username": user["username"], "password": PASSWORD})
+            elapsed = time.monotonic() - started
+            assert r.status_code == 503, (attempt, r.status_code, r.text)
+            assert int(r.headers["retry-after"]) >= 1
+            assert "Postgres" in r.json()["detail"]
+            assert elapsed < 2.5, f"attempt {attempt}: 503 after {elapsed:.1f} s"
+        proxy.resume()
+        await logs_in_again(auth, user, "auth did not recover once Postgres answered again")
+
+
+async def test_logout_while_redis_is_unreachable_is_503_and_not_a_false_success(
+    http: httpx.AsyncClient, engines: Settings
+) -> None:
+    """The access token can only be refused once its logout is recorded in Redis: a logout that could
+    not be recorded says so (503, Retry-After), and retried once Redis answers, it ends the session."""
+    user = await signup_login(http)
+    nowhere = f"redis://127.0.0.1:{free_port(16379)}/0"  # nothing listens there
+    async with Stack(engines.model_copy(update={"redis_url": nowhere}), [AUTH]) as lone, client_for(
+        lone, random_ip()
+    ) as cut_off:
+        r = await cut_off.post("/api/user/logout", headers=user["headers"])
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert "Redis" in r.json()["detail"]
+    # the session was not claimed to be over, and it is not: the retry (Redis reachable) ends it
+    assert (await http.get("/api/user/get_user_profile", headers=user["headers"])).status_code == 200
+    assert (await http.post("/api/user/logout", headers=user["headers"])).status_code == 204
+    assert (await http.get("/api/user/get_user_profile", headers=user["headers"])).status_code == 401
+

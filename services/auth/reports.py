@@ -16,6 +16,7 @@ from libs.access import bearer_dependency
 from libs.http import ApiError
 from libs.notifications import ReportFrequency, next_report_at
 from libs.settings import Settings
+from services.auth.schemas import Line
 
 if TYPE_CHECKING:
     from services.auth.service import AuthService
@@ -24,7 +25,7 @@ MAX_SUBSCRIPTIONS_PER_USER = 50
 
 
 class ReportIn(BaseModel):
-    app_id: str = Field(max_length=64)
+    app_id: Line = Field(max_length=64)
     frequency: ReportFrequency = "weekly"
     send_now: bool = Field(False, description="also mail a report of the last period right away")
 
@@ -54,7 +55,7 @@ async def subscribe(svc: "AuthService", user_id: str, body: ReportIn) -> asyncpg
     app = await svc.owned_app(user_id, body.app_id)  # 404 / 403
     now = datetime.now(UTC)
     first = now if body.send_now else next_report_at(body.frequency, now)
-    async with svc.pg.acquire() as conn:
+    async with svc.db() as conn:
         count = await conn.fetchval("SELECT count(*) FROM report_subscriptions WHERE user_id = $1", uuid.UUID(user_id))
         if count >= MAX_SUBSCRIPTIONS_PER_USER:
             raise ApiError(409, f"at most {MAX_SUBSCRIPTIONS_PER_USER} report subscriptions per user")
@@ -70,7 +71,7 @@ async def subscribe(svc: "AuthService", user_id: str, body: ReportIn) -> asyncpg
 
 
 async def list_for(svc: "AuthService", user_id: str, app_id: str | None) -> list[asyncpg.Record]:
-    async with svc.pg.acquire() as conn:
+    async with svc.db() as conn:
         rows = await conn.fetch(f"{_SELECT} WHERE s.user_id = $1 ORDER BY s.created_at", uuid.UUID(user_id))
     return [r for r in rows if app_id is None or str(r["app_id"]) == app_id]
 
@@ -80,7 +81,7 @@ async def unsubscribe(svc: "AuthService", user_id: str, subscription_id: str) ->
         sub = uuid.UUID(subscription_id)
     except ValueError as exc:
         raise ApiError(404, "report subscription not found") from exc
-    async with svc.pg.acquire() as conn:
+    async with svc.db() as conn:
         deleted = await conn.fetchval(
             "DELETE FROM report_subscriptions WHERE id = $1 AND user_id = $2 RETURNING id", sub, uuid.UUID(user_id)
         )

@@ -9,6 +9,9 @@ import asyncpg
 
 from libs.apikeys import KeyRecord
 
+# Background jobs' bulk statements: longer than the auth pool's per-statement default (request path).
+BULK_TIMEOUT_S = 60
+
 
 def version_now() -> int:
     """Microseconds since the epoch: key versions only grow, so consumers keep the newest state."""
@@ -139,7 +142,7 @@ async def revoke_keys(conn: asyncpg.Connection, key_ids: list[uuid.UUID]) -> lis
 
 
 async def all_keys(conn: asyncpg.Connection) -> list[KeyRecord]:
-    rows = await conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id")
+    rows = await conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id", timeout=BULK_TIMEOUT_S)
     return [KeyRecord.from_row(r) for r in rows]
 
 
@@ -156,7 +159,7 @@ async def claim_expiring(conn: asyncpg.Connection, within_s: float) -> list[asyn
            WHERE a.id = k.app_id AND k.revoked_at IS NULL AND k.expiry_notified_at IS NULL
              AND k.expires_at > now() AND k.expires_at <= now() + make_interval(secs => $1)
            RETURNING k.id, k.app_id, k.kind, k.prefix, k.expires_at, a.owner_id, a.name AS app_name""",
-        within_s,
+        within_s, timeout=BULK_TIMEOUT_S,
     )
 
 
@@ -169,7 +172,7 @@ async def claim_expired(conn: asyncpg.Connection) -> list[KeyRecord]:
                 AND expired_announced_at IS NULL
               RETURNING *)
             SELECT {KEY_COLUMNS} FROM k JOIN apps a ON a.id = k.app_id""",
-        version_now(),
+        version_now(), timeout=BULK_TIMEOUT_S,
     )
     return [KeyRecord.from_row(r) for r in rows]
 
@@ -180,5 +183,5 @@ async def fold_key_usage(conn: asyncpg.Connection, used: dict[uuid.UUID, datetim
         """UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
            FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
            WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)""",
-        list(used), list(used.values()),
+        list(used), list(used.values()), timeout=BULK_TIMEOUT_S,
     )

@@ -73,7 +73,7 @@ def build_routers(settings: Settings, svc: Callable[[], AuthService]) -> list[AP
         ]
 
     @apps.get("/api-key", response_model=s.KeyListOut, summary="Key metadata of an app (never the secrets)")
-    async def api_key(user: User, service: Svc, app_id: Annotated[str, Query(max_length=64)]) -> s.KeyListOut:
+    async def api_key(user: User, service: Svc, app_id: Annotated[s.Line, Query(max_length=64)]) -> s.KeyListOut:
         rows = await service.key_metadata(user.sub, app_id)
         return s.KeyListOut(app_id=app_id, keys=[_key_meta(r) for r in rows])
 

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, EmailStr, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, EmailStr, Field, ValidationInfo, field_validator, model_validator
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{3,40}$")
+_LINE_BREAKS_AND_TABS = frozenset("\t\n\r")
+
+
+def _control_characters(value: str, allowed: frozenset[str], info: ValidationInfo) -> str:
+    """Refuse Unicode control characters (category Cc: NUL, ESC, DEL, C1...): Postgres cannot store
+    NUL in text (asyncpg raised, a 500) and the others have no place in names, tokens or mail."""
+    if not isinstance(value, str):  # before an email's own validation, which refuses it
+        return value
+    for char in value:
+        if char not in allowed and unicodedata.category(char) == "Cc":
+            raise ValueError(f"{info.field_name} must not contain control characters (found U+{ord(char):04X})")
+    return value
+
+
+def _single_line(value: str, info: ValidationInfo) -> str:
+    return _control_characters(value, frozenset(), info)
+
+
+def _multi_line(value: str, info: ValidationInfo) -> str:
+    return _control_characters(value, _LINE_BREAKS_AND_TABS, info)
+
+
+# Every text field a client sends the auth service is one of these two.
+Line = Annotated[str, AfterValidator(_single_line)]
+Lines = Annotated[str, AfterValidator(_multi_line)]  # line breaks and tabs allowed (a mail's body)
+# Checked before the address's own validation, so that the answer names the control character.
+Email = Annotated[EmailStr, BeforeValidator(_single_line)]
 
 
 def _future_expiry(value: datetime | None) -> datetime | None:
@@ -22,8 +50,8 @@ def _future_expiry(value: datetime | None) -> datetime | None:
 
 
 class SignupIn(BaseModel):
-    username: str = Field(min_length=3, max_length=40, examples=["ada"])
-    email: EmailStr = Field(examples=["ada@example.com"])
+    username: Line = Field(min_length=3, max_length=40, examples=["ada"])
+    email: Email = Field(examples=["ada@example.com"])
     password: str = Field(min_length=1, max_length=256, examples=["Str0ng!pass"])
 
     @field_validator("username")
@@ -41,7 +69,7 @@ class SignupOut(BaseModel):
 
 
 class LoginIn(BaseModel):
-    username: str = Field(min_length=1, max_length=254, description="username or email")
+    username: Line = Field(min_length=1, max_length=254, description="username or email")
     password: str = Field(min_length=1, max_length=256)
 
 
@@ -53,11 +81,11 @@ class TokenPair(BaseModel):
 
 
 class RefreshIn(BaseModel):
-    refresh_token: str = Field(min_length=1, max_length=4096)
+    refresh_token: Line = Field(min_length=1, max_length=4096)
 
 
 class LogoutIn(BaseModel):
-    refresh_token: str | None = Field(default=None, max_length=4096)
+    refresh_token: Line | None = Field(default=None, max_length=4096)
 
 
 class UserProfile(BaseModel):
@@ -68,8 +96,8 @@ class UserProfile(BaseModel):
 
 
 class RegisterAppIn(BaseModel):
-    name: str = Field(min_length=1, max_length=120, examples=["My blog"])
-    domain: str | None = Field(default=None, max_length=253, examples=["blog.example.com"])
+    name: Line = Field(min_length=1, max_length=120, examples=["My blog"])
+    domain: Line | None = Field(default=None, max_length=253, examples=["blog.example.com"])
     expires_at: datetime | None = Field(default=None, description="when the keys stop working (default: a year)")
 
     @field_validator("expires_at")
@@ -111,8 +139,8 @@ class KeyListOut(BaseModel):
 
 
 class RevokeIn(BaseModel):
-    app_id: str | None = Field(default=None, max_length=64)
-    key_id: str | None = Field(default=None, max_length=64)
+    app_id: Line | None = Field(default=None, max_length=64)
+    key_id: Line | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
     def _one_target(self) -> RevokeIn:
@@ -126,7 +154,7 @@ class RevokeOut(BaseModel):
 
 
 class RegenerateIn(BaseModel):
-    app_id: str = Field(max_length=64)
+    app_id: Line = Field(max_length=64)
     expires_at: datetime | None = Field(default=None, description="when the new keys stop working (default: a year)")
 
     @field_validator("expires_at")
@@ -144,9 +172,9 @@ class RegenerateOut(BaseModel):
 
 
 class NotificationIn(BaseModel):
-    subject: str = Field(min_length=1, max_length=200)
-    body: str = Field(min_length=1, max_length=20000)
-    to: EmailStr | None = Field(default=None, description="must be your own address, if given")
+    subject: Line = Field(min_length=1, max_length=200)
+    body: Lines = Field(min_length=1, max_length=20000)
+    to: Email | None = Field(default=None, description="must be your own address, if given")
 
 
 class NotificationOut(BaseModel):

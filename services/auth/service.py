@@ -15,7 +15,9 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from limits import RateLimitItem
 from limits import parse as parse_limit
+from redis.exceptions import RedisError
 
 from libs import tokens
 from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
@@ -31,6 +33,10 @@ from services.auth import repository as repo
 log = get_logger(__name__)
 
 NOTIFICATION_LIMIT = "10/hour"
+# Postgres on a request's path: a hung server (accepting connections, never answering) must not hold
+# a client for long, so a free connection and each statement's answer get this long; past it, 503.
+PG_ACQUIRE_TIMEOUT_S = 1.5
+PG_STATEMENT_TIMEOUT_S = 1.5
 # Postgres down, restarting or unreachable (not a bad query): answered 503, retried by background jobs.
 POSTGRES_DOWN = (
     OSError,
@@ -70,10 +76,17 @@ class AuthService:
 
     @contextlib.asynccontextmanager
     async def db(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; Postgres being down or unreachable becomes a 503 with Retry-After."""
+        """A pooled connection; Postgres being down, hung or unreachable becomes a 503 with Retry-After.
+
+        A connection that timed out or broke is dropped rather than returned to the pool: resetting
+        it would wait on the same unanswering server."""
         try:
-            async with self.pg.acquire(timeout=5) as conn:
-                yield conn
+            async with self.pg.acquire(timeout=PG_ACQUIRE_TIMEOUT_S) as conn:
+                try:
+                    yield conn
+                except POSTGRES_DOWN:
+                    conn.terminate()
+                    raise
         except POSTGRES_DOWN as exc:
             log.warning("postgres unavailable", error=repr(exc))
             raise DependencyUnavailable("the account database (Postgres)", retry_after=2) from exc
@@ -85,9 +98,10 @@ class AuthService:
             raise ApiError(400, "password needs " + ", ".join(problems))
         async with self.db() as conn:
             clash = await repo.taken(conn, username, email)
-            if clash:
-                raise ApiError(409, f"{' and '.join(clash)} already registered")
-            password_hash = await passwords.hash_password(password)
+        if clash:
+            raise ApiError(409, f"{' and '.join(clash)} already registered")
+        password_hash = await passwords.hash_password(password)  # slow on purpose: not holding a connection
+        async with self.db() as conn:
             try:
                 user = await repo.insert_user(conn, username, email.lower(), password_hash)
             except asyncpg.UniqueViolationError as exc:
@@ -99,26 +113,35 @@ class AuthService:
     async def login(self, login: str, password: str, client_ip: str) -> dict[str, Any]:
         """Brute force is limited by failed attempts, per account and per client IP.
 
-        Only failures count, so people behind one NAT who type their password right are never
-        locked out; once either budget is spent, every attempt is refused (429) before the
-        password is even checked, until the moving window frees one.
+        Every attempt takes one from both budgets before the password is checked (atomically, in
+        Redis), so concurrent guesses cannot all pass a check made before any of them is counted;
+        a right password gives them back, so only failures count and people behind one NAT who
+        type their password right are never locked out. Once either budget is spent, every
+        attempt is refused (429) before the password is even checked, until the moving window
+        frees one.
         """
         async with self.db() as conn:
             user = await repo.user_by_login(conn, login)
         # One budget per account, whether it is named by username or by email.
         idents = {"acct": str(user["id"]) if user else login.lower(), "ip": _address_bucket(client_ip)}
+        counted: list[tuple[RateLimitItem, str, str]] = []  # (limit, scope, identity) hit so far
         for limit, scope in self.login_limits:
-            retry_after = await self.limiter.exceeded(limit, "login-failures", scope, idents[scope])
+            retry_after = await self.limiter.hit(limit, "login-failures", scope, idents[scope])
             if retry_after is not None:
+                await self._refund_attempt(counted)  # not checked, so not a failure
                 raise ApiError(
                     429, f"too many failed login attempts; retry in {retry_after}s", {"Retry-After": str(retry_after)}
                 )
+            counted.append((limit, scope, idents[scope]))
         if not await passwords.verify_password(user["password_hash"] if user else None, password):
-            for limit, scope in self.login_limits:
-                await self.limiter.hit(limit, "login-failures", scope, idents[scope])
             raise ApiError(401, "wrong username or password", {"WWW-Authenticate": "Bearer"})
         assert user is not None
+        await self._refund_attempt(counted)
         return await self._issue_pair(str(user["id"]), family=str(uuid.uuid4()))
+
+    async def _refund_attempt(self, counted: list[tuple[RateLimitItem, str, str]]) -> None:
+        for limit, scope, ident in counted:
+            await self.limiter.refund(limit, "login-failures", scope, ident)
 
     async def _issue_pair(self, user_id: str, family: str) -> dict[str, Any]:
         access, _ = tokens.issue(self.settings, user_id, "access", family)
@@ -154,11 +177,19 @@ class AuthService:
         return await self._issue_pair(claims.sub, claims.family)
 
     async def logout(self, access: tokens.TokenClaims) -> None:
+        """End the session: its refresh tokens (Postgres), then its access tokens (Redis denylist).
+
+        Either store unreachable is a 503 and no success is claimed: the access token then still
+        works, so the client can simply retry (both steps are idempotent).
+        """
         async with self.db() as conn:
             await repo.revoke_family(conn, access.family)
-        with contextlib.suppress(Exception):
+        try:
             await tokens.denylist(self.redis, access)
-        await self._deny_session(access.family)
+            await tokens.denylist_family(self.redis, access.family, self.settings.jwt_access_expires)
+        except (RedisError, OSError) as exc:
+            log.warning("logout not recorded: redis unavailable", error=repr(exc))
+            raise DependencyUnavailable("the session store (Redis)", retry_after=2) from exc
 
     async def _deny_session(self, family: str) -> None:
         """Refuse the session's access tokens too (Redis; best effort, they expire on their own)."""

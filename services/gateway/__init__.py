@@ -10,13 +10,14 @@ from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    from services.gateway.fastpath import IngestFastPath
+    from services.gateway.fastpath import SEED_ROUTES, SEGMENT_PATHS, IngestFastPath
     from services.gateway.ratelimit import KeyRateLimiter
     from services.gateway.router import build_routers
-    from services.gateway.service import Ingestor, Publisher
+    from services.gateway.service import MAX_REQUEST_BYTES, Ingestor, Publisher
     from services.gateway.static import script_router
 
     state: dict[str, Ingestor] = {}
+    ingest_paths = sorted([*SEED_ROUTES, *SEGMENT_PATHS])
 
     def ingestor() -> Ingestor:
         return state["ingestor"]
@@ -51,6 +52,8 @@ def build(runtime: Runtime) -> ServiceParts:
         on_stop=[stop],
         checks={"api_key_table": key_table_loaded},
         asgi_wrappers=[lambda app: IngestFastPath(app, ingestor)],
+        body_limits=dict.fromkeys(ingest_paths, MAX_REQUEST_BYTES),  # the fast path's caps, for these routes behind it
+        public_routes=[*(f"POST {path}" for path in ingest_paths), "GET /js/*", "HEAD /js/*"],
     )
 
 

@@ -39,6 +39,7 @@ _CORS = [(b"access-control-allow-origin", b"*"), (b"access-control-expose-header
 # The request headers the ingest path reads; others are not even decoded.
 _READ_HEADERS = frozenset({
     b"x-api-key", b"authorization", b"content-encoding", b"user-agent", b"x-forwarded-for", b"x-request-id", b"origin",
+    b"content-length",
 })
 
 
@@ -61,6 +62,8 @@ class IngestFastPath:
         token = request_id_var.set(rid)
         status, body, extra = 500, b"", []
         try:
+            if int(headers.get("content-length") or 0) > ingest.MAX_REQUEST_BYTES:  # refused unread
+                raise ApiError(413, f"request body over {ingest.MAX_REQUEST_BYTES // 1024} KB; send smaller batches")
             message = await receive()
             if message["type"] == "http.request" and not message.get("more_body"):
                 raw = message.get("body", b"")  # the whole body in one message, as nearly always (size checked later)

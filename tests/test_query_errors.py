@@ -223,10 +223,10 @@ async def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open(e
         with caplog.at_level(logging.ERROR):
             r = await http.get("/boom", headers={"x-request-id": "boom-1"})
         after = (await http.get("/peer")).json()["port"]
+    assert after == before, "the 500 closed the keep-alive connection"
     assert r.status_code == 500
     assert r.json() == {"detail": "internal error", "request_id": "boom-1"}
     assert r.headers["x-request-id"] == "boom-1"
-    assert after == before, "the 500 closed the keep-alive connection"
     assert isinstance(error_logged(caplog, "boom-1")["exc_info"], KeyError)
 
 

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from libs.clickhouse import ClickHouseUnavailable
+from libs.clickhouse import ClickHouseRejected, ClickHouseUnavailable
 from libs.kafka import KafkaUnavailable
 from libs.logs import REQUEST_ID_HEADER, get_logger, new_request_id, request_id_var
 
@@ -281,7 +281,42 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+class InternalErrorMiddleware:
+    """An exception no handler took is a bug: logged as an error with its traceback and the request
+    id, and answered `500 {"detail": "internal error", "request_id": ...}` as a normal response, so
+    the keep-alive connection stays open (an exception left to the server makes it drop the
+    connection). Innermost of the middlewares (added by install_error_handlers, before the others):
+    the 500 still gets the request id and CORS headers of the middlewares around it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error("unexpected error", method=scope["method"], path=scope["path"], exc_info=exc)
+            if started:  # part of the answer is out: only a dropped connection tells the client it is cut short
+                raise
+            body = {"detail": "internal error", "request_id": request_id_var.get()}
+            await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """JSON errors: 4xx for what the client sent, 503 with Retry-After for a dependency that is down,
+    500 with the request id for anything else (see InternalErrorMiddleware)."""
+    app.add_middleware(InternalErrorMiddleware)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -310,6 +345,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClickHouseUnavailable)
     async def _clickhouse_down(request: Request, exc: ClickHouseUnavailable) -> JSONResponse:
         return await _dependency_down(request, DependencyUnavailable("the analytics store (ClickHouse)"))
+
+    @app.exception_handler(ClickHouseRejected)
+    async def _clickhouse_refused(_: Request, exc: ClickHouseRejected) -> JSONResponse:
+        # ClickHouse's own message names our SQL: logged, not sent.
+        log.info("clickhouse refused a value of the request", code=exc.code, error=str(exc)[:500])
+        detail = (f"the analytics store refused a value of this request ({exc.name}); check the dates, numbers "
+                  "and text you sent, or ask for a shorter range or fewer results")
+        return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:

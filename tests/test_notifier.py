@@ -274,6 +274,36 @@ async def test_notifications_are_rate_limited(client: httpx.AsyncClient) -> None
     assert statuses[:10] == [202] * 10 and statuses[-1] == 429, statuses
 
 
+LINE_BREAKS = ["Build\ndone", "Build done\r\nBcc: victim@example.com", "one\rtwo", "next\u2028line", "tab\x0bbed",
+               "trailing\n"]
+
+
+async def test_a_notification_subject_is_one_line_and_the_body_may_have_many(client: httpx.AsyncClient) -> None:
+    """A mail header holds one line: a subject with a line break is refused up front (it could never be sent)."""
+    user = await signup_login(client)
+    for subject in LINE_BREAKS:
+        r = await client.post("/api/email/notification", json={"subject": subject, "body": "x"}, headers=user["headers"])
+        assert r.status_code == 422, (subject, r.text)
+        assert "subject" in r.text and "one line" in r.text, r.text
+    r = await client.post("/api/email/notification", json={"subject": "Build\tdone", "body": "line 1\r\nline 2\n"},
+                          headers=user["headers"])
+    assert r.status_code == 202, r.text
+
+
+async def test_an_app_name_with_line_breaks_still_gets_its_mails_with_a_one_line_subject(engines: Settings) -> None:
+    """Template subjects carry names people chose (app names): a line break in one is folded into a
+    space, so the key and report mails are delivered rather than dead-lettered, and no header is added."""
+    with smtp_server() as (inbox, port):
+        async with notifier(engines, f"smtp://127.0.0.1:{port}") as (_, send):
+            message = EmailMessage(to="owner@example.com", template="api_key_created",
+                                   data={"username": "ada", "app_name": "Shop\r\nBcc: victim@example.com", "keys": []})
+            message_id = await send(message)
+            await inbox.wait_for(message_id, 20, "the key mail was not delivered")
+    [mail] = inbox.with_id(message_id)
+    assert mail["Subject"] == "New API keys for Shop Bcc: victim@example.com"
+    assert mail["Bcc"] is None
+
+
 # ---- failures ------------------------------------------------------------------------------------
 async def test_smtp_down_for_a_while_then_the_mail_arrives_once(
     engines: Settings, client: httpx.AsyncClient, stack: Stack

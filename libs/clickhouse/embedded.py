@@ -22,6 +22,7 @@ from libs.clickhouse import (
     Schema,
     check_identifier,
     check_token,
+    from_code,
     parse_rows,
 )
 
@@ -46,6 +47,7 @@ class ChdbClickHouse:
         for name, value in OUTPUT_SETTINGS.items():
             self._session.query(f"SET {name} = {value!r}")
         self._users = 0
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> ChdbClickHouse:
@@ -66,17 +68,22 @@ class ChdbClickHouse:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self._pool, self._query_sync, sql, params)
-        except RuntimeError as exc:  # executor shut down
+        except ClickHouseError:  # what the engine answered, classified by its code
+            raise
+        except RuntimeError as exc:  # executor shut down: the engine is closed
             raise ClickHouseUnavailable(str(exc)) from exc
         return result
 
     def _query_sync(self, sql: str, params: dict[str, Any] | None) -> bytes:
         from chdb import ChdbError
 
+        if self._closed:  # a call queued behind close(): the session is gone
+            raise ClickHouseUnavailable("chDB is closed")
         try:
             res = self._session.query(sql, "JSONEachRow", params=_escaped(params) if params else None)
-        except ChdbError as exc:
-            raise ClickHouseError(str(exc)) from exc
+        # A session raises chdb._exceptions.ChdbError, a RuntimeError (not chdb.ChdbError).
+        except (ChdbError, RuntimeError) as exc:
+            raise from_code(None, str(exc)) from exc
         return res.bytes() if res is not None else b""
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -102,6 +109,7 @@ class ChdbClickHouse:
             if self._users > 0:
                 return
             self._instances.pop(self.path, None)
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._pool, self._session.close)
         self._pool.shutdown(wait=True)
 

@@ -17,8 +17,20 @@ from libs.clickhouse import (
     check_identifier,
     check_token,
     database_from_url,
+    from_code,
     parse_rows,
 )
+
+
+def classified(exc: DatabaseError) -> ClickHouseError:
+    """clickhouse-connect's error as ours, by ClickHouse's error code (from the server's
+    X-ClickHouse-Exception-Code header, else its message), as the embedded adapter classifies them.
+    An OperationalError that is no refusal (no answer at all, or 5xx answers until the retries ran
+    out) is an outage."""
+    error = from_code(exc.code, str(exc))
+    if isinstance(exc, OperationalError) and type(error) is ClickHouseError:
+        return ClickHouseUnavailable(str(exc), error.code)
+    return error
 
 
 class HttpClickHouse:
@@ -55,19 +67,15 @@ class HttpClickHouse:
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
             raw = await self._client.raw_query(sql, parameters=params or {}, fmt="JSONEachRow")
-        except OperationalError as exc:
-            raise ClickHouseUnavailable(str(exc)) from exc
         except DatabaseError as exc:
-            raise ClickHouseError(str(exc)) from exc
+            raise classified(exc) from exc
         return parse_rows(raw)
 
     async def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         try:
             await self._client.command(sql, parameters=params or None)
-        except OperationalError as exc:
-            raise ClickHouseUnavailable(str(exc)) from exc
         except DatabaseError as exc:
-            raise ClickHouseError(str(exc)) from exc
+            raise classified(exc) from exc
 
     async def insert_rows(self, table: str, rows: Sequence[bytes], *, dedup_token: str | None = None) -> None:
         settings: dict[str, Any] = {}
@@ -77,10 +85,8 @@ class HttpClickHouse:
             await self._client.raw_insert(
                 check_identifier(table), insert_block=b"\n".join(rows), settings=settings, fmt="JSONEachRow"
             )
-        except OperationalError as exc:
-            raise ClickHouseUnavailable(str(exc)) from exc
         except DatabaseError as exc:
-            raise ClickHouseError(str(exc)) from exc
+            raise classified(exc) from exc
 
     async def ping(self) -> bool:
         try:

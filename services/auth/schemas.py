@@ -172,9 +172,18 @@ class RegenerateOut(BaseModel):
 
 
 class NotificationIn(BaseModel):
-    subject: Line = Field(min_length=1, max_length=200)
-    body: Lines = Field(min_length=1, max_length=20000)
+    subject: Line = Field(min_length=1, max_length=200, description="one line")
+    body: Lines = Field(min_length=1, max_length=20000, description="plain text; may have many lines")
     to: Email | None = Field(default=None, description="must be your own address, if given")
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        # A mail header is one line: a line break (any that str.splitlines knows, as the email package
+        # refuses) could never be sent, and must not add headers.
+        if value.splitlines() != [value]:
+            raise ValueError("subject must be one line (no line breaks); put the rest in body")
+        return value
 
 
 class NotificationOut(BaseModel):

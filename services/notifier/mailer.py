@@ -88,6 +88,12 @@ def _msgid_domain(sender: str) -> str:
     return address.rpartition("@")[2] or "analytics.localhost"
 
 
+def _one_line(subject: str) -> str:
+    """The subject with its line breaks folded into spaces: subjects carry names people chose (an app's
+    name), and a header holds one line (the email package refuses a line break rather than send it)."""
+    return " ".join(part for part in (line.strip() for line in subject.splitlines()) if part)
+
+
 def render(message: EmailMessage, sender: str, base_url: str) -> MimeMessage:
     mime = MimeMessage()
     mime["From"] = sender
@@ -98,7 +104,7 @@ def render(message: EmailMessage, sender: str, base_url: str) -> MimeMessage:
     mime["X-Analytics-Message-Id"] = message.message_id
     if message.template is None:
         assert message.subject and message.body
-        mime["Subject"] = message.subject
+        mime["Subject"] = _one_line(message.subject)
         mime.set_content(message.body)
         return mime
     data: dict[str, Any] = {"base_url": base_url, **message.data}
@@ -108,7 +114,7 @@ def render(message: EmailMessage, sender: str, base_url: str) -> MimeMessage:
         html = _html.get_template(f"{message.template}.html").render(**{**data, "subject": subject})
     except (jinja2.TemplateError, KeyError) as exc:
         raise PermanentFailure(f"template {message.template!r} cannot be rendered: {exc}") from exc
-    mime["Subject"] = subject
+    mime["Subject"] = _one_line(subject)
     mime.set_content(text)
     mime.add_alternative(html, subtype="html")
     return mime

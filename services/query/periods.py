@@ -11,13 +11,29 @@ from libs.http import ApiError
 PERIODS = ("realtime", "day", "7d", "30d", "month", "6mo", "12mo", "custom")
 MAX_DAYS = 732
 MAX_HOURLY_DAYS = 31
+# The days a read may name: those the event store can hold (its timestamps are DateTime64(3),
+# migration 0001: 1900-01-01 to 2299-12-31). Outside them a read could only be empty, and date
+# arithmetic near the years 1 and 9999 overflows; within them every computed bound (a day's end, a
+# time zone's offset, the previous period of a comparison) stays a valid date and a bound value
+# ClickHouse compares as it should.
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(2299, 12, 31)
+FIRST_MOMENT = datetime.combine(FIRST_DAY, time(), UTC)
+
+
+def readable_day(day: date, name: str) -> date:
+    """`day` itself, or 422 naming the parameter when the event store cannot hold it."""
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ApiError(422, f"{name} must be a day from {FIRST_DAY} to {LAST_DAY} (what the event store holds); "
+                            f"got {day}")
+    return day
 
 
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ApiError(422, f"unknown time zone {name!r}; send an IANA name such as Europe/Berlin or UTC") from exc
+        raise ApiError(422, f"unknown time zone tz={name!r}; send an IANA name such as Europe/Berlin or UTC") from exc
 
 
 @dataclass
@@ -48,9 +64,10 @@ def _midnight(day: date, tz: ZoneInfo) -> datetime:
 
 def _parse_day(value: str, what: str) -> date:
     try:
-        return date.fromisoformat(value.strip())
+        day = date.fromisoformat(value.strip())
     except ValueError as exc:
         raise ApiError(422, f"{what} must be a day like 2026-11-23") from exc
+    return readable_day(day, what)
 
 
 def _month_start(day: date, back: int = 0) -> date:

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -19,6 +18,7 @@ from libs.http import ApiError
 from libs.settings import Settings
 from services.query import queries as q
 from services.query.cache import QueryCache, cache_key
+from services.query.periods import FIRST_MOMENT, readable_day, zone
 
 MAX_RANGE_DAYS = 732
 DEFAULT_RANGE_DAYS = 30
@@ -52,36 +52,39 @@ async def read_cache_control(request: Request) -> None:
 
 
 def parse_when(value: str | None, name: str, end_of_day: bool) -> datetime | None:
-    """An ISO date (whole day) or datetime (naive = UTC)."""
+    """An ISO date (whole day) or datetime (naive = UTC), on a day the event store can hold (the day
+    as written, periods.readable_day), as a UTC datetime."""
     if value is None or value == "":
         return None
     try:
         if len(value) == 10:
-            day = date.fromisoformat(value)
-            moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, time(), UTC)
-            return moment
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            day, moment = date.fromisoformat(value), None
+        else:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            day = moment.date()
     except ValueError as exc:
         raise ApiError(422, f"{name} must be a date (2026-01-31) or an ISO datetime (2026-01-31T12:00:00Z)") from exc
+    readable_day(day, name)
+    if moment is None:
+        return datetime.combine(day + timedelta(days=1) if end_of_day else day, time(), UTC)
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def date_range(start_raw: str | None, end_raw: str | None, start_name: str, end_name: str) -> tuple[datetime, datetime]:
     end = parse_when(end_raw, end_name, end_of_day=True) or datetime.now(UTC) + timedelta(seconds=1)
-    start = parse_when(start_raw, start_name, end_of_day=False) or end - timedelta(days=DEFAULT_RANGE_DAYS)
+    # The default start never reaches before what the store holds.
+    start = parse_when(start_raw, start_name, end_of_day=False) or max(
+        end - timedelta(days=DEFAULT_RANGE_DAYS), FIRST_MOMENT)
     if end <= start:
         raise ApiError(422, f"{end_name} must be after {start_name}")
     if end - start > timedelta(days=MAX_RANGE_DAYS):
-        raise ApiError(422, f"range longer than {MAX_RANGE_DAYS} days; ask for a shorter one")
+        raise ApiError(422, f"{start_name} to {end_name} is longer than {MAX_RANGE_DAYS} days; ask for a shorter range")
     return start, end
 
 
 def check_series(interval: str, days: int, tz: str) -> None:
     """422 for an unknown time zone, or an hourly series too long to read."""
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ApiError(422, f"unknown time zone {tz!r}; use an IANA name such as Europe/Berlin") from exc
+    zone(tz)
     if interval == "hour" and days > 31:
         raise ApiError(422, "hourly series cover at most 31 days; ask for interval=day")
 

@@ -131,7 +131,9 @@ def add_web_routes(
         # `page` is both the page filter (a path, starting with /) and the result page (a number).
         page_number = 1
         if filters.get("page", "").isdigit():
-            page_number = int(filters.pop("page"))
+            raw = filters.pop("page")
+            # Digits int() does not read (superscripts such as "²") are no page number either.
+            page_number = int(raw) if raw.isdecimal() else 0
             if not 1 <= page_number <= 100000:
                 raise ApiError(422, "page (the result page) runs from 1 to 100000; filter by a path with page=/path")
         if property not in stats.PROPERTIES:

@@ -1,4 +1,4 @@
-"""Request and response bodies of the auth service (field names fixed by DESIGN.md)."""
+"""Request and response bodies of the auth service (field names are a public contract)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def _control_characters(value: str, allowed: frozenset[str], info: ValidationInf
         return value
     for char in value:
         if char not in allowed and unicodedata.category(char) == "Cc":
+            if len(f"a{char}b".splitlines()) > 1:  # a line break, as str.splitlines and mail headers see it
+                raise ValueError(f"{info.field_name} must be one line: found a line break (control character U+{ord(char):04X})")
             raise ValueError(f"{info.field_name} must not contain control characters (found U+{ord(char):04X})")
     return value
 
@@ -32,8 +34,13 @@ def _multi_line(value: str, info: ValidationInfo) -> str:
     return _control_characters(value, _LINE_BREAKS_AND_TABS, info)
 
 
-# Every text field a client sends the auth service is one of these two.
+def _subject_line(value: str, info: ValidationInfo) -> str:
+    return _control_characters(value, frozenset("\t"), info)
+
+
+# Every text field a client sends the auth service is one of these.
 Line = Annotated[str, AfterValidator(_single_line)]
+SubjectLine = Annotated[str, AfterValidator(_subject_line)]  # a mail subject: one line, tabs allowed
 Lines = Annotated[str, AfterValidator(_multi_line)]  # line breaks and tabs allowed (a mail's body)
 # Checked before the address's own validation, so that the answer names the control character.
 Email = Annotated[EmailStr, BeforeValidator(_single_line)]
@@ -172,7 +179,7 @@ class RegenerateOut(BaseModel):
 
 
 class NotificationIn(BaseModel):
-    subject: Line = Field(min_length=1, max_length=200, description="one line")
+    subject: SubjectLine = Field(min_length=1, max_length=200, description="one line")
     body: Lines = Field(min_length=1, max_length=20000, description="plain text; may have many lines")
     to: Email | None = Field(default=None, description="must be your own address, if given")
 

@@ -8,8 +8,8 @@ with a 4xx naming the field.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -53,8 +53,10 @@ class JsonLimitError(ValueError):
 def check_json(value: Any, loc: tuple[Any, ...] = (), max_depth: int = MAX_DEPTH, max_width: int = MAX_WIDTH) -> None:
     """Raise JsonLimitError when `value` (parsed JSON) nests deeper than `max_depth` objects and arrays,
     holds an object or array wider than `max_width`, a float that is not finite or an integer outside
-    64 bits. Iterative: a value nested beyond Python's recursion limit is refused, not a crash."""
-    if not isinstance(value, dict | list):
+    64 bits. Iterative: a value nested beyond Python's recursion limit is refused, not a crash.
+    (On the ingest hot path: plain loops, exact type checks; JSON parsers make no subclasses.)"""
+    kind = type(value)
+    if kind is not dict and kind is not list:
         _check_scalar(value, loc)
         return
     stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 1, loc)]
@@ -64,19 +66,20 @@ def check_json(value: Any, loc: tuple[Any, ...] = (), max_depth: int = MAX_DEPTH
             raise JsonLimitError(path, f"nested deeper than {max_depth} levels of objects and arrays; flatten it",
                                  "json_too_deep")
         if len(node) > max_width:
-            what = "keys" if isinstance(node, dict) else "items"
+            what = "keys" if type(node) is dict else "items"
             raise JsonLimitError(path, f"more than {max_width} {what}; split it", "json_too_wide")
-        for key, child in node.items() if isinstance(node, dict) else enumerate(node):
-            if isinstance(child, dict | list):
+        for key, child in node.items() if type(node) is dict else enumerate(node):
+            kind = type(child)
+            if kind is dict or kind is list:
                 stack.append((child, depth + 1, (*path, key)))
-            elif isinstance(child, float | int):
-                _check_scalar(child, (*path, key))
+            elif (kind is float and not isfinite(child)) or (kind is int and not MIN_INT <= child <= MAX_INT):
+                _check_scalar(child, (*path, key))  # raises
 
 
 def _check_scalar(value: Any, loc: tuple[Any, ...]) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
+    if type(value) is float and not isfinite(value):
         raise JsonLimitError(loc, "not a finite number (NaN and Infinity cannot be stored)", "finite_number")
-    if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+    if type(value) is int and not MIN_INT <= value <= MAX_INT:
         raise JsonLimitError(loc, f"integer outside {MIN_INT}..{MAX_INT}; send it as a string", "int_range")
 
 
@@ -85,7 +88,8 @@ def check_event(item: dict[str, Any]) -> None:
     if len(item) > MAX_WIDTH:
         raise JsonLimitError((), f"more than {MAX_WIDTH} fields", "json_too_wide")
     for key, value in item.items():
-        if isinstance(value, dict | list | float | int):
+        kind = type(value)
+        if kind is dict or kind is list or kind is float or kind is int:
             check_json(value, (key,))
 
 

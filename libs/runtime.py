@@ -8,6 +8,7 @@ start and stop. The same services run in one process (`analytics run`), in sever
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
@@ -149,8 +150,10 @@ class Stack:
         self.runtime = Runtime(settings)
         self.parts: dict[str, ServiceParts] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # Background tasks that failed and have not yet run `RESTART_STABLE_S` since their restart.
+        # Background tasks that failed and have not yet run `RESTART_STABLE_S` since their restart, and
+        # how often each has failed in all.
         self.failing: dict[str, BaseException] = {}
+        self.failures: collections.Counter[str] = collections.Counter()
 
     @property
     def needs(self) -> set[Need]:
@@ -192,6 +195,7 @@ class Stack:
                 raise
             except Exception as exc:  # any failure of a job is logged and retried
                 self.failing[name] = exc
+                self.failures[name] += 1
                 log.error("background task failed; restarting it", task=name, error=repr(exc)[:500],
                           retry_in_s=delay, exc_info=exc)
             await asyncio.sleep(delay)

@@ -8,10 +8,11 @@ header carries the id of the HTTP request that brought the event in. Fields may 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from libs.limits import APP_ID_CHARS, ID_CHARS, NAME_CHARS, EventTime, FiniteFloat, StoredProperties
 
 SCHEMA_VERSION = 1
 
@@ -22,10 +23,10 @@ class EnrichedEvent(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    event_id: str = Field(min_length=1, max_length=128, description="client messageId, else generated")
-    app_id: str = Field(min_length=1, max_length=64)
+    event_id: str = Field(min_length=1, max_length=ID_CHARS, description="client messageId, else generated")
+    app_id: str = Field(min_length=1, max_length=APP_ID_CHARS)
     type: EventType = "track"
-    event_name: str = Field(max_length=200)
+    event_name: str = Field(max_length=NAME_CHARS)
     event_category: str = ""
     source: str = Field("", description="collect | events | metrics | segment | script, or the client's own")
     source_kind: str = Field(
@@ -54,12 +55,13 @@ class EnrichedEvent(BaseModel):
     country: str = ""
     ip: str = ""
     user_agent: str = ""
-    properties: dict[str, Any] = Field(
-        default_factory=dict, description="the event's properties exactly as sent (null values, empty objects included)")
-    metric_value: float | None = None
+    properties: StoredProperties = Field(
+        default_factory=dict, description="the event's properties exactly as sent (null values, empty objects "
+        "included), within libs/limits.py's limits")
+    metric_value: FiniteFloat | None = None
     metric_unit: str = ""
-    timestamp: datetime = Field(description="when it happened (client clock, skew-corrected), UTC")
-    received_at: datetime = Field(description="when the gateway received it, UTC")
+    timestamp: EventTime = Field(description="when it happened (client clock, skew-corrected), UTC")
+    received_at: EventTime = Field(description="when the gateway received it, UTC")
     is_bot: bool = Field(False, description="a crawler: a known bot or a headless browser posing as a visitor "
                                             "(server-side and mobile senders never are)")
     flags: list[str] = Field(default_factory=list, description="e.g. timestamp_clamped")

@@ -8,7 +8,9 @@ start and stop. The same services run in one process (`analytics run`), in sever
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +38,12 @@ from libs.stores import create_pg_pool, create_redis, pg_ping, redis_ping
 log = get_logger(__name__)
 
 Need = Literal["kafka", "postgres", "redis", "smtp", "clickhouse"]
+
+# A failed background job is started again after RESTART_MIN_S, doubling up to RESTART_MAX_S; it counts
+# as healthy again (and the delay starts over) once it has run RESTART_STABLE_S.
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 60.0
+RESTART_STABLE_S = 5.0
 
 
 class Runtime:
@@ -153,8 +161,10 @@ class Stack:
         self.runtime = Runtime(settings)
         self.parts: dict[str, ServiceParts] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.failed: asyncio.Event = asyncio.Event()
-        self.failure: BaseException | None = None
+        # Background tasks that failed and have not yet run `RESTART_STABLE_S` since their restart, and
+        # how often each has failed in all.
+        self.failing: dict[str, BaseException] = {}
+        self.failures: collections.Counter[str] = collections.Counter()
 
     @property
     def needs(self) -> set[Need]:
@@ -171,18 +181,47 @@ class Stack:
             log.warning("insecure configuration", problem=problem)
         for spec in self.specs:
             for job in self.parts[spec.name].background:
-                task = asyncio.create_task(job(), name=f"{spec.name}:{job.__name__}")
-                task.add_done_callback(self._on_task_done)
-                self._tasks.append(task)
+                name = f"{spec.name}:{job.__name__}"
+                self._tasks.append(asyncio.create_task(self._supervise(name, job), name=name))
 
-    def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("background task failed", task=task.get_name(), error=repr(exc), exc_info=exc)
-            self.failure = exc
-            self.failed.set()
+    async def _supervise(self, name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a background job (a consumer) until it returns; when it fails, log it, report it in
+        /readyz and start it again after a growing delay. A failing consumer never stops the process,
+        so the HTTP services it shares a process with keep answering."""
+        delay = RESTART_MIN_S
+        while True:
+            run = asyncio.create_task(job(), name=name)
+            try:
+                done, _ = await asyncio.wait({run}, timeout=RESTART_STABLE_S)
+                if not done:  # it has been running long enough: healthy again
+                    if self.failing.pop(name, None) is not None:
+                        log.info("background task running again", task=name)
+                    delay = RESTART_MIN_S
+                    await run
+                else:
+                    run.result()
+                return
+            except asyncio.CancelledError:
+                if not run.done():  # cancelled while waiting: the job gets to finish its batch and commit
+                    run.cancel()
+                    await asyncio.wait({run})
+                raise
+            except Exception as exc:  # any failure of a job is logged and retried
+                self.failing[name] = exc
+                self.failures[name] += 1
+                log.error("background task failed; restarting it", task=name, error=repr(exc)[:500],
+                          retry_in_s=delay, exc_info=exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    def task_checks(self, spec: ServiceSpec) -> dict[str, Check]:
+        """A /readyz check per background job of `spec`: false from its failure until it has run
+        `RESTART_STABLE_S` again."""
+        names = [f"{spec.name}:{job.__name__}" for job in self.parts[spec.name].background]
+        return {name: functools.partial(self._task_ok, name) for name in names}
+
+    async def _task_ok(self, name: str) -> bool:
+        return name not in self.failing
 
     async def stop(self) -> None:
         """Background tasks first (consumers finish their batch and commit), then hooks, then connections."""
@@ -231,6 +270,7 @@ class Stack:
             checked = spec.ready_needs if spec.ready_needs is not None else spec.needs
             checks.update(self.runtime.checks(set(checked) - {"smtp"}))
             checks.update(parts.checks)
+            checks.update(self.task_checks(spec))
         install_health_routes(app, checks, self.settings.insecure_defaults())
         parts = [self.parts[spec.name] for spec in specs]
         app.add_middleware(BodyLimitMiddleware, limits={k: v for p in parts for k, v in p.body_limits.items()})

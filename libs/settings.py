@@ -57,9 +57,12 @@ class Settings(BaseSettings):
     aggregator_batch_size: int = Field(default=5000, ge=1)
     aggregator_batch_max_age_ms: int = Field(default=500, ge=10)
     # Stop instead of dead-lettering everything: past this share of bad messages (over at least
-    # `aggregator_dlq_min_bad` of the last 1,000) the consumer exits with an error.
+    # `aggregator_dlq_min_bad` of the last 1,000), coming from more than that share of the apps sending
+    # and from at least `aggregator_bad_min_apps` apps, the consumer stops with an error (and is
+    # restarted with backoff). One app's bad messages are only dead-lettered.
     aggregator_max_bad_ratio: float = Field(default=0.5, gt=0, le=1)
     aggregator_dlq_min_bad: int = Field(default=100, ge=1)
+    aggregator_bad_min_apps: int = Field(default=3, ge=1)
     # The topic and consumer group the aggregator reads (tests and benchmarks use their own).
     aggregator_topic: str = "analytics.events.v1"
     aggregator_group: str = "aggregator"

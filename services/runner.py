@@ -106,7 +106,8 @@ async def run_services(
     everything: bool = False,
     announce: Callable[[str], None] = print,
 ) -> int:
-    """Start, serve until SIGINT/SIGTERM (or a failed background task), stop. Returns an exit code."""
+    """Start, serve until SIGINT/SIGTERM, stop. Returns an exit code. A failing background task (a
+    consumer) is restarted by the stack and reported in /readyz; it never stops the HTTP services."""
     check_chdb_placement(settings, specs)
     listeners = plan_listeners(specs, host, port, everything)
     for listener in listeners:
@@ -139,15 +140,10 @@ async def run_services(
                 raise StartupError("an HTTP listener failed to start; see the log above")
             await asyncio.sleep(0.02)
         announce(_banner(embedded, listeners, settings))
-        failed = asyncio.create_task(stack.failed.wait())
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait([failed, stopped, *serving], return_when=asyncio.FIRST_COMPLETED)
-        failed.cancel()
+        await asyncio.wait([stopped, *serving], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        code = 1 if stack.failure is not None else 0
-        if stack.failure is not None:
-            announce(f"stopping: {stack.failure}")
-        return code
+        return 0
     finally:
         for server in servers:
             server.should_exit = True  # stop accepting, finish in-flight requests

@@ -132,10 +132,13 @@ async def test_poison_messages_land_in_the_dlq_with_their_error_and_good_events_
 
 
 async def test_a_topic_of_mostly_poison_stops_the_consumer_with_a_clear_error(stack: Stack, producer: AIOKafkaProducer) -> None:
+    """A broken deployment: most messages of most apps are poison. (One app's poison only goes to the
+    DLQ: tests/test_poison.py.)"""
     settings = stack.settings.model_copy(update={"aggregator_dlq_min_bad": 20, "aggregator_max_bad_ratio": 0.5})
     topic = await own_topic(settings, 1)
     for i in range(60):
-        await producer.send(topic, b"{oops" if i % 6 else enriched("guard-app"))
+        app_id = f"guard-app-{i % 5}"
+        await producer.send(topic, b"{oops" if i % 6 else enriched(app_id), key=app_id.encode())
     await producer.flush()
     consumer = EventConsumer(settings, await stack.runtime.clickhouse(), producer, topic=topic, group_id=f"g-{topic}")
     with pytest.raises(TooManyBadMessages) as stopped:

@@ -10,12 +10,13 @@ from services.runner import SERVICES
 
 pytestmark = pytest.mark.engines
 
+# Dependencies, and each background task (false while it is being restarted after a failure).
 EXPECTED_CHECKS = {
     "gateway": {"kafka", "api_key_table"},  # ingest goes on with Postgres or Redis down
-    "auth": {"kafka", "postgres", "redis"},
-    "query": {"kafka", "postgres", "redis", "clickhouse"},
-    "aggregator": {"kafka", "clickhouse"},
-    "notifier": {"kafka", "redis", "smtp"},
+    "auth": {"kafka", "postgres", "redis", "auth:key_checks"},
+    "query": {"kafka", "postgres", "redis", "clickhouse", "query:reports"},
+    "aggregator": {"kafka", "clickhouse", "aggregator:consume"},
+    "notifier": {"kafka", "redis", "smtp", "notifier:consume"},
 }
 
 

@@ -29,6 +29,10 @@ OUTPUT_SETTINGS: dict[str, Any] = {
     "date_time_input_format": "best_effort",
     # Rows carry fields of the event contract that a table does not store (e.g. metric_value on events).
     "input_format_skip_unknown_fields": 1,
+    # `{"a": {"b": 1}, "a.b": 2}` names the path a.b twice for the `properties` JSON column: keep the first
+    # rather than refuse the whole insert (which would hold up every event behind it). The exact
+    # properties are in properties_json, which every read returns.
+    "type_json_skip_duplicated_paths": 1,
 }
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")

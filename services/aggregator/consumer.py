@@ -8,14 +8,14 @@
 * When ClickHouse refuses writes, the partitions are paused (polling goes on, so the consumer keeps
   its group membership) and the same batch is retried with backoff until it goes in; nothing is
   committed meanwhile and nothing more is read, so memory stays bounded.
-* Poison messages go to the DLQ with their error; if most recent messages are poison, the consumer
-  stops with an error rather than dead-lettering all traffic.
+* Poison messages go to the DLQ with their error, counted per app (badness.py): one app's poison never
+  stops the consumer; if most recent messages are poison from most of the apps sending (a broken
+  deployment), the consumer stops with an error rather than dead-lettering all traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
 from typing import Any
@@ -27,6 +27,7 @@ from libs.clickhouse import ClickHouse, ClickHouseError
 from libs.kafka import EVENTS_DLQ_TOPIC, dumps, make_consumer
 from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
 from libs.settings import Settings
+from services.aggregator.badness import BadMessages
 from services.aggregator.decode import PoisonMessage, decode
 from services.aggregator.writer import PartitionBatch, write_batches
 
@@ -59,7 +60,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class EventConsumer:
     """One member of the aggregator's consumer group. `run()` returns when `stop()` is called (after a
-    last flush and commit) and raises TooManyBadMessages when the topic is mostly poison."""
+    last flush and commit) and raises TooManyBadMessages when most recent messages are poison from most of
+    the apps sending (badness.py); one app's poison is only dead-lettered."""
 
     def __init__(
         self, settings: Settings, ch: ClickHouse, producer: AIOKafkaProducer,
@@ -75,7 +77,7 @@ class EventConsumer:
         self.pending_commit: dict[TopicPartition, int] = {}
         self.positions: dict[int, int] = {}
         self.last_commit = time.monotonic()
-        self.recent_bad: collections.deque[bool] = collections.deque(maxlen=BAD_WINDOW)
+        self.recent_bad = self._bad_counter()
         self.retry_at = 0.0
         self.retry_delay = 0.2
         self.running = True
@@ -85,6 +87,10 @@ class EventConsumer:
         self.refusing = False
         # A rebalance callback may run while the loop is between awaits: one flush at a time.
         self._flush_lock = asyncio.Lock()
+
+    def _bad_counter(self) -> BadMessages:
+        s = self.settings
+        return BadMessages(s.aggregator_max_bad_ratio, s.aggregator_dlq_min_bad, s.aggregator_bad_min_apps, BAD_WINDOW)
 
     # ---- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -153,7 +159,7 @@ class EventConsumer:
         except PoisonMessage as exc:
             batch.add(message.offset, None, None)
             return str(exc)
-        self.recent_bad.append(False)
+        self.recent_bad.record(BadMessages.app_of(message.key), False)
         batch.add(message.offset, table, row)
         return None
 
@@ -329,13 +335,18 @@ class EventConsumer:
             log.warning("message dead-lettered", error=error, partition=message.partition, offset=message.offset)
         finally:
             request_id_var.reset(token)
-        self.recent_bad.append(True)
-        bad = sum(self.recent_bad)
-        if bad >= self.settings.aggregator_dlq_min_bad and bad / len(self.recent_bad) > self.settings.aggregator_max_bad_ratio:
+        app = BadMessages.app_of(message.key)
+        self.recent_bad.record(app, True)
+        if self.recent_bad.newly_misbehaving(app):
+            log.warning("most recent events of this app are invalid; they go to the DLQ, other apps are not affected",
+                        app_id=app, dlq=EVENTS_DLQ_TOPIC, last_error=error)
+        broken = self.recent_bad.broken()
+        if broken is not None:
+            self.recent_bad = self._bad_counter()  # a restarted consumer judges afresh
             raise TooManyBadMessages(
-                f"{bad} of the last {len(self.recent_bad)} messages on {self.topic} were invalid "
-                f"(limit {self.settings.aggregator_max_bad_ratio:.0%}); the aggregator stopped instead of "
-                f"dead-lettering all traffic. Inspect {EVENTS_DLQ_TOPIC}, fix the producer, then restart."
+                f"{broken} on {self.topic} (limit {self.settings.aggregator_max_bad_ratio:.0%}): the deployment "
+                f"looks broken; the aggregator stopped instead of dead-lettering all traffic. Inspect "
+                f"{EVENTS_DLQ_TOPIC} and fix the producer (or the aggregator's version)."
             )
 
     def _update_lag(self) -> None:

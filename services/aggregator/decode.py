@@ -20,7 +20,17 @@ def _ts(value: Any) -> str:
 
 
 def decode(raw: bytes | None) -> tuple[str, bytes]:
-    """(table, row) for one message value. Raises PoisonMessage."""
+    """(table, row) for one message value. Raises PoisonMessage, and nothing else: a message that
+    cannot be stored is dead-lettered, never a stop of the consumer."""
+    try:
+        return _decode(raw)
+    except PoisonMessage:
+        raise
+    except Exception as exc:  # whatever a message holds, it is poison, not a crash
+        raise PoisonMessage(f"cannot be stored: {exc!r}"[:500]) from exc
+
+
+def _decode(raw: bytes | None) -> tuple[str, bytes]:
     if not raw:
         raise PoisonMessage("empty message")
     try:

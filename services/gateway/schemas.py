@@ -1,18 +1,20 @@
-"""Inbound event shapes the gateway accepts (the seeds' field names)."""
+"""Inbound event shapes the gateway accepts (the seeds' field names). Limits: libs/limits.py."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Required
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
-Text40 = Annotated[str | None, Field(max_length=40)]
+from libs.limits import ID_CHARS, NAME_CHARS, SHORT_CHARS, URL_CHARS, EventTime, FiniteFloat
+
+Text40 = Annotated[str | None, Field(max_length=SHORT_CHARS)]
 Text64 = Annotated[str | None, Field(max_length=64)]
-Text128 = Annotated[str | None, Field(max_length=128)]
-Text200 = Annotated[str | None, Field(max_length=200)]
-Text4096 = Annotated[str | None, Field(max_length=4096)]
+Text128 = Annotated[str | None, Field(max_length=ID_CHARS)]
+Text200 = Annotated[str | None, Field(max_length=NAME_CHARS)]
+Text4096 = Annotated[str | None, Field(max_length=URL_CHARS)]
+Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS)]
 
 
 # The second seed's event is validated into a plain dict (a TypedDict): the most frequent request of
@@ -29,12 +31,12 @@ class CollectMetadata(TypedDict, total=False):
 class CollectEvent(TypedDict, total=False):
     """The second seed's event (`POST /api/analytics/collect`)."""
 
-    event: Required[Annotated[str, Field(min_length=1, max_length=200)]]  # "login_form_cta_click"
+    event: Required[Name]  # "login_form_cta_click"
     url: Text4096
     referrer: Text4096
     device: Text40  # "mobile", "desktop", "tablet"
     ipAddress: Text64
-    timestamp: datetime | None
+    timestamp: EventTime | None
     metadata: CollectMetadata | None
     userId: Text200
     sessionId: Text200
@@ -49,24 +51,24 @@ class SeedEvent(BaseModel):
     """The first seed's event (`POST /api/analytics/events`)."""
 
     model_config = ConfigDict(extra="forbid")
-    event_name: str = Field(min_length=1, max_length=200)
-    event_category: str | None = Field(default=None, max_length=200)
-    source: str | None = Field(default=None, max_length=200)
-    user_id: str | None = Field(default=None, max_length=200)
-    session_id: str | None = Field(default=None, max_length=200)
+    event_name: Name
+    event_category: Text200 = None
+    source: Text200 = None
+    user_id: Text200 = None
+    session_id: Text200 = None
     metadata: dict[str, Any] | None = None
-    timestamp: datetime | None = None
-    event_id: str | None = Field(default=None, max_length=128)
+    timestamp: EventTime | None = None
+    event_id: Text128 = None
 
 
 class MetricIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    metric_name: str = Field(min_length=1, max_length=200)
-    value: float
-    unit: str | None = Field(default=None, max_length=40)
+    metric_name: Name
+    value: FiniteFloat
+    unit: Text40 = None
     tags: dict[str, str] | None = None
-    timestamp: datetime | None = None
-    event_id: str | None = Field(default=None, max_length=128)
+    timestamp: EventTime | None = None
+    event_id: Text128 = None
 
 
 class Accepted(BaseModel):

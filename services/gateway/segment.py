@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from libs.http import ApiError
+from libs.limits import ID_CHARS, NAME_CHARS, TIME_RANGE, EventTime, storable_time
 from services.gateway import enrich
 from services.gateway.service import MAX_BATCH_EVENTS
 
@@ -29,17 +30,17 @@ class SegmentMessage(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     type: CallType
-    event: str | None = Field(default=None, max_length=200)
-    name: str | None = Field(default=None, max_length=200)
-    category: str | None = Field(default=None, max_length=200)
-    userId: str | None = Field(default=None, max_length=200)
-    anonymousId: str | None = Field(default=None, max_length=200)
-    groupId: str | None = Field(default=None, max_length=200)
-    previousId: str | None = Field(default=None, max_length=200)
-    messageId: str | None = Field(default=None, max_length=128)
-    timestamp: datetime | None = None
-    originalTimestamp: datetime | None = None
-    sentAt: datetime | None = None
+    event: str | None = Field(default=None, max_length=NAME_CHARS)
+    name: str | None = Field(default=None, max_length=NAME_CHARS)
+    category: str | None = Field(default=None, max_length=NAME_CHARS)
+    userId: str | None = Field(default=None, max_length=NAME_CHARS)
+    anonymousId: str | None = Field(default=None, max_length=NAME_CHARS)
+    groupId: str | None = Field(default=None, max_length=NAME_CHARS)
+    previousId: str | None = Field(default=None, max_length=NAME_CHARS)
+    messageId: str | None = Field(default=None, max_length=ID_CHARS)
+    timestamp: EventTime | None = None
+    originalTimestamp: EventTime | None = None
+    sentAt: EventTime | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
@@ -90,12 +91,17 @@ def segment_items(call: str, body: dict[str, Any]) -> tuple[list[Any], bool]:
 
 
 def parse_time(value: Any) -> datetime | None:
+    """A batch's `sentAt`: None when absent or not a time (no clock-skew correction then); a 400 when
+    outside the storable range, on which no correction can be computed."""
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    if not storable_time(moment):
+        raise ApiError(400, f"sentAt {value[:40]!r} is outside {TIME_RANGE}; send the client's current time")
+    return moment
 
 
 def _text(value: Any, limit: int = 4096) -> str:

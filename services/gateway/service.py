@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import operator
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from libs.apikeys import KeyRecord, KeyTable
 from libs.clientip import TrustedProxies
 from libs.http import TALLY, ApiError, DependencyUnavailable, labelled
 from libs.kafka import EVENTS_TOPIC
+from libs.limits import JsonLimitError, check_event
 from libs.logs import get_logger, kafka_headers
 from libs.settings import Settings
 from services.gateway import enrich
@@ -88,12 +90,15 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 Validate = Callable[[Any], Any]  # a schema's validation: the validated event, or ValidationError
+# How a route takes its events: (validation, conversion into an enriched event, the route's metric label).
+Route = tuple[Validate, Callable[[Any, "RequestFacts"], dict[str, Any]], str]
 
 
 def validate_items(
     validate: Validate, items: Sequence[Any], body_size: int | None = None
 ) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
-    """Valid (index, validated event) pairs and per-index errors; events over 32 KB are refused by index too.
+    """Valid (index, validated event) pairs and per-index errors; events over 32 KB or over the limits of
+    libs/limits.py (depth, width, finite numbers) are refused by index too.
 
     `body_size`, when known and at most 32 KB, spares measuring each event: none can be larger."""
     good: list[tuple[int, Any]] = []
@@ -103,6 +108,11 @@ def validate_items(
         if not isinstance(item, dict):
             bad.append({"index": index, "errors": [{"msg": "an event must be a JSON object"}]})
             continue
+        try:
+            check_event(item)  # first: orjson cannot even measure an event nested too deep
+        except JsonLimitError as exc:
+            bad.append({"index": index, "errors": [exc.error()]})
+            continue
         if measure and len(orjson.dumps(item)) > MAX_EVENT_BYTES:
             bad.append({"index": index, "errors": [{"msg": f"event over {MAX_EVENT_BYTES // 1024} KB"}]})
             continue
@@ -111,6 +121,9 @@ def validate_items(
         except ValidationError as exc:
             bad.append({"index": index, "errors": _errors(exc)})
     return good, bad
+
+
+_INDEX = operator.itemgetter("index")
 
 
 def split_batch(body: Any, batch_key: str = "events") -> tuple[list[Any], bool]:
@@ -260,20 +273,45 @@ class Ingestor:
         """Validate, enrich and hand the valid items to the publisher, without waiting: the caller
         awaits `Publisher.acknowledged(pending)` before answering. 422 if no item is valid."""
         self.check_rate(facts.record)
+        events, bad = self.prepare(facts, items, is_batch, (validate, convert, route))
+        waiters = self.publisher.append(facts.record.app_id, events) if events else []
+        return Pending(events, bad, waiters, route)
+
+    def prepare(
+        self, facts: RequestFacts, items: Sequence[Any], is_batch: bool, how: Route
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the enriched events to publish, the refused ones' errors by index), for the route's
+        (validate, convert, name). Every event returned is one the aggregator can store
+        (libs/limits.py). 422 if no item is valid."""
+        validate, convert, route = how
         good, bad = validate_items(validate, items, facts.body_size)
+        oldest = facts.received_at - timedelta(days=self.settings.clickhouse_retention_days)
+        converted = []
+        for index, item in good:
+            event = convert(item, facts)
+            if event["timestamp"] < oldest:  # ClickHouse's TTL would drop it: refuse it rather than lose it
+                bad.append({"index": index, "errors": [self._too_old(oldest)]})
+            else:
+                converted.append(event)
         if bad:
             labelled(EVENTS_REJECTED, route).inc(len(bad))
-        if not good:
+            bad.sort(key=_INDEX)
+        if not converted:
             raise ApiError(422, bad if is_batch else bad[0]["errors"])
         events = []
-        for _, item in good:
-            event = enrich.finalize(convert(item, facts), self.settings.ip_anonymize)
+        for event in converted:
+            enrich.finalize(event, self.settings.ip_anonymize)
             if event["is_bot"] and self.settings.bot_policy == "drop":
                 BOTS_DROPPED.inc()
                 continue
             events.append(event)
-        waiters = self.publisher.append(facts.record.app_id, events) if events else []
-        return Pending(events, bad, waiters, route)
+        return events, bad
+
+    def _too_old(self, oldest: datetime) -> dict[str, Any]:
+        days = self.settings.clickhouse_retention_days
+        return {"loc": ["timestamp"], "type": "timestamp_too_old",
+                "msg": f"older than the {days} days events are kept (CLICKHOUSE_RETENTION_DAYS): send events "
+                       f"from {oldest:%Y-%m-%d %H:%M} UTC on"}
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ async def list_users(ch: ClickHouse, app_id: str, search: str | None, limit: int
 
 async def export_lines(ch: ClickHouse, app_id: str, user_id: str) -> AsyncIterator[bytes]:
     """Every event of the user, oldest first, in batches (keyset pagination on timestamp, event_id)."""
-    after_ts, after_id = "1970-01-01 00:00:00.000", ""
+    after_ts, after_id = "1900-01-01 00:00:00.000", ""  # the timestamp column's first day (libs/limits.py)
     while True:
         rows = await ch.query(
             f"""SELECT {EVENT_COLUMNS}, formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f', 'UTC') AS _cursor

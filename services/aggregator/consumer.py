@@ -28,6 +28,7 @@ from libs.kafka import EVENTS_DLQ_TOPIC, dumps, make_consumer
 from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
 from libs.settings import Settings
 from services.aggregator.decode import PoisonMessage, decode
+from services.aggregator.versions import DataVersions
 from services.aggregator.writer import PartitionBatch, write_batches
 
 log = get_logger(__name__)
@@ -63,13 +64,14 @@ class EventConsumer:
 
     def __init__(
         self, settings: Settings, ch: ClickHouse, producer: AIOKafkaProducer,
-        topic: str | None = None, group_id: str | None = None,
+        topic: str | None = None, group_id: str | None = None, versions: DataVersions | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic or settings.aggregator_topic
         self.group_id = group_id or settings.aggregator_group
         self.ch = ch
         self.producer = producer
+        self.versions = versions  # the apps' data versions, bumped after each insert (query cache keys)
         self.consumer: AIOKafkaConsumer | None = None
         self.batches: dict[int, PartitionBatch] = {}
         self.pending_commit: dict[TopicPartition, int] = {}
@@ -149,12 +151,12 @@ class EventConsumer:
             batch = self.batches[tp.partition] = PartitionBatch(tp.partition, message.offset, self.topic)
         self.positions[tp.partition] = message.offset + 1
         try:
-            table, row = decode(message.value)
+            table, row, app_id, at = decode(message.value)
         except PoisonMessage as exc:
             batch.add(message.offset, None, None)
             return str(exc)
         self.recent_bad.append(False)
-        batch.add(message.offset, table, row)
+        batch.add(message.offset, table, row, app_id, at)
         return None
 
     # ---- writing --------------------------------------------------------------------------------
@@ -191,6 +193,8 @@ class EventConsumer:
 
     async def _write(self, batches: list[PartitionBatch]) -> None:
         await write_batches(self.ch, batches)
+        if self.versions is not None:  # stored: cached answers of these apps must not be served any more
+            await self.versions.stored(batches)  # never raises; before the commit, so a crash repeats it
         for batch in batches:
             batch.written = True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,8 +20,14 @@ def _ts(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def decode(raw: bytes | None) -> tuple[str, bytes]:
-    """(table, row) for one message value. Raises PoisonMessage."""
+def _epoch(moment: datetime) -> float:
+    """Seconds since the epoch; a naive timestamp is UTC (as the events table reads it)."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def decode(raw: bytes | None) -> tuple[str, bytes, str, float]:
+    """(table, row, app id, event time in epoch seconds) for one message value: the app and time are
+    taken from the parsed event here, so that nobody parses the row again. Raises PoisonMessage."""
     if not raw:
         raise PoisonMessage("empty message")
     try:
@@ -46,7 +53,7 @@ def decode(raw: bytes | None) -> tuple[str, bytes]:
             "timestamp": _ts(event.timestamp),
             "received_at": _ts(event.received_at),
         }
-        return "metrics", orjson.dumps(row)
+        return "metrics", orjson.dumps(row), event.app_id, _epoch(event.timestamp)
     # The validated event serialized by pydantic's Rust serializer: the cheapest canonical row (ISO
     # timestamps, read by ClickHouse's best_effort parser; the metric fields are skipped as unknown).
-    return "events", event.__pydantic_serializer__.to_json(event)
+    return "events", event.__pydantic_serializer__.to_json(event), event.app_id, _epoch(event.timestamp)

@@ -167,12 +167,16 @@ async def test_redis_refusing_the_bump_neither_stops_the_aggregator_nor_loses_ev
         server.stop()
 
 
-async def test_the_aggregator_stays_ready_without_redis(stack: Stack) -> None:
+async def test_the_aggregator_stays_ready_without_redis(stack: Stack, tmp_path: Any) -> None:
     from services.aggregator import SERVICE
 
     assert "redis" in SERVICE.needs  # it bumps the apps' data versions there
-    transport = httpx.ASGITransport(app=stack.app([SERVICE]))
-    async with httpx.AsyncClient(transport=transport, base_url="http://aggregator.test") as http:
-        r = await http.get("/readyz")
-    assert r.status_code == 200, r.text
-    assert set(r.json()["checks"]) == {"kafka", "clickhouse"}  # storing events does not wait for Redis
+    topic = await own_topic(stack.settings, 1)
+    no_redis = stack.settings.model_copy(update={"redis_url": f"unix://{tmp_path}/no-redis.sock",
+                                                 "aggregator_topic": topic, "aggregator_group": f"g-{topic}"})
+    async with Stack(no_redis, [SERVICE]) as aggregator:
+        transport = httpx.ASGITransport(app=aggregator.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://aggregator.test") as http:
+            r = await http.get("/readyz")
+    assert r.status_code == 200, r.text  # storing events does not wait for Redis
+    assert set(r.json()["checks"]) == {"kafka", "clickhouse"}, r.text

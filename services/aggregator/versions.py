@@ -31,6 +31,10 @@ BUMP_FAILURES = Counter("aggregator_version_bump_failures_total", "Failed bumps 
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
+# The longest a write waits on Redis (it answers in about a millisecond): a hung Redis costs one such
+# wait, then the bumps go to the retry task. A bump that timed out may still have landed: bumping
+# twice only makes the query service compute an answer once more.
+BUMP_TIMEOUT_S = 0.5
 
 
 class DataVersions:
@@ -72,7 +76,7 @@ class DataVersions:
         live, late = self._live, self._late
         self._live, self._late = set(), set()
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with asyncio.timeout(BUMP_TIMEOUT_S), self.redis.pipeline(transaction=False) as pipe:
                 for app_id in live:
                     pipe.incr(LIVE + app_id)
                 for app_id in late:

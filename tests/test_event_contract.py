@@ -92,7 +92,7 @@ def gateway_then_aggregator(item: dict[str, Any], route: Route) -> None:
         assert refused.detail[0]["msg"], refused.detail
         return
     for event in events:
-        table, row = decode(orjson.dumps(event))  # PoisonMessage here fails the test
+        table, row, _app, _at = decode(orjson.dumps(event))  # PoisonMessage here fails the test
         stored = orjson.loads(row)
         if table == "events":
             assert orjson.loads(stored["properties_json"]) == event["properties"]

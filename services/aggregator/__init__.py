@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from libs.clickhouse import ClickHouse
 from libs.kafka import ALL_TOPICS, ensure_topics
@@ -20,26 +21,36 @@ async def migrate(runtime: Runtime, ch: ClickHouse | None = None) -> list[str]:
 
 def build(runtime: Runtime) -> ServiceParts:
     from services.aggregator.consumer import EventConsumer
+    from services.aggregator.versions import DataVersions
 
-    state: dict[str, EventConsumer] = {}
+    state: dict[str, Any] = {}
 
     async def start() -> None:
         ch = await runtime.clickhouse()
         await migrate(runtime, ch)
         if runtime.settings.aggregator_topic not in ALL_TOPICS:
             await ensure_topics(runtime.settings, (runtime.settings.aggregator_topic,))
-        state["consumer"] = EventConsumer(runtime.settings, ch, await runtime.producer())
+        # Redis is not reached here (the client connects on first use): the aggregator starts without it.
+        state["versions"] = versions = DataVersions(await runtime.redis())
+        state["consumer"] = EventConsumer(runtime.settings, ch, await runtime.producer(), versions=versions)
 
     async def consume() -> None:
         await state["consumer"].run()
 
-    return ServiceParts(on_start=[start], background=[consume])
+    async def stop() -> None:
+        if "versions" in state:
+            await state["versions"].close()
+
+    return ServiceParts(on_start=[start], on_stop=[stop], background=[consume])
 
 
 SERVICE = ServiceSpec(
     name="aggregator",
     port=8004,
-    needs=frozenset({"kafka", "clickhouse"}),
+    # Redis: the apps' data versions that keep the query cache fresh. Not a readiness need: storing
+    # events goes on while Redis is down (the bumps are retried), so an outage must not take it out.
+    needs=frozenset({"kafka", "clickhouse", "redis"}),
+    ready_needs=frozenset({"kafka", "clickhouse"}),
     build=build,
     description="Kafka consumer group writing events to ClickHouse",
 )

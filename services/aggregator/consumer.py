@@ -29,6 +29,7 @@ from libs.logs import get_logger, kafka_headers, request_id_from_headers, reques
 from libs.settings import Settings
 from services.aggregator.badness import BadMessages
 from services.aggregator.decode import PoisonMessage, decode
+from services.aggregator.versions import DataVersions
 from services.aggregator.writer import PartitionBatch, write_batches
 
 log = get_logger(__name__)
@@ -65,13 +66,14 @@ class EventConsumer:
 
     def __init__(
         self, settings: Settings, ch: ClickHouse, producer: AIOKafkaProducer,
-        topic: str | None = None, group_id: str | None = None,
+        topic: str | None = None, group_id: str | None = None, versions: DataVersions | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic or settings.aggregator_topic
         self.group_id = group_id or settings.aggregator_group
         self.ch = ch
         self.producer = producer
+        self.versions = versions  # the apps' data versions, bumped after each insert (query cache keys)
         self.consumer: AIOKafkaConsumer | None = None
         self.batches: dict[int, PartitionBatch] = {}
         self.pending_commit: dict[TopicPartition, int] = {}
@@ -155,12 +157,12 @@ class EventConsumer:
             batch = self.batches[tp.partition] = PartitionBatch(tp.partition, message.offset, self.topic)
         self.positions[tp.partition] = message.offset + 1
         try:
-            table, row = decode(message.value)
+            table, row, app_id, at = decode(message.value)
         except PoisonMessage as exc:
             batch.add(message.offset, None, None)
             return str(exc)
         self.recent_bad.record(BadMessages.app_of(message.key), False)
-        batch.add(message.offset, table, row)
+        batch.add(message.offset, table, row, app_id, at)
         return None
 
     # ---- writing --------------------------------------------------------------------------------
@@ -197,6 +199,8 @@ class EventConsumer:
 
     async def _write(self, batches: list[PartitionBatch]) -> None:
         await write_batches(self.ch, batches)
+        if self.versions is not None:  # stored: cached answers of these apps must not be served any more
+            await self.versions.stored(batches)  # never raises; before the commit, so a crash repeats it
         for batch in batches:
             batch.written = True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,9 +20,15 @@ def _ts(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def decode(raw: bytes | None) -> tuple[str, bytes]:
-    """(table, row) for one message value. Raises PoisonMessage, and nothing else: a message that
-    cannot be stored is dead-lettered, never a stop of the consumer."""
+def _epoch(moment: datetime) -> float:
+    """Seconds since the epoch; a naive timestamp is UTC (as the events table reads it)."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def decode(raw: bytes | None) -> tuple[str, bytes, str, float]:
+    """(table, row, app id, event time in epoch seconds) for one message value: the app and time are
+    taken from the parsed event here, so that nobody parses the row again. Raises PoisonMessage, and
+    nothing else: a message that cannot be stored is dead-lettered, never a stop of the consumer."""
     try:
         return _decode(raw)
     except PoisonMessage:
@@ -30,7 +37,7 @@ def decode(raw: bytes | None) -> tuple[str, bytes]:
         raise PoisonMessage(f"cannot be stored: {exc!r}"[:500]) from exc
 
 
-def _decode(raw: bytes | None) -> tuple[str, bytes]:
+def _decode(raw: bytes | None) -> tuple[str, bytes, str, float]:
     if not raw:
         raise PoisonMessage("empty message")
     try:
@@ -56,10 +63,11 @@ def _decode(raw: bytes | None) -> tuple[str, bytes]:
             "timestamp": _ts(event.timestamp),
             "received_at": _ts(event.received_at),
         }
-        return "metrics", orjson.dumps(row)
+        return "metrics", orjson.dumps(row), event.app_id, _epoch(event.timestamp)
     # The validated event serialized by pydantic's Rust serializer: the cheapest canonical row (ISO
     # timestamps, read by ClickHouse's best_effort parser; the metric fields are skipped as unknown),
     # plus the properties' JSON text for the properties_json column (the JSON column drops nulls).
     row_json = event.__pydantic_serializer__.to_json(event)
     exact = orjson.dumps(orjson.dumps(event.properties).decode())
-    return "events", b"".join((row_json[:-1], b',"properties_json":', exact, b"}"))
+    row = b"".join((row_json[:-1], b',"properties_json":', exact, b"}"))
+    return "events", row, event.app_id, _epoch(event.timestamp)

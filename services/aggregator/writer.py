@@ -66,7 +66,8 @@ INSERT_LATENCY = Histogram(
 
 @dataclass(eq=False)  # compared by identity: two batches are never "the same" batch
 class PartitionBatch:
-    """Messages of one partition, from `first_offset` to `last_offset`, grouped by table."""
+    """Messages of one partition, from `first_offset` to `last_offset`, grouped by table, and for each
+    app with rows in it the time of its oldest event (epoch seconds: what the data versions need)."""
 
     partition: int
     first_offset: int
@@ -76,12 +77,17 @@ class PartitionBatch:
     created: float = field(default_factory=time.monotonic)
     messages: int = 0
     written: bool = False
+    oldest: dict[str, float] = field(default_factory=dict)
 
-    def add(self, offset: int, table: str | None, row: bytes | None) -> None:
+    def add(self, offset: int, table: str | None, row: bytes | None, app_id: str | None = None, at: float = 0.0) -> None:
         self.last_offset = offset
         self.messages += 1
         if table is not None and row is not None:
             self.rows.setdefault(table, []).append(row)
+            if app_id is not None:
+                seen = self.oldest.get(app_id)
+                if seen is None or at < seen:
+                    self.oldest[app_id] = at
 
     @property
     def age(self) -> float:

@@ -1,8 +1,11 @@
 """Redis cache-aside for query results, with single-flight for identical concurrent misses.
 
-Keys: `query:v1:<app>:<endpoint>:<sha256 of the normalized parameters>`. A range that reaches "now"
-gets a short TTL (new events keep arriving), a range closed in the past a long one. Redis being down
-only means answers are computed every time.
+Keys: `query:v1:<app>:<endpoint>:<sha256 of the normalized parameters and the app's data versions>`.
+The versions (libs/dataversions.py) move on when the aggregator stores new events of the app, so a
+cached answer is never older than the newest data stored for it: a range that reaches "now" is keyed by
+the app's live version (and kept a short TTL besides, as time passing moves its window), a range closed
+in the past by its late version (kept long: only events older than a few minutes can change it).
+Redis being down only means answers are computed every time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from libs.dataversions import GENERATION, LATE, LIVE
 from libs.logs import get_logger
 
 log = get_logger(__name__)
@@ -34,18 +38,22 @@ class QueryCache:
         self.redis = redis
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
 
-    async def generation(self, app_id: str) -> int:
-        """The app's cache generation (0 when never bumped, or when Redis cannot say)."""
+    async def versions(self, app_id: str, live: bool) -> dict[str, int] | None:
+        """The app's data versions an answer is keyed by, in one round trip: its generation (moved by
+        privacy deletions) and its live version (for a range that reaches now) or its late version (for
+        a closed range). None when Redis cannot say: the answer is then computed and not cached."""
+        kind, prefix = ("live", LIVE) if live else ("late", LATE)
         try:
-            value = await self.redis.get(f"query:gen:{app_id}")
-        except (RedisError, OSError):
-            return 0
-        return int(value) if value else 0
+            generation, version = await self.redis.mget(GENERATION + app_id, prefix + app_id)
+        except (RedisError, OSError) as exc:
+            log.warning("query cache unreachable; answering uncached", error=repr(exc))
+            return None
+        return {"gen": int(generation or 0), kind: int(version or 0)}
 
     async def bump_generation(self, app_id: str) -> None:
         """Make every cached answer of the app unreachable (they expire on their own TTL)."""
         try:
-            await self.redis.incr(f"query:gen:{app_id}")
+            await self.redis.incr(GENERATION + app_id)
         except (RedisError, OSError) as exc:
             log.warning("could not invalidate the app's cached answers", app_id=app_id, error=repr(exc))
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from libs.dataversions import reaches_now
 from libs.http import ApiError
 
 PERIODS = ("realtime", "day", "7d", "30d", "month", "6mo", "12mo", "custom")
@@ -45,7 +46,7 @@ class Period:
 
     @property
     def live(self) -> bool:
-        return self.end >= datetime.now(UTC) - timedelta(minutes=5)
+        return reaches_now(self.end)
 
     def previous(self) -> Period:
         return Period(self.name, self.start - (self.end - self.start), self.start, self.tz)

@@ -1,7 +1,6 @@
 """HTTP routes of the query service (`GET /api/analytics/*`)."""
 
 
-import time as time_module
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import UTC, date, datetime, time, timedelta
@@ -14,6 +13,7 @@ from fastapi.responses import Response
 from libs.access import BearerCredentials, verify_access_token
 from libs.apikeys import KeyTable
 from libs.clickhouse import ClickHouse
+from libs.dataversions import reaches_now
 from libs.http import ApiError
 from libs.settings import Settings
 from services.query import queries as q
@@ -140,22 +140,17 @@ def build_router(
         app_id: str, endpoint: str, params: dict[str, Any], live: bool, compute: Callable[[], Awaitable[Any]]
     ) -> Response:
         store = cache()
-        if live:
-            # A range that reaches "now" is cached for one short slot, then recomputed.
-            params = {**params, "slot": int(time_module.time() // settings.query_cache_ttl_live_s)}
-        if store is None:
+        # The app's data versions are part of the key: a write of new events (live ranges), of late
+        # ones (closed ranges) or a deletion moves them on, so no answer computed before is served after.
+        versions = await store.versions(app_id, live) if store is not None else None
+        if store is None or versions is None:
             body, hit = orjson.dumps(await compute(), default=str), False
         else:
+            # A live answer also expires: time passing moves its window ("the last 5 minutes").
             ttl = settings.query_cache_ttl_live_s if live else settings.query_cache_ttl_closed_s
-            # The app's generation is part of the key: deleting a user's data bumps it, so no answer
-            # computed before the deletion is served after it.
-            params = {**params, "gen": await store.generation(app_id)}
-            key = cache_key(app_id, endpoint, params)
+            key = cache_key(app_id, endpoint, {**params, "_versions": versions})
             body, hit = await store.get_or_compute_json(key, ttl, compute, refresh=_bypass_cache.get())
         return Response(body, media_type="application/json", headers={"X-Cache": "HIT" if hit else "MISS"})
-
-    def reaches_now(end: datetime) -> bool:
-        return end >= datetime.now(UTC) - timedelta(minutes=5)
 
     @router.get("/event-summary", summary="Count, unique users and device breakdown of an event")
     async def event_summary(

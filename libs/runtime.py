@@ -144,6 +144,7 @@ class Stack:
         self._tasks: list[asyncio.Task[None]] = []
         self.failed: asyncio.Event = asyncio.Event()
         self.failure: BaseException | None = None
+        self.extra_checks: dict[str, Check] = {}  # readiness of what runs beside the services (embedded engines)
 
     @property
     def needs(self) -> set[Need]:
@@ -218,6 +219,7 @@ class Stack:
             checked = spec.ready_needs if spec.ready_needs is not None else spec.needs
             checks.update(self.runtime.checks(set(checked) - {"smtp"}))
             checks.update(parts.checks)
+        checks.update(self.extra_checks)
         install_health_routes(app, checks)
         # Browsers on any site send events with the publishable write key, and dashboards on other
         # origins read with Bearer tokens; no cookies are used, so no credentials mode is needed.

@@ -77,8 +77,12 @@ class Supervisor:
                 if engine.name in self.gave_up or engine.popen is None:
                     continue
                 code = engine.popen.poll()  # also reaps it
-                if code is not None and not self._stop.is_set():
+                if code is None or self._stop.is_set():
+                    continue
+                try:
                     self._handle_exit(engine, code)
+                except Exception as exc:  # noqa: BLE001 - this thread must outlive the engines it started
+                    log.error("embedded engine supervisor failed a round", engine=engine.name, error=repr(exc))
 
     def _handle_exit(self, engine: ManagedProcess, code: int) -> None:
         recent = self._recent[engine.name]

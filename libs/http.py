@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.clickhouse import ClickHouseRejected, ClickHouseUnavailable
 from libs.kafka import KafkaUnavailable
 from libs.logs import REQUEST_ID_HEADER, get_logger, new_request_id, request_id_var
+from libs.redisguard import request_budget
 
 log = get_logger("http")
 
@@ -266,7 +267,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with request_budget():  # every Redis call of this request shares one short budget
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
@@ -11,8 +13,11 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
 from libs.logs import get_logger
+from libs.redisguard import guard_for
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 RATE_LIMIT_FAIL_OPEN = Counter(
     "rate_limit_fail_open_total", "Requests let through because the rate-limit store was unreachable", ["limit"]
@@ -33,6 +38,12 @@ class RateLimiter:
         )
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
+        self._guard = guard_for(redis_url)
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """`await fn(*args, **kwargs)` (a method of `limiter`) under the Redis server's budget and breaker
+        (libs.redisguard)."""
+        return await self._guard.call(fn, *args, **kwargs)
 
     @property
     def limiter(self) -> MovingWindowRateLimiter:
@@ -51,9 +62,9 @@ class RateLimiter:
         item = parse(limit) if isinstance(limit, str) else limit
         try:
             check = self._limiter.hit if count else self._limiter.test
-            if await check(item, *identifiers):
+            if await self.call(check, item, *identifiers):
                 return None
-            stats = await self._limiter.get_window_stats(item, *identifiers)
+            stats = await self.call(self._limiter.get_window_stats, item, *identifiers)
         except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure; fail open
             RATE_LIMIT_FAIL_OPEN.labels(str(item)).inc()
             log.warning("rate limit store unreachable; allowing the request", error=repr(exc))
@@ -73,6 +84,6 @@ class RateLimiter:
 
     async def clear(self, limit: str, *identifiers: str) -> None:
         try:
-            await self._limiter.clear(parse(limit), *identifiers)
+            await self.call(self._limiter.clear, parse(limit), *identifiers)
         except Exception as exc:  # noqa: BLE001 - best effort
             log.warning("rate limit clear failed", error=repr(exc))

@@ -165,6 +165,7 @@ class Stack:
         # how often each has failed in all.
         self.failing: dict[str, BaseException] = {}
         self.failures: collections.Counter[str] = collections.Counter()
+        self.extra_checks: dict[str, Check] = {}  # readiness of what runs beside the services (embedded engines)
 
     @property
     def needs(self) -> set[Need]:
@@ -271,6 +272,7 @@ class Stack:
             checks.update(self.runtime.checks(set(checked) - {"smtp"}))
             checks.update(parts.checks)
             checks.update(self.task_checks(spec))
+        checks.update(self.extra_checks)
         install_health_routes(app, checks, self.settings.insecure_defaults())
         parts = [self.parts[spec.name] for spec in specs]
         app.add_middleware(BodyLimitMiddleware, limits={k: v for p in parts for k, v in p.body_limits.items()})

@@ -6,8 +6,11 @@ import asyncio
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from libs.redisguard import GuardedRedis, guard_for
 from libs.settings import Settings
 
 _CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -44,14 +47,21 @@ async def close_pg_pool(pool: asyncpg.Pool) -> None:
 
 
 def create_redis(settings: Settings) -> aioredis.Redis:
-    """A Redis client on REDIS_URL; short timeouts so callers can fail open when Redis is down."""
+    """A Redis client on REDIS_URL whose every call goes through the process's guard for that server
+    (libs.redisguard: a time budget per request, a circuit breaker), so callers fail open (or refuse)
+    within milliseconds when Redis is down or hung."""
     assert settings.redis_url, "REDIS_URL is not set and no embedded Redis was started"
-    return aioredis.from_url(
+    client = GuardedRedis.from_url(
         settings.redis_url,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
         health_check_interval=30,
+        # One immediate retry: a pooled connection that died with a restarted Redis is replaced at
+        # once. More retries (redis-py's default is 10, with backoff) would only spend the budget.
+        retry=Retry(NoBackoff(), 1),
     )
+    client.guard = guard_for(settings.redis_url)
+    return client
 
 
 async def pg_ping(pool: asyncpg.Pool) -> bool:

@@ -86,6 +86,7 @@ def infra() -> None:
             print(line, flush=True)
         print(f"export ANALYTICS_DATA_DIR={settings.data_dir}", flush=True)
         print("# Kafka (Tansu) keeps messages in memory only. Ctrl-C stops everything.", flush=True)
+        stack.supervise(announce=_announce)  # an engine that dies is restarted, and a line says so
         _wait_for_signal()
     finally:
         stack.stop()

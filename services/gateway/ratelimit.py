@@ -81,8 +81,9 @@ class KeyRateLimiter:
         for key_id in keys:
             cost = pending.get(key_id, 0)
             try:
-                accepted = await self.shared.limiter.hit(self.item, "ingest", key_id, cost=cost) if cost else True
-                stats = await self.shared.limiter.get_window_stats(self.item, "ingest", key_id)
+                limiter = self.shared.limiter
+                accepted = await self.shared.call(limiter.hit, self.item, "ingest", key_id, cost=cost) if cost else True
+                stats = await self.shared.call(limiter.get_window_stats, self.item, "ingest", key_id)
             except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure; fail open
                 RATE_LIMIT_FAIL_OPEN.labels(str(self.item)).inc(cost)
                 log.warning("rate limit store unreachable; allowing the requests", error=repr(exc))

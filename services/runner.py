@@ -169,7 +169,7 @@ def with_served_base_url(settings: Settings, listeners: list[Listener]) -> Setti
     serving = next((li for li in listeners if any(s.name == "query" for s in li.specs)), None)
     if serving is None:
         return settings
-    host = "127.0.0.1" if serving.host in ("0.0.0.0", "::", "") else serving.host  # noqa: S104 - compared, not bound
+    host = "127.0.0.1" if serving.host in ("0.0.0.0", "::", "") else serving.host
     if ":" in host:
         host = f"[{host}]"
     return settings.model_copy(update={"public_base_url": f"http://{host}:{serving.port}"})

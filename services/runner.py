@@ -110,6 +110,7 @@ async def run_services(
     consumer) is restarted by the stack and reported in /readyz; it never stops the HTTP services."""
     check_chdb_placement(settings, specs)
     listeners = plan_listeners(specs, host, port, everything)
+    settings = with_served_base_url(settings, listeners)
     for listener in listeners:
         ensure_port_free(listener.host, listener.port)
 
@@ -161,6 +162,20 @@ async def run_services(
 
 async def _now(value: bool) -> bool:
     return value
+
+
+def with_served_base_url(settings: Settings, listeners: list[Listener]) -> Settings:
+    """Links in emails point at PUBLIC_BASE_URL; when it is not set, at where this process serves the
+    dashboard (the query service), so `analytics run --port 9000` mails working links."""
+    if "public_base_url" in settings.model_fields_set:
+        return settings
+    serving = next((li for li in listeners if any(s.name == "query" for s in li.specs)), None)
+    if serving is None:
+        return settings
+    host = "127.0.0.1" if serving.host in ("0.0.0.0", "::", "") else serving.host
+    if ":" in host:
+        host = f"[{host}]"
+    return settings.model_copy(update={"public_base_url": f"http://{host}:{serving.port}"})
 
 
 def tune_garbage_collector() -> None:

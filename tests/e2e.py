@@ -28,11 +28,11 @@ def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def analytics(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+def analytics(*args: str, env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[str]:
     exe = Path(sys.executable).parent / "analytics"
     out = open(log, "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [str(exe), *args], env=env, stdout=subprocess.PIPE, stderr=out, text=True, cwd=ROOT,
+        [str(exe), *args], env=env, stdout=subprocess.PIPE, stderr=out, text=True, cwd=cwd,
         start_new_session=True,
     )
 
@@ -70,8 +70,10 @@ def stop_and_check_nothing_left(proc: subprocess.Popen[str], sig: int = signal.S
 
 
 @contextmanager
-def running(*args: str, env: dict[str, str], log: Path, base: str) -> Iterator[subprocess.Popen[str]]:
-    proc = analytics(*args, env=env, log=log)
+def running(
+    *args: str, env: dict[str, str], log: Path, base: str, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[str]]:
+    proc = analytics(*args, env=env, log=log, cwd=cwd)
     try:
         wait_ready(base, proc, log)
         yield proc

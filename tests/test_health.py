@@ -14,7 +14,7 @@ EXPECTED_CHECKS = {
     "gateway": {"kafka", "api_key_table"},  # ingest goes on with Postgres or Redis down
     "auth": {"kafka", "postgres", "redis"},
     "query": {"kafka", "postgres", "redis", "clickhouse"},
-    "aggregator": {"kafka", "clickhouse"},
+    "aggregator": {"kafka", "clickhouse", "aggregator"},  # the last: it owns its partitions
     "notifier": {"kafka", "redis", "smtp"},
 }
 

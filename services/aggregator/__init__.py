@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from libs.clickhouse import ClickHouse
-from libs.kafka import ALL_TOPICS, ensure_topics
+from libs.kafka import ALL_TOPICS, Drained, ensure_topics
 from libs.migrations import apply_clickhouse
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
@@ -33,7 +33,13 @@ def build(runtime: Runtime) -> ServiceParts:
     async def consume() -> None:
         await state["consumer"].run()
 
-    return ServiceParts(on_start=[start], background=[consume])
+    async def drain(timeout: float) -> Drained | None:
+        return await state["consumer"].drain(timeout) if "consumer" in state else None
+
+    async def owns_partitions() -> bool:
+        return "consumer" in state and state["consumer"].ready
+
+    return ServiceParts(on_start=[start], background=[consume], drains=[drain], checks={"aggregator": owns_partitions})
 
 
 SERVICE = ServiceSpec(

@@ -246,8 +246,10 @@ async def drain_member(member: GroupMember, timeout: float, service: str, noun: 
     deadline = start + timeout
     async with group_reader(member.settings, member.group_id) as reader:
         await _first_set((member.assigned, member.finished), timeout)
-        owned = member.consumer.assignment() if member.assigned.is_set() and member.consumer else set()
-        tps = list(owned) if owned else await topic_partitions(reader, member.topic)
+        if member.assigned.is_set() and member.consumer is not None:
+            tps = list(member.consumer.assignment())  # may be none: more members than partitions
+        else:
+            tps = await topic_partitions(reader, member.topic)
         ends = await end_offsets(reader, tps) if tps else {}
         before = left = sum((await backlog(reader, ends)).values())
         while left and time.monotonic() < deadline and not member.finished.is_set():

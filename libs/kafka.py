@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -126,3 +129,145 @@ async def kafka_ping(settings: Settings) -> bool:
         return False
     finally:
         await client.close()
+
+
+# ---- what a consumer group has not done yet, and draining a member before it stops ---------------
+
+
+@contextlib.asynccontextmanager
+async def group_reader(settings: Settings, group: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A client that reads `group`'s committed offsets and the topics' ends without joining the group."""
+    reader = make_consumer(settings, group_id=group)
+    await reader.start()
+    try:
+        yield reader
+    finally:
+        await reader.stop()
+
+
+async def topic_partitions(reader: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = reader.partitions_for_topic(topic)
+    if not partitions:
+        await reader.topics()  # a fresh client knows no topics until it asks
+        partitions = reader.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def end_offsets(reader: AIOKafkaConsumer, tps: list[TopicPartition], timeout: float = 5) -> dict[TopicPartition, int]:
+    """The offset the next message of each partition will get, from a fetch's high watermark: the
+    embedded broker (Tansu) answers ListOffsets(latest) with the start of the log's last record
+    batch plus one, not with the end of the log. (`reader` is assigned `tps` for that.)"""
+    listed = await reader.end_offsets(tps)
+    reader.assign(tps)  # a fresh assignment: no high watermark known from an earlier call
+    for tp in tps:
+        reader.seek(tp, max(0, listed[tp] - 1))
+    deadline = time.monotonic() + timeout
+    while any(reader.highwater(tp) is None for tp in tps) and time.monotonic() < deadline:
+        await reader.getmany(*tps, timeout_ms=100)
+    return {tp: max(listed[tp], reader.highwater(tp) or 0) for tp in tps}
+
+
+async def backlog(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Per partition, the messages before `ends` that the reader's group has not committed (stored,
+    sent): from its committed offset, or from the log's start where it never committed."""
+    if not ends:
+        return {}
+    starts = await reader.beginning_offsets(list(ends))
+    left = {}
+    for tp, end in ends.items():
+        done = await reader.committed(tp)
+        left[tp] = max(0, end - max(done or 0, starts.get(tp, 0)))
+    return left
+
+
+async def group_backlog(reader: AIOKafkaConsumer, topic: str) -> int:
+    """Messages on `topic`, up to its current end, that the reader's group has not committed."""
+    tps = await topic_partitions(reader, topic)
+    return sum((await backlog(reader, await end_offsets(reader, tps) if tps else {})).values())
+
+
+@dataclass(frozen=True)
+class Drained:
+    """What a consumer did when asked to finish its work before stopping."""
+
+    service: str
+    noun: str  # what it handles, as a log line counts it: "acknowledged events", "queued mails"
+    done: str  # what finishing one means: "stored in ClickHouse", "sent"
+    drained: int  # handled between the stop signal and leaving the group
+    at_risk: int  # on the topic before its end at stop, and not handled when the member stopped
+    seconds: float
+    timeout: float
+
+
+class GroupMember:
+    """A consumer-group member that can be drained: the subclass consumes in `_run()` (returning soon
+    after `stop()`), sets `assigned` when the group gives it partitions and clears it when they are
+    revoked; `run()` keeps `finished` and `assigned` true to the end."""
+
+    drain_labels: ClassVar[tuple[str, str, str]]  # service, noun, done: see Drained
+    settings: Settings
+    topic: str
+    group_id: str
+    consumer: AIOKafkaConsumer | None
+
+    def __init__(self) -> None:
+        self.assigned = asyncio.Event()  # set while it owns its partitions (group joined, assignment received)
+        self.finished = asyncio.Event()  # set once run() has returned (its last commit made, group left)
+        self.draining = False  # set when drain() begins
+
+    async def run(self) -> None:
+        self.finished.clear()  # a job restarted after a failure (libs.runtime) runs again
+        try:
+            await self._run()
+        finally:
+            self.assigned.clear()
+            self.finished.set()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    async def drain(self, timeout: float) -> Drained:
+        """Handle every message up to the partitions' end offsets (read now), then stop; gives up
+        after `timeout` seconds and reports what it could not handle (`drain_member`)."""
+        self.draining = True
+        return await drain_member(self, timeout, *self.drain_labels)
+
+
+async def drain_member(member: GroupMember, timeout: float, service: str, noun: str, done: str) -> Drained:
+    """Let `member` handle every message up to its partitions' end offsets, read now, then stop it.
+
+    Progress is the group's committed offsets (a member commits only what it stored or sent), read
+    by a client of its own. The member is stopped when they reach the ends, or at `timeout`; what
+    is still uncommitted after it stopped is reported `at_risk`. A member that never got its
+    partitions is measured against the whole topic."""
+    start = time.monotonic()
+    deadline = start + timeout
+    async with group_reader(member.settings, member.group_id) as reader:
+        await _first_set((member.assigned, member.finished), timeout)
+        if member.assigned.is_set() and member.consumer is not None:
+            tps = list(member.consumer.assignment())  # may be none: more members than partitions
+        else:
+            tps = await topic_partitions(reader, member.topic)
+        ends = await end_offsets(reader, tps) if tps else {}
+        before = left = sum((await backlog(reader, ends)).values())
+        while left and time.monotonic() < deadline and not member.finished.is_set():
+            await asyncio.sleep(0.05)
+            left = sum((await backlog(reader, ends)).values())
+        member.stop()
+        # It still flushes and commits what it holds: give it a little past the deadline for that.
+        await _first_set((member.finished,), max(0.0, deadline - time.monotonic()) + 10)
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):  # else: the last count stands
+            left = sum((await asyncio.wait_for(backlog(reader, ends), 10)).values())
+    return Drained(service, noun, done, max(0, before - left), left, time.monotonic() - start, timeout)
+
+
+async def _first_set(events: Iterable[asyncio.Event], timeout: float) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

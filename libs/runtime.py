@@ -3,6 +3,10 @@
 A service module exposes `SERVICE = ServiceSpec(...)`. Its `build(runtime)` returns the routers it
 serves, the background tasks it runs, the readiness checks of its dependencies, and what to do at
 start and stop. The same services run in one process (`analytics run`), in several, or in tests.
+
+Stopping loses nothing that was acknowledged: first every service stops taking work it would
+acknowledge (the gateway answers 503 and waits for Kafka's acks of what it already took), then the
+consumers store and send what Kafka holds, up to `drain_timeout_s`, and say what they could not.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from libs.http import (
     install_health_routes,
     route_matcher,
 )
-from libs.kafka import ensure_topics, kafka_ping, make_producer
+from libs.kafka import Drained, ensure_topics, kafka_ping, make_producer
 from libs.logs import get_logger
 from libs.settings import Settings
 from libs.stores import create_pg_pool, create_redis, pg_ping, redis_ping
@@ -124,6 +128,17 @@ async def _false() -> bool:
     return False
 
 
+def _log_drained(d: Drained) -> None:
+    facts = {"service": d.service, "drained": d.drained, "at_risk": d.at_risk, "seconds": round(d.seconds, 2)}
+    if d.at_risk:
+        log.error(
+            f"{d.at_risk} {d.noun} at risk: not {d.done} when the {d.timeout:g}s drain (DRAIN_TIMEOUT_S) ended "
+            f"({d.drained} were); the errors above say why", **facts,
+        )
+    else:
+        log.info(f"drained {d.drained} {d.noun} in {d.seconds:.2f}s ({d.done})", **facts)
+
+
 @dataclass
 class ServiceParts:
     routers: list[APIRouter] = field(default_factory=list)
@@ -137,6 +152,11 @@ class ServiceParts:
     body_limits: dict[str, int] = field(default_factory=dict)
     # Routes any website may call from a browser (open CORS): "POST /path" or "GET /prefix/*".
     public_routes: list[str] = field(default_factory=list)
+    # Stopping, before `on_stop`: stop taking work that would be acknowledged (and wait until what was
+    # taken is acknowledged or refused); then finish what was acknowledged within the given seconds,
+    # saying how much and what was left (None: nothing to drain).
+    stop_accepting: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    drains: list[Callable[[float], Awaitable[Drained | None]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -166,6 +186,10 @@ class Stack:
         self.failing: dict[str, BaseException] = {}
         self.failures: collections.Counter[str] = collections.Counter()
         self.extra_checks: dict[str, Check] = {}  # readiness of what runs beside the services (embedded engines)
+        self._started = False
+        self._stopped = False
+        self.drained: list[Drained] | None = None
+        self.drain_failures: list[str] = []  # services whose drain raised: what they held is unaccounted for
 
     @property
     def needs(self) -> set[Need]:
@@ -184,6 +208,7 @@ class Stack:
             for job in self.parts[spec.name].background:
                 name = f"{spec.name}:{job.__name__}"
                 self._tasks.append(asyncio.create_task(self._supervise(name, job), name=name))
+        self._started = True
 
     async def _supervise(self, name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a background job (a consumer) until it returns; when it fails, log it, report it in
@@ -224,8 +249,43 @@ class Stack:
     async def _task_ok(self, name: str) -> bool:
         return name not in self.failing
 
-    async def stop(self) -> None:
-        """Background tasks first (consumers finish their batch and commit), then hooks, then connections."""
+    async def drain(self) -> list[Drained]:
+        """Stop taking work, then let the consumers finish what was acknowledged (`drain_timeout_s`);
+        logs and returns what each did. Runs once: later calls return the first answer. A stack that
+        did not finish starting served nothing, so it has nothing to drain."""
+        if self.drained is not None:
+            return self.drained
+        self.drained = []
+        if not self._started:
+            return self.drained
+        for spec in self.specs:
+            for accepting in self._parts_of(spec).stop_accepting:
+                try:
+                    await accepting()
+                except Exception as exc:  # noqa: BLE001 - the drains still run
+                    log.warning("could not stop taking work", service=spec.name, error=repr(exc))
+        hooks = [(spec.name, hook) for spec in self.specs for hook in self._parts_of(spec).drains]
+        timeout = self.settings.drain_timeout_s
+        results = await asyncio.gather(*(hook(timeout) for _, hook in hooks), return_exceptions=True)
+        for (name, _), result in zip(hooks, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("draining failed; what it held is unaccounted for", service=name, error=repr(result))
+                self.drain_failures.append(name)
+            elif result is not None:
+                _log_drained(result)
+                self.drained.append(result)
+        return self.drained
+
+    def _parts_of(self, spec: ServiceSpec) -> ServiceParts:
+        return self.parts.get(spec.name) or ServiceParts()
+
+    async def stop(self) -> list[Drained]:
+        """Drain (see `drain`), then cancel the background tasks still running, run the stop hooks, close
+        the connections. Returns what the drain did; once stopped, later calls only return that."""
+        drained = await self.drain()
+        if self._stopped:
+            return drained
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -239,6 +299,7 @@ class Stack:
                 except Exception as exc:  # noqa: BLE001 - stopping goes on for the others
                     log.warning("stop hook failed", service=spec.name, error=repr(exc))
         await self.runtime.close()
+        return drained
 
     async def __aenter__(self) -> Stack:
         try:

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     # Scheduled reports: how often the query service looks for subscriptions that are due.
     reports_check_interval_s: float = Field(default=60, gt=0)
 
+    # On SIGINT/SIGTERM: how long the aggregator and the notifier may take to store and send what
+    # Kafka holds (up to the end offsets read at stop) before they stop anyway and say what is left;
+    # also how long `analytics infra` waits for their groups before stopping its Kafka. Under the
+    # 30 s grace period that Kubernetes and Compose give before SIGKILL.
+    drain_timeout_s: float = Field(default=20, gt=0)
+
     # Gateway: which proxies' X-Forwarded-For to believe (CIDRs, comma-separated), whether to keep
     # only a network prefix of client IPs, what to do with bots, and the per-key ingest limit.
     trusted_proxies: str = "127.0.0.1/32,::1/128"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -81,18 +83,27 @@ def infra() -> None:
             raise typer.Exit(2) from None
     try:
         asyncio.run(ensure_topics(stack.settings))
+        received = _catch_signals()  # before the exports are printed: whoever reads them may stop us at once
         print("# embedded infrastructure is up; in each shell that runs services:", flush=True)
         for line in stack.env_lines():
             print(line, flush=True)
         print(f"export ANALYTICS_DATA_DIR={settings.data_dir}", flush=True)
-        print("# Kafka (Tansu) keeps messages in memory only. Ctrl-C stops everything.", flush=True)
+        print(
+            "# Kafka (Tansu) keeps messages in memory only: Ctrl-C first waits (DRAIN_TIMEOUT_S) until the "
+            "aggregator has stored every event and the notifier has sent every mail, then stops everything.",
+            flush=True,
+        )
         stack.supervise(announce=_announce)  # an engine that dies is restarted, and a line says so
-        _wait_for_signal()
+        while not received:
+            signal.pause()
+        asyncio.run(_wait_for_consumers(stack.settings))
     finally:
+        _catch_signals()  # from here on a signal no longer interrupts stopping the engines
         stack.stop()
 
 
-def _wait_for_signal() -> None:
+def _catch_signals() -> list[int]:
+    """SIGINT and SIGTERM from now on are noted in the returned list instead of interrupting."""
     received: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
@@ -100,8 +111,49 @@ def _wait_for_signal() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
-    while not received:
-        signal.pause()
+    return received
+
+
+def _say(line: str) -> None:
+    print(f"# {line}", flush=True)
+
+
+async def _wait_for_consumers(settings: Settings) -> None:
+    """Before the in-memory Kafka stops: wait until the aggregator's group has committed (stored)
+    every event and the notifier's every mail, printing progress, for at most `drain_timeout_s`
+    or until a second signal; then say what is lost."""
+    from libs.kafka import group_backlog, group_reader
+
+    timeout = settings.drain_timeout_s
+    hurry = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, hurry.set)
+    _say(
+        f"stopping: waiting up to {timeout:g}s (DRAIN_TIMEOUT_S) until the aggregator (group {settings.aggregator_group}) "
+        f"has stored every event of {settings.aggregator_topic} and the notifier (group {settings.notifier_group_id}) "
+        f"has sent every mail of {settings.notifier_topic}; Ctrl-C again to stop now"
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        async with group_reader(settings, settings.aggregator_group) as events, \
+                group_reader(settings, settings.notifier_group_id) as mails:
+            while True:
+                left = (await group_backlog(events, settings.aggregator_topic),
+                        await group_backlog(mails, settings.notifier_topic))
+                if not any(left):
+                    _say("nothing left in Kafka: every event stored, every mail sent; stopping")
+                    return
+                if hurry.is_set() or time.monotonic() >= deadline:
+                    why = "second Ctrl-C" if hurry.is_set() else f"gave up after {timeout:g}s"
+                    _say(f"{why}; lost: {left[0]} events, {left[1]} mails (the embedded Kafka keeps messages in memory only)")
+                    return
+                _say(f"waiting: {left[0]} events not yet stored, {left[1]} mails not yet sent "
+                     f"({deadline - time.monotonic():.0f}s left)")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hurry.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
+    except Exception as exc:  # noqa: BLE001 - the engines still stop; say that the loss is unknown
+        _say(f"could not read what the consumer groups have left ({exc!r}); stopping, and whatever they had "
+             "not stored or sent is lost")
 
 
 @app.command()

@@ -12,13 +12,14 @@ import gc
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
 from libs.embedded import EmbeddedStack, Role
+from libs.kafka import Drained
 from libs.logs import get_logger
 from libs.runtime import ServiceSpec, Stack
 from libs.settings import Settings
@@ -107,7 +108,12 @@ async def run_services(
     announce: Callable[[str], None] = print,
 ) -> int:
     """Start, serve until SIGINT/SIGTERM, stop. Returns an exit code. A failing background task (a
-    consumer) is restarted by the stack and reported in /readyz; it never stops the HTTP services."""
+    consumer) is restarted by the stack and reported in /readyz; it never stops the HTTP services.
+
+    Stopping: ingest answers 503 while the aggregator stores, and the notifier sends, what Kafka
+    acknowledged (`Stack.drain`, bounded by `drain_timeout_s`); then the HTTP servers, the services
+    and the embedded engines stop. The last log line says "stopped cleanly" only when nothing
+    acknowledged was left behind; otherwise it says how much is at risk."""
     check_chdb_placement(settings, specs)
     listeners = plan_listeners(specs, host, port, everything)
     settings = with_served_base_url(settings, listeners)
@@ -149,6 +155,8 @@ async def run_services(
         stopped.cancel()
         return 0
     finally:
+        # The servers keep answering while the stack drains: ingest with 503, the rest as usual.
+        drained = await stack.drain()
         for server in servers:
             server.should_exit = True  # stop accepting, finish in-flight requests
         if serving:
@@ -157,7 +165,22 @@ async def run_services(
         embedded.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        log.info("stopped cleanly")
+        log_stopped(drained, kafka_embedded="kafka" in embedded.started, failures=stack.drain_failures)
+
+
+def log_stopped(drained: Sequence[Drained], kafka_embedded: bool, failures: Sequence[str] = ()) -> None:
+    """The last line of a stop: "stopped cleanly" only when every acknowledged event was stored and
+    every queued mail sent; otherwise how many are at risk, and what becomes of them."""
+    risky = [f"{d.at_risk} {d.noun}" for d in drained if d.at_risk]
+    risky += [f"whatever the {name} held" for name in failures]
+    if not risky:
+        log.info("stopped cleanly", **{f"{d.service}_drained": d.drained for d in drained})
+        return
+    fate = (
+        "lost: the embedded Kafka kept them in memory only" if kafka_embedded
+        else "they stay in Kafka and are handled when the services run again"
+    )
+    log.error(f"stopped with {' and '.join(risky)} at risk; {fate}")
 
 
 async def _now(value: bool) -> bool:
@@ -212,7 +235,7 @@ def _banner(embedded: EmbeddedStack, listeners: list[Listener], settings: Settin
         lines.append("  embedded engines started (set these URLs to use your own servers instead):")
         lines.extend(f"    {line}" for line in embedded.env_lines())
         if "kafka" in embedded.started:
-            lines.append("    (the embedded Kafka, Tansu, keeps messages in memory only)")
+            lines.append("    (the embedded Kafka, Tansu, keeps messages in memory only: Ctrl-C first stores and sends what it holds)")
         if "smtp" in embedded.started:
             lines.append(f"    mail sent by the platform lands in {settings.data_dir / 'mail'}")
     if settings.clickhouse_url is None and any("clickhouse" in s.needs for li in listeners for s in li.specs):

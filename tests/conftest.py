@@ -44,7 +44,7 @@ def engines(data_dir: Path) -> Iterator[Settings]:
     """Settings whose URLs all point at real, running engines."""
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     base = Settings(analytics_data_dir=data_dir, analytics_env="test", kafka_partitions=3,
-                    aggregator_batch_max_age_ms=100, reports_check_interval_s=1)
+                    aggregator_batch_max_age_ms=100, reports_check_interval_s=1, drain_timeout_s=5)
     with docker_engines(base) as from_docker:
         stack = EmbeddedStack.start(from_docker, ["kafka", "postgres", "redis", "smtp"])
         try:
@@ -59,6 +59,9 @@ async def stack(engines: Settings) -> AsyncIterator[Stack]:
     from services.runner import SERVICES
 
     async with Stack(engines, list(SERVICES.values())) as running:
+        # Ready as /readyz means it: the aggregator owns its partitions, so what a test sends is stored.
+        aggregator_ready = running.parts["aggregator"].checks["aggregator"]
+        await eventually(aggregator_ready, 60, "the aggregator never got its partitions")
         yield running
 
 

@@ -15,7 +15,7 @@ EXPECTED_CHECKS = {
     "gateway": {"kafka", "api_key_table"},  # ingest goes on with Postgres or Redis down
     "auth": {"kafka", "postgres", "redis", "auth:key_checks"},
     "query": {"kafka", "postgres", "redis", "clickhouse", "query:reports"},
-    "aggregator": {"kafka", "clickhouse", "aggregator:consume"},
+    "aggregator": {"kafka", "clickhouse", "aggregator", "aggregator:consume"},  # "aggregator": it owns its partitions
     "notifier": {"kafka", "redis", "smtp", "notifier:consume"},
 }
 

@@ -179,4 +179,4 @@ async def test_the_aggregator_stays_ready_without_redis(stack: Stack, tmp_path: 
         async with httpx.AsyncClient(transport=transport, base_url="http://aggregator.test") as http:
             r = await http.get("/readyz")
     assert r.status_code == 200, r.text  # storing events does not wait for Redis
-    assert set(r.json()["checks"]) == {"kafka", "clickhouse", "aggregator:consume"}, r.text
+    assert set(r.json()["checks"]) == {"kafka", "clickhouse", "aggregator", "aggregator:consume"}, r.text

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from libs.clickhouse import ClickHouse
-from libs.kafka import ALL_TOPICS, ensure_topics
+from libs.kafka import ALL_TOPICS, Drained, ensure_topics
 from libs.migrations import apply_clickhouse
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
@@ -41,7 +41,15 @@ def build(runtime: Runtime) -> ServiceParts:
         if "versions" in state:
             await state["versions"].close()
 
-    return ServiceParts(on_start=[start], on_stop=[stop], background=[consume])
+    async def drain(timeout: float) -> Drained | None:
+        return await state["consumer"].drain(timeout) if "consumer" in state else None
+
+    async def owns_partitions() -> bool:
+        return "consumer" in state and state["consumer"].ready
+
+    return ServiceParts(
+        on_start=[start], on_stop=[stop], background=[consume], drains=[drain], checks={"aggregator": owns_partitions}
+    )
 
 
 SERVICE = ServiceSpec(

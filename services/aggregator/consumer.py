@@ -11,6 +11,11 @@
 * Poison messages go to the DLQ with their error, counted per app (badness.py): one app's poison never
   stops the consumer; if most recent messages are poison from most of the apps sending (a broken
   deployment), the consumer stops with an error rather than dead-lettering all traffic.
+* Stopping (`drain`): every message up to the partitions' end offsets, read when the stop begins,
+  is written at once and committed, bounded by `drain_timeout_s`; what could not be stored by then
+  is counted and reported, not silently dropped.
+* `ready`: the consumer owns its partitions (group joined, assignment received) and ClickHouse is
+  not refusing its inserts; /readyz reports it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from prometheus_client import Counter, Gauge
 
 from libs.clickhouse import ClickHouse, ClickHouseError
-from libs.kafka import EVENTS_DLQ_TOPIC, dumps, make_consumer
+from libs.kafka import EVENTS_DLQ_TOPIC, GroupMember, dumps, make_consumer
 from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
 from libs.settings import Settings
 from services.aggregator.badness import BadMessages
@@ -53,21 +58,27 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.owner.assigned.clear()
         await self.owner.hand_over(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+        self.owner.assigned.set()
 
 
-class EventConsumer:
+class EventConsumer(GroupMember):
     """One member of the aggregator's consumer group. `run()` returns when `stop()` is called (after a
     last flush and commit) and raises TooManyBadMessages when most recent messages are poison from most of
-    the apps sending (badness.py); one app's poison is only dead-lettered."""
+    the apps sending (badness.py); one app's poison is only dead-lettered. `drain()` stores what the
+    topic holds first."""
+
+    drain_labels = ("aggregator", "acknowledged events", "stored in ClickHouse")
 
     def __init__(
         self, settings: Settings, ch: ClickHouse, producer: AIOKafkaProducer,
         topic: str | None = None, group_id: str | None = None, versions: DataVersions | None = None,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.topic = topic or settings.aggregator_topic
         self.group_id = group_id or settings.aggregator_group
@@ -94,8 +105,13 @@ class EventConsumer:
         s = self.settings
         return BadMessages(s.aggregator_max_bad_ratio, s.aggregator_dlq_min_bad, s.aggregator_bad_min_apps, BAD_WINDOW)
 
+    @property
+    def ready(self) -> bool:
+        """Owns its partitions and ClickHouse takes its inserts: what it reads now gets stored."""
+        return self.assigned.is_set() and not self.refusing and not self.draining and not self.finished.is_set()
+
     # ---- main loop ------------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def _run(self) -> None:
         self.consumer = make_consumer(
             self.settings, group_id=self.group_id, max_poll_records=self.settings.aggregator_batch_size,
             session_timeout_ms=self.settings.aggregator_session_timeout_ms,
@@ -176,9 +192,11 @@ class EventConsumer:
         return sum(b.messages for b in self.batches.values())
 
     def _due(self) -> bool:
-        """Flush by size (messages held over all partitions) or by the age of the oldest batch."""
+        """Flush by size (messages held over all partitions) or by the age of the oldest batch; while
+        draining, at once."""
         return bool(self.batches) and (
-            self._held() >= self.settings.aggregator_batch_size
+            self.draining
+            or self._held() >= self.settings.aggregator_batch_size
             or max(b.age for b in self.batches.values()) * 1000 >= self.settings.aggregator_batch_max_age_ms
         )
 

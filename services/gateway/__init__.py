@@ -46,10 +46,18 @@ def build(runtime: Runtime) -> ServiceParts:
     async def key_table_loaded() -> bool:
         return "ingestor" in state and state["ingestor"].keys.ready.is_set()
 
+    async def stop_accepting() -> None:
+        """Ingest answers 503 from now on; return once Kafka acknowledged (or refused) what it took,
+        so that the topic's end offsets read next cover every event answered 202."""
+        if "ingestor" in state:
+            state["ingestor"].draining = True
+            await state["ingestor"].publisher.batches.settled()
+
     return ServiceParts(
         routers=[*build_routers(ingestor), script_router()],
         on_start=[start],
         on_stop=[stop],
+        stop_accepting=[stop_accepting],
         checks={"api_key_table": key_table_loaded},
         asgi_wrappers=[lambda app: IngestFastPath(app, ingestor)],
         body_limits=dict.fromkeys(ingest_paths, MAX_REQUEST_BYTES),  # the fast path's caps, for these routes behind it

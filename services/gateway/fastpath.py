@@ -129,6 +129,8 @@ def start_ingest(
 ) -> tuple[int, ingest.Pending, dict[str, Any]]:
     """Everything up to handing the events to the publisher: (status, pending events, the answer to
     send once they are acknowledged). Raises ApiError / DependencyUnavailable."""
+    if gate.draining:  # the process is stopping: a 202 now could be for an event that is never stored
+        raise ApiError(503, "the gateway is shutting down; send the events again in a few seconds", {"Retry-After": "5"})
     body = ingest.decode_body(raw, headers.get("content-encoding"))
     if path in SEED_ROUTES:
         validate, convert, route = SEED_ROUTES[path]

@@ -260,6 +260,16 @@ class CoalescingPublisher:
                 log.warning("produce failed; retrying", error=repr(exc), partition=partition)
                 await asyncio.sleep(RETRY_BACKOFF_S)
 
+    async def settled(self) -> None:
+        """Return once every event appended so far was acknowledged or failed: each batch has its
+        deadline, and a produce request its timeout, so this is bounded."""
+        deadline = time.monotonic() + self.ack_timeout_s + BROKER_TIMEOUT_MS / 1000
+        while time.monotonic() < deadline:
+            pending = [b.acked for part in self._parts.values() for b in part.queue] + list(self._sends)
+            if not pending:
+                return
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+
     async def close(self) -> None:
         self._closed = True
         for task in list(self._sends):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import math
 import time
 
@@ -58,9 +57,11 @@ class KeyRateLimiter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Cancelled again until it ends: the Redis client can turn a cancellation that lands during
+            # a call into a timeout error, which sync() takes for Redis being away and carries on.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.5)
             self._task = None
         await self.sync()  # the last hits still count toward the shared window
 

@@ -245,6 +245,7 @@ class Ingestor:
         self.publisher = publisher
         self.limiter = limiter
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.draining = False  # set when the process stops: new events are refused, not acknowledged
 
     def facts(self, record: KeyRecord, peer: str, headers: Any) -> RequestFacts:
         ip = self.proxies.client_ip(peer, headers.get("x-forwarded-for"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from libs.kafka import Drained
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 
@@ -22,10 +23,13 @@ def build(runtime: Runtime) -> ServiceParts:
     async def consume() -> None:
         await state["consumer"].run()
 
+    async def drain(timeout: float) -> Drained | None:
+        return await state["consumer"].drain(timeout) if "consumer" in state else None
+
     async def smtp_reachable() -> bool:
         return await smtp_ping(SmtpTarget.from_settings(settings))
 
-    return ServiceParts(on_start=[start], background=[consume], checks={"smtp": smtp_reachable})
+    return ServiceParts(on_start=[start], background=[consume], drains=[drain], checks={"smtp": smtp_reachable})
 
 
 SERVICE = ServiceSpec(

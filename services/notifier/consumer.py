@@ -10,6 +10,8 @@
   mail does not hold up the others; permanent ones, and those past the retry budget, go to
   `notifications.email.dlq.v1` with the reason.
 * An offset is committed only once every message up to it is done (sent or dead-lettered).
+* Stopping (`drain`): the mails queued up to the topic's end offsets at stop are sent first, bounded
+  by `drain_timeout_s`; those still unsent then are counted and reported.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from libs.kafka import EMAIL_DLQ_TOPIC, dumps, make_consumer
+from libs.kafka import EMAIL_DLQ_TOPIC, GroupMember, dumps, make_consumer
 from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
 from libs.notifications import EmailMessage
 from libs.settings import Settings
@@ -51,7 +53,9 @@ DUPLICATES = Counter("notifier_duplicates_skipped_total", "Redelivered emails no
 SEND_LATENCY = Histogram("notifier_send_seconds", "SMTP send latency")
 
 
-class EmailConsumer:
+class EmailConsumer(GroupMember):
+    drain_labels = ("notifier", "queued mails", "sent")
+
     def __init__(
         self,
         settings: Settings,
@@ -62,6 +66,7 @@ class EmailConsumer:
         topic: str | None = None,
     ) -> None:
         assert settings.smtp_url
+        super().__init__()
         self.settings = settings
         self.target = SmtpTarget.from_settings(settings)
         self.producer = producer
@@ -74,9 +79,15 @@ class EmailConsumer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.started = asyncio.Event()  # set once the consumer has joined its group
+        self.running = True
+        self.consumer: Any = None
 
-    async def run(self) -> None:
-        consumer = make_consumer(self.settings, group_id=self.group_id, max_poll_records=100)
+    def stop(self) -> None:
+        """Ask `run()` to return: mails in flight are cancelled, what is done is committed."""
+        self.running = False
+
+    async def _run(self) -> None:
+        consumer = self.consumer = make_consumer(self.settings, group_id=self.group_id, max_poll_records=100)
         consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
         try:
             await consumer.start()
@@ -87,7 +98,7 @@ class EmailConsumer:
         log.info("notifier consuming", topic=self.topic, group=self.group_id,
                  smtp=f"{self.target.host}:{self.target.port}")
         try:
-            while True:
+            while self.running:
                 batch = await consumer.getmany(timeout_ms=200)
                 for tp, messages in batch.items():
                     for message in messages:
@@ -264,6 +275,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.owner._commit(self.consumer, lost)
         for partition in lost:
             self.owner.inflight.pop(partition, None)
+        self.owner.assigned.clear()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        self.owner.assigned.set()

@@ -705,3 +705,21 @@ async def test_ipv6_clients_get_their_country(
         r = await http.post("/api/analytics/collect", json={"event": "v6"}, headers=headers)
     event = await stored_event(client, app_keys["api_key"], r.json()["event_ids"][0])
     assert (event["ip"], event["country"]) == (forwarded or peer, country)
+
+
+async def test_ingest_still_publishes_after_the_shared_producer_sends_to_another_topic(stack: Stack) -> None:
+    """The gateway shares the process's producer with auth (key messages) and the aggregator (DLQ). Once
+    that producer sends to some other topic, aiokafka's metadata refreshes ask for its tracked topics only:
+    the events topic must be one of them, or ingest waits for a leader it cannot find and answers 503."""
+    from tests.test_aggregator import own_topic
+
+    client_ip = ("203.0.113.9", 4242)
+    transport = httpx.ASGITransport(app=stack.app(), client=client_ip)
+    async with httpx.AsyncClient(transport=transport, base_url="http://analytics.test", timeout=30) as http:
+        user = await signup_login(http)
+        app = await register_app(http, user)
+        producer = await stack.runtime.producer()
+        await producer.send_and_wait(await own_topic(stack.settings, 1), b"{}")
+        await producer.client.force_metadata_update()
+        r = await http.post("/api/analytics/collect", json={"event": "after_other_topic"}, headers={"x-api-key": app["api_key"]})
+        assert r.status_code == 202, r.text

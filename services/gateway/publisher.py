@@ -147,9 +147,16 @@ class CoalescingPublisher:
         return found
 
     async def ensure_metadata(self) -> None:
-        """Load the topic's partitions once at start (later refreshes happen inside aiokafka)."""
+        """Load the topic's partitions once at start (later refreshes happen inside aiokafka).
+
+        The topic is added to the client's tracked topics: `partitions_for` alone does not track a topic
+        it already found in an all-topics answer, and once another user of the shared producer (auth's key
+        messages, the aggregator's DLQ) sends to a topic, aiokafka's refreshes ask for the tracked topics
+        only, so ours would drop out of the metadata and every batch would wait for a leader in vain."""
         self._loop = asyncio.get_running_loop()
-        await self._producer().partitions_for(self.topic)
+        producer = self._producer()
+        await producer.client.add_topic(self.topic)
+        await producer.partitions_for(self.topic)
 
     def append(
         self, partition: int, key: bytes, values: Sequence[bytes], headers: Sequence[tuple[str, bytes]]

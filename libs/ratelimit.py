@@ -12,6 +12,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
+from libs.http import DependencyUnavailable
 from libs.logs import get_logger
 from libs.redisguard import guard_for
 
@@ -57,6 +58,21 @@ class RateLimiter:
     async def exceeded(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
         """Like `hit` without counting: None when one more hit is allowed; else seconds to wait."""
         return await self._check(limit, identifiers, count=False)
+
+    async def hit_or_refuse(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
+        """Like `hit`, for a limit that must hold (brute-force protection): it fails closed, raising
+        DependencyUnavailable (503) when Redis cannot count the hit, and its calls get their own timeout
+        instead of the request's Redis budget, so that a burst of attempts cannot slip through as if
+        Redis were away."""
+        item = parse(limit) if isinstance(limit, str) else limit
+        try:
+            if await self._guard.call_outside_budget(self._limiter.hit, item, *identifiers):
+                return None
+            stats = await self._guard.call_outside_budget(self._limiter.get_window_stats, item, *identifiers)
+        except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure
+            log.warning("rate limit store unreachable; refusing the request", limit=str(item), error=repr(exc))
+            raise DependencyUnavailable("the rate-limit store (Redis)", retry_after=2) from exc
+        return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def _check(self, limit: str | RateLimitItem, identifiers: tuple[str, ...], count: bool) -> int | None:
         item = parse(limit) if isinstance(limit, str) else limit

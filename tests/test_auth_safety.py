@@ -282,3 +282,18 @@ async def test_logout_while_redis_is_unreachable_is_503_and_not_a_false_success(
     assert (await http.post("/api/user/logout", headers=user["headers"])).status_code == 204
     assert (await http.get("/api/user/get_user_profile", headers=user["headers"])).status_code == 401
 
+
+
+async def test_a_login_is_refused_while_redis_cannot_count_the_attempt(http: httpx.AsyncClient, engines: Settings) -> None:
+    """The failed-login limit lives in Redis. If an attempt cannot be counted there, the password is not
+    checked (503, Retry-After): making Redis slow or unreachable must not make guessing unlimited."""
+    user = await signup_login(http)
+    nowhere = f"redis://127.0.0.1:{free_port(16379)}/0"  # nothing listens there
+    async with Stack(engines.model_copy(update={"redis_url": nowhere}), [AUTH]) as lone, client_for(
+        lone, random_ip()
+    ) as cut_off:
+        for password in ("Wrong-guess1!", PASSWORD):
+            r = await cut_off.post("/api/user/login", json={"username": user["username"], "password": password})
+            assert r.status_code == 503, r.text
+            assert int(r.headers["retry-after"]) >= 1
+            assert "Redis" in r.json()["detail"]

@@ -118,7 +118,8 @@ class AuthService:
         a right password gives them back, so only failures count and people behind one NAT who
         type their password right are never locked out. Once either budget is spent, every
         attempt is refused (429) before the password is even checked, until the moving window
-        frees one.
+        frees one. When Redis cannot count the attempt, the login is refused (503): guessing must
+        not get easier by making Redis slow.
         """
         async with self.db() as conn:
             user = await repo.user_by_login(conn, login)
@@ -126,7 +127,7 @@ class AuthService:
         idents = {"acct": str(user["id"]) if user else login.lower(), "ip": _address_bucket(client_ip)}
         counted: list[tuple[RateLimitItem, str, str]] = []  # (limit, scope, identity) hit so far
         for limit, scope in self.login_limits:
-            retry_after = await self.limiter.hit(limit, "login-failures", scope, idents[scope])
+            retry_after = await self.limiter.hit_or_refuse(limit, "login-failures", scope, idents[scope])
             if retry_after is not None:
                 await self._refund_attempt(counted)  # not checked, so not a failure
                 raise ApiError(

@@ -69,7 +69,7 @@ class RateLimiter:
             if await self._guard.call_outside_budget(self._limiter.hit, item, *identifiers):
                 return None
             stats = await self._guard.call_outside_budget(self._limiter.get_window_stats, item, *identifiers)
-        except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure
+        except Exception as exc:  # limits wraps every storage failure
             log.warning("rate limit store unreachable; refusing the request", limit=str(item), error=repr(exc))
             raise DependencyUnavailable("the rate-limit store (Redis)", retry_after=2) from exc
         return max(1, math.ceil(stats.reset_time - time.time()))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Container healthcheck: exit 0 when this container's service answers GET /readyz with 200.
 
-The port is HEALTHCHECK_PORT when set, else the first of the services' fixed ports (DESIGN.md)
+The port is HEALTHCHECK_PORT when set, else the first of the services' fixed ports (README's service table)
 that answers: one image serves every service, each on its own port. Standard library only.
 """
 

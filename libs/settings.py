@@ -1,4 +1,4 @@
-"""One typed settings object, read once from the environment (names fixed by DESIGN.md).
+"""One typed settings object, read once from the environment (the variable names are a public contract).
 
 An unset backing-service URL means "start the embedded engine" (see `libs.embedded`).
 """

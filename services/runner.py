@@ -1,7 +1,7 @@
 """Run a set of services in this process: embedded engines for unset URLs, the services, uvicorn.
 
 `all` serves every route on one port (8000). A subset serves each service on its own port (the
-table in DESIGN.md) unless a port is given, in which case they share it.
+table in the README) unless a port is given, in which case they share it.
 """
 
 from __future__ import annotations

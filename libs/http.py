@@ -163,7 +163,7 @@ class BodyLimitMiddleware:
                 await _refuse(BodyTooLarge(cap), scope, receive, send)
                 return
         received = 0
-        started = False
+        watched = ResponseWatch(send)
 
         async def capped_receive() -> Message:
             nonlocal received
@@ -174,17 +174,25 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(cap)
             return message
 
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, capped_receive, watched_send)
+            await self.app(scope, capped_receive, watched.send)
         except BodyTooLarge as exc:  # read outside FastAPI's error handlers (e.g. by a middleware)
-            if started:
+            if watched.started:
                 raise
             await _refuse(exc, scope, receive, send)
+
+
+class ResponseWatch:
+    """An ASGI `send` that notes whether the response has begun: after that, an error can no longer be
+    answered with a response of its own."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
 
 
 async def _refuse(exc: StarletteHTTPException, scope: Scope, receive: Receive, send: Send) -> None:
@@ -297,18 +305,12 @@ class InternalErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = ResponseWatch(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watched.send)
         except Exception as exc:
             log.error("unexpected error", method=scope["method"], path=scope["path"], exc_info=exc)
-            if started:  # part of the answer is out: only a dropped connection tells the client it is cut short
+            if watched.started:  # part of the answer is out: only a dropped connection tells the client it is cut short
                 raise
             body = {"detail": "internal error", "request_id": request_id_var.get()}
             await JSONResponse(body, status_code=500)(scope, receive, send)

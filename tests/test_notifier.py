@@ -38,7 +38,7 @@ from libs.runtime import Stack
 from libs.settings import Settings
 from libs.stores import create_redis
 from services.notifier.consumer import EmailConsumer
-from services.notifier.mailer import SmtpTarget, smtp_ping
+from services.notifier.mailer import SmtpTarget, render, smtp_ping
 from tests.conftest import eventually, signup_login, unique
 
 pytestmark = pytest.mark.engines
@@ -361,6 +361,30 @@ async def test_one_message_published_twice_at_once_is_mailed_once(engines: Setti
             await eventually(skipped, 15, "the second copy was not recognised as a duplicate")
             assert len(inbox.with_id(twice.message_id)) == 1
             assert inbox.with_id(twice.message_id)[0]["Message-ID"] == f"<{twice.message_id}@analytics.localhost>"
+
+
+async def test_a_copy_that_checked_before_the_other_finished_is_not_mailed_again(engines: Settings) -> None:
+    """Copy B checks the sent-record (not sent yet), copy A then sends and releases its claim, and only
+    then does B claim: B must see A's sent-record and skip, not mail a second time."""
+    with smtp_server() as (inbox, port):
+        async with notifier(engines, f"smtp://127.0.0.1:{port}") as (consumer, _):
+            email = note("race@example.com", "Once")
+            mime = render(email, engines.smtp_from, engines.public_base_url)
+            real_claim = consumer._claim
+            other_copy: list[bool] = []
+            first_call = [True]
+
+            async def claim_after_the_other_copy_is_done(message_id: str, token: str) -> bool:
+                if first_call and first_call.pop():
+                    other_copy.append(await consumer._send_once(email, mime))  # copy A, start to end
+                return await real_claim(message_id, token)
+
+            consumer._claim = claim_after_the_other_copy_is_done  # type: ignore[method-assign]
+            second = await consumer._send_once(email, mime)  # copy B
+            assert other_copy == [True]
+            assert second is False, "the second copy was mailed again"
+            await asyncio.sleep(0.5)
+            assert len(inbox.with_id(email.message_id)) == 1
 
 
 async def test_temporary_failures_past_the_retry_budget_are_parked(engines: Settings) -> None:

@@ -195,13 +195,18 @@ class EmailConsumer(GroupMember):
 
     async def _send_once(self, email: EmailMessage, mime: Any) -> bool:
         """Send unless already sent; False when it was. Only one sender at a time per message id: a
-        partition that moved to another notifier while this one still retries is not mailed twice."""
+        partition that moved to another notifier while this one still retries is not mailed twice.
+
+        The sent-record is read after the claim is held: read before it, a copy that another sender
+        finished (and released) in between would be mailed a second time."""
         if await self._already_sent(email.message_id):
             return False
         token = uuid.uuid4().hex
         if not await self._claim(email.message_id, token):
             raise TemporaryFailure("another notifier is sending this message right now")
         try:
+            if await self._already_sent(email.message_id):
+                return False
             start = time.perf_counter()
             await send(self.target, mime)
             SEND_LATENCY.observe(time.perf_counter() - start)

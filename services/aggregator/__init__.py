@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from libs.clickhouse import ClickHouse
+from libs.clickhouse.migrate import migrate_clickhouse
 from libs.kafka import ALL_TOPICS, Drained, ensure_topics
-from libs.migrations import apply_clickhouse
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
-
-MIGRATIONS = Path(__file__).parent / "migrations" / "clickhouse"
 
 
 async def migrate(runtime: Runtime, ch: ClickHouse | None = None) -> list[str]:
-    ch = ch or await runtime.clickhouse()
-    context = {"retention_days": runtime.settings.clickhouse_retention_days}
-    return await apply_clickhouse(ch, "analytics", MIGRATIONS, context)
+    """The events tables it writes (libs/clickhouse/migrations)."""
+    return await migrate_clickhouse(ch or await runtime.clickhouse(), runtime.settings)
 
 
 def build(runtime: Runtime) -> ServiceParts:

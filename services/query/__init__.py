@@ -9,16 +9,16 @@ from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    from services.aggregator import migrate
+    from libs.clickhouse.migrate import migrate_clickhouse
+    from services.query import dashboard
     from services.query.cache import QueryCache
     from services.query.router import build_router
-    from services.web import dashboard_router
 
     state: dict[str, Any] = {}
 
     async def start() -> None:
         state["clickhouse"] = ch = await runtime.clickhouse()
-        await migrate(runtime, ch)  # the schema it reads; idempotent next to the aggregator's own run
+        await migrate_clickhouse(ch, runtime.settings)  # the schema it reads; idempotent next to the aggregator's own run
         state["redis"] = redis = await runtime.redis()
         state["cache"] = QueryCache(redis)
         state["keys"] = await shared_key_table(runtime)
@@ -38,7 +38,7 @@ def build(runtime: Runtime) -> ServiceParts:
     router = build_router(
         runtime.settings, keys, lambda: state["clickhouse"], lambda: state.get("cache"), lambda: state.get("redis")
     )
-    return ServiceParts(routers=[router, dashboard_router()], on_start=[start], on_stop=[stop], background=[reports])
+    return ServiceParts(routers=[router, dashboard.router], on_start=[start], on_stop=[stop], background=[reports])
 
 
 SERVICE = ServiceSpec(

@@ -6,9 +6,9 @@ start and stop. The same services run in one process (`analytics run`), in sever
 
 A service's routers are module-level. What its routes need (connections, the key table, a cache) is
 one typed context object that its start hook sets with `runtime.contexts.set(name, context)`; a route
-takes it as a FastAPI dependency made by `context_dependency(name, Kind)`, which reads it from the
-app serving the request (`app.state.contexts`). One app may serve several services, each with its own
-context, and several stacks (tests) may share a process, each with its own contexts.
+takes it as a FastAPI dependency made by `context_dependency(name, Kind)`. The stack hands out each
+router bound to its own contexts (`bind_contexts`), so one app may serve several services, several
+stacks (tests) may share a process, and a router mounted in an app of one's own still finds them.
 
 Stopping loses nothing that was acknowledged: first every service stops taking work it would
 acknowledge (the gateway answers 503 and waits for Kafka's acks of what it already took), then the
@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 
 from libs.clickhouse import ClickHouse, connect_clickhouse
 from libs.http import (
@@ -84,15 +84,27 @@ class Contexts:
 
 
 def context_dependency(service: str, kind: type[C]) -> Callable[[Request], Awaitable[C]]:
-    """A FastAPI dependency giving the routes of `service` its context, from the app serving the request:
-    `Ctx = Annotated[Kind, Depends(context_dependency("name", Kind))]`."""
+    """A FastAPI dependency giving the routes of `service` its context, from the contexts the request's
+    router is bound to: `Ctx = Annotated[Kind, Depends(context_dependency("name", Kind))]`."""
 
     async def dependency(request: Request) -> C:  # async: no thread hop for a dict lookup
-        contexts: Contexts = request.app.state.contexts
+        contexts: Contexts = request.state.contexts
         return contexts.get(service, kind)
 
     dependency.__name__ = f"{service}_context"
     return dependency
+
+
+def bind_contexts(router: APIRouter, contexts: Contexts) -> APIRouter:
+    """`router`, its routes reaching `contexts` wherever it is mounted. The binding is a router-level
+    dependency, which FastAPI solves before the routes' own."""
+
+    async def use_contexts(request: Request) -> None:
+        request.state.contexts = contexts
+
+    bound = APIRouter(dependencies=[Depends(use_contexts)])
+    bound.include_router(router)
+    return bound
 
 
 class Runtime:
@@ -243,7 +255,8 @@ class Stack:
 
     async def start(self) -> None:
         for spec in self.specs:
-            self.parts[spec.name] = spec.build(self.runtime)
+            parts = self.parts[spec.name] = spec.build(self.runtime)
+            parts.routers = [bind_contexts(router, self.runtime.contexts) for router in parts.routers]
         for spec in self.specs:
             for hook in self.parts[spec.name].on_start:
                 await hook()
@@ -369,7 +382,6 @@ class Stack:
             description="Routes: " + ", ".join(names),
             redoc_url=None,
         )
-        app.state.contexts = self.runtime.contexts
         install_error_handlers(app)
         checks: dict[str, Check] = {}
         for spec in specs:

@@ -55,6 +55,15 @@ async def user_stats(
     return await cached(ctx, app_id, "user-stats", {"user": userId, "recent": recent}, True, compute)
 
 
+def _filtered(
+    app_id: str, event_name: str | None, user_id: str | None, start_date: str | None, end_date: str | None
+) -> tuple[q.Where, datetime]:
+    """The events of a name and a user (either optional) in a date range, and the range's end."""
+    start, end = date_range(start_date, end_date, "start_date", "end_date")
+    where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals("user_id", "user_id", user_id)
+    return where, end
+
+
 @router.get("/events", summary="Events, newest first, filtered and paginated")
 async def list_events(
     ctx: QueryCtx,
@@ -66,10 +75,7 @@ async def list_events(
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"at most {MAX_PAGE_SIZE}")] = 50,
 ) -> Response:
-    start, end = date_range(start_date, end_date, "start_date", "end_date")
-    where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals(
-        "user_id", "user_id", user_id
-    )
+    where, _ = _filtered(app_id, event_name, user_id, start_date, end_date)
     rows, total = await q.list_events(ctx.clickhouse, where, limit, (page - 1) * limit)
     return json_response({"events": rows, "page": page, "limit": limit, "total": total})
 
@@ -83,10 +89,7 @@ async def events_count(
     start_date: Annotated[str | None, Query()] = None,
     end_date: Annotated[str | None, Query()] = None,
 ) -> Response:
-    start, end = date_range(start_date, end_date, "start_date", "end_date")
-    where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals(
-        "user_id", "user_id", user_id
-    )
+    where, end = _filtered(app_id, event_name, user_id, start_date, end_date)
 
     async def compute() -> dict[str, Any]:
         return {"count": await q.count(ctx.clickhouse, where)}

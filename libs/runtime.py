@@ -394,9 +394,9 @@ class Stack:
             checks.update(self.task_checks(spec))
         checks.update(self.extra_checks)
         install_health_routes(app, checks, self.settings.insecure_defaults())
-        parts = [self.parts[spec.name] for spec in specs]
-        app.add_middleware(BodyLimitMiddleware, limits={k: v for p in parts for k, v in p.body_limits.items()})
-        public = route_matcher(route for p in parts for route in p.public_routes)
+        served = [self.parts[spec.name] for spec in specs]
+        app.add_middleware(BodyLimitMiddleware, limits={k: v for p in served for k, v in p.body_limits.items()})
+        public = route_matcher(route for p in served for route in p.public_routes)
         app.add_middleware(RouteCORS, public=public, origins=self.settings.cors_origins)
         app.add_middleware(RequestContextMiddleware, service="+".join(names))
         wrapped: Any = app

@@ -83,9 +83,9 @@ async def throughput(settings: Settings) -> dict[str, Any]:
     The machine is shared, so the ratio reported is the median of the rounds' ratios (each measured
     back to back under the same conditions); every round is in the result."""
     from libs.clickhouse.embedded import ChdbClickHouse
+    from libs.clickhouse.migrate import MIGRATIONS
     from libs.kafka import make_producer
     from libs.migrations import apply_clickhouse
-    from services.aggregator import MIGRATIONS
     from services.runner import tune_garbage_collector
 
     ch = await ChdbClickHouse.open(settings.data_dir / "clickhouse")

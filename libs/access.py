@@ -24,11 +24,18 @@ def bearer_dependency(
     """A dependency that returns the caller's access-token claims, or answers 401."""
 
     async def current_user(credentials: BearerCredentials) -> tokens.TokenClaims:
-        if credentials is None:
-            raise ApiError(401, "missing Bearer token; log in at POST /api/user/login", {"WWW-Authenticate": "Bearer"})
-        return await verify_access_token(settings, credentials.credentials, redis())
+        return await signed_in(settings, credentials, redis())
 
     return current_user
+
+
+async def signed_in(
+    settings: Settings, credentials: HTTPAuthorizationCredentials | None, redis: aioredis.Redis | None
+) -> tokens.TokenClaims:
+    """The claims of the request's Bearer access token; 401 without one, or with one not valid."""
+    if credentials is None:
+        raise ApiError(401, "missing Bearer token; log in at POST /api/user/login", {"WWW-Authenticate": "Bearer"})
+    return await verify_access_token(settings, credentials.credentials, redis)
 
 
 async def verify_access_token(settings: Settings, token: str, redis: aioredis.Redis | None) -> tokens.TokenClaims:

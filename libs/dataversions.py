@@ -12,7 +12,7 @@ The aggregator bumps them after each insert that succeeded, before it commits th
   answer over a range ending at e was cached at c with e < c - LIVE_WINDOW. An event written later, at
   w > c, that is not late has a timestamp t >= w - LATE_AFTER > c - LIVE_WINDOW > e, so it is not in
   the range (the minute between LATE_AFTER and LIVE_WINDOW absorbs clock skew between the machines).
-* `query:gen:<app>` is bumped by a privacy deletion (services/query/web.py); every answer is keyed by it.
+* `query:gen:<app>` is bumped by a privacy deletion (services/query/routes/users.py); every answer is keyed by it.
 
 A version only grows. The keys have no TTL: Redis must not evict keys without one (its default
 `noeviction`, or a `volatile-*` policy), or a version could start again at a number already used.

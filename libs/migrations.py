@@ -1,6 +1,7 @@
 """Numbered SQL migrations for Postgres and ClickHouse: applied once, in order, and recorded.
 
-A migration is a file `NNNN_name.sql` in a service's `migrations/<engine>/` folder. Statements are
+A migration is a file `NNNN_name.sql` in a folder of them (a service's `migrations/postgres/`, or
+libs/clickhouse/migrations/ for the events tables that several services share). Statements are
 separated by a line ending in `;`. ClickHouse files are jinja2 templates rendered with values from
 settings (retention days and the like: never client input) and `schema` (libs/clickhouse/schema.py:
 one server, or a cluster with ON CLUSTER, Replicated local tables and Distributed ones). Block tags

@@ -53,11 +53,16 @@ class RateLimiter:
 
     async def hit(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
         """Count one hit. None when allowed; else seconds until the next hit would be allowed."""
-        return await self._check(limit, identifiers, count=True)
-
-    async def exceeded(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
-        """Like `hit` without counting: None when one more hit is allowed; else seconds to wait."""
-        return await self._check(limit, identifiers, count=False)
+        item = parse(limit) if isinstance(limit, str) else limit
+        try:
+            if await self.call(self._limiter.hit, item, *identifiers):
+                return None
+            stats = await self.call(self._limiter.get_window_stats, item, *identifiers)
+        except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure; fail open
+            RATE_LIMIT_FAIL_OPEN.labels(str(item)).inc()
+            log.warning("rate limit store unreachable; allowing the request", error=repr(exc))
+            return None
+        return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def hit_or_refuse(self, limit: str | RateLimitItem, *identifiers: str) -> int | None:
         """Like `hit`, for a limit that must hold (brute-force protection): it fails closed, raising
@@ -72,19 +77,6 @@ class RateLimiter:
         except Exception as exc:  # limits wraps every storage failure
             log.warning("rate limit store unreachable; refusing the request", limit=str(item), error=repr(exc))
             raise DependencyUnavailable("the rate-limit store (Redis)", retry_after=2) from exc
-        return max(1, math.ceil(stats.reset_time - time.time()))
-
-    async def _check(self, limit: str | RateLimitItem, identifiers: tuple[str, ...], count: bool) -> int | None:
-        item = parse(limit) if isinstance(limit, str) else limit
-        try:
-            check = self._limiter.hit if count else self._limiter.test
-            if await self.call(check, item, *identifiers):
-                return None
-            stats = await self.call(self._limiter.get_window_stats, item, *identifiers)
-        except Exception as exc:  # noqa: BLE001 - limits wraps every storage failure; fail open
-            RATE_LIMIT_FAIL_OPEN.labels(str(item)).inc()
-            log.warning("rate limit store unreachable; allowing the request", error=repr(exc))
-            return None
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def refund(self, limit: str | RateLimitItem, *identifiers: str) -> None:

@@ -4,6 +4,12 @@ A service module exposes `SERVICE = ServiceSpec(...)`. Its `build(runtime)` retu
 serves, the background tasks it runs, the readiness checks of its dependencies, and what to do at
 start and stop. The same services run in one process (`analytics run`), in several, or in tests.
 
+A service's routers are module-level. What its routes need (connections, the key table, a cache) is
+one typed context object that its start hook sets with `runtime.contexts.set(name, context)`; a route
+takes it as a FastAPI dependency made by `context_dependency(name, Kind)`. The stack hands out each
+router bound to its own contexts (`bind_contexts`), so one app may serve several services, several
+stacks (tests) may share a process, and a router mounted in an app of one's own still finds them.
+
 Stopping loses nothing that was acknowledged: first every service stops taking work it would
 acknowledge (the gateway answers 503 and waits for Kafka's acks of what it already took), then the
 consumers store and send what Kafka holds, up to `drain_timeout_s`, and say what they could not.
@@ -17,15 +23,16 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 
 from libs.clickhouse import ClickHouse, connect_clickhouse
 from libs.http import (
+    ApiError,
     BodyLimitMiddleware,
     Check,
     RequestContextMiddleware,
@@ -49,6 +56,56 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 60.0
 RESTART_STABLE_S = 5.0
 
+C = TypeVar("C")
+
+
+class Contexts:
+    """The context object each service of a stack set on start, by service name."""
+
+    def __init__(self) -> None:
+        self._by_service: dict[str, object] = {}
+
+    def set(self, service: str, context: object) -> None:
+        self._by_service[service] = context
+
+    def find(self, service: str, kind: type[C]) -> C | None:
+        """The context of `service`, or None before it started."""
+        found = self._by_service.get(service)
+        if found is not None and not isinstance(found, kind):
+            raise TypeError(f"the context of {service} is a {type(found).__name__}, not a {kind.__name__}")
+        return found
+
+    def get(self, service: str, kind: type[C]) -> C:
+        """The context of `service`; 503 while it has not started (a request that came in too early)."""
+        found = self.find(service, kind)
+        if found is None:
+            raise ApiError(503, f"the {service} service is still starting; try again in a moment", {"Retry-After": "1"})
+        return found
+
+
+def context_dependency(service: str, kind: type[C]) -> Callable[[Request], Awaitable[C]]:
+    """A FastAPI dependency giving the routes of `service` its context, from the contexts the request's
+    router is bound to: `Ctx = Annotated[Kind, Depends(context_dependency("name", Kind))]`."""
+
+    async def dependency(request: Request) -> C:  # async: no thread hop for a dict lookup
+        contexts: Contexts = request.state.contexts
+        return contexts.get(service, kind)
+
+    dependency.__name__ = f"{service}_context"
+    return dependency
+
+
+def bind_contexts(router: APIRouter, contexts: Contexts) -> APIRouter:
+    """`router`, its routes reaching `contexts` wherever it is mounted. The binding is a router-level
+    dependency, which FastAPI solves before the routes' own."""
+
+    async def use_contexts(request: Request) -> None:
+        request.state.contexts = contexts
+
+    bound = APIRouter(dependencies=[Depends(use_contexts)])
+    bound.include_router(router)
+    return bound
+
 
 class Runtime:
     """Connections shared by every service in this process, each opened once, on first use."""
@@ -62,6 +119,7 @@ class Runtime:
         self._lock = asyncio.Lock()
         self._topics_ready = False
         self.shared: dict[str, Any] = {}  # objects services share, e.g. the API-key table
+        self.contexts = Contexts()  # each service's own, set on start (see the module's docstring)
 
     async def kafka_ready(self) -> None:
         async with self._lock:
@@ -197,7 +255,8 @@ class Stack:
 
     async def start(self) -> None:
         for spec in self.specs:
-            self.parts[spec.name] = spec.build(self.runtime)
+            parts = self.parts[spec.name] = spec.build(self.runtime)
+            parts.routers = [bind_contexts(router, self.runtime.contexts) for router in parts.routers]
         for spec in self.specs:
             for hook in self.parts[spec.name].on_start:
                 await hook()
@@ -335,9 +394,9 @@ class Stack:
             checks.update(self.task_checks(spec))
         checks.update(self.extra_checks)
         install_health_routes(app, checks, self.settings.insecure_defaults())
-        parts = [self.parts[spec.name] for spec in specs]
-        app.add_middleware(BodyLimitMiddleware, limits={k: v for p in parts for k, v in p.body_limits.items()})
-        public = route_matcher(route for p in parts for route in p.public_routes)
+        served = [self.parts[spec.name] for spec in specs]
+        app.add_middleware(BodyLimitMiddleware, limits={k: v for p in served for k, v in p.body_limits.items()})
+        public = route_matcher(route for p in served for route in p.public_routes)
         app.add_middleware(RouteCORS, public=public, origins=self.settings.cors_origins)
         app.add_middleware(RequestContextMiddleware, service="+".join(names))
         wrapped: Any = app

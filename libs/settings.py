@@ -5,7 +5,6 @@ An unset backing-service URL means "start the embedded engine" (see `libs.embedd
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -151,7 +150,3 @@ class Settings(BaseSettings):
     def data_dir(self) -> Path:
         return self.analytics_data_dir.resolve()
 
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

@@ -32,10 +32,10 @@ import yaml
 from pydantic import ValidationError
 
 from libs.clickhouse import ClickHouse, ClickHouseError, Schema, connect_clickhouse
+from libs.clickhouse.migrate import MIGRATIONS
 from libs.migrations import Migration, apply_clickhouse, load
 from libs.runtime import Stack
 from libs.settings import Settings
-from services.aggregator import MIGRATIONS
 from services.aggregator.decode import decode
 from services.aggregator.writer import PartitionBatch, write_batches
 from tests.containers import docker_available

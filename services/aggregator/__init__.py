@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from libs.clickhouse import ClickHouse
+from libs.clickhouse.migrate import migrate_clickhouse
 from libs.kafka import ALL_TOPICS, Drained, ensure_topics
-from libs.migrations import apply_clickhouse
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
-MIGRATIONS = Path(__file__).parent / "migrations" / "clickhouse"
+if TYPE_CHECKING:
+    from services.aggregator.consumer import EventConsumer
+    from services.aggregator.versions import DataVersions
+
+NAME = "aggregator"
 
 
 async def migrate(runtime: Runtime, ch: ClickHouse | None = None) -> list[str]:
-    ch = ch or await runtime.clickhouse()
-    context = {"retention_days": runtime.settings.clickhouse_retention_days}
-    return await apply_clickhouse(ch, "analytics", MIGRATIONS, context)
+    """The events tables it writes (libs/clickhouse/migrations)."""
+    return await migrate_clickhouse(ch or await runtime.clickhouse(), runtime.settings)
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    consumer: EventConsumer
+    versions: DataVersions
 
 
 def build(runtime: Runtime) -> ServiceParts:
     from services.aggregator.consumer import EventConsumer
     from services.aggregator.versions import DataVersions
 
-    state: dict[str, Any] = {}
+    def started() -> Aggregator | None:
+        return runtime.contexts.find(NAME, Aggregator)
 
     async def start() -> None:
         ch = await runtime.clickhouse()
@@ -31,21 +41,22 @@ def build(runtime: Runtime) -> ServiceParts:
         if runtime.settings.aggregator_topic not in ALL_TOPICS:
             await ensure_topics(runtime.settings, (runtime.settings.aggregator_topic,))
         # Redis is not reached here (the client connects on first use): the aggregator starts without it.
-        state["versions"] = versions = DataVersions(await runtime.redis())
-        state["consumer"] = EventConsumer(runtime.settings, ch, await runtime.producer(), versions=versions)
+        versions = DataVersions(await runtime.redis())
+        consumer = EventConsumer(runtime.settings, ch, await runtime.producer(), versions=versions)
+        runtime.contexts.set(NAME, Aggregator(consumer, versions))
 
     async def consume() -> None:
-        await state["consumer"].run()
+        await runtime.contexts.get(NAME, Aggregator).consumer.run()
 
     async def stop() -> None:
-        if "versions" in state:
-            await state["versions"].close()
+        if (agg := started()) is not None:
+            await agg.versions.close()
 
     async def drain(timeout: float) -> Drained | None:
-        return await state["consumer"].drain(timeout) if "consumer" in state else None
+        return await agg.consumer.drain(timeout) if (agg := started()) is not None else None
 
     async def owns_partitions() -> bool:
-        return "consumer" in state and state["consumer"].ready
+        return (agg := started()) is not None and agg.consumer.ready
 
     return ServiceParts(
         on_start=[start], on_stop=[stop], background=[consume], drains=[drain], checks={"aggregator": owns_partitions}
@@ -53,7 +64,7 @@ def build(runtime: Runtime) -> ServiceParts:
 
 
 SERVICE = ServiceSpec(
-    name="aggregator",
+    name=NAME,
     port=8004,
     # Redis: the apps' data versions that keep the query cache fresh. Not a readiness need: storing
     # events goes on while Redis is down (the bumps are retried), so an outage must not take it out.

@@ -27,7 +27,7 @@ Rollups: a materialized view over events (the events_daily rollup) sees every in
 included, so it cannot count rows: it keeps exact distinct counts of event-id hashes (migration 0003),
 to which a copy adds nothing, and the query service freezes closed days into plain exact counts
 (migration 0004, services/query/frozen.py). A lookup of the batch's event ids before each insert was
-tried instead and cost 25-40 % of throughput on a day of 600k events.
+tried instead and cost a large share of the throughput, more as a day's events grow.
 
 In cluster mode (CLICKHOUSE_CLUSTER, libs/clickhouse/schema.py) the same inserts go to Distributed
 tables, and the client sends every query with `distributed_foreground_insert=1`: the insert returns

@@ -9,49 +9,56 @@ from libs.ratelimit import RateLimiter
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 from libs.stores import close_pg_pool, create_pg_pool
 
+NAME = "auth"
 MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
 
 
 def build(runtime: Runtime) -> ServiceParts:
+    from libs.clientip import TrustedProxies
+    from services.auth.accounts import Accounts
+    from services.auth.context import AuthContext
+    from services.auth.jobs import KeyJobs
+    from services.auth.keys import AppKeys
     from services.auth.reports import build_reports_router
-    from services.auth.router import build_routers
-    from services.auth.service import PG_STATEMENT_TIMEOUT_S, AuthService
+    from services.auth.router import ROUTERS
+    from services.auth.store import PG_STATEMENT_TIMEOUT_S
 
-    holder: dict[str, AuthService] = {}
+    settings = runtime.settings
 
-    def service() -> AuthService:
-        return holder["svc"]
+    def context() -> AuthContext:
+        return runtime.contexts.get(NAME, AuthContext)
 
     async def start() -> None:
-        await apply_postgres(await runtime.pg(), "auth", MIGRATIONS)
-        assert runtime.settings.redis_url
+        await apply_postgres(await runtime.pg(), NAME, MIGRATIONS)
+        assert settings.redis_url
         # A pool of its own whose statements time out soon (the shared one allows 10 s, for migrations
         # and bulk reads): a hung database answers a login with 503 in about a second.
-        pg = await create_pg_pool(runtime.settings, command_timeout=PG_STATEMENT_TIMEOUT_S)
-        svc = AuthService(
-            runtime.settings, pg, await runtime.producer(), await runtime.redis(),
-            RateLimiter(runtime.settings.redis_url, "auth"),
-        )
-        holder["svc"] = svc
-        await svc.republish_all_keys()
+        pg = await create_pg_pool(settings, command_timeout=PG_STATEMENT_TIMEOUT_S)
+        connections = (settings, pg, await runtime.producer(), await runtime.redis(), RateLimiter(settings.redis_url, NAME))
+        keys = AppKeys(*connections)
+        runtime.contexts.set(NAME, AuthContext(
+            accounts=Accounts(*connections), keys=keys, jobs=KeyJobs(keys), proxies=TrustedProxies(settings.trusted_proxies),
+        ))
+        await keys.republish_all_keys()
 
     async def stop() -> None:
-        if "svc" in holder:
-            await close_pg_pool(holder["svc"].pg)
+        started = runtime.contexts.find(NAME, AuthContext)
+        if started is not None:
+            await close_pg_pool(started.keys.pg)
 
     async def key_checks() -> None:
-        await service().run_key_checks()
+        await context().jobs.run_key_checks()
 
-    routers = [*build_routers(runtime.settings, service), build_reports_router(runtime.settings, service)]
     return ServiceParts(
-        routers=routers, on_start=[start], on_stop=[stop], background=[key_checks],
+        routers=[*ROUTERS, build_reports_router(settings, lambda: context().keys)],
+        on_start=[start], on_stop=[stop], background=[key_checks],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},
     )
 
 
 SERVICE = ServiceSpec(
-    name="auth",
+    name=NAME,
     port=8002,
     needs=frozenset({"postgres", "kafka", "redis"}),
     build=build,
@@ -60,4 +67,4 @@ SERVICE = ServiceSpec(
 
 
 async def migrate(runtime: Runtime) -> list[str]:
-    return await apply_postgres(await runtime.pg(), "auth", MIGRATIONS)
+    return await apply_postgres(await runtime.pg(), NAME, MIGRATIONS)

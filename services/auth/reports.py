@@ -19,7 +19,7 @@ from libs.settings import Settings
 from services.auth.schemas import Line
 
 if TYPE_CHECKING:
-    from services.auth.service import AuthService
+    from services.auth.keys import AppKeys as AuthService
 
 MAX_SUBSCRIPTIONS_PER_USER = 50
 

@@ -91,10 +91,6 @@ class RefreshIn(BaseModel):
     refresh_token: Line = Field(min_length=1, max_length=4096)
 
 
-class LogoutIn(BaseModel):
-    refresh_token: Line | None = Field(default=None, max_length=4096)
-
-
 class UserProfile(BaseModel):
     id: str
     username: str

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from libs.apikeys import shared_key_table, stop_shared_key_table
 from libs.ratelimit import RateLimiter
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
+NAME = "gateway"
+
 
 def build(runtime: Runtime) -> ServiceParts:
+    from services.gateway import static
+    from services.gateway.enrich import geoip
     from services.gateway.fastpath import SEED_ROUTES, SEGMENT_PATHS, IngestFastPath
     from services.gateway.ratelimit import KeyRateLimiter
-    from services.gateway.router import build_routers
+    from services.gateway.router import ROUTERS
     from services.gateway.service import MAX_REQUEST_BYTES, Ingestor, Publisher
-    from services.gateway.static import script_router
 
-    state: dict[str, Ingestor] = {}
     ingest_paths = sorted([*SEED_ROUTES, *SEGMENT_PATHS])
+    ingestor = functools.partial(runtime.contexts.get, NAME, Ingestor)
 
-    def ingestor() -> Ingestor:
-        return state["ingestor"]
+    def started() -> Ingestor | None:
+        return runtime.contexts.find(NAME, Ingestor)
 
     async def start() -> None:
-        from services.gateway.enrich import geoip
-
         await asyncio.to_thread(geoip)  # the country database, loaded before the first event needs it
         producer = await runtime.producer()
         settings = runtime.settings
@@ -34,27 +36,30 @@ def build(runtime: Runtime) -> ServiceParts:
         limiter.start()
         publisher = Publisher(lambda: producer)
         await publisher.batches.ensure_metadata()
-        state["ingestor"] = Ingestor(settings, await shared_key_table(runtime), publisher, limiter)
+        runtime.contexts.set(NAME, Ingestor(settings, await shared_key_table(runtime), publisher, limiter))
 
     async def stop() -> None:
-        if "ingestor" in state:
-            await state["ingestor"].publisher.batches.close()
-            if state["ingestor"].limiter is not None:
-                await state["ingestor"].limiter.stop()
+        gate = started()
+        if gate is not None:
+            await gate.publisher.batches.close()
+            if gate.limiter is not None:
+                await gate.limiter.stop()
         await stop_shared_key_table(runtime)
 
     async def key_table_loaded() -> bool:
-        return "ingestor" in state and state["ingestor"].keys.ready.is_set()
+        gate = started()
+        return gate is not None and gate.keys.ready.is_set()
 
     async def stop_accepting() -> None:
         """Ingest answers 503 from now on; return once Kafka acknowledged (or refused) what it took,
         so that the topic's end offsets read next cover every event answered 202."""
-        if "ingestor" in state:
-            state["ingestor"].draining = True
-            await state["ingestor"].publisher.batches.settled()
+        gate = started()
+        if gate is not None:
+            gate.draining = True
+            await gate.publisher.batches.settled()
 
     return ServiceParts(
-        routers=[*build_routers(ingestor), script_router()],
+        routers=[*ROUTERS, static.router],
         on_start=[start],
         on_stop=[stop],
         stop_accepting=[stop_accepting],
@@ -66,7 +71,7 @@ def build(runtime: Runtime) -> ServiceParts:
 
 
 SERVICE = ServiceSpec(
-    name="gateway",
+    name=NAME,
     port=8001,
     needs=frozenset({"kafka", "postgres", "redis"}),
     # Postgres only seeds the key table at start and Redis down fails open: neither makes it unready.

@@ -5,13 +5,14 @@ sees them; the routes here document them in OpenAPI and serve them wherever the 
 installed. Both run `fastpath.handle_ingest`, so the answers are the same.
 """
 
-from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from libs.access import peer_ip
+from libs.runtime import context_dependency
+from services.gateway import NAME
 from services.gateway import service as ingest
 from services.gateway.fastpath import handle_ingest
 from services.gateway.schemas import Accepted
@@ -26,27 +27,27 @@ SEED_ROUTES = {
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "group", "alias", "batch")
 
 
-def build_routers(ingestor: Callable[[], ingest.Ingestor]) -> list[APIRouter]:
-    # Bodies are read raw (gzip, text/plain beacons) and validated event by event.
-    async def answer(request: Request) -> JSONResponse:
-        status, payload = await handle_ingest(
-            ingestor(), request.url.path, peer_ip(request), request.headers, await request.body()
-        )
-        return JSONResponse(payload, status_code=status)
-
-    async def seed_endpoint(request: Request, x_api_key: ApiKey = None) -> JSONResponse:
-        return await answer(request)
-
-    seeds = APIRouter(prefix="/api/analytics", tags=["ingest"])
-    for name, summary in SEED_ROUTES.items():
-        seeds.add_api_route(f"/{name}", seed_endpoint, methods=["POST"], status_code=202, response_model=Accepted,
-                            openapi_extra=_JSON_BODY, summary=summary, name=f"ingest_{name}")
-
-    segment = APIRouter(prefix="/v1", tags=["Segment tracking API"])
-    for call in SEGMENT_CALLS:
-        segment.add_api_route(f"/{call}", answer, methods=["POST"], openapi_extra=_JSON_BODY,
-                              summary="Segment batch of calls" if call == "batch" else f"Segment {call} call",
-                              name=f"segment_{call}")
-    return [seeds, segment]
+Gateway = Annotated[ingest.Ingestor, Depends(context_dependency(NAME, ingest.Ingestor))]
+seeds = APIRouter(prefix="/api/analytics", tags=["ingest"])
+segment = APIRouter(prefix="/v1", tags=["Segment tracking API"])
 
 
+# Bodies are read raw (gzip, text/plain beacons) and validated event by event.
+async def answer(request: Request, ingestor: Gateway) -> JSONResponse:
+    status, payload = await handle_ingest(ingestor, request.url.path, peer_ip(request), request.headers, await request.body())
+    return JSONResponse(payload, status_code=status)
+
+
+async def seed_endpoint(request: Request, ingestor: Gateway, x_api_key: ApiKey = None) -> JSONResponse:
+    return await answer(request, ingestor)
+
+
+for _name, _summary in SEED_ROUTES.items():
+    seeds.add_api_route(f"/{_name}", seed_endpoint, methods=["POST"], status_code=202, response_model=Accepted,
+                        openapi_extra=_JSON_BODY, summary=_summary, name=f"ingest_{_name}")
+for _call in SEGMENT_CALLS:
+    segment.add_api_route(f"/{_call}", answer, methods=["POST"], openapi_extra=_JSON_BODY,
+                          summary="Segment batch of calls" if _call == "batch" else f"Segment {_call} call",
+                          name=f"segment_{_call}")
+
+ROUTERS = [seeds, segment]

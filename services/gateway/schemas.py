@@ -18,8 +18,8 @@ Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS)]
 
 
 # The second seed's event is validated into a plain dict (a TypedDict): the most frequent request of
-# all, and pydantic validates a TypedDict in half the time it takes to build the two model instances
-# (about 0.9 µs against 1.7 µs). Same validation, same error messages.
+# all, and pydantic validates a TypedDict in about half the time it takes to build the two model
+# instances. Same validation, same error messages.
 @with_config(ConfigDict(extra="allow"))
 class CollectMetadata(TypedDict, total=False):
     browser: Text200

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-from libs.kafka import Drained
+from libs.kafka import ALL_TOPICS, Drained, ensure_topics
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
+
+NAME = "notifier"
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    from libs.kafka import ALL_TOPICS, ensure_topics
     from services.notifier.consumer import EmailConsumer
     from services.notifier.mailer import SmtpTarget, smtp_ping
 
-    state: dict[str, EmailConsumer] = {}
     settings = runtime.settings
 
     async def start() -> None:
         producer = await runtime.producer()
         if settings.notifier_topic not in ALL_TOPICS:
             await ensure_topics(settings, (settings.notifier_topic,))
-        state["consumer"] = EmailConsumer(settings, producer, await runtime.redis())
+        runtime.contexts.set(NAME, EmailConsumer(settings, producer, await runtime.redis()))
 
     async def consume() -> None:
-        await state["consumer"].run()
+        await runtime.contexts.get(NAME, EmailConsumer).run()
 
     async def drain(timeout: float) -> Drained | None:
-        return await state["consumer"].drain(timeout) if "consumer" in state else None
+        consumer = runtime.contexts.find(NAME, EmailConsumer)
+        return await consumer.drain(timeout) if consumer is not None else None
 
     async def smtp_reachable() -> bool:
         return await smtp_ping(SmtpTarget.from_settings(settings))
@@ -33,7 +34,7 @@ def build(runtime: Runtime) -> ServiceParts:
 
 
 SERVICE = ServiceSpec(
-    name="notifier",
+    name=NAME,
     port=8005,
     needs=frozenset({"kafka", "redis", "smtp"}),
     build=build,

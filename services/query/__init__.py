@@ -1,48 +1,40 @@
-"""Query service: read APIs over ClickHouse with a Redis cache. Port 8003."""
+"""Query service: read APIs over ClickHouse with a Redis cache, and the dashboard. Port 8003."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from libs.apikeys import KeyTable, shared_key_table, stop_shared_key_table
+from libs.apikeys import shared_key_table, stop_shared_key_table
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
+
+NAME = "query"
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    from services.aggregator import migrate
+    from libs.clickhouse.migrate import migrate_clickhouse
+    from services.query import dashboard
     from services.query.cache import QueryCache
-    from services.query.router import build_router
-    from services.web import dashboard_router
-
-    state: dict[str, Any] = {}
+    from services.query.context import QueryContext
+    from services.query.reports import run_scheduler
+    from services.query.routes import ROUTERS
 
     async def start() -> None:
-        state["clickhouse"] = ch = await runtime.clickhouse()
-        await migrate(runtime, ch)  # the schema it reads; idempotent next to the aggregator's own run
-        state["redis"] = redis = await runtime.redis()
-        state["cache"] = QueryCache(redis)
-        state["keys"] = await shared_key_table(runtime)
+        ch = await runtime.clickhouse()
+        await migrate_clickhouse(ch, runtime.settings)  # the schema it reads; idempotent next to the aggregator's own run
+        redis = await runtime.redis()
+        context = QueryContext(runtime.settings, ch, redis, QueryCache(redis), await shared_key_table(runtime))
+        runtime.contexts.set(NAME, context)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
 
     async def reports() -> None:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""
-        from services.query.reports import run_scheduler
+        await run_scheduler(runtime, runtime.contexts.get(NAME, QueryContext).clickhouse)
 
-        await run_scheduler(runtime, state["clickhouse"])
-
-    def keys() -> KeyTable:
-        return state["keys"]  # type: ignore[no-any-return]
-
-    router = build_router(
-        runtime.settings, keys, lambda: state["clickhouse"], lambda: state.get("cache"), lambda: state.get("redis")
-    )
-    return ServiceParts(routers=[router, dashboard_router()], on_start=[start], on_stop=[stop], background=[reports])
+    return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports])
 
 
 SERVICE = ServiceSpec(
-    name="query",
+    name=NAME,
     port=8003,
     needs=frozenset({"clickhouse", "redis", "kafka", "postgres"}),
     build=build,

@@ -57,18 +57,12 @@ class QueryCache:
         except (RedisError, OSError) as exc:
             log.warning("could not invalidate the app's cached answers", app_id=app_id, error=repr(exc))
 
-    async def get_or_compute(
-        self, key: str, ttl: int, compute: Callable[[], Awaitable[Any]], refresh: bool = False
-    ) -> tuple[Any, bool]:
-        """(value, hit). The value is computed once per key at a time in this process.
-        With `refresh`, the cached value is ignored and replaced."""
-        body, hit = await self.get_or_compute_json(key, ttl, compute, refresh)
-        return orjson.loads(body), hit
-
     async def get_or_compute_json(
         self, key: str, ttl: int, compute: Callable[[], Awaitable[Any]], refresh: bool = False
     ) -> tuple[bytes, bool]:
-        """(JSON bytes, hit): a hit is answered with the stored bytes as they are, never re-encoded."""
+        """(JSON bytes, hit): a hit is answered with the stored bytes as they are, never re-encoded. The
+        value is computed once per key at a time in this process. With `refresh`, the cached value is
+        ignored and replaced."""
         cached = None
         if not refresh:
             try:

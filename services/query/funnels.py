@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from libs.clickhouse import ClickHouse
 from services.query.queries import ts_param
@@ -69,4 +70,23 @@ async def retention(
     out: dict[str, dict[int, int]] = {}
     for r in rows:
         out.setdefault(r["cohort"], {})[int(r["off"])] = int(r["n"])
+    return out
+
+
+async def retention_cohorts(ch: ClickHouse, app_id: str, interval: str, cohorts: int, tz: str) -> list[dict[str, Any]]:
+    """The last `cohorts` cohorts (days or weeks starting Monday, in `tz`), oldest first: each one's size,
+    how many came back in each later interval, and that as a percentage of the size."""
+    local_today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
+    step = timedelta(days=1 if interval == "day" else 7)
+    current = local_today if interval == "day" else local_today - timedelta(days=local_today.weekday())
+    starts = [current - step * i for i in range(cohorts - 1, -1, -1)]
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    data = await retention(ch, app_id, interval, starts[0].isoformat(), end, tz)
+    out = []
+    for index, start in enumerate(starts):
+        counts = data.get(start.isoformat(), {})
+        size = counts.get(0, 0)
+        retained = [counts.get(i, 0) for i in range(len(starts) - index)]
+        out.append({"cohort": start.isoformat(), "size": size, "retained": retained,
+                    "rates": [round(100 * n / size, 1) if size else 0.0 for n in retained]})
     return out

@@ -12,13 +12,6 @@ from typing import Any
 from libs.clickhouse import ClickHouse
 from services.query import frozen
 
-# Who a row counts as: the signed-in user id, else the SDK's anonymous id, else the session, else
-# the device (ip + user agent), as Plausible does when there is nothing better.
-VISITOR = (
-    "if(user_id != '', user_id, if(anonymous_id != '', anonymous_id, "
-    "if(session_id != '', session_id, concat(ip, '|', user_agent))))"
-)
-
 GROUPABLE = {"event_name": "event_name", "event_category": "event_category", "source": "source"}
 
 

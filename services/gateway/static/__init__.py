@@ -13,24 +13,23 @@ SCRIPT_GZ = gzip.compress(SCRIPT, 9, mtime=0)
 ETAG = 'W/"' + hashlib.sha256(SCRIPT).hexdigest()[:20] + '"'  # weak: one validator for both encodings
 
 
-def script_router() -> APIRouter:
-    router = APIRouter(tags=["snippet"])
+router = APIRouter(tags=["snippet"])
 
-    @router.api_route("/js/script.js", methods=["GET", "HEAD"], summary="The tracking snippet for websites",
-                      response_class=Response)
-    async def script(request: Request) -> Response:
-        headers = {
-            "Cache-Control": "public, max-age=3600, stale-while-revalidate=86400",
-            "ETag": ETAG,
-            "Vary": "Accept-Encoding",
-            "Access-Control-Allow-Origin": "*",
-            "Cross-Origin-Resource-Policy": "cross-origin",
-        }
-        if ETAG.removeprefix("W/") in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        body = SCRIPT
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            body, headers["Content-Encoding"] = SCRIPT_GZ, "gzip"
-        return Response(body, media_type="application/javascript; charset=utf-8", headers=headers)
 
-    return router
+@router.api_route("/js/script.js", methods=["GET", "HEAD"], summary="The tracking snippet for websites",
+                  response_class=Response)
+async def script(request: Request) -> Response:
+    headers = {
+        "Cache-Control": "public, max-age=3600, stale-while-revalidate=86400",
+        "ETag": ETAG,
+        "Vary": "Accept-Encoding",
+        "Access-Control-Allow-Origin": "*",
+        "Cross-Origin-Resource-Policy": "cross-origin",
+    }
+    if ETAG.removeprefix("W/") in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    body = SCRIPT
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body, headers["Content-Encoding"] = SCRIPT_GZ, "gzip"
+    return Response(body, media_type="application/javascript; charset=utf-8", headers=headers)
+

@@ -1,0 +1,191 @@
+"""Apps and their API keys: registering, listing, revoking and regenerating, each change announced on
+`auth.api-keys.v1` (so gateways and the query service learn of it) before it is committed. No HTTP
+here; errors are ApiError."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
+from libs.http import ApiError
+from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
+from libs.logs import get_logger
+from services.auth import repository as repo
+from services.auth.store import AuthStore
+
+log = get_logger(__name__)
+
+
+@dataclass
+class IssuedKeys:
+    api_key: str
+    write_key: str
+    records: list[KeyRecord]
+
+
+class AppKeys(AuthStore):
+    """An owner's apps and their keys (a secret key to read, a write key to send events)."""
+
+    def _default_expiry(self) -> datetime | None:
+        days = self.settings.api_key_ttl_days
+        return datetime.now(UTC) + timedelta(days=days) if days else None
+
+    async def register_app(
+        self, owner_id: str, name: str, domain: str | None, expires_at: datetime | None
+    ) -> tuple[asyncpg.Record, IssuedKeys]:
+        expires_at = expires_at or self._default_expiry()
+        async with self.db() as conn, conn.transaction():
+            app = await repo.insert_app(conn, owner_id, name, domain)
+            issued = await self._issue_keys(conn, app["id"], expires_at)
+            await self.announce(issued.records, "created")
+        await self._email_owner(owner_id, "api_key_created", {"app_name": name, "keys": _key_summaries(issued.records)})
+        return app, issued
+
+    async def _issue_keys(self, conn: asyncpg.Connection, app_id: uuid.UUID, expires_at: datetime | None) -> IssuedKeys:
+        made: dict[KeyKind, str] = {"secret": generate_key("secret"), "write": generate_key("write")}
+        records = [
+            await repo.insert_key(conn, app_id, kind, shown_prefix(key), hash_key(key), expires_at)
+            for kind, key in made.items()
+        ]
+        return IssuedKeys(api_key=made["secret"], write_key=made["write"], records=records)
+
+    async def owned_app(self, user_id: str, app_id: str) -> asyncpg.Record:
+        """The app, if `user_id` owns it: 404 when it does not exist, 403 when it is someone else's."""
+        app_uuid = _uuid_or_404(app_id, "app")
+        async with self.db() as conn:
+            app = await repo.app_by_id(conn, app_uuid)
+        if app is None:
+            raise ApiError(404, "app not found")
+        if str(app["owner_id"]) != user_id:
+            raise ApiError(403, "this app belongs to another user")
+        return app
+
+    async def list_apps(self, user_id: str) -> list[asyncpg.Record]:
+        async with self.db() as conn:
+            return await repo.apps_of(conn, user_id)
+
+    async def key_metadata(self, user_id: str, app_id: str) -> list[dict[str, Any]]:
+        """The app's keys, with when each was last used as far as gateways told (Redis) or Postgres knows."""
+        app = await self.owned_app(user_id, app_id)
+        async with self.db() as conn:
+            rows = [dict(r) for r in await repo.keys_of_app(conn, app["id"])]
+        recent = await self.recent_key_usage([str(r["id"]) for r in rows])
+        for row in rows:
+            seen = recent.get(row["id"])
+            if seen is not None and (row["last_used_at"] is None or seen > row["last_used_at"]):
+                row["last_used_at"] = seen
+        return rows
+
+    async def recent_key_usage(self, key_ids: list[str] | None = None) -> dict[uuid.UUID, datetime]:
+        """Last uses the gateways wrote to Redis (all, or these keys); empty when Redis is down."""
+        try:
+            if key_ids is None:
+                raw = await self.redis.hgetall(KEY_LAST_USED_HASH)
+            elif key_ids:
+                raw = dict(zip(key_ids, await self.redis.hmget(KEY_LAST_USED_HASH, key_ids), strict=True))
+            else:
+                raw = {}
+        except Exception as exc:  # noqa: BLE001 - last-used times are best effort
+            log.warning("api key usage not read", error=repr(exc))
+            return {}
+        used: dict[uuid.UUID, datetime] = {}
+        for key_id, at in raw.items():
+            if at is None:
+                continue
+            with contextlib.suppress(ValueError, TypeError):
+                key = key_id.decode() if isinstance(key_id, bytes) else key_id
+                used[uuid.UUID(key)] = datetime.fromtimestamp(float(at), UTC)
+        return used
+
+
+    async def revoke(self, user_id: str, app_id: str | None, key_id: str | None) -> list[KeyRecord]:
+        if key_id is not None:
+            key_uuid = _uuid_or_404(key_id, "key")
+            async with self.db() as conn:
+                row = await repo.key_by_id(conn, key_uuid)
+            if row is None:
+                raise ApiError(404, "key not found")
+            app = await self.owned_app(user_id, str(row["app_id"]))
+        else:
+            assert app_id is not None
+            app = await self.owned_app(user_id, app_id)
+        async with self.db() as conn, conn.transaction():
+            targets = [key_uuid] if key_id is not None else [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
+            revoked = await repo.revoke_keys(conn, targets)
+            await self.announce(revoked, "revoked")
+        if revoked:
+            await self._email_owner(user_id, "api_key_revoked", {"app_name": app["name"], "keys": _key_summaries(revoked)})
+        return revoked
+
+    async def regenerate(self, user_id: str, app_id: str, expires_at: datetime | None) -> tuple[IssuedKeys, list[KeyRecord]]:
+        app = await self.owned_app(user_id, app_id)
+        async with self.db() as conn, conn.transaction():
+            old = [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
+            revoked = await repo.revoke_keys(conn, old)
+            issued = await self._issue_keys(conn, app["id"], expires_at or self._default_expiry())
+            await self.announce(revoked, "regenerated")
+            await self.announce(issued.records, "created")
+        await self._email_owner(user_id, "api_key_created", {"app_name": app["name"], "keys": _key_summaries(issued.records)})
+        return issued, revoked
+
+    async def announce(self, records: list[KeyRecord], event_type: str) -> None:
+        """Tell every gateway (auth.api-keys.v1) and wait for Kafka's acknowledgement, retrying briefly.
+
+        Callers announce inside the transaction that makes the change: a change Kafka did not take
+        is rolled back (the client gets 503 and may retry) instead of being stored while gateways
+        never hear of it. The reverse (announced, then the commit fails) is harmless: a created key
+        nobody was shown, or a revocation the owner retries.
+        """
+        pending = records
+        for attempt in range(3):
+            failed = await self._publish_states(pending, event_type)
+            if not failed:
+                return
+            pending = failed
+            if attempt < 2:
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error("key change not published", key_ids=[r.key_id for r in pending], type=event_type)
+        raise KafkaUnavailable(f"{len(pending)} key change(s) not acknowledged by Kafka")
+
+    async def _publish_states(self, records: list[KeyRecord], event_type: str) -> list[KeyRecord]:
+        """Publish the records concurrently; returns those Kafka did not acknowledge."""
+        results = await asyncio.gather(
+            *(publish(self.producer, API_KEYS_TOPIC, r.to_message(event_type), key=r.key_id) for r in records),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, KafkaUnavailable):
+                raise result
+        return [r for r, result in zip(records, results, strict=True) if isinstance(result, KafkaUnavailable)]
+
+    async def republish_all_keys(self) -> int:
+        """Publish the state of every key (at start-up), so gateways converge even after a lost message."""
+        async with self.db() as conn:
+            records = await repo.all_keys(conn)
+        for i in range(0, len(records), 500):
+            failed = await self._publish_states(records[i : i + 500], "snapshot")
+            if failed:
+                raise KafkaUnavailable(f"{len(failed)} key states not acknowledged by Kafka at start-up")
+        return len(records)
+
+
+def _uuid_or_404(value: str, what: str) -> uuid.UUID:
+    """An id that is no UUID names nothing: 404, as for one that does not exist."""
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise ApiError(404, f"{what} not found") from exc
+
+
+def _key_summaries(records: list[KeyRecord]) -> list[dict[str, Any]]:
+    return [
+        {"kind": r.kind, "prefix": r.prefix, "expires_at": r.expires_at.isoformat() if r.expires_at else None}
+        for r in records
+    ]

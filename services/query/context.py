@@ -1,0 +1,132 @@
+"""What the query service's routes share: its context (set on start) and the dependencies every
+`/api/analytics` read takes: the app the caller may read, strict query parameters, the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import Response
+
+from libs.access import BearerCredentials, verify_access_token
+from libs.apikeys import KeyTable
+from libs.clickhouse import ClickHouse
+from libs.http import ApiError
+from libs.runtime import context_dependency
+from libs.settings import Settings
+from services.query import NAME
+from services.query.cache import QueryCache, cache_key
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    settings: Settings
+    clickhouse: ClickHouse
+    redis: aioredis.Redis
+    cache: QueryCache
+    keys: KeyTable
+
+
+QueryCtx = Annotated[QueryContext, Depends(context_dependency(NAME, QueryContext))]
+
+
+def _all_query_params(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _all_query_params(sub)
+    return names
+
+
+async def reject_unknown_params(request: Request) -> None:
+    """422 for a query parameter the endpoint does not know (a typo must not be silently ignored)."""
+    route = request.scope.get("route")
+    if route is None:
+        return
+    allowed = _all_query_params(route.dependant)
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise ApiError(422, f"unknown parameter(s) {', '.join(unknown)}; this endpoint takes: {', '.join(sorted(allowed))}")
+
+
+_bypass_cache: ContextVar[bool] = ContextVar("bypass_cache", default=False)
+
+
+async def read_cache_control(request: Request) -> None:
+    """`Cache-Control: no-cache` asks for a fresh answer (which then refreshes the cache)."""
+    _bypass_cache.set("no-cache" in request.headers.get("cache-control", "").lower())
+
+
+def analytics_router() -> APIRouter:
+    """A router of `/api/analytics` reads: unknown parameters refused, `Cache-Control: no-cache` read."""
+    return APIRouter(
+        prefix="/api/analytics", tags=["query"],
+        dependencies=[Depends(reject_unknown_params), Depends(read_cache_control)],
+    )
+
+
+async def readable_app(
+    ctx: QueryCtx,
+    credentials: BearerCredentials,
+    x_api_key: Annotated[str | None, Header()] = None,
+    app_id: Annotated[str | None, Query(max_length=64, description="required with a Bearer token")] = None,
+) -> str:
+    """The app this request may read: the secret key's own, or one the signed-in user owns."""
+    table = ctx.keys
+    if x_api_key:
+        key = x_api_key.strip()
+        record = table.lookup(key)
+        if record is None and await table.caught_up_for(key):  # a key issued a moment ago
+            record = table.lookup(key)
+        if record is None:
+            raise ApiError(401, "invalid, revoked or expired API key")
+        if record.kind != "secret":
+            raise ApiError(403, "a write key can only send events; read with the secret key (sk_...)")
+        if app_id and app_id != record.app_id:
+            raise ApiError(403, "this key belongs to another app")
+        return record.app_id
+    if credentials is not None:
+        claims = await verify_access_token(ctx.settings, credentials.credentials, ctx.redis)
+        if not app_id:
+            raise ApiError(422, "app_id is required when reading with a Bearer token")
+        owner = table.app_owner.get(app_id)
+        if owner is None and await table.caught_up_for_app(app_id):  # an app registered a moment ago
+            owner = table.app_owner.get(app_id)
+        if owner is None:
+            raise ApiError(404, "app not found")
+        if owner != claims.sub:
+            raise ApiError(403, "this app belongs to another user")
+        return app_id
+    raise ApiError(401, "send x-api-key: <secret key>, or a Bearer token with app_id=")
+
+
+App = Annotated[str, Depends(readable_app)]
+
+
+async def cached(
+    ctx: QueryContext, app_id: str, endpoint: str, params: dict[str, Any], live: bool,
+    compute: Callable[[], Awaitable[Any]],
+) -> Response:
+    """The answer of `compute`, from the cache when it holds one for the app's current data versions."""
+    store = ctx.cache
+    # The app's data versions are part of the key: a write of new events (live ranges), of late
+    # ones (closed ranges) or a deletion moves them on, so no answer computed before is served after.
+    versions = await store.versions(app_id, live)
+    if versions is None:
+        body, hit = orjson.dumps(await compute(), default=str), False
+    else:
+        # A live answer also expires: time passing moves its window ("the last 5 minutes").
+        settings = ctx.settings
+        ttl = settings.query_cache_ttl_live_s if live else settings.query_cache_ttl_closed_s
+        key = cache_key(app_id, endpoint, {**params, "_versions": versions})
+        body, hit = await store.get_or_compute_json(key, ttl, compute, refresh=_bypass_cache.get())
+    return Response(body, media_type="application/json", headers={"X-Cache": "HIT" if hit else "MISS"})
+
+
+def json_response(value: Any) -> Response:
+    """Serialized once, by orjson (datetimes as ISO strings), as the cached answers are."""
+    return Response(orjson.dumps(value, default=str), media_type="application/json")

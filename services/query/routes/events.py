@@ -1,0 +1,177 @@
+"""`GET /api/analytics/*` over events: summaries, one user's stats, lists and counts, series, groups,
+active users, one event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import Query
+from fastapi.responses import Response
+
+from libs.dataversions import reaches_now
+from libs.http import ApiError
+from services.query import queries as q
+from services.query.context import App, QueryContext, QueryCtx, analytics_router, cached, json_response
+from services.query.params import MAX_PAGE_SIZE, MAX_RANGE_DAYS, check_series, date_range
+
+router = analytics_router()
+
+
+@router.get("/event-summary", summary="Count, unique users and device breakdown of an event")
+async def event_summary(
+    ctx: QueryCtx,
+    app_id: App,
+    event: Annotated[str | None, Query(max_length=200)] = None,
+    startDate: Annotated[str | None, Query()] = None,
+    endDate: Annotated[str | None, Query()] = None,
+) -> Response:
+    start, end = date_range(startDate, endDate, "startDate", "endDate")
+    where = q.Where(app_id, start, end).equals("event_name", "event", event)
+
+    async def compute() -> dict[str, Any]:
+        return {"event": event, **(await q.event_summary(ctx.clickhouse, where)),
+                "startDate": start.isoformat(), "endDate": end.isoformat()}
+
+    params = {"event": event, "start": startDate, "end": endDate}
+    return await cached(ctx, app_id, "event-summary", params, reaches_now(end), compute)
+
+
+@router.get("/user-stats", summary="Totals, device and recent events of one user")
+async def user_stats(
+    ctx: QueryCtx,
+    app_id: App,
+    userId: Annotated[str, Query(min_length=1, max_length=200)],
+    recent: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Response:
+    where = q.Where(app_id).equals("user_id", "user_id", userId)
+
+    async def compute() -> dict[str, Any]:
+        stats = await q.user_stats(ctx.clickhouse, where, recent)
+        if stats is None:  # raised, not cached: the user's first event shows up at once
+            raise ApiError(404, f"no events for userId {userId!r}")
+        return {"userId": userId, **stats}
+
+    return await cached(ctx, app_id, "user-stats", {"user": userId, "recent": recent}, True, compute)
+
+
+def _filtered(
+    app_id: str, event_name: str | None, user_id: str | None, start_date: str | None, end_date: str | None
+) -> tuple[q.Where, datetime]:
+    """The events of a name and a user (either optional) in a date range, and the range's end."""
+    start, end = date_range(start_date, end_date, "start_date", "end_date")
+    where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals("user_id", "user_id", user_id)
+    return where, end
+
+
+@router.get("/events", summary="Events, newest first, filtered and paginated")
+async def list_events(
+    ctx: QueryCtx,
+    app_id: App,
+    event_name: Annotated[str | None, Query(max_length=200)] = None,
+    user_id: Annotated[str | None, Query(max_length=200)] = None,
+    start_date: Annotated[str | None, Query()] = None,
+    end_date: Annotated[str | None, Query()] = None,
+    page: Annotated[int, Query(ge=1, le=100000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"at most {MAX_PAGE_SIZE}")] = 50,
+) -> Response:
+    where, _ = _filtered(app_id, event_name, user_id, start_date, end_date)
+    rows, total = await q.list_events(ctx.clickhouse, where, limit, (page - 1) * limit)
+    return json_response({"events": rows, "page": page, "limit": limit, "total": total})
+
+
+@router.get("/events/count", summary="Number of events matching the filters")
+async def events_count(
+    ctx: QueryCtx,
+    app_id: App,
+    event_name: Annotated[str | None, Query(max_length=200)] = None,
+    user_id: Annotated[str | None, Query(max_length=200)] = None,
+    start_date: Annotated[str | None, Query()] = None,
+    end_date: Annotated[str | None, Query()] = None,
+) -> Response:
+    where, end = _filtered(app_id, event_name, user_id, start_date, end_date)
+
+    async def compute() -> dict[str, Any]:
+        return {"count": await q.count(ctx.clickhouse, where)}
+
+    params = {"e": event_name, "u": user_id, "start": start_date, "end": end_date}
+    return await cached(ctx, app_id, "events-count", params, reaches_now(end), compute)
+
+
+async def _series(ctx: QueryContext, app_id: str, interval: str, days: int, tz: str, event_name: str | None) -> Response:
+    check_series(interval, days, tz)
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    start = end - timedelta(days=days)
+    where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name)
+
+    async def compute() -> dict[str, Any]:
+        rows = await q.timeseries(ctx.clickhouse, where, interval, tz)
+        return {"interval": interval, "timezone": tz, "series": rows}
+
+    params = {"i": interval, "d": days, "tz": tz, "e": event_name}
+    return await cached(ctx, app_id, "timeseries", params, True, compute)
+
+
+@router.get("/events/daily", summary="Events per day")
+async def events_daily(
+    ctx: QueryCtx,
+    app_id: App,
+    days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 30,
+    tz: Annotated[str, Query(max_length=64)] = "UTC",
+    event_name: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    return await _series(ctx, app_id, "day", days, tz, event_name)
+
+
+@router.get("/events/timeseries", summary="Events per hour or day")
+async def events_timeseries(
+    ctx: QueryCtx,
+    app_id: App,
+    interval: Literal["day", "hour"] = "day",
+    days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
+    tz: Annotated[str, Query(max_length=64)] = "UTC",
+    event_name: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    return await _series(ctx, app_id, interval, days, tz, event_name)
+
+
+@router.get("/events/grouped", summary="Event counts grouped by name, category or source")
+async def events_grouped(
+    ctx: QueryCtx,
+    app_id: App,
+    by: Literal["event_name", "event_category", "source"] = "event_name",
+    start_date: Annotated[str | None, Query()] = None,
+    end_date: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+) -> Response:
+    start, end = date_range(start_date, end_date, "start_date", "end_date")
+    where = q.Where(app_id, start, end)
+
+    async def compute() -> dict[str, Any]:
+        return {"by": by, "groups": await q.grouped(ctx.clickhouse, where, by, limit)}
+
+    params = {"by": by, "start": start_date, "end": end_date, "limit": limit}
+    return await cached(ctx, app_id, "grouped", params, reaches_now(end), compute)
+
+
+@router.get("/users/active", summary="Active users over the last day, week or month (DAU/WAU/MAU)")
+async def users_active(ctx: QueryCtx, app_id: App, range: Literal["day", "week", "month"] = "day") -> Response:
+    days = {"day": 1, "week": 7, "month": 30}[range]
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    where = q.Where(app_id, end - timedelta(days=days), end)
+
+    async def compute() -> dict[str, Any]:
+        return {"range": range, "activeUsers": await q.active_users(ctx.clickhouse, where)}
+
+    return await cached(ctx, app_id, "users-active", {"range": range}, True, compute)
+
+
+# After every other /events/<name> route, which it would otherwise take.
+@router.get("/events/{event_id}", summary="One event by id")
+async def get_event(ctx: QueryCtx, app_id: App, event_id: str) -> Response:
+    if len(event_id) > 128:
+        raise ApiError(422, "event_id is at most 128 characters")
+    row = await q.get_event(ctx.clickhouse, app_id, event_id)
+    if row is None:
+        raise ApiError(404, "event not found")
+    return json_response(row)

@@ -1,0 +1,53 @@
+"""`GET /api/analytics/metrics*`: the custom metrics an app sends, summarised and as series."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import Query
+from fastapi.responses import Response
+
+from libs.dataversions import reaches_now
+from services.query import queries as q
+from services.query.context import App, QueryCtx, analytics_router, cached
+from services.query.params import MAX_RANGE_DAYS, check_series, date_range
+
+router = analytics_router()
+
+
+@router.get("/metrics", summary="Custom metrics: count, sum, avg, min, max, p50, p95 per metric")
+async def metrics_summary(
+    ctx: QueryCtx,
+    app_id: App,
+    metric_name: Annotated[str | None, Query(max_length=200)] = None,
+    start_date: Annotated[str | None, Query()] = None,
+    end_date: Annotated[str | None, Query()] = None,
+) -> Response:
+    start, end = date_range(start_date, end_date, "start_date", "end_date")
+
+    async def compute() -> dict[str, Any]:
+        return {"metrics": await q.metric_summary(ctx.clickhouse, app_id, metric_name, start, end)}
+
+    params = {"m": metric_name, "start": start_date, "end": end_date}
+    return await cached(ctx, app_id, "metrics", params, reaches_now(end), compute)
+
+
+@router.get("/metrics/timeseries", summary="One custom metric per hour or day: count, sum, avg, min, max")
+async def metric_timeseries(
+    ctx: QueryCtx,
+    app_id: App,
+    metric_name: Annotated[str, Query(min_length=1, max_length=200)],
+    interval: Literal["day", "hour"] = "day",
+    days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
+    tz: Annotated[str, Query(max_length=64)] = "UTC",
+) -> Response:
+    check_series(interval, days, tz)
+    end = datetime.now(UTC) + timedelta(seconds=1)
+
+    async def compute() -> dict[str, Any]:
+        rows = await q.metric_series(ctx.clickhouse, app_id, metric_name, end - timedelta(days=days), end, interval, tz)
+        return {"metric_name": metric_name, "interval": interval, "timezone": tz, "series": rows}
+
+    params = {"m": metric_name, "i": interval, "d": days, "tz": tz}
+    return await cached(ctx, app_id, "metric-timeseries", params, True, compute)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from libs.http import HTTP_LATENCY, HTTP_REQUESTS, TALLY, ApiError, DependencyUnavailable
+from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable
 from libs.logs import get_logger, new_request_id, request_id_var
 from services.gateway import service as ingest
 from services.gateway.schemas import COLLECT_EVENT, MetricIn, SeedEvent
@@ -96,8 +96,8 @@ class IngestFastPath:
                         *(_CORS if "origin" in headers else ()), *extra],
         })
         await send({"type": "http.response.body", "body": body})
-        TALLY.inc(HTTP_REQUESTS, (self.service, "POST", path, _STATUS.get(status) or str(status)))
-        TALLY.observe(HTTP_LATENCY, (self.service, path), time.perf_counter() - start)
+        HTTP_REQUESTS.inc((self.service, "POST", path, _STATUS.get(status) or str(status)))
+        HTTP_LATENCY.observe((self.service, path), time.perf_counter() - start)
 
 
 async def handle_ingest(

@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
 from libs.clientip import TrustedProxies
-from libs.http import TALLY, ApiError, DependencyUnavailable, labelled
+from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
 from libs.limits import JsonLimitError, check_event
 from libs.logs import get_logger, kafka_headers
+from libs.metrics import TalliedCounter, labelled
 from libs.settings import Settings
 from services.gateway import enrich
 from services.gateway.publisher import Backpressure, CoalescingPublisher
@@ -35,7 +36,7 @@ MAX_EVENT_BYTES = 32 * 1024  # Segment's limit per event
 MAX_BATCH_EVENTS = 2000
 ACK_TIMEOUT_S = 0.8  # answer 503 well under a second when Kafka does not acknowledge
 
-EVENTS_ACCEPTED = Counter("gateway_events_accepted_total", "Events acknowledged by Kafka", ["route"])
+EVENTS_ACCEPTED = TalliedCounter("gateway_events_accepted_total", "Events acknowledged by Kafka", ["route"])
 EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Events refused at validation", ["route"])
 PUBLISH_FAILURES = Counter("gateway_publish_failures_total", "Requests answered 503 because Kafka did not ack")
 RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests answered 429")
@@ -351,7 +352,7 @@ class Publisher:
                 await waiter
         except (TimeoutError, KafkaError, Backpressure) as exc:
             raise _unavailable(exc, len(pending.events)) from exc
-        TALLY.inc(EVENTS_ACCEPTED, (pending.route,), len(pending.events))
+        EVENTS_ACCEPTED.inc((pending.route,), len(pending.events))
 
 
 def _unavailable(exc: BaseException, events: int) -> DependencyUnavailable:

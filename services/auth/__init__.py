@@ -13,7 +13,7 @@ MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    from services.auth.reports import build_reports_router
+    from services.auth.reports import build_reports_router, follow_report_runs, republish_all_reports
     from services.auth.router import build_routers
     from services.auth.service import PG_STATEMENT_TIMEOUT_S, AuthService
 
@@ -34,6 +34,7 @@ def build(runtime: Runtime) -> ServiceParts:
         )
         holder["svc"] = svc
         await svc.republish_all_keys()
+        await republish_all_reports(svc)
 
     async def stop() -> None:
         if "svc" in holder:
@@ -42,9 +43,12 @@ def build(runtime: Runtime) -> ServiceParts:
     async def key_checks() -> None:
         await service().run_key_checks()
 
+    async def report_runs() -> None:
+        await follow_report_runs(service())
+
     routers = [*build_routers(runtime.settings, service), build_reports_router(runtime.settings, service)]
     return ServiceParts(
-        routers=routers, on_start=[start], on_stop=[stop], background=[key_checks],
+        routers=routers, on_start=[start], on_stop=[stop], background=[key_checks, report_runs],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},
     )

@@ -1,4 +1,4 @@
--- Every event of the ingest routes and of Segment's calls, one row each.
+-- Every event of both seeds and of Segment's calls, one row each.
 --
 -- Exactly once in effect (see services/aggregator/writer.py for the whole argument):
 -- * the aggregator inserts each Kafka batch with an insert_deduplication_token built from its

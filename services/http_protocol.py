@@ -6,8 +6,9 @@ segments, each of which can wake the client. Here the writes a connection makes 
 the event loop are joined and handed to the socket once, at the end of that turn (`call_soon`): the
 bytes, their order and the keep-alive/close behaviour are unchanged; a close flushes first.
 
-On a virtual machine, where waking the peer costs an exit to the hypervisor, this is a large part of
-a small request's cost (the ingest benchmark's single-event requests).
+This module is the only one that touches uvicorn's internals (`HttpToolsProtocol` and its use of the
+transport), so pyproject.toml bounds uvicorn's version and tests/test_http_protocol.py pins the
+behaviour. Why it is kept rather than another server: docs/scaling.md, "The HTTP server".
 """
 
 from __future__ import annotations

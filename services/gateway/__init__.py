@@ -10,14 +10,14 @@ from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    from services.gateway.fastpath import SEED_ROUTES, SEGMENT_PATHS, IngestFastPath
+    from services.gateway.fastpath import ANALYTICS_ROUTES, SEGMENT_PATHS, IngestFastPath
     from services.gateway.ratelimit import KeyRateLimiter
     from services.gateway.router import build_routers
     from services.gateway.service import MAX_REQUEST_BYTES, Ingestor, Publisher
     from services.gateway.static import script_router
 
     state: dict[str, Ingestor] = {}
-    ingest_paths = sorted([*SEED_ROUTES, *SEGMENT_PATHS])
+    ingest_paths = sorted([*ANALYTICS_ROUTES, *SEGMENT_PATHS])
 
     def ingestor() -> Ingestor:
         return state["ingestor"]
@@ -69,7 +69,7 @@ SERVICE = ServiceSpec(
     name="gateway",
     port=8001,
     needs=frozenset({"kafka", "postgres", "redis"}),
-    # Postgres only seeds the key table at start and Redis down fails open: neither makes it unready.
+    # Postgres only fills the key table at start and Redis down fails open: neither makes it unready.
     ready_needs=frozenset({"kafka"}),
     build=build,
     description="API-key checks, event validation and enrichment, publishing to Kafka",

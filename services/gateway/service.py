@@ -27,7 +27,7 @@ from libs.settings import Settings
 from services.gateway import enrich
 from services.gateway.publisher import Backpressure, CoalescingPublisher
 from services.gateway.ratelimit import KeyRateLimiter
-from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
+from services.gateway.schemas import CollectEvent, MetricIn, NamedEvent
 
 log = get_logger(__name__)
 
@@ -145,7 +145,7 @@ _META_FIELDS = frozenset({"browser", "os", "screenSize"})
 
 
 def from_collect(ev: CollectEvent, facts: RequestFacts) -> dict[str, Any]:
-    """The second seed's event (validated into a dict, see schemas.CollectEvent), enriched."""
+    """A `/api/analytics/collect` event (validated into a dict, see schemas.CollectEvent), enriched."""
     get = ev.get
     out = facts.base(get("event_id"))
     meta = get("metadata") or {}
@@ -181,7 +181,7 @@ def from_collect(ev: CollectEvent, facts: RequestFacts) -> dict[str, Any]:
     return out
 
 
-def from_seed_event(ev: SeedEvent, facts: RequestFacts) -> dict[str, Any]:
+def from_named_event(ev: NamedEvent, facts: RequestFacts) -> dict[str, Any]:
     out = facts.base(ev.event_id)
     out.update(
         type="track",
@@ -232,7 +232,7 @@ class RequestFacts:
 
 
 class Ingestor:
-    """Validate, enrich, rate limit and publish; shared by the seed routes and the Segment API."""
+    """Validate, enrich, rate limit and publish; shared by the `/api/analytics/*` routes and the Segment API."""
 
     def __init__(
         self,

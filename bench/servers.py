@@ -84,8 +84,8 @@ def main() -> dict[str, Any]:
             baseline = measure("bare ASGI, stock uvicorn (baseline)", procs["bare"].base + collect, single, plain,
                                procs["bare"])
             one: dict[str, Any] = {"bare_uvicorn_requests_per_s": round(baseline)}
-            for name, (label, proc, headers) in cases.items():
-                rps = measure(label, procs[proc].base + collect, single, headers, procs[proc])
+            for name, (label, server, headers) in cases.items():
+                rps = measure(label, procs[server].base + collect, single, headers, procs[server])
                 one[f"{name}_requests_per_s"] = round(rps)
                 one[f"{name}_ratio"] = round(rps / baseline, 3)
                 one[f"{name}_cpu_us_per_request"] = CPU_PER_REQUEST_US[label]

@@ -120,11 +120,12 @@ async def unsubscribe(svc: "AuthService", user_id: str, subscription_id: str) ->
 
 async def republish_all_reports(svc: "AuthService") -> int:
     """Publish the state of every subscription (at start-up), so the query service converges even after
-    a lost message or with a new, empty table."""
-    async with svc.db() as conn:
-        rows = await conn.fetch(_STATE)
-    for row in rows:
-        await publish(svc.producer, REPORT_SUBSCRIPTIONS_TOPIC, subscription_state(row), key=str(row["id"]))
+    a lost message or with a new, empty table. The rows are share-locked until every state is acknowledged,
+    so a subscription stopped meanwhile gets its tombstone after its republished state, not before."""
+    async with svc.db() as conn, conn.transaction():
+        rows = await conn.fetch(f"{_STATE} FOR SHARE OF s")
+        for row in rows:
+            await publish(svc.producer, REPORT_SUBSCRIPTIONS_TOPIC, subscription_state(row), key=str(row["id"]))
     return len(rows)
 
 

@@ -86,9 +86,12 @@ def measure(
 ) -> float:
     run_wrk(url, body, headers, 2, connections)  # warm-up
     process = psutil.Process(server.popen.pid) if server is not None and server.popen is not None else None
-    before = sum(process.cpu_times()[:2]) if process else 0.0
+    # The server's processes: itself and its workers (granian serves from a child process).
+    processes = [process, *process.children(recursive=True)] if process else []
+    before = sum(sum(p.cpu_times()[:2]) for p in processes)
     result = run_wrk(url, body, headers, SECONDS, connections)
-    cpu_us = (sum(process.cpu_times()[:2]) - before) / (result.requests_per_s * SECONDS) * 1e6 if process else 0.0
+    used = sum(sum(p.cpu_times()[:2]) for p in processes) - before
+    cpu_us = used / (result.requests_per_s * SECONDS) * 1e6 if processes else 0.0
     CPU_PER_REQUEST_US[label] = round(cpu_us, 1)
     bad = result.non_2xx + result.errors
     print(f"  {label:<44} {result.requests_per_s:>10,.0f} req/s   p50 {result.latency_p50_ms or 0:.2f} ms"

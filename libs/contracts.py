@@ -15,7 +15,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.events import EnrichedEvent
-from libs.kafka import API_KEYS_TOPIC, EMAIL_DLQ_TOPIC, EMAIL_TOPIC, EVENTS_DLQ_TOPIC, EVENTS_TOPIC
+from libs.kafka import (
+    API_KEYS_TOPIC,
+    COMPACTED_TOPICS,
+    EMAIL_DLQ_TOPIC,
+    EMAIL_TOPIC,
+    EVENTS_DLQ_TOPIC,
+    EVENTS_TOPIC,
+    REPORT_RUNS_TOPIC,
+    REPORT_SUBSCRIPTIONS_TOPIC,
+)
 from libs.notifications import EmailMessage
 
 
@@ -36,6 +45,35 @@ class ApiKeyChange(BaseModel):
     revoked_at: datetime | None
     version: int = Field(description="microseconds since the epoch of the change; only grows")
     occurred_at: datetime
+
+
+class ReportSubscription(BaseModel):
+    """A report subscription's whole state, with what its email needs. Published by auth on every
+    change and for every subscription at auth's start; a null value (tombstone) once it is stopped.
+    Consumers keep the latest record per key."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal["auth.report-subscriptions.v1"] = Field("auth.report-subscriptions.v1", alias="schema")
+    subscription_id: str
+    app_id: str
+    app_name: str
+    user_id: str
+    username: str
+    email: str = Field(description="where the report goes: the subscriber's address")
+    frequency: Literal["daily", "weekly"]
+    first_run_at: datetime = Field(description="when the first report is due; the schedule after it is the mailer's")
+    created_at: datetime
+
+
+class ReportRun(BaseModel):
+    """A scheduled report handed to the notifier: when, and when the next one of the subscription is due.
+    Published by the query service's report scheduler; auth keeps the latest per subscription."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal["query.report-runs.v1"] = Field("query.report-runs.v1", alias="schema")
+    subscription_id: str
+    last_sent_at: datetime
+    next_run_at: datetime
 
 
 class EventDeadLetter(BaseModel):
@@ -69,6 +107,14 @@ TOPICS: dict[str, tuple[str, type[BaseModel], str]] = {
     API_KEYS_TOPIC: ("key id", ApiKeyChange, "API-key lifecycle: every change carries the key's whole state."),
     EMAIL_TOPIC: ("message id", EmailMessage, "Emails to send: a template and its data, or a subject and a body."),
     EMAIL_DLQ_TOPIC: ("message id", EmailDeadLetter, "Emails that failed permanently, with the reason."),
+    REPORT_SUBSCRIPTIONS_TOPIC: (
+        "subscription id", ReportSubscription,
+        "Report subscriptions (auth → query): each record the whole state; a null value once stopped. Compacted.",
+    ),
+    REPORT_RUNS_TOPIC: (
+        "subscription id", ReportRun,
+        "Scheduled reports sent (query → auth): the last send and the next due time. Compacted.",
+    ),
 }
 
 
@@ -83,7 +129,10 @@ def asyncapi() -> dict[str, Any]:
             "address": topic,
             "summary": summary,
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-            "bindings": {"kafka": {"topic": topic, "bindingVersion": "0.5.0"}},
+            "bindings": {"kafka": {
+                "topic": topic, "bindingVersion": "0.5.0",
+                **({"topicConfiguration": {"cleanup.policy": ["compact"]}} if topic in COMPACTED_TOPICS else {}),
+            }},
         }
         messages[name] = {
             "name": name,

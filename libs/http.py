@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,99 +10,25 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.clickhouse import ClickHouseRejected, ClickHouseUnavailable
 from libs.kafka import KafkaUnavailable
 from libs.logs import REQUEST_ID_HEADER, get_logger, new_request_id, request_id_var
+from libs.metrics import TalliedCounter, TalliedHistogram
 from libs.redisguard import request_budget
 
 log = get_logger("http")
 
 Check = Callable[[], Awaitable[bool]]
 
-_labelled: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-
-def labelled(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)`, looked up once per label set rather than on every request
-    (prometheus_client's own lookup takes a lock and builds a tuple each time)."""
-    key = (id(metric), labels)
-    found = _labelled.get(key)
-    if found is None:
-        found = _labelled[key] = metric.labels(*labels)
-    return found
-
-
-class Tally:
-    """Counter increments and histogram observations gathered in plain dicts and added to their
-    Prometheus metrics whenever metrics are collected (`/metrics`, `REGISTRY.get_sample_value`), so
-    readers never see them late.
-
-    For hot paths: prometheus_client takes a lock and checks the metric on every `inc` (about 0.4 µs)
-    and walks the buckets on every `observe` (0.7 µs), a noticeable share of a single-event ingest
-    request; a dict update and a bisect cost a fraction of that. Used from the event loop's thread, as
-    `/metrics` is."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
-        # (histogram, labels) -> [sum, count in bucket 0, count in bucket 1, ...]
-        self._observed: dict[tuple[Any, tuple[str, ...]], list[float]] = {}
-        _TALLIES.append(self)
-
-    def inc(self, metric: Any, labels: tuple[str, ...], amount: float = 1) -> None:
-        key = (metric, labels)
-        counts = self._counts
-        counts[key] = counts.get(key, 0) + amount
-
-    def observe(self, histogram: Any, labels: tuple[str, ...], value: float) -> None:
-        key = (histogram, labels)
-        slots = self._observed.get(key)
-        if slots is None:
-            slots = self._observed[key] = [0.0] * (len(histogram._upper_bounds) + 1)
-        slots[0] += value
-        slots[1 + bisect_left(histogram._upper_bounds, value)] += 1  # the first bound >= value, as observe()
-
-    def flush(self) -> None:
-        counts, self._counts = self._counts, {}
-        for (metric, labels), amount in counts.items():
-            labelled(metric, *labels).inc(amount)
-        observed, self._observed = self._observed, {}
-        for (histogram, labels), slots in observed.items():
-            # What `observe` does value by value (prometheus_client has no call that adds many at once).
-            child = labelled(histogram, *labels)
-            child._sum.inc(slots[0])
-            for bucket, count in zip(child._buckets, slots[1:], strict=True):
-                if count:
-                    bucket.inc(count)
-
-
-_TALLIES: list[Tally] = []
-
-
-class _FlushTallies:
-    """Registered before any tallied metric, so the registry flushes the tallies before it collects
-    them (collectors are collected in the order they were registered)."""
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> list[Any]:
-        for tally in _TALLIES:
-            tally.flush()
-        return []
-
-
-REGISTRY.register(_FlushTallies())  # type: ignore[arg-type]
-
-HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
-HTTP_LATENCY = Histogram(
+HTTP_REQUESTS = TalliedCounter("http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+HTTP_LATENCY = TalliedHistogram(
     "http_request_duration_seconds", "HTTP request latency", ["service", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-TALLY = Tally()  # the per-request metrics of every HTTP path: the middleware's and the ingest fast path's
 
 
 class DependencyUnavailable(Exception):
@@ -281,8 +206,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            TALLY.inc(HTTP_REQUESTS, (self.service, scope["method"], path, str(status)))
-            TALLY.observe(HTTP_LATENCY, (self.service, path), elapsed)
+            HTTP_REQUESTS.inc((self.service, scope["method"], path, str(status)))
+            HTTP_LATENCY.observe((self.service, path), elapsed)
             if path not in ("/healthz", "/readyz", "/metrics"):
                 log.info(
                     "request", method=scope["method"], path=scope["path"], status=status,

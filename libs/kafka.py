@@ -29,7 +29,12 @@ EVENTS_DLQ_TOPIC = "analytics.events.dlq.v1"
 API_KEYS_TOPIC = "auth.api-keys.v1"
 EMAIL_TOPIC = "notifications.email.v1"
 EMAIL_DLQ_TOPIC = "notifications.email.dlq.v1"
-ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, EMAIL_TOPIC, EMAIL_DLQ_TOPIC)
+REPORT_SUBSCRIPTIONS_TOPIC = "auth.report-subscriptions.v1"
+REPORT_RUNS_TOPIC = "query.report-runs.v1"
+ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, EMAIL_TOPIC, EMAIL_DLQ_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC,
+              REPORT_RUNS_TOPIC)
+# Keyed state, each record the whole state of its key: only the latest per key matters.
+COMPACTED_TOPICS = frozenset({REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC})
 
 
 class KafkaUnavailable(RuntimeError):
@@ -55,7 +60,8 @@ async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS
             try:
                 existing = set(await admin.list_topics())
                 new = [
-                    NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
+                    NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor,
+                             topic_configs={"cleanup.policy": "compact"} if t in COMPACTED_TOPICS else None)
                     for t in topics
                     if t not in existing
                 ]
@@ -89,11 +95,12 @@ async def publish(
     key: str | None = None,
     timeout: float = 5.0,
 ) -> None:
-    """Send one message and wait for the broker's acknowledgement (acks=all).
+    """Send one message and wait for the broker's acknowledgement (acks=all). A `value` of None is a
+    tombstone (a null value: on a compacted topic, the key is gone).
 
     Raises KafkaUnavailable when the broker does not acknowledge within `timeout` seconds.
     """
-    payload = value if isinstance(value, bytes) else dumps(value)
+    payload = value if value is None or isinstance(value, bytes) else dumps(value)
     try:
         fut = await asyncio.wait_for(
             producer.send(topic, payload, key=key.encode() if key else None, headers=kafka_headers()),

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     jwt_secret: str = DEFAULT_JWT_SECRET
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
-    # Defaults as in the first seed: 4 hours access, 30 days refresh.
+    # 4 hours access, 30 days refresh.
     jwt_access_expires: int = 14400
     jwt_refresh_expires: int = 2592000
 

@@ -6,15 +6,20 @@ segments, each of which can wake the client. Here the writes a connection makes 
 the event loop are joined and handed to the socket once, at the end of that turn (`call_soon`): the
 bytes, their order and the keep-alive/close behaviour are unchanged; a close flushes first.
 
-On a virtual machine, where waking the peer costs an exit to the hypervisor, this is a large part of
-a small request's cost (the ingest benchmark's single-event requests).
+Also `QuietServer`, a uvicorn server that leaves signal handling to its caller. This module is the
+only one that touches uvicorn's internals (`HttpToolsProtocol` and its use of the transport,
+`Server.capture_signals`), so pyproject.toml bounds uvicorn's version and tests/test_http_protocol.py
+pins the behaviour. Why it is kept rather than another server: docs/scaling.md, "The HTTP server".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -58,3 +63,12 @@ class _OneWritePerTurn:
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWritePerTurn(transport, self.loop))  # type: ignore[arg-type]
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `analytics run` stops every server together, after the
+    services drained."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

@@ -24,7 +24,7 @@ from libs.logs import get_logger
 from libs.runtime import ServiceSpec, Stack
 from libs.settings import Settings
 from services import aggregator, auth, gateway, notifier, query
-from services.http_protocol import OneWriteHttpToolsProtocol
+from services.http_protocol import OneWriteHttpToolsProtocol, QuietServer
 
 log = get_logger(__name__)
 
@@ -75,14 +75,6 @@ def ensure_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the runner stops every server together."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 @dataclass
 class Listener:
     specs: list[ServiceSpec]
@@ -129,7 +121,7 @@ async def run_services(
     stack = Stack(embedded.settings, specs)
     if embedded.started.keys() - {"smtp"}:
         stack.extra_checks["embedded_engines"] = lambda: _now(embedded.engines_ready())
-    servers: list[_Server] = []
+    servers: list[QuietServer] = []
     serving: list[asyncio.Task[None]] = []
     try:
         await _wait_or_stop(stack.start(), stop)
@@ -143,7 +135,7 @@ async def run_services(
                 lifespan="off", timeout_graceful_shutdown=10, backlog=2048, http=OneWriteHttpToolsProtocol,
                 proxy_headers=False,  # X-Forwarded-For is read by libs.clientip, from TRUSTED_PROXIES only
             )
-            servers.append(_Server(config))
+            servers.append(QuietServer(config))
         serving.extend(asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers)
         while not all(s.started for s in servers):
             if any(t.done() for t in serving):

@@ -14,7 +14,16 @@ import pytest
 from aiokafka import TopicPartition
 
 from libs.contracts import TOPICS, render
-from libs.kafka import API_KEYS_TOPIC, EMAIL_TOPIC, EVENTS_DLQ_TOPIC, EVENTS_TOPIC, make_consumer, make_producer
+from libs.kafka import (
+    API_KEYS_TOPIC,
+    EMAIL_TOPIC,
+    EVENTS_DLQ_TOPIC,
+    EVENTS_TOPIC,
+    REPORT_RUNS_TOPIC,
+    REPORT_SUBSCRIPTIONS_TOPIC,
+    make_consumer,
+    make_producer,
+)
 from libs.settings import Settings
 from tests.conftest import register_app, signup_login
 
@@ -85,3 +94,20 @@ async def test_real_messages_on_every_topic_match_their_documented_schema(client
             _valid(topic, message)
     assert {k["kind"] for k in keys} == {"secret", "write"}
     assert all(app["api_key"] not in orjson.dumps(k).decode() for k in keys)
+
+
+@pytest.mark.engines
+async def test_report_subscription_and_run_messages_match_their_documented_schema(
+    client: httpx.AsyncClient, engines: Settings,
+) -> None:
+    user = await signup_login(client)
+    app = await register_app(client, user, "Contract Shop")
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "daily", "send_now": True},
+                          headers=user["headers"])
+    assert r.status_code == 201, r.text
+    sub_id = r.json()["id"]
+    [state] = await _messages(engines, REPORT_SUBSCRIPTIONS_TOPIC, lambda m: m.get("subscription_id") == sub_id)
+    _valid(REPORT_SUBSCRIPTIONS_TOPIC, state)
+    assert (state["email"], state["app_name"], state["frequency"]) == (user["email"], "Contract Shop", "daily")
+    [run] = await _messages(engines, REPORT_RUNS_TOPIC, lambda m: m.get("subscription_id") == sub_id, timeout=30)
+    _valid(REPORT_RUNS_TOPIC, run)

@@ -19,7 +19,7 @@ from libs.http import ApiError
 from libs.limits import MAX_DEPTH, MAX_WIDTH
 from libs.settings import Settings
 from services.aggregator.decode import decode
-from services.gateway.fastpath import SEED_ROUTES
+from services.gateway.fastpath import ANALYTICS_ROUTES
 from services.gateway.segment import SegmentMessage, from_segment, parse_time
 from services.gateway.service import Ingestor, RequestFacts, Route
 
@@ -68,7 +68,7 @@ def optional(**fields: Any) -> Any:
 COLLECT = st.fixed_dictionaries({"event": names}, optional=optional(
     properties=objects, metadata=st.dictionaries(keys, json_values, max_size=4) | objects, timestamp=times,
     userId=st.text(max_size=8), url=st.sampled_from(["https://example.com/p?utm_source=x", "nope"])))
-SEED_EVENTS = st.fixed_dictionaries({"event_name": names}, optional=optional(metadata=objects, timestamp=times))
+NAMED_EVENTS = st.fixed_dictionaries({"event_name": names}, optional=optional(metadata=objects, timestamp=times))
 METRICS = st.fixed_dictionaries({"metric_name": names, "value": metric_values}, optional=optional(
     tags=st.dictionaries(keys, st.text(max_size=8), max_size=4) | objects, timestamp=times))
 SEGMENT = st.fixed_dictionaries(
@@ -103,10 +103,10 @@ def gateway_then_aggregator(item: dict[str, Any], route: Route) -> None:
 @pytest.mark.parametrize("path", ["/api/analytics/collect", "/api/analytics/events", "/api/analytics/metrics"])
 @EXAMPLES
 @given(data=st.data())
-def test_what_a_seed_route_accepts_the_aggregator_stores(path: str, data: st.DataObject) -> None:
-    item = data.draw({"/api/analytics/collect": COLLECT, "/api/analytics/events": SEED_EVENTS,
+def test_what_an_analytics_route_accepts_the_aggregator_stores(path: str, data: st.DataObject) -> None:
+    item = data.draw({"/api/analytics/collect": COLLECT, "/api/analytics/events": NAMED_EVENTS,
                       "/api/analytics/metrics": METRICS}[path])
-    gateway_then_aggregator(item, SEED_ROUTES[path])
+    gateway_then_aggregator(item, ANALYTICS_ROUTES[path])
 
 
 @EXAMPLES
@@ -132,6 +132,6 @@ def test_refusals_name_the_field() -> None:
     ]
     for item, path, loc in cases:
         with pytest.raises(ApiError) as refused:
-            GATEWAY.prepare(facts(), [item], False, SEED_ROUTES[path])
+            GATEWAY.prepare(facts(), [item], False, ANALYTICS_ROUTES[path])
         assert refused.value.status == 422
         assert refused.value.detail[0]["loc"][: len(loc)] == loc, refused.value.detail

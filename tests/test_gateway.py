@@ -1,4 +1,4 @@
-"""The ingest gateway as clients see it: seed routes, the Segment API with real SDKs, browsers,
+"""The ingest gateway as clients see it: the /api/analytics routes, the Segment API with real SDKs, browsers,
 limits, enrichment, and what happens when Kafka or Redis is down."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ async def count_named(client: httpx.AsyncClient, key: str, name: str) -> int:
     return int(r.json()["count"])
 
 
-# ---- the seeds' routes ---------------------------------------------------------------------------
+# ---- the /api/analytics routes -------------------------------------------------------------------
 
 @pytest.mark.parametrize(
     ("headers", "status", "detail"),
@@ -184,7 +184,7 @@ async def test_a_browsers_post_may_read_the_answer_and_its_request_id(client: ht
     assert len(r.headers["x-request-id"]) == 32
 
 
-async def test_the_first_seeds_events_and_custom_metrics_are_accepted(client: httpx.AsyncClient, app_keys: dict) -> None:
+async def test_named_events_and_custom_metrics_are_accepted(client: httpx.AsyncClient, app_keys: dict) -> None:
     r = await client.post(
         "/api/analytics/events",
         json={"event_name": "checkout", "event_category": "shop", "source": "web", "user_id": "u9",

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.engines
 # Dependencies, and each background task (false while it is being restarted after a failure).
 EXPECTED_CHECKS = {
     "gateway": {"kafka", "api_key_table"},  # ingest goes on with Postgres or Redis down
-    "auth": {"kafka", "postgres", "redis", "auth:key_checks"},
+    "auth": {"kafka", "postgres", "redis", "auth:key_checks", "auth:report_runs"},
     "query": {"kafka", "postgres", "redis", "clickhouse", "query:reports"},
     "aggregator": {"kafka", "clickhouse", "aggregator", "aggregator:consume"},  # "aggregator": it owns its partitions
     "notifier": {"kafka", "redis", "smtp", "notifier:consume"},

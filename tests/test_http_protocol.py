@@ -4,13 +4,15 @@ arrives whole and in order, over keep-alive connections, streamed, and when the 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
-from services.http_protocol import OneWriteHttpToolsProtocol
+from services.http_protocol import OneWriteHttpToolsProtocol, QuietServer
 from tests.conftest import serving
 
 
@@ -88,3 +90,21 @@ async def test_a_raw_http_1_1_exchange_gets_head_and_body_together(base_url: str
     # one write: the whole answer is there in the first read
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.endswith(b"\r\n\r\nyou asked for /raw")
+
+
+async def test_the_runners_server_leaves_the_process_signal_handlers_alone() -> None:
+    """`analytics run` handles SIGINT/SIGTERM itself (drain first, then stop the servers): the server
+    it runs must not take them over while it serves."""
+    from libs.embedded.procs import free_port
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = QuietServer(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.02)
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        server.should_exit = True
+        await task

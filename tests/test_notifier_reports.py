@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 
@@ -105,3 +106,33 @@ async def test_only_the_owner_can_subscribe_to_or_stop_a_report(client: httpx.As
     assert (await client.delete(f"/api/email/reports/{sub_id}", headers=other["headers"])).status_code == 404
     assert (await client.delete(f"/api/email/reports/{sub_id}", headers=owner["headers"])).status_code == 204
     assert (await client.get("/api/email/reports", headers=owner["headers"])).json() == []
+
+
+async def test_a_report_made_at_auth_is_mailed_while_auths_tables_cannot_be_read(
+    client: httpx.AsyncClient, engines: Settings,
+) -> None:
+    """The query service mails from its own copy of the subscriptions (folded from auth's topic): with
+    auth's users, apps and subscriptions locked against every reader, the report still goes out."""
+    owner = await signup_login(client)
+    app = await register_app(client, owner, "Locked Bakery")
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "weekly", "send_now": True},
+                          headers=owner["headers"])
+    assert r.status_code == 201, r.text
+    locker = await asyncpg.connect(engines.database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE report_subscriptions, apps, users IN ACCESS EXCLUSIVE MODE")
+
+            async def arrived() -> bool:
+                return any(m["To"] == owner["email"] and str(m["Subject"]).startswith("Your weekly report for Locked Bakery")
+                           for m in read_inbox(engines.data_dir / "mail"))
+
+            await eventually(arrived, 20, "no report mail while auth's tables were locked")
+    finally:
+        await locker.close()
+    # Once auth's tables are free again, its listing learns of the run from the query service.
+    async def listed_as_sent() -> bool:
+        [listed] = (await client.get("/api/email/reports", headers=owner["headers"])).json()
+        return listed["last_sent_at"] is not None
+
+    await eventually(listed_as_sent, 10, "auth's listing never showed the report as sent")

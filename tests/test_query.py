@@ -269,7 +269,7 @@ async def test_realtime_counts_visitors_of_the_last_five_minutes(client, site) -
     assert r.json() == {"visitors": 2}
 
 
-# --- the seeds' summaries (whole UTC days come from the events_daily rollup, partial days from events) --
+# --- the original summaries (whole UTC days come from the events_daily rollup, partial days from events) --
 
 async def test_event_summary_of_whole_days_and_of_partial_days_agree_with_the_history(client, site) -> None:
     day = await get(client, site, "event-summary", event="page_view", startDate=str(D), endDate=str(D))

@@ -101,7 +101,7 @@ def with_event_shapes(document: dict[str, Any]) -> dict[str, Any]:
     """The ingest routes read their bodies raw (gzip, text/plain beacons), so the document calls them
     any JSON object; here they get the event shapes they validate, one event or a batch, so most
     generated events get past validation into enrichment and publishing."""
-    from services.gateway.schemas import COLLECT_EVENT, MetricIn, SeedEvent
+    from services.gateway.schemas import COLLECT_EVENT, MetricIn, NamedEvent
     from services.gateway.segment import SegmentMessage
 
     def one_or_batch(event: dict[str, Any], key: str) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def with_event_shapes(document: dict[str, Any]) -> dict[str, Any]:
     call = inlined(SegmentMessage.model_json_schema())
     shapes = {
         "/api/analytics/collect": one_or_batch(inlined(COLLECT_EVENT.json_schema()), "events"),
-        "/api/analytics/events": one_or_batch(inlined(SeedEvent.model_json_schema()), "events"),
+        "/api/analytics/events": one_or_batch(inlined(NamedEvent.model_json_schema()), "events"),
         "/api/analytics/metrics": one_or_batch(inlined(MetricIn.model_json_schema()), "events"),
         "/v1/batch": {"type": "object", "properties": {"batch": {"type": "array", "items": call, "maxItems": 5}},
                       "required": ["batch"]},

@@ -19,7 +19,7 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.auth.context import AuthContext
     from services.auth.jobs import KeyJobs
     from services.auth.keys import AppKeys
-    from services.auth.reports import build_reports_router
+    from services.auth.reports import build_reports_router, follow_report_runs, republish_all_reports
     from services.auth.router import ROUTERS
     from services.auth.store import PG_STATEMENT_TIMEOUT_S
 
@@ -40,6 +40,7 @@ def build(runtime: Runtime) -> ServiceParts:
             accounts=Accounts(*connections), keys=keys, jobs=KeyJobs(keys), proxies=TrustedProxies(settings.trusted_proxies),
         ))
         await keys.republish_all_keys()
+        await republish_all_reports(keys)
 
     async def stop() -> None:
         started = runtime.contexts.find(NAME, AuthContext)
@@ -49,9 +50,12 @@ def build(runtime: Runtime) -> ServiceParts:
     async def key_checks() -> None:
         await context().jobs.run_key_checks()
 
+    async def report_runs() -> None:
+        await follow_report_runs(context().keys)
+
     return ServiceParts(
         routers=[*ROUTERS, build_reports_router(settings, lambda: context().keys)],
-        on_start=[start], on_stop=[stop], background=[key_checks],
+        on_start=[start], on_stop=[stop], background=[key_checks, report_runs],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},
     )

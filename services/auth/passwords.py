@@ -1,4 +1,4 @@
-"""Password policy (the first seed's) and argon2id hashing, off the event loop."""
+"""Password policy and argon2id hashing, off the event loop."""
 
 from __future__ import annotations
 

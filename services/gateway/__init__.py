@@ -15,12 +15,12 @@ NAME = "gateway"
 def build(runtime: Runtime) -> ServiceParts:
     from services.gateway import static
     from services.gateway.enrich import geoip
-    from services.gateway.fastpath import SEED_ROUTES, SEGMENT_PATHS, IngestFastPath
+    from services.gateway.fastpath import ANALYTICS_ROUTES, SEGMENT_PATHS, IngestFastPath
     from services.gateway.ratelimit import KeyRateLimiter
     from services.gateway.router import ROUTERS
     from services.gateway.service import MAX_REQUEST_BYTES, Ingestor, Publisher
 
-    ingest_paths = sorted([*SEED_ROUTES, *SEGMENT_PATHS])
+    ingest_paths = sorted([*ANALYTICS_ROUTES, *SEGMENT_PATHS])
     ingestor = functools.partial(runtime.contexts.get, NAME, Ingestor)
 
     def started() -> Ingestor | None:
@@ -74,7 +74,7 @@ SERVICE = ServiceSpec(
     name=NAME,
     port=8001,
     needs=frozenset({"kafka", "postgres", "redis"}),
-    # Postgres only seeds the key table at start and Redis down fails open: neither makes it unready.
+    # Postgres only fills the key table at start and Redis down fails open: neither makes it unready.
     ready_needs=frozenset({"kafka"}),
     build=build,
     description="API-key checks, event validation and enrichment, publishing to Kafka",

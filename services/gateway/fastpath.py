@@ -17,17 +17,17 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from libs.http import HTTP_LATENCY, HTTP_REQUESTS, TALLY, ApiError, DependencyUnavailable
+from libs.http import HTTP_LATENCY, HTTP_REQUESTS, ApiError, DependencyUnavailable
 from libs.logs import get_logger, new_request_id, request_id_var
 from services.gateway import service as ingest
-from services.gateway.schemas import COLLECT_EVENT, MetricIn, SeedEvent
+from services.gateway.schemas import COLLECT_EVENT, MetricIn, NamedEvent
 from services.gateway.segment import SegmentMessage, basic_auth_user, from_segment, parse_time, segment_items
 
 log = get_logger(__name__)
 
-SEED_ROUTES: dict[str, tuple[Any, Any, str]] = {
+ANALYTICS_ROUTES: dict[str, tuple[Any, Any, str]] = {
     "/api/analytics/collect": (COLLECT_EVENT.validate_python, ingest.from_collect, "collect"),
-    "/api/analytics/events": (SeedEvent.model_validate, ingest.from_seed_event, "events"),
+    "/api/analytics/events": (NamedEvent.model_validate, ingest.from_named_event, "events"),
     "/api/analytics/metrics": (MetricIn.model_validate, ingest.from_metric, "metrics"),
 }
 SEGMENT_PATHS = {"/v1/track", "/v1/page", "/v1/screen", "/v1/identify", "/v1/group", "/v1/alias", "/v1/batch"}
@@ -52,7 +52,7 @@ class IngestFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or scope["method"] != "POST" or not (
-            path in SEED_ROUTES or path in SEGMENT_PATHS
+            path in ANALYTICS_ROUTES or path in SEGMENT_PATHS
         ):
             await self.app(scope, receive, send)
             return
@@ -96,8 +96,8 @@ class IngestFastPath:
                         *(_CORS if "origin" in headers else ()), *extra],
         })
         await send({"type": "http.response.body", "body": body})
-        TALLY.inc(HTTP_REQUESTS, (self.service, "POST", path, _STATUS.get(status) or str(status)))
-        TALLY.observe(HTTP_LATENCY, (self.service, path), time.perf_counter() - start)
+        HTTP_REQUESTS.inc((self.service, "POST", path, _STATUS.get(status) or str(status)))
+        HTTP_LATENCY.observe((self.service, path), time.perf_counter() - start)
 
 
 async def handle_ingest(
@@ -132,8 +132,8 @@ def start_ingest(
     if gate.draining:  # the process is stopping: a 202 now could be for an event that is never stored
         raise ApiError(503, "the gateway is shutting down; send the events again in a few seconds", {"Retry-After": "5"})
     body = ingest.decode_body(raw, headers.get("content-encoding"))
-    if path in SEED_ROUTES:
-        validate, convert, route = SEED_ROUTES[path]
+    if path in ANALYTICS_ROUTES:
+        validate, convert, route = ANALYTICS_ROUTES[path]
         record = ingest.authenticate(gate.keys, headers.get("x-api-key"))
         items, is_batch = ingest.split_batch(body)
         facts = gate.facts(record, peer, headers)

@@ -1,4 +1,4 @@
-"""HTTP routes of the ingest gateway: the seeds' routes and the Segment Tracking API.
+"""HTTP routes of the ingest gateway: the `/api/analytics/*` routes and the Segment Tracking API.
 
 In the gateway these POSTs are answered by the plain-ASGI fast path (`fastpath.py`) before FastAPI
 sees them; the routes here document them in OpenAPI and serve them wherever the fast path is not
@@ -19,16 +19,16 @@ from services.gateway.schemas import Accepted
 
 _JSON_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}
 ApiKey = Annotated[str | None, Header(description="the app's write key (wk_...) or secret key (sk_...)")]
-SEED_ROUTES = {
-    "collect": 'Collect one event (the second seed\'s shape) or {"events": [...]}',
-    "events": 'Record an event (the first seed\'s shape) or {"events": [...]}',
+ANALYTICS_ROUTES = {
+    "collect": 'Collect one event {event, url, device, userId, metadata, ...} or {"events": [...]}',
+    "events": 'Record an event {event_name, event_category, user_id, metadata, ...} or {"events": [...]}',
     "metrics": 'Record a custom metric {metric_name, value, unit, tags} or {"events": [...]}',
 }
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "group", "alias", "batch")
 
 
 Gateway = Annotated[ingest.Ingestor, Depends(context_dependency(NAME, ingest.Ingestor))]
-seeds = APIRouter(prefix="/api/analytics", tags=["ingest"])
+analytics = APIRouter(prefix="/api/analytics", tags=["ingest"])
 segment = APIRouter(prefix="/v1", tags=["Segment tracking API"])
 
 
@@ -38,16 +38,16 @@ async def answer(request: Request, ingestor: Gateway) -> JSONResponse:
     return JSONResponse(payload, status_code=status)
 
 
-async def seed_endpoint(request: Request, ingestor: Gateway, x_api_key: ApiKey = None) -> JSONResponse:
+async def analytics_endpoint(request: Request, ingestor: Gateway, x_api_key: ApiKey = None) -> JSONResponse:
     return await answer(request, ingestor)
 
 
-for _name, _summary in SEED_ROUTES.items():
-    seeds.add_api_route(f"/{_name}", seed_endpoint, methods=["POST"], status_code=202, response_model=Accepted,
+for _name, _summary in ANALYTICS_ROUTES.items():
+    analytics.add_api_route(f"/{_name}", analytics_endpoint, methods=["POST"], status_code=202, response_model=Accepted,
                         openapi_extra=_JSON_BODY, summary=_summary, name=f"ingest_{_name}")
 for _call in SEGMENT_CALLS:
     segment.add_api_route(f"/{_call}", answer, methods=["POST"], openapi_extra=_JSON_BODY,
                           summary="Segment batch of calls" if _call == "batch" else f"Segment {_call} call",
                           name=f"segment_{_call}")
 
-ROUTERS = [seeds, segment]
+ROUTERS = [analytics, segment]

@@ -1,4 +1,4 @@
-"""Inbound event shapes the gateway accepts (the seeds' field names). Limits: libs/limits.py."""
+"""Inbound event shapes of the gateway's `/api/analytics/*` routes. Limits: libs/limits.py."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ Text4096 = Annotated[str | None, Field(max_length=URL_CHARS)]
 Name = Annotated[str, Field(min_length=1, max_length=NAME_CHARS)]
 
 
-# The second seed's event is validated into a plain dict (a TypedDict): the most frequent request of
-# all, and pydantic validates a TypedDict in about half the time it takes to build the two model
-# instances. Same validation, same error messages.
+# The `/api/analytics/collect` event is validated into a plain dict (a TypedDict): the most frequent
+# request of all, and pydantic validates a TypedDict faster than it builds the two model instances.
+# Same validation, same error messages.
 @with_config(ConfigDict(extra="allow"))
 class CollectMetadata(TypedDict, total=False):
     browser: Text200
@@ -29,7 +29,7 @@ class CollectMetadata(TypedDict, total=False):
 
 @with_config(ConfigDict(extra="forbid"))
 class CollectEvent(TypedDict, total=False):
-    """The second seed's event (`POST /api/analytics/collect`)."""
+    """An event of `POST /api/analytics/collect` (camelCase fields: `event`, `userId`, ...)."""
 
     event: Required[Name]  # "login_form_cta_click"
     url: Text4096
@@ -47,8 +47,8 @@ class CollectEvent(TypedDict, total=False):
 COLLECT_EVENT = TypeAdapter(CollectEvent)
 
 
-class SeedEvent(BaseModel):
-    """The first seed's event (`POST /api/analytics/events`)."""
+class NamedEvent(BaseModel):
+    """An event of `POST /api/analytics/events` (snake_case fields: `event_name`, `user_id`, ...)."""
 
     model_config = ConfigDict(extra="forbid")
     event_name: Name

@@ -18,15 +18,16 @@ from pydantic import ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
 from libs.clientip import TrustedProxies
-from libs.http import TALLY, ApiError, DependencyUnavailable, labelled
+from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
 from libs.limits import JsonLimitError, check_event
 from libs.logs import get_logger, kafka_headers
+from libs.metrics import TalliedCounter, labelled
 from libs.settings import Settings
 from services.gateway import enrich
 from services.gateway.publisher import Backpressure, CoalescingPublisher
 from services.gateway.ratelimit import KeyRateLimiter
-from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
+from services.gateway.schemas import CollectEvent, MetricIn, NamedEvent
 
 log = get_logger(__name__)
 
@@ -35,7 +36,7 @@ MAX_EVENT_BYTES = 32 * 1024  # Segment's limit per event
 MAX_BATCH_EVENTS = 2000
 ACK_TIMEOUT_S = 0.8  # answer 503 well under a second when Kafka does not acknowledge
 
-EVENTS_ACCEPTED = Counter("gateway_events_accepted_total", "Events acknowledged by Kafka", ["route"])
+EVENTS_ACCEPTED = TalliedCounter("gateway_events_accepted_total", "Events acknowledged by Kafka", ["route"])
 EVENTS_REJECTED = Counter("gateway_events_rejected_total", "Events refused at validation", ["route"])
 PUBLISH_FAILURES = Counter("gateway_publish_failures_total", "Requests answered 503 because Kafka did not ack")
 RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests answered 429")
@@ -144,7 +145,7 @@ _META_FIELDS = frozenset({"browser", "os", "screenSize"})
 
 
 def from_collect(ev: CollectEvent, facts: RequestFacts) -> dict[str, Any]:
-    """The second seed's event (validated into a dict, see schemas.CollectEvent), enriched."""
+    """A `/api/analytics/collect` event (validated into a dict, see schemas.CollectEvent), enriched."""
     get = ev.get
     out = facts.base(get("event_id"))
     meta = get("metadata") or {}
@@ -180,7 +181,7 @@ def from_collect(ev: CollectEvent, facts: RequestFacts) -> dict[str, Any]:
     return out
 
 
-def from_seed_event(ev: SeedEvent, facts: RequestFacts) -> dict[str, Any]:
+def from_named_event(ev: NamedEvent, facts: RequestFacts) -> dict[str, Any]:
     out = facts.base(ev.event_id)
     out.update(
         type="track",
@@ -231,7 +232,7 @@ class RequestFacts:
 
 
 class Ingestor:
-    """Validate, enrich, rate limit and publish; shared by the seed routes and the Segment API."""
+    """Validate, enrich, rate limit and publish; shared by the `/api/analytics/*` routes and the Segment API."""
 
     def __init__(
         self,
@@ -351,7 +352,7 @@ class Publisher:
                 await waiter
         except (TimeoutError, KafkaError, Backpressure) as exc:
             raise _unavailable(exc, len(pending.events)) from exc
-        TALLY.inc(EVENTS_ACCEPTED, (pending.route,), len(pending.events))
+        EVENTS_ACCEPTED.inc((pending.route,), len(pending.events))
 
 
 def _unavailable(exc: BaseException, events: int) -> DependencyUnavailable:

@@ -1,17 +1,22 @@
 """The report scheduler: mails each due report subscription a summary of its app.
 
 Runs in the query service, where ClickHouse is (chDB lives inside the aggregator/query process).
-Subscriptions are auth's (`report_subscriptions` in Postgres); due rows are claimed with
+Subscriptions are made at auth, which publishes their state on `auth.report-subscriptions.v1`; this
+service folds that topic into its own table, `query_report_subscriptions` (its migrations are in
+`services/query/migrations/postgres`), and reads and writes no other. Due rows are claimed with
 `FOR UPDATE SKIP LOCKED`, so several query replicas never mail the same report, and the email's
 message id is derived from the subscription and the period, so a report published twice (a crash
-between publishing and moving `next_run_at`) is still mailed once by the notifier.
+between publishing and moving `next_run_at`) is still mailed once by the notifier. Each run is
+published on `query.report-runs.v1` (when it went out, when the next is due) for auth's listing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,11 +24,14 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter
 
 from libs.clickhouse import ClickHouse
-from libs.kafka import KafkaUnavailable
+from libs.contracts import ReportRun
+from libs.kafka import REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.logs import get_logger
+from libs.migrations import apply_postgres
 from libs.notifications import REPORT_PERIODS, EmailMessage, next_report_at, queue_email
 from libs.runtime import Runtime
 from libs.settings import Settings
+from libs.statetopic import follow_state_topic
 from services.query import queries
 from services.query.queries import Where
 
@@ -34,10 +42,18 @@ REPORT_ID_NAMESPACE = uuid.UUID("0b7a3f52-5a1e-4f51-9d2c-2f0d8f2f7e11")
 BATCH = 50
 TOP_EVENTS = 5
 
-DUE = """SELECT s.id, s.app_id, s.frequency, s.next_run_at, a.name AS app_name, u.email, u.username
-         FROM report_subscriptions s JOIN apps a ON a.id = s.app_id JOIN users u ON u.id = s.user_id
-         WHERE s.next_run_at <= now() ORDER BY s.next_run_at LIMIT $1
-         FOR UPDATE OF s SKIP LOCKED"""
+MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
+
+DUE = """SELECT id, app_id, frequency, next_run_at, app_name, email, username FROM query_report_subscriptions
+         WHERE next_run_at <= now() ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED"""
+SENT = "UPDATE query_report_subscriptions SET next_run_at = $2, last_sent_at = $3 WHERE id = $1"
+# A subscription's state from auth: the recipient and app as published; the schedule stays this service's.
+UPSERT = """INSERT INTO query_report_subscriptions (id, app_id, app_name, user_id, username, email, frequency, next_run_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (id) DO UPDATE SET app_id = EXCLUDED.app_id, app_name = EXCLUDED.app_name,
+                user_id = EXCLUDED.user_id, username = EXCLUDED.username, email = EXCLUDED.email,
+                frequency = EXCLUDED.frequency"""
+GONE = "DELETE FROM query_report_subscriptions WHERE id = $1"
 
 
 def _change(now: int, before: int) -> int | None:
@@ -83,8 +99,6 @@ class ReportScheduler:
             try:
                 while await self.run_due() == BATCH:
                     pass
-            except asyncpg.UndefinedTableError:
-                log.info("report subscriptions table not there yet (auth migrations pending)")
             except Exception as exc:  # noqa: BLE001 - a report never stops the query service
                 log.warning("report run failed; retrying at the next check", error=repr(exc))
             await asyncio.sleep(self.settings.reports_check_interval_s)
@@ -96,24 +110,31 @@ class ReportScheduler:
             done = 0
             for sub in due:
                 run_at: datetime = sub["next_run_at"]
+                sent_at = datetime.now(run_at.tzinfo)
+                next_run_at = next_report_at(sub["frequency"], max(run_at, sent_at))
                 try:
-                    await self._mail(sub, run_at - REPORT_PERIODS[sub["frequency"]], run_at)
-                except KafkaUnavailable:
-                    raise  # nothing else would go out either: the whole batch waits for the next check
+                    message = await self._report(sub, run_at - REPORT_PERIODS[sub["frequency"]], run_at)
                 except Exception as exc:  # noqa: BLE001 - one app's failure must not hold up the others
                     log.error("report failed; retried at the next check", subscription=str(sub["id"]),
                               error=repr(exc))
                     continue
+                # The run before the mail: auth's listing shows it sent by the time the mail arrives. A
+                # KafkaUnavailable leaves the row due (the transaction rolls back): the whole batch waits
+                # for the next check, which publishes both again (the mail keeps its message id).
+                run = ReportRun(subscription_id=str(sub["id"]), last_sent_at=sent_at, next_run_at=next_run_at)
+                await publish(self.producer, REPORT_RUNS_TOPIC, run.model_dump(mode="json", by_alias=True),
+                              key=str(sub["id"]))
+                await queue_email(self.producer, message)
+                REPORTS_QUEUED.labels(sub["frequency"]).inc()
+                log.info("report queued", subscription=str(sub["id"]), app_id=str(sub["app_id"]),
+                         events=message.data["events"])
                 done += 1
-                await conn.execute(
-                    "UPDATE report_subscriptions SET next_run_at = $2, last_sent_at = now() WHERE id = $1",
-                    sub["id"], next_report_at(sub["frequency"], max(run_at, datetime.now(run_at.tzinfo))),
-                )
+                await conn.execute(SENT, sub["id"], next_run_at, sent_at)
         return done
 
-    async def _mail(self, sub: asyncpg.Record, start: datetime, end: datetime) -> None:
+    async def _report(self, sub: asyncpg.Record, start: datetime, end: datetime) -> EmailMessage:
         data = await report_data(self.ch, str(sub["app_id"]), start, end)
-        message = EmailMessage(
+        return EmailMessage(
             message_id=str(uuid.uuid5(REPORT_ID_NAMESPACE, f"{sub['id']}:{end.isoformat()}")),
             to=sub["email"], template="report",
             data={
@@ -122,13 +143,29 @@ class ReportScheduler:
                 "start": start.isoformat(), "end": end.isoformat(), "period": period_label(start, end), **data,
             },
         )
-        await queue_email(self.producer, message)
-        REPORTS_QUEUED.labels(sub["frequency"]).inc()
-        log.info("report queued", subscription=str(sub["id"]), app_id=str(sub["app_id"]), events=data["events"])
+
+
+async def fold_subscriptions(settings: Settings, pg: asyncpg.Pool) -> None:
+    """Forever: apply `auth.report-subscriptions.v1` to `query_report_subscriptions` (a new subscription is
+    first due at its `first_run_at`; a tombstone removes it)."""
+
+    async def apply(states: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
+        async with pg.acquire() as conn, conn.transaction():
+            for key, state in states:
+                if state is None:
+                    await conn.execute(GONE, uuid.UUID(key))
+                    continue
+                await conn.execute(
+                    UPSERT, uuid.UUID(key), uuid.UUID(state["app_id"]), state["app_name"], uuid.UUID(state["user_id"]),
+                    state["username"], state["email"], state["frequency"], datetime.fromisoformat(state["first_run_at"]),
+                )
+
+    await follow_state_topic(settings, REPORT_SUBSCRIPTIONS_TOPIC, "query-report-subscriptions", apply)
 
 
 async def run_scheduler(runtime: Runtime, ch: ClickHouse) -> None:
-    """Wait for Postgres (auth's database) if need be, then check for due reports forever."""
+    """Wait for Postgres if need be, apply this service's migrations, then follow the subscriptions and
+    check for due reports forever."""
     while True:
         try:
             pg = await asyncio.wait_for(runtime.pg(), 10)
@@ -136,4 +173,6 @@ async def run_scheduler(runtime: Runtime, ch: ClickHouse) -> None:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("reports wait for Postgres", error=repr(exc))
             await asyncio.sleep(runtime.settings.reports_check_interval_s)
-    await ReportScheduler(runtime.settings, pg, ch, await runtime.producer()).run()
+    await apply_postgres(pg, "query", MIGRATIONS)
+    producer = await runtime.producer()
+    await asyncio.gather(fold_subscriptions(runtime.settings, pg), ReportScheduler(runtime.settings, pg, ch, producer).run())

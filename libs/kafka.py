@@ -30,6 +30,9 @@ API_KEYS_TOPIC = "auth.api-keys.v1"
 EMAIL_TOPIC = "notifications.email.v1"
 EMAIL_DLQ_TOPIC = "notifications.email.dlq.v1"
 ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, EMAIL_TOPIC, EMAIL_DLQ_TOPIC)
+# The key topic is the key state itself (no database behind it for gateways and query): compacted by
+# key id, it keeps the latest state of every key however long it runs.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {API_KEYS_TOPIC: {"cleanup.policy": "compact"}}
 
 
 class KafkaUnavailable(RuntimeError):
@@ -55,7 +58,8 @@ async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS
             try:
                 existing = set(await admin.list_topics())
                 new = [
-                    NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
+                    NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor,
+                             topic_configs=TOPIC_CONFIGS.get(t, {}))
                     for t in topics
                     if t not in existing
                 ]
@@ -88,8 +92,9 @@ async def publish(
     value: Any,
     key: str | None = None,
     timeout: float = 5.0,
-) -> None:
-    """Send one message and wait for the broker's acknowledgement (acks=all).
+) -> Any:
+    """Send one message and wait for the broker's acknowledgement (acks=all); returns its
+    RecordMetadata (partition, offset).
 
     Raises KafkaUnavailable when the broker does not acknowledge within `timeout` seconds.
     """
@@ -99,7 +104,7 @@ async def publish(
             producer.send(topic, payload, key=key.encode() if key else None, headers=kafka_headers()),
             timeout,
         )
-        await asyncio.wait_for(fut, timeout)
+        return await asyncio.wait_for(fut, timeout)
     except (TimeoutError, KafkaError) as exc:
         raise KafkaUnavailable(f"Kafka did not acknowledge a message to {topic}: {exc!r}") from exc
 
@@ -119,16 +124,9 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None, **over
 
 async def kafka_ping(settings: Settings) -> bool:
     """True when the broker answers a metadata request."""
-    from aiokafka.client import AIOKafkaClient
+    from libs.stream.produce import broker_answers
 
-    client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=2000)
-    try:
-        await asyncio.wait_for(client.bootstrap(), 3)
-        return True
-    except Exception:  # noqa: BLE001 - a ping answers yes or no
-        return False
-    finally:
-        await client.close()
+    return await broker_answers(settings.kafka_bootstrap_servers or "")
 
 
 # ---- what a consumer group has not done yet, and draining a member before it stops ---------------

@@ -23,8 +23,8 @@ from libs.kafka import EVENTS_TOPIC
 from libs.limits import JsonLimitError, check_event
 from libs.logs import get_logger, kafka_headers
 from libs.settings import Settings
+from libs.stream.produce import Backpressure, CoalescingPublisher
 from services.gateway import enrich
-from services.gateway.publisher import Backpressure, CoalescingPublisher
 from services.gateway.ratelimit import KeyRateLimiter
 from services.gateway.schemas import CollectEvent, MetricIn, SeedEvent
 

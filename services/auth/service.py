@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,12 +16,13 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from limits import RateLimitItem
 from limits import parse as parse_limit
 from redis.exceptions import RedisError
 
 from libs import tokens
-from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
+from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, KeyTopicWatch, generate_key, hash_key, shown_prefix
 from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
@@ -33,6 +35,7 @@ from services.auth import repository as repo
 log = get_logger(__name__)
 
 NOTIFICATION_LIMIT = "10/hour"
+KEY_TOPIC_CHECK_S = 10.0  # how often auth looks whether the key topic lost its messages
 # Postgres on a request's path: a hung server (accepting connections, never answering) must not hold
 # a client for long, so a free connection and each statement's answer get this long; past it, 503.
 PG_ACQUIRE_TIMEOUT_S = 1.5
@@ -66,6 +69,7 @@ class AuthService:
         self.settings = settings
         self.pg = pg
         self.producer = producer
+        self.key_topic = KeyTopicWatch(settings)  # republish when the key topic lost what it held
         self.redis = redis
         self.limiter = limiter
         # Parsed now so that a malformed AUTH_LOGIN_LIMIT_* stops the start, not a login.
@@ -350,6 +354,8 @@ class AuthService:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, KafkaUnavailable):
                 raise result
+            if not isinstance(result, BaseException):
+                self.key_topic.note(result)
         return [r for r, result in zip(records, results, strict=True) if isinstance(result, KafkaUnavailable)]
 
     async def republish_all_keys(self) -> int:
@@ -361,6 +367,15 @@ class AuthService:
             if failed:
                 raise KafkaUnavailable(f"{len(failed)} key states not acknowledged by Kafka at start-up")
         return len(records)
+
+    async def republish_if_key_topic_emptied(self) -> int:
+        """Publish every key again when the key topic lost what it held (KeyTopicWatch): gateways and
+        query know keys only from it."""
+        if not await self.key_topic.emptied():
+            return 0
+        published = await self.republish_all_keys()
+        self.key_topic.republished()
+        return published
 
     # ---- key expiry (periodic) -------------------------------------------------------------------
     async def check_key_expiry(self) -> tuple[int, int]:
@@ -402,7 +417,16 @@ class AuthService:
         """Background job, now and every AUTH_EXPIRY_CHECK_INTERVAL_S seconds: `check_key_expiry`
         and `fold_key_usage`; and `republish_all_keys` every AUTH_KEY_SNAPSHOT_INTERVAL_S."""
         last_snapshot = time.monotonic()  # the start-up hook has just published one
+        last_checks = -math.inf
         while True:
+            # The key topic, every few seconds (one offsets request); the other checks every interval.
+            with contextlib.suppress(*POSTGRES_DOWN, asyncpg.PostgresError, DependencyUnavailable, KafkaUnavailable,
+                                     KafkaError, OSError):
+                await self.republish_if_key_topic_emptied()
+            if time.monotonic() - last_checks < self.settings.auth_expiry_check_interval_s:
+                await asyncio.sleep(min(KEY_TOPIC_CHECK_S, self.settings.auth_expiry_check_interval_s))
+                continue
+            last_checks = time.monotonic()
             checks: list[Callable[[], Awaitable[object]]] = [self.check_key_expiry, self.fold_key_usage]
             if time.monotonic() - last_snapshot >= self.settings.auth_key_snapshot_interval_s:
                 last_snapshot = time.monotonic()
@@ -413,7 +437,6 @@ class AuthService:
                 except (*POSTGRES_DOWN, asyncpg.PostgresError, DependencyUnavailable, KafkaUnavailable) as exc:
                     # Postgres or Kafka down: nothing was marked, the next round tries again.
                     log.warning("api key check failed; will retry", check=check.__name__, error=repr(exc))
-            await asyncio.sleep(self.settings.auth_expiry_check_interval_s)
 
     # ---- email -------------------------------------------------------------------------------
     async def _email_owner(self, user_id: str, template: str, data: dict[str, Any]) -> None:

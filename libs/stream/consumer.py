@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from libs.kafka import GroupMember, make_consumer
 from libs.logs import get_logger
@@ -65,6 +65,12 @@ class Strategy:
 
     async def submit(self, message: Any) -> None:
         raise NotImplementedError
+
+    async def submit_many(self, messages: list[Any]) -> None:
+        """The messages of one partition from one fetch, in order (a strategy may do it without an
+        await per message)."""
+        for message in messages:
+            await self.submit(message)
 
     async def poll(self) -> None:
         """Make progress without blocking: account for finished work, start due work."""
@@ -99,6 +105,7 @@ class ConsumerSpec:
     dead_letters: DeadLetters | None = None
     commit_interval_s: float = 1.0
     client_options: dict[str, Any] = field(default_factory=dict)  # aiokafka consumer options
+    consumed: Counter | None = None  # messages read
     lag: Gauge | None = None  # labelled by partition: the partition's end minus the first unfinished offset
     on_polled: Callable[[], Awaitable[None]] | None = None  # after each loop turn (the key table's progress)
 
@@ -198,8 +205,9 @@ class StreamConsumer(GroupMember):
         else:
             polled = await consumer.getmany(timeout_ms=strategy.poll_timeout_ms())
         for messages in polled.values():
-            for message in messages:
-                await strategy.submit(message)
+            if self.spec.consumed is not None:
+                self.spec.consumed.inc(len(messages))
+            await strategy.submit_many(messages)
         await strategy.poll()
         self._apply_backpressure()
         await self.commit(force=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from libs.logs import get_logger
@@ -52,7 +52,7 @@ class Batches(Strategy, Generic[A]):
         max_age_s: float,
         start: Callable[[int, int], A],  # (partition, first offset) -> an empty accumulator
         add: Callable[[A, Any], str | None],  # fold a message in; the reason when it is bad
-        step: Callable[[list[A]], Awaitable[None]],
+        step: Callable[[list[A]], Coroutine[Any, Any, None]],
         retry_on: tuple[type[BaseException], ...] = (),
         on_refused: Callable[[BaseException | None], None] = lambda exc: None,
         on_accepted: Callable[[], None] = lambda: None,
@@ -86,22 +86,32 @@ class Batches(Strategy, Generic[A]):
 
     # ---- reading -------------------------------------------------------------------------------
     async def submit(self, message: Any) -> None:
-        batch = self.open.get(message.partition)
+        await self.submit_many([message])
+
+    async def submit_many(self, messages: list[Any]) -> None:
+        """Fold the messages in without an await each: only a bad one awaits (its dead letter)."""
+        if not messages:
+            return
+        partition = messages[0].partition
+        batch = self.open.get(partition)
         if batch is None:
-            batch = self.open[message.partition] = _Open(
-                self._start(message.partition, message.offset), self.offsets.open(message.partition, message.offset)
+            batch = self.open[partition] = _Open(
+                self._start(partition, messages[0].offset), self.offsets.open(partition, messages[0].offset)
             )
-        else:
-            batch.span.last = message.offset
-        batch.count += 1
-        self.held += 1
-        reason = self._add(batch.acc, message)
         letters = self.member.dead_letters
-        if reason is not None:
-            assert letters is not None, "a strategy that finds bad messages needs dead letters"
-            await letters.send(message, reason)
-        elif letters is not None and letters.guard is not None:
-            letters.good(message)
+        guard = letters is not None and letters.guard is not None
+        add, acc = self._add, batch.acc
+        for message in messages:
+            reason = add(acc, message)
+            if reason is not None:
+                assert letters is not None, "a strategy that finds bad messages needs dead letters"
+                batch.span.last = message.offset  # the dead letter is sent before the batch is stored
+                await letters.send(message, reason)
+            elif guard:
+                letters.good(message)  # type: ignore[union-attr]
+        batch.span.last = messages[-1].offset
+        batch.count += len(messages)
+        self.held += len(messages)
 
     def poll_timeout_ms(self) -> int:
         if self.running is not None:  # come back soon to start the next step once this one is done

@@ -95,6 +95,7 @@ class EventConsumer(StreamConsumer):
                 "heartbeat_interval_ms": min(1000, s.aggregator_session_timeout_ms // 3),
             },
             lag=LAG,
+            consumed=CONSUMED,
         ))
 
     @property
@@ -105,7 +106,6 @@ class EventConsumer(StreamConsumer):
     @staticmethod
     def _take(batch: PartitionBatch, message: Any) -> str | None:
         """Decode one message into its partition's batch; the error when it is poison (for the DLQ)."""
-        CONSUMED.inc()
         try:
             table, row, app_id, at = decode(message.value)
         except PoisonMessage as exc:

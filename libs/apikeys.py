@@ -7,10 +7,12 @@ Key formats (the prefix tells the kind at a glance, like Stripe's `sk_`/`pk_`):
 Only `sha256(key)` is stored or published: keys are long random strings, so a fast hash is enough
 and keeps the lookup on the hot path to one dict access.
 
-The table is filled from a Postgres snapshot at start (when Postgres answers) and then from every
-message on `auth.api-keys.v1`, each carrying the key's whole state and a version, so messages may be
-replayed or arrive after the snapshot and the newest state always wins. A lookup of a known key never
-leaves memory.
+The key topic `auth.api-keys.v1` is the only way key state reaches gateways and query (they never
+read auth's tables): it is log-compacted by key id, every message carries the key's whole state and a
+version, and the table follows it from the earliest offset, so replays and repeats are harmless and
+the newest state always wins. Auth republishes every key at start and whenever it finds the topic
+emptied (a broker that lost its log). The follower runs on the stream skeleton (libs/stream: no group,
+every partition, nothing committed). A lookup of a known key never leaves memory.
 
 Read-your-writes: auth answers a new key only after Kafka acknowledged its message, yet the message
 reaches this table some milliseconds later (longer in another process). So a well-formed key the table
@@ -50,9 +52,10 @@ from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
 
 from libs.http import DependencyUnavailable
-from libs.kafka import API_KEYS_TOPIC, make_consumer
+from libs.kafka import API_KEYS_TOPIC, end_offsets, group_reader, topic_partitions
 from libs.logs import get_logger
 from libs.settings import Settings
+from libs.stream import Apply, ConsumerSpec, StreamConsumer
 
 log = get_logger(__name__)
 
@@ -160,13 +163,6 @@ class KeyRecord:
             kind=row["kind"], key_hash=row["key_hash"], prefix=row["prefix"], created_at=row["created_at"],
             expires_at=row["expires_at"], revoked_at=row["revoked_at"], version=int(row["version"]),
         )
-
-
-SNAPSHOT_SQL = """
-SELECT k.id, k.app_id, a.owner_id, k.kind, k.key_hash, k.prefix, k.created_at, k.expires_at,
-       k.revoked_at, k.version
-FROM api_keys k JOIN apps a ON a.id = k.app_id
-"""
 
 
 class KeyTable:
@@ -299,88 +295,50 @@ def _retrieved(future: asyncio.Future[None]) -> None:
 
 
 class KeyTableSync:
-    """Fills a KeyTable from Postgres (once) and the key topic (continuously), and catches it up with
-    the topic on demand (`KeyTable.caught_up_for`)."""
+    """Fills a KeyTable from the key topic (from its earliest offset, then continuously), and catches
+    it up with the topic on demand (`KeyTable.caught_up_for`)."""
 
-    def __init__(
-        self, settings: Settings, table: KeyTable, pg: asyncpg.Pool | None, redis: aioredis.Redis | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, table: KeyTable, redis: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.table = table
-        self.pg = pg
         self.redis = redis
         self._task: asyncio.Task[None] | None = None
         self._usage_task: asyncio.Task[None] | None = None
-        self._consumer: Any = None
+        self._member = StreamConsumer(settings, ConsumerSpec(
+            topic=API_KEYS_TOPIC, group_id=None, strategy=Apply(self._apply), on_polled=self._note_applied,
+        ))
         self._applied: dict[TopicPartition, int] = {}  # partition -> next offset not yet in the table
         self._progress = asyncio.Event()  # set (and replaced) each time the follower applied a fetch
         self._rounds = SharedRounds(self._reach_end, CATCH_UP_MIN_INTERVAL_S)
 
     async def start(self) -> None:
-        consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
-        await consumer.start()
+        member = self._member
+        await member.start()
         try:
-            partitions = await self._wait_for_partitions(consumer)
-            tps = [TopicPartition(API_KEYS_TOPIC, p) for p in partitions]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            consumer = member.consumer
+            assert consumer is not None
+            tps = sorted(consumer.assignment())
             end = await consumer.end_offsets(tps)
-            await self._load_snapshot()
-            await self._catch_up(consumer, end)
-            await self._note_applied(consumer, tps)
+            self._applied = dict.fromkeys(tps, 0)
+            while [tp for tp, off in end.items() if await consumer.position(tp) < off]:
+                await member.step()
+            await self._note_applied()
         except BaseException:
-            await consumer.stop()
+            await member.consumer.stop()  # type: ignore[union-attr]
             raise
         self.table.ready.set()
         log.info("api key table loaded", keys=len(self.table))
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(consumer, tps), name="api-key-table-sync")
+        self._task = asyncio.create_task(member.run(), name="api-key-table-sync")
         self.table.catch_up = self.wait_caught_up
         if self.redis is not None:
             self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="api-key-usage-flush")
 
-    async def _wait_for_partitions(self, consumer: Any) -> set[int]:
-        for _ in range(100):
-            partitions = consumer.partitions_for_topic(API_KEYS_TOPIC)
-            if partitions:
-                return set(partitions)
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"Kafka topic {API_KEYS_TOPIC} has no partitions; is the broker up?")
-
-    async def _load_snapshot(self) -> None:
-        if self.pg is None:
-            return
-        try:
-            async with self.pg.acquire(timeout=5) as conn:
-                rows = await conn.fetch(SNAPSHOT_SQL, timeout=10)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            # Keys still arrive from the topic; Postgres being down must not stop ingestion.
-            log.warning("api key snapshot from postgres failed; using the key topic only", error=repr(exc))
-            return
-        for row in rows:
-            self.table.apply(KeyRecord.from_row(row))
-
-    async def _catch_up(self, consumer: Any, end: dict[TopicPartition, int]) -> None:
-        pending = {tp for tp, off in end.items() if off > 0}
-        while pending:
-            batch = await consumer.getmany(timeout_ms=500)
-            self._apply_batch(batch)
-            pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
-
-    async def _follow(self, consumer: Any, tps: list[TopicPartition]) -> None:
-        try:
-            while True:
-                self._apply_batch(await consumer.getmany(timeout_ms=1000))
-                await self._note_applied(consumer, tps)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5)
-
-    async def _note_applied(self, consumer: Any, tps: list[TopicPartition]) -> None:
-        """Record how far the table is (only getmany, applied at once, moves a position) and wake the
+    async def _note_applied(self) -> None:
+        """Record how far the table is (only a fetch, applied at once, moves a position) and wake the
         catch-ups waiting for it."""
-        for tp in tps:
+        consumer = self._member.consumer
+        assert consumer is not None
+        for tp in self._applied:
             self._applied[tp] = await consumer.position(tp)
         self._progress.set()
         self._progress = asyncio.Event()
@@ -407,22 +365,21 @@ class KeyTableSync:
         KEY_CATCHUPS.labels("done").inc()
 
     async def _read_to_end(self) -> None:
-        end = await self._consumer.end_offsets(list(self._applied))
+        assert self._member.consumer is not None
+        end = await self._member.consumer.end_offsets(list(self._applied))
         while True:
             progress = self._progress
             if all(self._applied[tp] >= offset for tp, offset in end.items()):
                 return
             await progress.wait()
 
-    def _apply_batch(self, batch: dict[Any, list[Any]]) -> None:
-        for messages in batch.values():
-            for message in messages:
-                try:
-                    body = orjson.loads(message.value)
-                    self.table.apply(KeyRecord.from_message(body))
-                    KEY_EVENTS_APPLIED.labels(body.get("type", "unknown")).inc()
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("bad api key message skipped", offset=message.offset, error=repr(exc))
+    def _apply(self, message: Any) -> None:
+        try:
+            body = orjson.loads(message.value)
+            self.table.apply(KeyRecord.from_message(body))
+            KEY_EVENTS_APPLIED.labels(body.get("type", "unknown")).inc()
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("bad api key message skipped", offset=message.offset, error=repr(exc))
 
     async def _flush_usage_forever(self) -> None:
         while True:
@@ -444,6 +401,7 @@ class KeyTableSync:
     async def stop(self) -> None:
         self.table.catch_up = None
         await self._rounds.close()
+        self._member.stop()
         for task in (self._task, self._usage_task):
             if task is not None:
                 task.cancel()
@@ -454,19 +412,57 @@ class KeyTableSync:
             await asyncio.wait_for(self.flush_usage(), 2)
 
 
+class KeyTopicWatch:
+    """For the publisher of the key topic (auth): how far it published on each partition, to tell when
+    the topic lost what it held (the broker's log was wiped, the topic recreated) and every key must be
+    published again, or gateways and query would not know them."""
+
+    def __init__(self, settings: Settings, topic: str = API_KEYS_TOPIC) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.published: dict[int, int] = {}  # partition -> the offset after the last acknowledged message
+        self.owed = False  # the topic lost messages and not every key was published again yet
+
+    def note(self, metadata: Any) -> None:
+        """Remember an acknowledged message (aiokafka's RecordMetadata)."""
+        after = metadata.offset + 1
+        if after > self.published.get(metadata.partition, 0):
+            self.published[metadata.partition] = after
+
+    async def emptied(self) -> bool:
+        """True when a partition now ends before what was acknowledged on it (then `owed` stays true
+        until `republished()`), or an earlier republishing did not finish."""
+        if self.owed:
+            return True
+        if not self.published:
+            return False
+        async with group_reader(self.settings, "auth-key-topic-watch") as reader:
+            tps = await topic_partitions(reader, self.topic)
+            ends = await end_offsets(reader, tps) if tps else {}
+        lost = {tp.partition: end for tp, end in ends.items() if end < self.published.get(tp.partition, 0)}
+        if tps and len(tps) < len(self.published):  # fewer partitions than before: recreated
+            lost = lost or {-1: 0}
+        if not lost:
+            return False
+        log.warning("the key topic lost messages it had acknowledged; publishing every key again",
+                    topic=self.topic, ends=lost, published=self.published)
+        self.published = {}
+        self.owed = True
+        return True
+
+    def republished(self) -> None:
+        self.owed = False
+
+
 async def shared_key_table(runtime: Any) -> KeyTable:
     """One key table per process, shared by every service in it (gateway and query)."""
     async with runtime.shared.setdefault("key_table_lock", asyncio.Lock()):
         table = runtime.shared.get("key_table")
         if table is None:
             table = KeyTable()
-            pg = None
-            if runtime.settings.database_url:
-                with contextlib.suppress(Exception):
-                    pg = await asyncio.wait_for(runtime.pg(), 10)
             await runtime.kafka_ready()
             redis = await runtime.redis() if runtime.settings.redis_url else None
-            sync = KeyTableSync(runtime.settings, table, pg, redis)
+            sync = KeyTableSync(runtime.settings, table, redis)
             await sync.start()
             runtime.shared["key_table"] = table
             runtime.shared["key_table_sync"] = sync

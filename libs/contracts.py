@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.events import EnrichedEvent
 from libs.kafka import (
     API_KEYS_TOPIC,
-    COMPACTED_TOPICS,
     EMAIL_DLQ_TOPIC,
     EMAIL_TOPIC,
     EVENTS_DLQ_TOPIC,
     EVENTS_TOPIC,
     REPORT_RUNS_TOPIC,
     REPORT_SUBSCRIPTIONS_TOPIC,
+    TOPIC_CONFIGS,
 )
 from libs.notifications import EmailMessage
 
@@ -76,35 +76,42 @@ class ReportRun(BaseModel):
     next_run_at: datetime
 
 
-class EventDeadLetter(BaseModel):
-    """An event the aggregator could not store."""
+class DeadLetter(BaseModel):
+    """The shape every dead-letter topic shares (libs/stream/deadletter.py); a topic may add fields."""
 
     model_config = ConfigDict(extra="allow")
-    error: str = Field(description="why, e.g. 'schema violation at timestamp: ...'")
+    reason: str = Field(description="why the message was given up on")
+    original: Any = Field(description="the original message (object), or its text when it was not JSON "
+                                      "(first 100,000 characters)")
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int | None = Field(description="the original message's Kafka timestamp")
+    group: str | None = Field(description="the consumer group that gave up on it")
+    failed_at: datetime
+
+
+class EventDeadLetter(DeadLetter):
+    """An event the aggregator could not store."""
+
+    error: str = Field(description="why, e.g. 'schema violation at timestamp: ...' (the same as `reason`)")
     value: str = Field(description="the original message value (first 100,000 characters)")
 
 
-class EmailDeadLetter(BaseModel):
+class EmailDeadLetter(DeadLetter):
     """An email given up on: a permanent SMTP failure, an invalid message, or retries exhausted."""
 
-    model_config = ConfigDict(extra="allow")
-    reason: str
     message_id: str | None
     to: str | None
     template: str | None
-    original: Any = Field(description="the original message (object), or its text when it was not JSON")
-    topic: str
-    partition: int
-    offset: int
 
 
 TOPICS: dict[str, tuple[str, type[BaseModel], str]] = {
     EVENTS_TOPIC: ("app id", EnrichedEvent, "One enriched event per message (gateway → aggregator, any subscriber)."),
     EVENTS_DLQ_TOPIC: ("app id", EventDeadLetter, "Events the aggregator could not store, with the error."),
-    API_KEYS_TOPIC: ("key id", ApiKeyChange, "API-key lifecycle: every change carries the key's whole state."),
+    API_KEYS_TOPIC: ("key id", ApiKeyChange, "API-key state: every change carries the key's whole state. Log-compacted "
+                     "(cleanup.policy=compact, keyed by key id): read from the earliest offset, it holds the "
+                     "latest state of every key."),
     EMAIL_TOPIC: ("message id", EmailMessage, "Emails to send: a template and its data, or a subject and a body."),
     EMAIL_DLQ_TOPIC: ("message id", EmailDeadLetter, "Emails that failed permanently, with the reason."),
     REPORT_SUBSCRIPTIONS_TOPIC: (
@@ -118,6 +125,14 @@ TOPICS: dict[str, tuple[str, type[BaseModel], str]] = {
 }
 
 
+def _topic_configuration(topic: str) -> dict[str, Any]:
+    """The channel binding's `topicConfiguration`, for topics created with a configuration of their own."""
+    config = TOPIC_CONFIGS.get(topic)
+    if not config:
+        return {}
+    return {"topicConfiguration": {k: [v] if k == "cleanup.policy" else v for k, v in config.items()}}
+
+
 def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     messages: dict[str, Any] = {}
@@ -129,10 +144,7 @@ def asyncapi() -> dict[str, Any]:
             "address": topic,
             "summary": summary,
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-            "bindings": {"kafka": {
-                "topic": topic, "bindingVersion": "0.5.0",
-                **({"topicConfiguration": {"cleanup.policy": ["compact"]}} if topic in COMPACTED_TOPICS else {}),
-            }},
+            "bindings": {"kafka": {"topic": topic, **_topic_configuration(topic), "bindingVersion": "0.5.0"}},
         }
         messages[name] = {
             "name": name,

@@ -33,8 +33,10 @@ REPORT_SUBSCRIPTIONS_TOPIC = "auth.report-subscriptions.v1"
 REPORT_RUNS_TOPIC = "query.report-runs.v1"
 ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, EMAIL_TOPIC, EMAIL_DLQ_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC,
               REPORT_RUNS_TOPIC)
-# Keyed state, each record the whole state of its key: only the latest per key matters.
-COMPACTED_TOPICS = frozenset({REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC})
+# Keyed state, each record the whole state of its key: compacted, only the latest per key matters. The
+# key topic is the key state itself (no database behind it for gateways and query).
+COMPACTED_TOPICS = frozenset({API_KEYS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC})
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {t: {"cleanup.policy": "compact"} for t in COMPACTED_TOPICS}
 
 
 class KafkaUnavailable(RuntimeError):
@@ -61,7 +63,7 @@ async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS
                 existing = set(await admin.list_topics())
                 new = [
                     NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor,
-                             topic_configs={"cleanup.policy": "compact"} if t in COMPACTED_TOPICS else None)
+                             topic_configs=TOPIC_CONFIGS.get(t, {}))
                     for t in topics
                     if t not in existing
                 ]
@@ -94,9 +96,10 @@ async def publish(
     value: Any,
     key: str | None = None,
     timeout: float = 5.0,
-) -> None:
-    """Send one message and wait for the broker's acknowledgement (acks=all). A `value` of None is a
-    tombstone (a null value: on a compacted topic, the key is gone).
+) -> Any:
+    """Send one message and wait for the broker's acknowledgement (acks=all); returns its
+    RecordMetadata (partition, offset). A `value` of None is a tombstone (a null value: on a compacted
+    topic, the key is gone).
 
     Raises KafkaUnavailable when the broker does not acknowledge within `timeout` seconds.
     """
@@ -106,7 +109,7 @@ async def publish(
             producer.send(topic, payload, key=key.encode() if key else None, headers=kafka_headers()),
             timeout,
         )
-        await asyncio.wait_for(fut, timeout)
+        return await asyncio.wait_for(fut, timeout)
     except (TimeoutError, KafkaError) as exc:
         raise KafkaUnavailable(f"Kafka did not acknowledge a message to {topic}: {exc!r}") from exc
 
@@ -126,16 +129,9 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None, **over
 
 async def kafka_ping(settings: Settings) -> bool:
     """True when the broker answers a metadata request."""
-    from aiokafka.client import AIOKafkaClient
+    from libs.stream.produce import broker_answers
 
-    client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=2000)
-    try:
-        await asyncio.wait_for(client.bootstrap(), 3)
-        return True
-    except Exception:  # noqa: BLE001 - a ping answers yes or no
-        return False
-    finally:
-        await client.close()
+    return await broker_answers(settings.kafka_bootstrap_servers or "")
 
 
 # ---- what a consumer group has not done yet, and draining a member before it stops ---------------

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from libs.kafka import EVENTS_DLQ_TOPIC, EVENTS_TOPIC, ensure_topics, make_consumer
 from libs.runtime import Stack
 from libs.settings import Settings
+from libs.stream.produce import refresh_metadata
 from services.aggregator.consumer import EventConsumer, TooManyBadMessages
 from tests.conftest import eventually, register_app, signup_login
 
@@ -61,7 +62,7 @@ async def committed(settings: Settings, group: str, topic: str) -> dict[int, int
     try:
         partitions = reader.partitions_for_topic(topic) or set()
         if not partitions:
-            await reader._client.force_metadata_update()  # a fresh client knows no topics yet
+            await refresh_metadata(reader)  # a fresh client knows no topics yet
             partitions = reader.partitions_for_topic(topic) or set()
         offsets = {p: await reader.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
     finally:

@@ -419,13 +419,40 @@ async def test_anonymized_ips_keep_only_the_network_and_bots_can_be_dropped(
     assert event["ip"] == "198.51.100.0"
 
 
+async def copy_key_states(source: Settings, target: Settings, key: str) -> None:
+    """Publish the key's state from `source`'s key topic on `target`'s: a gateway knows keys only from
+    the key topic of its own broker."""
+    from libs.apikeys import hash_key
+    from libs.kafka import API_KEYS_TOPIC, ensure_topics, make_consumer, make_producer
+
+    reader = make_consumer(source, group_id=None)
+    await reader.start()
+    states: list[Any] = []
+    try:
+        reader.subscribe([API_KEYS_TOPIC])
+        while not states:
+            batch = await asyncio.wait_for(reader.getmany(timeout_ms=500), 10)
+            states += [m for ms in batch.values() for m in ms if orjson.loads(m.value)["key_hash"] == hash_key(key)]
+    finally:
+        await reader.stop()
+    await ensure_topics(target)
+    producer = make_producer(target)
+    await producer.start()
+    try:
+        for m in states:
+            await producer.send_and_wait(API_KEYS_TOPIC, m.value, key=m.key)
+    finally:
+        await producer.stop()
+
+
 async def test_kafka_down_gives_503_with_retry_after_in_under_a_second(
     engines: Settings, app_keys: dict, tmp_path: Any
 ) -> None:
     broker, bootstrap = start_kafka(tmp_path)  # from this thread: the broker dies with the thread that forked it
     try:
         settings = engines.model_copy(update={"kafka_bootstrap_servers": bootstrap})
-        async with gateway_alone(settings) as gw:  # keys come from the Postgres snapshot
+        await copy_key_states(engines, settings, app_keys["write_key"])  # as auth republishes them at start
+        async with gateway_alone(settings) as gw:
             ok = await gw.post("/api/analytics/collect", json={"event": "up"}, headers={"x-api-key": app_keys["write_key"]})
             assert ok.status_code == 202, ok.text
             broker.stop()
@@ -501,7 +528,7 @@ async def test_concurrent_requests_share_produce_batches_and_every_event_is_stor
 
 async def test_a_stalled_partition_refuses_new_events_at_once_past_its_backlog_bound(tmp_path: Any) -> None:
     from libs.kafka import EVENTS_TOPIC, ensure_topics, make_producer
-    from services.gateway.publisher import Backpressure, CoalescingPublisher
+    from libs.stream.produce import Backpressure, CoalescingPublisher
 
     broker, bootstrap = start_kafka(tmp_path)
     settings = Settings(kafka_bootstrap_servers=bootstrap)
@@ -531,7 +558,7 @@ async def test_a_batch_for_a_partition_without_a_leader_is_retried_until_its_dea
     engines: Settings,
 ) -> None:
     from libs.kafka import EVENTS_TOPIC, make_producer
-    from services.gateway.publisher import CoalescingPublisher
+    from libs.stream.produce import CoalescingPublisher
 
     producer = make_producer(engines)
     await producer.start()

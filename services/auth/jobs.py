@@ -5,11 +5,14 @@ and then."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from aiokafka.errors import KafkaError
 
 from libs.http import DependencyUnavailable
 from libs.kafka import KafkaUnavailable
@@ -20,6 +23,8 @@ from services.auth.keys import AppKeys
 from services.auth.store import POSTGRES_DOWN
 
 log = get_logger(__name__)
+
+KEY_TOPIC_CHECK_S = 10.0  # how often auth looks whether the key topic lost its messages
 
 
 class KeyJobs:
@@ -67,7 +72,17 @@ class KeyJobs:
         """Background job, now and every AUTH_EXPIRY_CHECK_INTERVAL_S seconds: `check_key_expiry`
         and `fold_key_usage`; and `republish_all_keys` every AUTH_KEY_SNAPSHOT_INTERVAL_S."""
         last_snapshot = time.monotonic()  # the start-up hook has just published one
+        last_checks = -math.inf
         while True:
+            # The key topic, every few seconds (one offsets request); the other checks every interval.
+            with contextlib.suppress(*POSTGRES_DOWN, asyncpg.PostgresError, DependencyUnavailable, KafkaUnavailable,
+                                     KafkaError, OSError):
+                await self.keys.republish_if_key_topic_emptied()
+            interval = self.keys.settings.auth_expiry_check_interval_s
+            if time.monotonic() - last_checks < interval:
+                await asyncio.sleep(min(KEY_TOPIC_CHECK_S, interval))
+                continue
+            last_checks = time.monotonic()
             checks: list[Callable[[], Awaitable[object]]] = [self.check_key_expiry, self.fold_key_usage]
             if time.monotonic() - last_snapshot >= self.keys.settings.auth_key_snapshot_interval_s:
                 last_snapshot = time.monotonic()
@@ -78,7 +93,6 @@ class KeyJobs:
                 except (*POSTGRES_DOWN, asyncpg.PostgresError, DependencyUnavailable, KafkaUnavailable) as exc:
                     # Postgres or Kafka down: nothing was marked, the next round tries again.
                     log.warning("api key check failed; will retry", check=check.__name__, error=repr(exc))
-            await asyncio.sleep(self.keys.settings.auth_expiry_check_interval_s)
 
 
     async def fold_key_usage(self) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, generate_key, hash_key, shown_prefix
+from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, KeyTopicWatch, generate_key, hash_key, shown_prefix
 from libs.http import ApiError
 from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
@@ -32,6 +32,10 @@ class IssuedKeys:
 
 class AppKeys(AuthStore):
     """An owner's apps and their keys (a secret key to read, a write key to send events)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.key_topic = KeyTopicWatch(self.settings)  # republish when the key topic lost what it held
 
     def _default_expiry(self) -> datetime | None:
         days = self.settings.api_key_ttl_days
@@ -163,6 +167,8 @@ class AppKeys(AuthStore):
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, KafkaUnavailable):
                 raise result
+            if not isinstance(result, BaseException):
+                self.key_topic.note(result)
         return [r for r, result in zip(records, results, strict=True) if isinstance(result, KafkaUnavailable)]
 
     async def republish_all_keys(self) -> int:
@@ -174,6 +180,15 @@ class AppKeys(AuthStore):
             if failed:
                 raise KafkaUnavailable(f"{len(failed)} key states not acknowledged by Kafka at start-up")
         return len(records)
+
+    async def republish_if_key_topic_emptied(self) -> int:
+        """Publish every key again when the key topic lost what it held (KeyTopicWatch): gateways and
+        query know keys only from it."""
+        if not await self.key_topic.emptied():
+            return 0
+        published = await self.republish_all_keys()
+        self.key_topic.republished()
+        return published
 
 
 def _uuid_or_404(value: str, what: str) -> uuid.UUID:

@@ -73,8 +73,8 @@ def build(runtime: Runtime) -> ServiceParts:
 SERVICE = ServiceSpec(
     name=NAME,
     port=8001,
-    needs=frozenset({"kafka", "postgres", "redis"}),
-    # Postgres only fills the key table at start and Redis down fails open: neither makes it unready.
+    # Keys reach it over the key topic only (libs/apikeys.py); Redis down fails open: not a readiness need.
+    needs=frozenset({"kafka", "redis"}),
     ready_needs=frozenset({"kafka"}),
     build=build,
     description="API-key checks, event validation and enrichment, publishing to Kafka",

@@ -24,8 +24,8 @@ from libs.limits import JsonLimitError, check_event
 from libs.logs import get_logger, kafka_headers
 from libs.metrics import TalliedCounter, labelled
 from libs.settings import Settings
+from libs.stream.produce import Backpressure, CoalescingPublisher
 from services.gateway import enrich
-from services.gateway.publisher import Backpressure, CoalescingPublisher
 from services.gateway.ratelimit import KeyRateLimiter
 from services.gateway.schemas import CollectEvent, MetricIn, NamedEvent
 

@@ -9,7 +9,9 @@
 * Temporary failures are retried with exponential backoff and jitter in their own task, so one slow
   mail does not hold up the others; permanent ones, and those past the retry budget, go to
   `notifications.email.dlq.v1` with the reason.
-* An offset is committed only once every message up to it is done (sent or dead-lettered).
+* An offset is committed only once every message up to it is done (sent or dead-lettered): the
+  stream skeleton's watermark (libs/stream), with at most MAX_IN_FLIGHT mails in flight before the
+  partitions are paused.
 * Stopping (`drain`): the mails queued up to the topic's end offsets at stop are sent first, bounded
   by `drain_timeout_s`; those still unsent then are counted and reported.
 """
@@ -20,22 +22,20 @@ import asyncio
 import contextlib
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from libs.kafka import EMAIL_DLQ_TOPIC, GroupMember, dumps, make_consumer
-from libs.logs import get_logger, kafka_headers, request_id_from_headers, request_id_var
+from libs.kafka import EMAIL_DLQ_TOPIC
+from libs.logs import get_logger
 from libs.notifications import EmailMessage
 from libs.settings import Settings
+from libs.stream import Concurrent, ConsumerSpec, DeadLetters, StreamConsumer, dead_letter_record
 from services.notifier.mailer import PermanentFailure, SmtpTarget, TemporaryFailure, render, send
 
 log = get_logger(__name__)
@@ -53,7 +53,10 @@ DUPLICATES = Counter("notifier_duplicates_skipped_total", "Redelivered emails no
 SEND_LATENCY = Histogram("notifier_send_seconds", "SMTP send latency")
 
 
-class EmailConsumer(GroupMember):
+class EmailConsumer(StreamConsumer):
+    """The notifier's consumer, declared on the stream skeleton (libs/stream): one task per message,
+    at most MAX_IN_FLIGHT before its partitions are paused; committed by watermark."""
+
     drain_labels = ("notifier", "queued mails", "sent")
 
     def __init__(
@@ -66,100 +69,28 @@ class EmailConsumer(GroupMember):
         topic: str | None = None,
     ) -> None:
         assert settings.smtp_url
-        super().__init__()
-        self.settings = settings
         self.target = SmtpTarget.from_settings(settings)
-        self.producer = producer
         self.redis = redis
         self.retry_budget_s = retry_budget_s if retry_budget_s is not None else settings.notifier_retry_budget_s
-        self.group_id = group_id or settings.notifier_group_id
-        self.topic = topic or settings.notifier_topic
-        # partition -> {offset: done?}; commit the longest done prefix
-        self.inflight: dict[int, dict[int, bool]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.started = asyncio.Event()  # set once the consumer has joined its group
-        self.running = True
-        self.consumer: Any = None
-
-    def stop(self) -> None:
-        """Ask `run()` to return: mails in flight are cancelled, what is done is committed."""
-        self.running = False
-
-    async def _run(self) -> None:
-        consumer = self.consumer = make_consumer(self.settings, group_id=self.group_id, max_poll_records=100)
-        consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
-        try:
-            await consumer.start()
-        except BaseException:  # cancelled while joining: still close the client
-            await consumer.stop()
-            raise
-        self.started.set()
-        log.info("notifier consuming", topic=self.topic, group=self.group_id,
-                 smtp=f"{self.target.host}:{self.target.port}")
-        try:
-            while self.running:
-                batch = await consumer.getmany(timeout_ms=200)
-                for tp, messages in batch.items():
-                    for message in messages:
-                        await self.slots.acquire()  # bounded in-flight work: backpressure on polling
-                        self.inflight.setdefault(tp.partition, {})[message.offset] = False
-                        task = asyncio.create_task(self._handle(message))
-                        self.tasks.add(task)
-                        task.add_done_callback(self.tasks.discard)
-                await self._commit(consumer)
-        finally:
-            for task in list(self.tasks):
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self._commit(consumer)
-            await consumer.stop()
-
-    async def _commit(self, consumer: Any, partitions: set[int] | None = None) -> None:
-        offsets = {}
-        for partition, states in self.inflight.items():
-            if partitions is not None and partition not in partitions:
-                continue
-            done_upto = None
-            for offset in sorted(states):
-                if not states[offset]:
-                    break
-                done_upto = offset
-            if done_upto is not None:
-                offsets[TopicPartition(self.topic, partition)] = done_upto + 1
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # A rebalance took the partition away: its new owner starts from the last commit and the
-            # sent-record keeps it from mailing twice.
-            log.warning("offset commit refused (rebalance); the next owner redelivers", error=repr(exc))
-            return
-        for tp, next_offset in offsets.items():
-            states = self.inflight.get(tp.partition, {})
-            for offset in [o for o in states if o < next_offset]:
-                del states[offset]
+        super().__init__(settings, ConsumerSpec(
+            topic=topic or settings.notifier_topic,
+            group_id=group_id or settings.notifier_group_id,
+            strategy=Concurrent(self._handle, MAX_IN_FLIGHT),
+            dead_letters=DeadLetters(producer, EMAIL_DLQ_TOPIC),
+            commit_interval_s=0,  # a mail is slow next to a commit: commit as soon as one is done
+            client_options={"max_poll_records": 100},
+        ))
 
     async def _handle(self, message: Any) -> None:
-        token = request_id_var.set(request_id_from_headers(message.headers))
         try:
-            try:
-                await self._deliver(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not stall the partition forever
-                log.error("email handling failed", error=repr(exc), exc_info=exc)
-                await self._dead_letter(message, None, f"unexpected error: {exc!r}", "error")
-            if self.settings.notifier_commit_delay_ms:
-                await asyncio.sleep(self.settings.notifier_commit_delay_ms / 1000)
-            states = self.inflight.get(message.partition)
-            if states is not None and message.offset in states:
-                states[message.offset] = True
-        finally:
-            request_id_var.reset(token)
-            self.slots.release()
+            await self._deliver(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not stall the partition forever
+            log.error("email handling failed", error=repr(exc), exc_info=exc)
+            await self._dead_letter(message, None, f"unexpected error: {exc!r}", "error")
+        if self.settings.notifier_commit_delay_ms:
+            await asyncio.sleep(self.settings.notifier_commit_delay_ms / 1000)
 
     async def _deliver(self, message: Any) -> None:
         try:
@@ -244,43 +175,12 @@ class EmailConsumer(GroupMember):
         log.error("could not record a sent email; a redelivery would send it again", message_id=message_id)
 
     async def _dead_letter(self, message: Any, email: EmailMessage | None, reason: str, kind: str) -> None:
-        try:
-            original: Any = orjson.loads(message.value)
-        except (orjson.JSONDecodeError, TypeError):
-            original = (message.value or b"").decode(errors="replace")
-        record = {
-            "reason": reason,
-            "message_id": email.message_id if email else (original.get("message_id") if isinstance(original, dict) else None),
-            "to": str(email.to) if email else None,
-            "template": email.template if email else None,
-            "original": original,
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "failed_at": datetime.now(UTC).isoformat(),
-        }
-        # The offset is committed only after this succeeds: keep trying while Kafka is away.
-        async for attempt in AsyncRetrying(wait=wait_random_exponential(multiplier=0.5, max=10), reraise=True):
-            with attempt:
-                await self.producer.send_and_wait(EMAIL_DLQ_TOPIC, dumps(record), key=message.key, headers=kafka_headers())
+        original = dead_letter_record(message, reason, None)["original"]
+        message_id = email.message_id if email else (original.get("message_id") if isinstance(original, dict) else None)
+        assert self.dead_letters is not None
+        await self.dead_letters.send(
+            message, reason, message_id=message_id, to=str(email.to) if email else None,
+            template=email.template if email else None,
+        )
         DEAD.labels(kind).inc()
-        log.error("email dead-lettered", reason=reason, message_id=record["message_id"])
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Commit what is done before partitions move; forget the state of partitions we lost."""
-
-    def __init__(self, owner: EmailConsumer, consumer: Any) -> None:
-        self.owner = owner
-        self.consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        lost = {tp.partition for tp in revoked}
-        with contextlib.suppress(Exception):
-            await self.owner._commit(self.consumer, lost)
-        for partition in lost:
-            self.owner.inflight.pop(partition, None)
-        self.owner.assigned.clear()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.owner.assigned.set()
+        log.error("email dead-lettered", reason=reason, message_id=message_id)

@@ -26,6 +26,10 @@ class BadMessages:
         self.bad_total = 0
         self.reported: set[str] = set()  # apps already reported as misbehaving
 
+    def fresh(self) -> BadMessages:
+        """A new counter with the same limits."""
+        return BadMessages(self.max_ratio, self.min_bad, self.min_apps, self.size)
+
     @staticmethod
     def app_of(key: bytes | None) -> str:
         return key.decode("utf-8", errors="replace")[:64] if key else NO_KEY

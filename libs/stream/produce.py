@@ -1,4 +1,14 @@
-"""Hand events to Kafka and tell each request when its events are acknowledged.
+"""The one module that touches aiokafka's protocol, record and client internals.
+
+aiokafka's public API does not offer what is here, so everything that needs its internals lives in
+this module and nowhere else: the coalescing produce path below (its `ProduceRequest`,
+`DefaultRecordBatchBuilder`, `murmur2` partitioner and the producer's client and cluster metadata),
+a forced metadata refresh for a consumer, and the broker ping. pyproject.toml bounds aiokafka to the
+versions this was tested with (`TESTED_AIOKAFKA`), and tests/stream/test_produce.py pins the
+behaviour against the real embedded broker; `check_aiokafka_version()` says what to do when the
+installed aiokafka is outside that range.
+
+Hand events to Kafka and tell each request when its events are acknowledged.
 
 Concurrent requests' events share record batches: an event is appended to the open batch of its
 partition (aiokafka's C record-batch builder, about a microsecond) and the request awaits that
@@ -14,8 +24,7 @@ several turns of the event loop (the sender task, a shield, the drain task), eac
 requests the acknowledgement just answered, so the broker sat idle for a good part of every round
 trip. Here, when a produce request is acknowledged, the next batch is handed to the broker first
 and the requests are answered after. One request in flight per partition (the default) makes the
-largest batches, which costs the least CPU per event (`make bench`: 0.51 of the bare endpoint's
-requests/s against 0.49 with two in flight).
+largest batches, which costs the least CPU per event (measured with `make bench`).
 
 Promises:
 * a request's futures resolve only after the broker acknowledged (acks=all) every batch holding one
@@ -37,7 +46,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+import aiokafka
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.produce import ProduceRequest
@@ -47,6 +58,39 @@ from prometheus_client import Histogram
 from libs.logs import get_logger
 
 log = get_logger(__name__)
+
+# The aiokafka releases this module was tested with: keep in step with pyproject.toml's bound.
+TESTED_AIOKAFKA = ((0, 14), (0, 15))  # from (inclusive), to (exclusive)
+
+
+def check_aiokafka_version(version: str = aiokafka.__version__) -> None:
+    """Raise with what to do when the installed aiokafka is outside the tested range."""
+    installed = tuple(int(part) for part in version.split(".")[:2])
+    low, high = TESTED_AIOKAFKA
+    if not low <= installed < high:
+        raise RuntimeError(
+            f"aiokafka {version} is installed, but libs/stream/produce.py uses its internals and was tested "
+            f"with {'.'.join(map(str, low))} <= aiokafka < {'.'.join(map(str, high))}: install a version in "
+            "that range, or run tests/stream/test_produce.py against the new one and widen the range "
+            "(TESTED_AIOKAFKA and pyproject.toml)."
+        )
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Ask the broker for fresh topic metadata now (a consumer that has not seen a new topic yet)."""
+    await consumer._client.force_metadata_update()
+
+
+async def broker_answers(bootstrap_servers: str, timeout: float = 3) -> bool:
+    """True when the broker answers a metadata request."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000 * 2 / 3))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        return True
+    except Exception:  # noqa: BLE001 - a ping answers yes or no
+        return False
+    finally:
+        await client.close()
 
 BATCH_EVENTS = Histogram(
     "gateway_produce_batch_events", "Events per record batch handed to Kafka",

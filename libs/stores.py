@@ -13,7 +13,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from libs.redisguard import GuardedRedis, guard_for
 from libs.settings import Settings
 
-_CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# What a refusing or unreachable Postgres raises (a statement timed out, a closed pool or connection).
+PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 async def create_pg_pool(
@@ -27,7 +28,7 @@ async def create_pg_pool(
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(timeout),
         wait=wait_exponential(multiplier=0.2, max=3),
-        retry=retry_if_exception_type(_CONNECT_ERRORS),
+        retry=retry_if_exception_type(PG_ERRORS),
         reraise=True,
     ):
         with attempt:

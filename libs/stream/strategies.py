@@ -177,7 +177,7 @@ class Batches(Strategy, Generic[A]):
                 self.offsets.finish(batch.span)
             self.member.commit_now = True
             if self.refusing:
-                log.info("the step's dependency accepts work again; partitions resumed")
+                log.info("the step's dependency accepts work again; partitions resumed", topic=self.member.topic)
             self.refusing = False
             self.retry_delay = 0.2
             self.retry_at = 0.0
@@ -187,7 +187,8 @@ class Batches(Strategy, Generic[A]):
             raise exc
         self.failed = batches + self.failed
         if not self.refusing:  # log once per outage, not per retry
-            log.error("the step was refused; partitions paused until it goes in", error=str(exc)[:300])
+            log.error("the step was refused; partitions paused until it goes in", topic=self.member.topic,
+                      error=str(exc)[:300])
         self.refusing = True
         self.retry_at = time.monotonic() + self.retry_delay
         self.retry_delay = min(self.retry_delay * 2, 10.0)

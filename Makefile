@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint lock clean
+.PHONY: setup run test bench lint typecheck lock clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ bench: setup
 
 lint: setup
 	$(BIN)/python -m ruff check libs services tests
+
+# Static types of libs/ and services/ ([tool.mypy] in pyproject.toml).
+typecheck: setup
+	$(BIN)/python -m mypy
 
 # Re-resolve the pinned versions after changing dependencies in pyproject.toml.
 lock:

@@ -8,13 +8,13 @@ header carries the id of the HTTP request that brought the event in. Fields may 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.limits import APP_ID_CHARS, ID_CHARS, NAME_CHARS, EventTime, FiniteFloat, StoredProperties
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 EventType = Literal["track", "page", "screen", "identify", "group", "alias", "metric"]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
@@ -84,9 +86,12 @@ class RateLimiter:
         count. `limits` has no call for it: its moving window is a Redis list of hit times, newest
         first, so the newest is removed (any one frees the same room, the newest the latest)."""
         item = parse(limit) if isinstance(limit, str) else limit
-        bridge = self._storage.bridge
+        # The storage's redis-py bridge (implementation="redispy" above), whose connection is a redis.asyncio
+        # client: limits types both more narrowly.
+        bridge = cast(RedispyBridge, self._storage.bridge)
         try:
-            await bridge.get_connection().lpop(bridge.prefixed_key(item.key_for(*identifiers)))
+            connection = cast(aioredis.Redis, bridge.get_connection())
+            await connection.lpop(bridge.prefixed_key(item.key_for(*identifiers)))
         except Exception as exc:  # noqa: BLE001 - best effort, as the limit itself fails open
             log.warning("rate limit refund failed", error=repr(exc))
 

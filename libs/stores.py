@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import asyncpg
 import redis.asyncio as aioredis
+from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from libs.redisguard import GuardedRedis, guard_for
 from libs.settings import Settings
+
+# A Postgres connection: one of its own (asyncpg.connect), or one lent by a pool (a proxy to it).
+PgConnection = asyncpg.Connection | PoolConnectionProxy
 
 # What a refusing or unreachable Postgres raises (a statement timed out, a closed pool or connection).
 PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -52,7 +57,8 @@ def create_redis(settings: Settings) -> aioredis.Redis:
     (libs.redisguard: a time budget per request, a circuit breaker), so callers fail open (or refuse)
     within milliseconds when Redis is down or hung."""
     assert settings.redis_url, "REDIS_URL is not set and no embedded Redis was started"
-    client = GuardedRedis.from_url(
+    # redis-py types from_url as returning Redis, not the subclass it is called on.
+    client = cast(GuardedRedis, GuardedRedis.from_url(
         settings.redis_url,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
@@ -60,7 +66,7 @@ def create_redis(settings: Settings) -> aioredis.Redis:
         # One immediate retry: a pooled connection that died with a restarted Redis is replaced at
         # once. More retries (redis-py's default is 10, with backoff) would only spend the budget.
         retry=Retry(NoBackoff(), 1),
-    )
+    ))
     client.guard = guard_for(settings.redis_url)
     return client
 

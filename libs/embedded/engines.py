@@ -78,7 +78,8 @@ def start_redis(data_dir: Path) -> tuple[ManagedProcess, str]:
 
 
 def start_postgres(data_dir: Path) -> tuple[ManagedProcess, str]:
-    from pgserver._commands import POSTGRES_BIN_PATH, initdb
+    # initdb is made at import time (one function per Postgres binary), which mypy cannot see.
+    from pgserver._commands import POSTGRES_BIN_PATH, initdb  # type: ignore[attr-defined]
 
     pgdata = data_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)

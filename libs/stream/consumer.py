@@ -110,7 +110,7 @@ class ConsumerSpec:
     on_polled: Callable[[], Awaitable[None]] | None = None  # after each loop turn (the key table's progress)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, owner: StreamConsumer) -> None:
         self.owner = owner
 

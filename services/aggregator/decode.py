@@ -69,5 +69,5 @@ def _decode(raw: bytes | None) -> tuple[str, bytes, str, float]:
     # plus the properties' JSON text for the properties_json column (the JSON column drops nulls).
     row_json = event.__pydantic_serializer__.to_json(event)
     exact = orjson.dumps(orjson.dumps(event.properties).decode())
-    row = b"".join((row_json[:-1], b',"properties_json":', exact, b"}"))
-    return "events", row, event.app_id, _epoch(event.timestamp)
+    line = b"".join((row_json[:-1], b',"properties_json":', exact, b"}"))
+    return "events", line, event.app_id, _epoch(event.timestamp)

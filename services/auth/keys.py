@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, KeyTopicWatch, 
 from libs.http import ApiError
 from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
+from libs.stores import PgConnection
 from services.auth import repository as repo
 from services.auth.store import AuthStore
 
@@ -52,7 +54,7 @@ class AppKeys(AuthStore):
         await self._email_owner(owner_id, "api_key_created", {"app_name": name, "keys": _key_summaries(issued.records)})
         return app, issued
 
-    async def _issue_keys(self, conn: asyncpg.Connection, app_id: uuid.UUID, expires_at: datetime | None) -> IssuedKeys:
+    async def _issue_keys(self, conn: PgConnection, app_id: uuid.UUID, expires_at: datetime | None) -> IssuedKeys:
         made: dict[KeyKind, str] = {"secret": generate_key("secret"), "write": generate_key("write")}
         records = [
             await repo.insert_key(conn, app_id, kind, shown_prefix(key), hash_key(key), expires_at)
@@ -89,6 +91,7 @@ class AppKeys(AuthStore):
 
     async def recent_key_usage(self, key_ids: list[str] | None = None) -> dict[uuid.UUID, datetime]:
         """Last uses the gateways wrote to Redis (all, or these keys); empty when Redis is down."""
+        raw: Mapping[bytes | str, bytes | str | None]  # hmget answers None for a key never used
         try:
             if key_ids is None:
                 raw = await self.redis.hgetall(KEY_LAST_USED_HASH)

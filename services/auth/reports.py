@@ -93,8 +93,11 @@ async def subscribe(svc: "AuthService", user_id: str, body: ReportIn) -> asyncpg
             raise ApiError(409, f"you already get a {body.frequency} report of this app") from exc
         assert row is not None
         state = await conn.fetchrow(f"{_STATE} WHERE s.id = $1", row["id"])
+        assert state is not None  # the row inserted above, in this transaction
         await publish(svc.producer, REPORT_SUBSCRIPTIONS_TOPIC, subscription_state(state), key=str(row["id"]))
-        return await conn.fetchrow(f"{_SELECT} WHERE s.id = $1", row["id"])  # type: ignore[no-any-return]
+        created = await conn.fetchrow(f"{_SELECT} WHERE s.id = $1", row["id"])
+        assert created is not None
+        return created
 
 
 async def list_for(svc: "AuthService", user_id: str, app_id: str | None) -> list[asyncpg.Record]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from libs.apikeys import KeyRecord
+from libs.stores import PgConnection
 
 # Background jobs' bulk statements: longer than the auth pool's per-statement default (request path).
 BULK_TIMEOUT_S = 60
@@ -18,15 +19,17 @@ def version_now() -> int:
     return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
-async def insert_user(conn: asyncpg.Connection, username: str, email: str, password_hash: str) -> asyncpg.Record:
-    return await conn.fetchrow(
+async def insert_user(conn: PgConnection, username: str, email: str, password_hash: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
         "INSERT INTO users(username, email, password_hash) VALUES($1, $2, $3) "
         "RETURNING id, username, email, created_at",
         username, email, password_hash,
     )
+    assert row is not None  # INSERT ... RETURNING answers the row it inserted
+    return row
 
 
-async def user_by_login(conn: asyncpg.Connection, login: str) -> asyncpg.Record | None:
+async def user_by_login(conn: PgConnection, login: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT id, username, email, password_hash FROM users WHERE lower(username)=lower($1) OR lower(email)=lower($1) "
         "LIMIT 1",
@@ -34,11 +37,11 @@ async def user_by_login(conn: asyncpg.Connection, login: str) -> asyncpg.Record 
     )
 
 
-async def user_by_id(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
+async def user_by_id(conn: PgConnection, user_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT id, username, email, created_at FROM users WHERE id=$1", uuid.UUID(user_id))
 
 
-async def taken(conn: asyncpg.Connection, username: str, email: str) -> list[str]:
+async def taken(conn: PgConnection, username: str, email: str) -> list[str]:
     rows = await conn.fetch(
         "SELECT lower(username)=lower($1) AS u, lower(email)=lower($2) AS e FROM users "
         "WHERE lower(username)=lower($1) OR lower(email)=lower($2)",
@@ -53,7 +56,7 @@ async def taken(conn: asyncpg.Connection, username: str, email: str) -> list[str
 
 
 async def insert_refresh(
-    conn: asyncpg.Connection, jti: str, family: str, user_id: str, expires_at: datetime
+    conn: PgConnection, jti: str, family: str, user_id: str, expires_at: datetime
 ) -> None:
     await conn.execute(
         "INSERT INTO refresh_tokens(jti, family_id, user_id, expires_at) VALUES($1, $2, $3, $4)",
@@ -61,7 +64,7 @@ async def insert_refresh(
     )
 
 
-async def spend_refresh(conn: asyncpg.Connection, jti: str) -> asyncpg.Record | None:
+async def spend_refresh(conn: PgConnection, jti: str) -> asyncpg.Record | None:
     """Mark a refresh token used; returns its row as it was before (None if unknown).
 
     Call inside a transaction: the row lock makes two concurrent uses of one token see each other.
@@ -75,24 +78,26 @@ async def spend_refresh(conn: asyncpg.Connection, jti: str) -> asyncpg.Record | 
     return row
 
 
-async def revoke_family(conn: asyncpg.Connection, family: str) -> None:
+async def revoke_family(conn: PgConnection, family: str) -> None:
     await conn.execute(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", uuid.UUID(family)
     )
 
 
-async def insert_app(conn: asyncpg.Connection, owner_id: str, name: str, domain: str | None) -> asyncpg.Record:
-    return await conn.fetchrow(
+async def insert_app(conn: PgConnection, owner_id: str, name: str, domain: str | None) -> asyncpg.Record:
+    row = await conn.fetchrow(
         "INSERT INTO apps(owner_id, name, domain) VALUES($1, $2, $3) RETURNING id, name, domain, created_at",
         uuid.UUID(owner_id), name, domain,
     )
+    assert row is not None  # INSERT ... RETURNING answers the row it inserted
+    return row
 
 
-async def app_by_id(conn: asyncpg.Connection, app_id: uuid.UUID) -> asyncpg.Record | None:
+async def app_by_id(conn: PgConnection, app_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT id, owner_id, name, domain, created_at FROM apps WHERE id=$1", app_id)
 
 
-async def apps_of(conn: asyncpg.Connection, owner_id: str) -> list[asyncpg.Record]:
+async def apps_of(conn: PgConnection, owner_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, name, domain, created_at FROM apps WHERE owner_id=$1 ORDER BY created_at", uuid.UUID(owner_id)
     )
@@ -103,7 +108,7 @@ KEY_COLUMNS = """k.id, k.app_id, a.owner_id, k.kind, k.key_hash, k.prefix, k.cre
 
 
 async def insert_key(
-    conn: asyncpg.Connection, app_id: uuid.UUID, kind: str, prefix: str, key_hash: str, expires_at: datetime | None
+    conn: PgConnection, app_id: uuid.UUID, kind: str, prefix: str, key_hash: str, expires_at: datetime | None
 ) -> KeyRecord:
     row = await conn.fetchrow(
         f"""WITH k AS (
@@ -112,10 +117,11 @@ async def insert_key(
             SELECT {KEY_COLUMNS} FROM k JOIN apps a ON a.id = k.app_id""",
         app_id, kind, prefix, key_hash, expires_at, version_now(),
     )
+    assert row is not None  # INSERT ... RETURNING answers the row it inserted
     return KeyRecord.from_row(row)
 
 
-async def keys_of_app(conn: asyncpg.Connection, app_id: uuid.UUID) -> list[asyncpg.Record]:
+async def keys_of_app(conn: PgConnection, app_id: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id WHERE k.app_id=$1 "
         "ORDER BY k.created_at, k.kind",
@@ -123,13 +129,13 @@ async def keys_of_app(conn: asyncpg.Connection, app_id: uuid.UUID) -> list[async
     )
 
 
-async def key_by_id(conn: asyncpg.Connection, key_id: uuid.UUID) -> asyncpg.Record | None:
+async def key_by_id(conn: PgConnection, key_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id WHERE k.id=$1", key_id
     )
 
 
-async def revoke_keys(conn: asyncpg.Connection, key_ids: list[uuid.UUID]) -> list[KeyRecord]:
+async def revoke_keys(conn: PgConnection, key_ids: list[uuid.UUID]) -> list[KeyRecord]:
     """Revoke the keys not yet revoked; returns their new state."""
     rows = await conn.fetch(
         f"""WITH k AS (
@@ -141,12 +147,12 @@ async def revoke_keys(conn: asyncpg.Connection, key_ids: list[uuid.UUID]) -> lis
     return [KeyRecord.from_row(r) for r in rows]
 
 
-async def all_keys(conn: asyncpg.Connection) -> list[KeyRecord]:
+async def all_keys(conn: PgConnection) -> list[KeyRecord]:
     rows = await conn.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN apps a ON a.id = k.app_id", timeout=BULK_TIMEOUT_S)
     return [KeyRecord.from_row(r) for r in rows]
 
 
-async def claim_expiring(conn: asyncpg.Connection, within_s: float) -> list[asyncpg.Record]:
+async def claim_expiring(conn: PgConnection, within_s: float) -> list[asyncpg.Record]:
     """Mark usable keys that expire within `within_s` seconds and were not warned about yet.
 
     Returns them with their app's name and owner. The UPDATE claims each key once, even with
@@ -163,7 +169,7 @@ async def claim_expiring(conn: asyncpg.Connection, within_s: float) -> list[asyn
     )
 
 
-async def claim_expired(conn: asyncpg.Connection) -> list[KeyRecord]:
+async def claim_expired(conn: PgConnection) -> list[KeyRecord]:
     """Mark keys whose expiry has passed (not revoked, not announced yet); returns their new state."""
     rows = await conn.fetch(
         f"""WITH k AS (
@@ -177,7 +183,7 @@ async def claim_expired(conn: asyncpg.Connection) -> list[KeyRecord]:
     return [KeyRecord.from_row(r) for r in rows]
 
 
-async def fold_key_usage(conn: asyncpg.Connection, used: dict[uuid.UUID, datetime]) -> None:
+async def fold_key_usage(conn: PgConnection, used: dict[uuid.UUID, datetime]) -> None:
     """Keep the newer of each key's stored last use and `used`."""
     await conn.execute(
         """UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.at)

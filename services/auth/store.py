@@ -17,6 +17,7 @@ from libs.logs import get_logger
 from libs.notifications import EmailMessage, queue_email
 from libs.ratelimit import RateLimiter
 from libs.settings import Settings
+from libs.stores import PgConnection
 from services.auth import repository as repo
 
 log = get_logger(__name__)
@@ -53,7 +54,7 @@ class AuthStore:
         self.limiter = limiter
 
     @contextlib.asynccontextmanager
-    async def db(self) -> AsyncIterator[asyncpg.Connection]:
+    async def db(self) -> AsyncIterator[PgConnection]:
         """A pooled connection; Postgres being down, hung or unreachable becomes a 503 with Retry-After.
 
         A connection that timed out or broke is dropped rather than returned to the pool: resetting
@@ -74,7 +75,7 @@ class AuthStore:
             user = await repo.user_by_id(conn, user_id)
         if user is not None:
             data = {"username": user["username"], **data}
-            await self._email_quietly(EmailMessage(to=user["email"], template=template, data=data))  # type: ignore[arg-type]
+            await self._email_quietly(EmailMessage(to=user["email"], template=template, data=data))
 
     async def _email_quietly(self, message: EmailMessage) -> None:
         """Emails are side effects: a broker hiccup must not fail the signup or key change."""

@@ -146,38 +146,39 @@ _META_FIELDS = frozenset({"browser", "os", "screenSize"})
 
 def from_collect(ev: CollectEvent, facts: RequestFacts) -> dict[str, Any]:
     """A `/api/analytics/collect` event (validated into a dict, see schemas.CollectEvent), enriched."""
-    get = ev.get
-    out = facts.base(get("event_id"))
-    meta = get("metadata") or {}
-    props = dict(ev["properties"]) if get("properties") else {}
+    out = facts.base(ev.get("event_id"))
+    meta = ev.get("metadata") or {}
+    properties = ev.get("properties")
+    props = dict(properties) if properties else {}
     if meta.keys() - _META_FIELDS:  # what the client adds beside browser, os and screenSize
         props.update({k: v for k, v in meta.items() if k not in _META_FIELDS and v is not None})
-    url = get("url")
+    url = ev.get("url")
     if url:
         out.update(enrich.url_facts(url))
     name = ev["event"]
     out["type"] = "page" if name in ("pageview", "page_view", "page") else "track"
     out["event_name"] = name
     out["source"] = "collect"
-    out["user_id"] = get("userId") or ""
-    out["session_id"] = get("sessionId") or ""
+    out["user_id"] = ev.get("userId") or ""
+    out["session_id"] = ev.get("sessionId") or ""
     out["url"] = url or ""
-    referrer = get("referrer")
+    referrer = ev.get("referrer")
     out["referrer"] = referrer or ""
     out["referrer_host"] = enrich.referrer_host(referrer)
     out["screen_size"] = meta.get("screenSize") or ""
     out["properties"] = props
     # What the client says about itself wins over what its User-Agent suggests.
-    device = get("device")
+    device = ev.get("device")
     if device:
         out["device_type"] = device.lower()
     if meta.get("browser"):
         out["browser"] = meta["browser"]
     if meta.get("os"):
         out["os"] = meta["os"]
-    if get("ipAddress"):
-        out["ip"] = ev["ipAddress"]
-    out["timestamp"] = enrich.event_time(get("timestamp"), out["received_at"], out["flags"])
+    ip = ev.get("ipAddress")
+    if ip:
+        out["ip"] = ip
+    out["timestamp"] = enrich.event_time(ev.get("timestamp"), out["received_at"], out["flags"])
     return out
 
 

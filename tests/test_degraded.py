@@ -54,7 +54,7 @@ async def hung_site(client: httpx.AsyncClient) -> dict[str, Any]:
 
 @pytest.fixture
 async def query_on_own_redis(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, int, str]]:
-    """A query service whose Redis is a real redis-server of its own (so the test may stop it):
+    """A query service whose Redis is a real valkey-server of its own (so the test may stop it):
     (client, the server's pid, its name in metrics)."""
     from services.query import SERVICE
 
@@ -278,14 +278,14 @@ def test_killed_engines_are_restarted_and_the_services_recover(tmp_path: Path) -
         _wait(stored, 30, "the event sent after the restart was not stored")
         assert not psutil.pid_exists(tansu.pid), "the killed Tansu was not reaped"
 
-        _child(proc, "redis-server").kill()
-        _wait(lambda: http.get("/readyz").status_code == 200, 20, "not ready again after redis-server was killed")
+        _child(proc, "valkey-server").kill()
+        _wait(lambda: http.get("/readyz").status_code == 200, 20, "not ready again after valkey-server was killed")
 
         def cached() -> bool:
             http.get("/api/analytics/event-summary", params={"event": "page_view"}, headers=key)
             return http.get("/api/analytics/event-summary", params={"event": "page_view"}, headers=key).headers["x-cache"] == "HIT"
 
-        _wait(cached, 20, "the query cache was not used again after redis-server was restarted")
+        _wait(cached, 20, "the query cache was not used again after valkey-server was restarted")
 
         postmaster = next(c for c in descendants(proc.pid) if c.name() == "postgres" and c.ppid() == proc.pid)
         postmaster.kill()

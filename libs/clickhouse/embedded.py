@@ -33,6 +33,9 @@ class ChdbClickHouse:
     _guard = threading.Lock()
 
     def __init__(self, path: Path, database: str = "analytics") -> None:
+        from libs.embedded.errors import require_engines
+
+        require_engines(["clickhouse"])  # chDB comes with the `embedded` extra
         from chdb import session
 
         path.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """Start a real local engine for every backing service whose URL is not set.
 
 `EmbeddedStack.start(settings, roles)` returns settings with the URLs filled in, so the services
-use the same clients and code paths as in production.
+use the same clients and code paths as in production. The engines come from the `embedded` extra;
+this module imports them only when one is started, so a production install (runtime dependencies
+only, every URL set) imports it too, and a missing extra is reported as `EngineNotInstalled`.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from libs.embedded.engines import start_kafka, start_postgres, start_redis
-from libs.embedded.procs import DataDirBusy, ManagedProcess, OwnerLock, reap_stale
-from libs.embedded.smtp_sink import SmtpSink
-from libs.embedded.supervisor import Supervisor
+from libs.embedded.errors import DataDirBusy, EmbeddedError, EngineNotInstalled, require_engines
 from libs.logs import get_logger
 from libs.settings import Settings
+
+if TYPE_CHECKING:
+    from libs.embedded.procs import ManagedProcess, OwnerLock
+    from libs.embedded.smtp_sink import SmtpSink
+    from libs.embedded.supervisor import Supervisor
 
 log = get_logger(__name__)
 
@@ -34,7 +38,7 @@ ROLE_ENV: dict[Role, str] = {
     "smtp": "SMTP_URL",
 }
 
-__all__ = ["ROLE_ENV", "ROLE_SETTING", "DataDirBusy", "EmbeddedStack", "Role"]
+__all__ = ["ROLE_ENV", "ROLE_SETTING", "DataDirBusy", "EmbeddedError", "EmbeddedStack", "EngineNotInstalled", "Role"]
 
 
 @dataclass
@@ -48,11 +52,15 @@ class EmbeddedStack:
 
     @classmethod
     def start(cls, settings: Settings, roles: Iterable[Role]) -> EmbeddedStack:
-        """Start engines for the `roles` whose URL is unset. Raises DataDirBusy or RuntimeError."""
+        """Start engines for the `roles` whose URL is unset. Raises EngineNotInstalled (the `embedded`
+        extra is missing), DataDirBusy or RuntimeError."""
         stack = cls(settings)
         missing = [r for r in dict.fromkeys(roles) if not getattr(settings, ROLE_SETTING[r])]
         if not missing:
             return stack
+        require_engines(missing)
+        from libs.embedded.procs import OwnerLock, reap_stale
+
         data_dir = settings.data_dir
         run_dir = data_dir / "run"
         stack._lock = OwnerLock(run_dir)
@@ -70,10 +78,14 @@ class EmbeddedStack:
     def _start_role(self, role: Role) -> None:
         data_dir = self.settings.data_dir
         if role == "smtp":
+            from libs.embedded.smtp_sink import SmtpSink
+
             self._smtp = SmtpSink(data_dir)
             self._smtp.start()
             url = self._smtp.url
         else:
+            from libs.embedded.engines import start_kafka, start_postgres, start_redis
+
             starter = {"kafka": start_kafka, "postgres": start_postgres, "redis": start_redis}[role]
             proc, url = starter(data_dir)
             self._procs.append(proc)
@@ -86,6 +98,7 @@ class EmbeddedStack:
         created again."""
         if not self._procs or self._supervisor is not None:
             return
+        from libs.embedded.supervisor import Supervisor
         from libs.kafka import ensure_topics
 
         settings = self.settings

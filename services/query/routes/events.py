@@ -3,10 +3,11 @@ active users, one event."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Depends, Query
 from fastapi.responses import Response
 
 from libs.dataversions import reaches_now
@@ -55,47 +56,47 @@ async def user_stats(
     return await cached(ctx, app_id, "user-stats", {"user": userId, "recent": recent}, True, compute)
 
 
-def _filtered(
-    app_id: str, event_name: str | None, user_id: str | None, start_date: str | None, end_date: str | None
-) -> tuple[q.Where, datetime]:
+@dataclass(frozen=True)
+class EventFilter:
     """The events of a name and a user (either optional) in a date range, and the range's end."""
+
+    where: q.Where
+    end: datetime
+    cache_params: dict[str, str | None]
+
+
+def event_filter(
+    app_id: App,
+    event_name: Annotated[str | None, Query(max_length=200)] = None,
+    user_id: Annotated[str | None, Query(max_length=200)] = None,
+    start_date: Annotated[str | None, Query()] = None,
+    end_date: Annotated[str | None, Query()] = None,
+) -> EventFilter:
     start, end = date_range(start_date, end_date, "start_date", "end_date")
     where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals("user_id", "user_id", user_id)
-    return where, end
+    return EventFilter(where, end, {"e": event_name, "u": user_id, "start": start_date, "end": end_date})
+
+
+Filtered = Annotated[EventFilter, Depends(event_filter)]
 
 
 @router.get("/events", summary="Events, newest first, filtered and paginated")
 async def list_events(
     ctx: QueryCtx,
-    app_id: App,
-    event_name: Annotated[str | None, Query(max_length=200)] = None,
-    user_id: Annotated[str | None, Query(max_length=200)] = None,
-    start_date: Annotated[str | None, Query()] = None,
-    end_date: Annotated[str | None, Query()] = None,
+    events: Filtered,
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"at most {MAX_PAGE_SIZE}")] = 50,
 ) -> Response:
-    where, _ = _filtered(app_id, event_name, user_id, start_date, end_date)
-    rows, total = await q.list_events(ctx.clickhouse, where, limit, (page - 1) * limit)
+    rows, total = await q.list_events(ctx.clickhouse, events.where, limit, (page - 1) * limit)
     return json_response({"events": rows, "page": page, "limit": limit, "total": total})
 
 
 @router.get("/events/count", summary="Number of events matching the filters")
-async def events_count(
-    ctx: QueryCtx,
-    app_id: App,
-    event_name: Annotated[str | None, Query(max_length=200)] = None,
-    user_id: Annotated[str | None, Query(max_length=200)] = None,
-    start_date: Annotated[str | None, Query()] = None,
-    end_date: Annotated[str | None, Query()] = None,
-) -> Response:
-    where, end = _filtered(app_id, event_name, user_id, start_date, end_date)
-
+async def events_count(ctx: QueryCtx, events: Filtered) -> Response:
     async def compute() -> dict[str, Any]:
-        return {"count": await q.count(ctx.clickhouse, where)}
+        return {"count": await q.count(ctx.clickhouse, events.where)}
 
-    params = {"e": event_name, "u": user_id, "start": start_date, "end": end_date}
-    return await cached(ctx, app_id, "events-count", params, reaches_now(end), compute)
+    return await cached(ctx, events.where.app_id, "events-count", events.cache_params, reaches_now(events.end), compute)
 
 
 async def _series(ctx: QueryContext, app_id: str, interval: str, days: int, tz: str, event_name: str | None) -> Response:

@@ -56,6 +56,7 @@ from libs.kafka import API_KEYS_TOPIC, end_offsets, group_reader, topic_partitio
 from libs.logs import get_logger
 from libs.settings import Settings
 from libs.stream import Apply, ConsumerSpec, StreamConsumer
+from libs.stream.produce import stop_consumer
 
 log = get_logger(__name__)
 
@@ -324,7 +325,7 @@ class KeyTableSync:
                 await member.step()
             await self._note_applied()
         except BaseException:
-            await member.consumer.stop()  # type: ignore[union-attr]
+            await stop_consumer(member.consumer)
             raise
         self.table.ready.set()
         log.info("api key table loaded", keys=len(self.table))

@@ -145,7 +145,9 @@ async def group_reader(settings: Settings, group: str) -> AsyncIterator[AIOKafka
     try:
         yield reader
     finally:
-        await reader.stop()
+        from libs.stream.produce import stop_consumer
+
+        await stop_consumer(reader)
 
 
 async def topic_partitions(reader: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

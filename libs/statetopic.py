@@ -7,7 +7,8 @@ consumer:
   returned, never before. A record applied twice (a crash between applying and committing) is
   harmless: applying a state is an upsert or a delete.
 * a batch the database refuses (`retry_on`, by default what a down, locked-past-its-statement-timeout
-  or closed Postgres raises) is retried with exactly the same states, with backoff up to 10 s, while
+  or closed Postgres raises, and `DependencyUnavailable`, what a pool whose connections are all busy
+  past its acquire timeout raises) is retried with exactly the same states, with backoff up to 10 s, while
   the partitions are paused (polling goes on, so the group membership is kept) and nothing later is
   read or committed. Any other error (a bug, a state `apply` cannot use) ends the follower with it;
   the service stack restarts its background tasks, and the follower goes on from the last commit.
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 
+from libs.http import DependencyUnavailable
 from libs.logs import get_logger
 from libs.settings import Settings
 from libs.stores import PG_ERRORS
@@ -37,6 +39,7 @@ from libs.stream import Batches, ConsumerSpec, StreamConsumer
 log = get_logger(__name__)
 
 BATCH = 500
+RETRY_ON: tuple[type[BaseException], ...] = (*PG_ERRORS, DependencyUnavailable)
 
 State = tuple[str, dict[str, Any] | None]
 Apply = Callable[[Sequence[State]], Awaitable[None]]
@@ -60,7 +63,7 @@ class StateFollower(StreamConsumer):
 
     def __init__(
         self, settings: Settings, topic: str, group_id: str, apply: Apply,
-        retry_on: tuple[type[BaseException], ...] = PG_ERRORS,
+        retry_on: tuple[type[BaseException], ...] = RETRY_ON,
     ) -> None:
         self.apply = apply
         super().__init__(settings, ConsumerSpec(
@@ -93,7 +96,7 @@ class StateFollower(StreamConsumer):
 
 async def follow_state_topic(
     settings: Settings, topic: str, group_id: str, apply: Apply,
-    retry_on: tuple[type[BaseException], ...] = PG_ERRORS,
+    retry_on: tuple[type[BaseException], ...] = RETRY_ON,
 ) -> None:
     """Until cancelled: hand every batch of (key, state) read from `topic` to `apply`, then commit it;
     a batch refused with one of `retry_on` is retried until it goes in. A new group starts at the

@@ -46,7 +46,7 @@ from libs.logs import get_logger
 from libs.settings import Settings
 from libs.stream.deadletter import DeadLetters
 from libs.stream.offsets import Watermarks
-from libs.stream.produce import refresh_metadata
+from libs.stream.produce import refresh_metadata, stop_consumer
 
 log = get_logger(__name__)
 
@@ -170,7 +170,7 @@ class StreamConsumer(GroupMember):
                 await consumer.seek_to_beginning(*tps)
                 self.assigned.set()
         except BaseException:  # cancelled while joining, or no topic: still close the client
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         self._started = True
         self.started.set()
@@ -269,7 +269,7 @@ class StreamConsumer(GroupMember):
         finally:
             with contextlib.suppress(Exception):
                 await self.commit(force=True)
-            await self.consumer.stop()
+            await stop_consumer(self.consumer)
             self._started = False
             log.info("consumer stopped; offsets committed", topic=self.topic, group=self.spec.group_id)
 

@@ -3,7 +3,8 @@
 aiokafka's public API does not offer what is here, so everything that needs its internals lives in
 this module and nowhere else: the coalescing produce path below (its `ProduceRequest`,
 `DefaultRecordBatchBuilder`, `murmur2` partitioner and the producer's client and cluster metadata),
-a forced metadata refresh for a consumer, and the broker ping. pyproject.toml bounds aiokafka to the
+a forced metadata refresh for a consumer, closing a consumer whose stop was cut short, and the broker
+ping. pyproject.toml bounds aiokafka to the
 versions this was tested with (`TESTED_AIOKAFKA`), and tests/stream/test_produce.py pins the
 behaviour against the real embedded broker; `check_aiokafka_version()` says what to do when the
 installed aiokafka is outside that range.
@@ -79,6 +80,24 @@ def check_aiokafka_version(version: str = aiokafka.__version__) -> None:
 async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     """Ask the broker for fresh topic metadata now (a consumer that has not seen a new topic yet)."""
     await consumer._client.force_metadata_update()
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop `consumer` and always close its client.
+
+    aiokafka 0.14's `Fetcher.close()` awaits the fetch tasks it has just cancelled, so while a fetch is
+    in flight (a broker that went down) `consumer.stop()` raises CancelledError before it closes its
+    client (aio-libs/aiokafka#647). The client would stay open, asking the dead broker for metadata
+    every `metadata_max_age_ms` and logging an error each time, for as long as the process lives. That
+    CancelledError is swallowed here unless this task itself is being cancelled."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    finally:
+        await asyncio.shield(consumer._client.close())
 
 
 async def broker_answers(bootstrap_servers: str, timeout: float = 3) -> bool:

@@ -20,12 +20,11 @@ from pydantic import BaseModel, Field
 from libs import tokens
 from libs.access import bearer_dependency
 from libs.contracts import ReportSubscription
-from libs.http import ApiError, DependencyUnavailable
+from libs.http import ApiError
 from libs.kafka import REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.notifications import ReportFrequency, next_report_at
 from libs.settings import Settings
 from libs.statetopic import follow_state_topic
-from libs.stores import PG_ERRORS
 from services.auth.schemas import Line
 
 if TYPE_CHECKING:
@@ -147,10 +146,8 @@ async def follow_report_runs(svc: "AuthService") -> None:
                 runs,
             )
 
-    # The auth pool answers a busy or unreachable Postgres with DependencyUnavailable (1.5 s acquire
-    # timeout): retried like the database errors, not the end of the follower (which made /readyz 503).
-    await follow_state_topic(svc.settings, REPORT_RUNS_TOPIC, "auth-report-runs", apply,
-                             retry_on=(*PG_ERRORS, DependencyUnavailable))
+    # A busy or unreachable Postgres (DependencyUnavailable from the pool) is retried by the follower.
+    await follow_state_topic(svc.settings, REPORT_RUNS_TOPIC, "auth-report-runs", apply)
 
 
 def build_reports_router(settings: Settings, svc: Callable[[], "AuthService"]) -> APIRouter:

@@ -58,7 +58,7 @@ def run(
 
 def _event_loop_runner() -> asyncio.Runner:
     """uvloop when installed (it comes with uvicorn[standard]): the services spend most of their time in
-    socket I/O, where it is about twice as fast as the default loop. Same loop uvicorn itself would pick."""
+    socket I/O, where it is faster than the default loop (figure: docs/scaling.md). Same loop uvicorn itself would pick."""
     try:
         import uvloop
     except ImportError:

@@ -37,6 +37,11 @@ ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, EMAIL_TOPIC, EMAIL
 # key topic is the key state itself (no database behind it for gateways and query).
 COMPACTED_TOPICS = frozenset({API_KEYS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC})
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {t: {"cleanup.policy": "compact"} for t in COMPACTED_TOPICS}
+# The consumer groups that commit offsets (deploy/k8s's KEDA trigger reads the aggregator's lag).
+AGGREGATOR_GROUP = "aggregator"
+NOTIFIER_GROUP = "notifier"
+REPORT_RUNS_GROUP = "auth-report-runs"
+REPORT_SUBSCRIPTIONS_GROUP = "query-report-subscriptions"
 
 
 class KafkaUnavailable(RuntimeError):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
-from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
@@ -21,6 +20,7 @@ from libs.redisguard import guard_for
 log = get_logger(__name__)
 
 T = TypeVar("T")
+TIMEOUT_S = 0.5  # of each Redis call and connection
 
 RATE_LIMIT_FAIL_OPEN = Counter(
     "rate_limit_fail_open_total", "Requests let through because the rate-limit store was unreachable", ["limit"]
@@ -37,11 +37,14 @@ class RateLimiter:
     def __init__(self, redis_url: str, key_prefix: str) -> None:
         storage = RedisStorage(
             _limits_uri(redis_url), implementation="redispy", key_prefix=key_prefix,
-            wrap_exceptions=True, socket_timeout=0.5, socket_connect_timeout=0.5,
+            wrap_exceptions=True, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
         )
-        self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
         self._guard = guard_for(redis_url)
+        # Refunds only (`limits` has no call for them): a client of our own on the same server, and the
+        # storage's key prefix, which `limits` puts before each item's key as `<prefix>:<key>`.
+        self._refunds = aioredis.Redis.from_url(redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+        self._key_prefix = key_prefix
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """`await fn(*args, **kwargs)` (a method of `limiter`) under the Redis server's budget and breaker
@@ -86,12 +89,8 @@ class RateLimiter:
         count. `limits` has no call for it: its moving window is a Redis list of hit times, newest
         first, so the newest is removed (any one frees the same room, the newest the latest)."""
         item = parse(limit) if isinstance(limit, str) else limit
-        # The storage's redis-py bridge (implementation="redispy" above), whose connection is a redis.asyncio
-        # client: limits types both more narrowly.
-        bridge = cast(RedispyBridge, self._storage.bridge)
         try:
-            connection = cast(aioredis.Redis, bridge.get_connection())
-            await connection.lpop(bridge.prefixed_key(item.key_for(*identifiers)))
+            await self._refunds.lpop(f"{self._key_prefix}:{item.key_for(*identifiers)}")
         except Exception as exc:  # noqa: BLE001 - best effort, as the limit itself fails open
             log.warning("rate limit refund failed", error=repr(exc))
 

@@ -62,9 +62,6 @@ class Settings(BaseSettings):
     aggregator_max_bad_ratio: float = Field(default=0.5, gt=0, le=1)
     aggregator_dlq_min_bad: int = Field(default=100, ge=1)
     aggregator_bad_min_apps: int = Field(default=3, ge=1)
-    # The topic and consumer group the aggregator reads (tests and benchmarks use their own).
-    aggregator_topic: str = "analytics.events.v1"
-    aggregator_group: str = "aggregator"
     # How long a killed aggregator keeps its partitions before the group hands them to the others.
     aggregator_session_timeout_ms: int = Field(default=10000, ge=1000)
     clickhouse_retention_days: int = Field(default=730, ge=1)
@@ -84,11 +81,6 @@ class Settings(BaseSettings):
     # Temporary failures are retried with backoff and jitter for this long, then dead-lettered.
     notifier_retry_budget_s: float = Field(default=600, gt=0)
     notifier_retry_max_wait_s: float = Field(default=30, gt=0)
-    # Consumer group and topic (change only to run a second, isolated notifier, e.g. in tests).
-    notifier_group_id: str = "notifier"
-    notifier_topic: str = "notifications.email.v1"
-    # Test-only: hold each sent mail's offset back this long before it may be committed.
-    notifier_commit_delay_ms: int = Field(default=0, ge=0)
     # Scheduled reports: how often the query service looks for subscriptions that are due.
     reports_check_interval_s: float = Field(default=60, gt=0)
 

@@ -58,7 +58,7 @@ def run(
 
 def _event_loop_runner() -> asyncio.Runner:
     """uvloop when installed (it comes with uvicorn[standard]): the services spend most of their time in
-    socket I/O, where it is about twice as fast as the default loop. Same loop uvicorn itself would pick."""
+    socket I/O, where it is faster than the default loop (figure: docs/scaling.md). Same loop uvicorn itself would pick."""
     try:
         import uvloop
     except ImportError:
@@ -123,24 +123,22 @@ async def _wait_for_consumers(settings: Settings) -> None:
     """Before the in-memory Kafka stops: wait until the aggregator's group has committed (stored)
     every event and the notifier's every mail, printing progress, for at most `drain_timeout_s`
     or until a second signal; then say what is lost."""
-    from libs.kafka import group_backlog, group_reader
+    from libs.kafka import AGGREGATOR_GROUP, EMAIL_TOPIC, EVENTS_TOPIC, NOTIFIER_GROUP, group_backlog, group_reader
 
     timeout = settings.drain_timeout_s
     hurry = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, hurry.set)
     _say(
-        f"stopping: waiting up to {timeout:g}s (DRAIN_TIMEOUT_S) until the aggregator (group {settings.aggregator_group}) "
-        f"has stored every event of {settings.aggregator_topic} and the notifier (group {settings.notifier_group_id}) "
-        f"has sent every mail of {settings.notifier_topic}; Ctrl-C again to stop now"
+        f"stopping: waiting up to {timeout:g}s (DRAIN_TIMEOUT_S) until the aggregator (group {AGGREGATOR_GROUP}) "
+        f"has stored every event of {EVENTS_TOPIC} and the notifier (group {NOTIFIER_GROUP}) "
+        f"has sent every mail of {EMAIL_TOPIC}; Ctrl-C again to stop now"
     )
     deadline = time.monotonic() + timeout
     try:
-        async with group_reader(settings, settings.aggregator_group) as events, \
-                group_reader(settings, settings.notifier_group_id) as mails:
+        async with group_reader(settings, AGGREGATOR_GROUP) as events, group_reader(settings, NOTIFIER_GROUP) as mails:
             while True:
-                left = (await group_backlog(events, settings.aggregator_topic),
-                        await group_backlog(mails, settings.notifier_topic))
+                left = await group_backlog(events, EVENTS_TOPIC), await group_backlog(mails, EMAIL_TOPIC)
                 if not any(left):
                     _say("nothing left in Kafka: every event stored, every mail sent; stopping")
                     return

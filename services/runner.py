@@ -197,7 +197,7 @@ def tune_garbage_collector() -> None:
     """After start-up, move everything alive (code, schemas, parsers' tables) out of the collector's
     reach and collect young objects less often. Request handling makes short-lived, mostly acyclic
     objects that reference counting frees; scanning hundreds of thousands of start-up objects on every
-    collection cost the ingest path about a third of its CPU."""
+    collection was a large share of the ingest path's CPU (figure: docs/scaling.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)

@@ -29,12 +29,18 @@ def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def analytics(*args: str, env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[str]:
-    exe = Path(sys.executable).parent / "analytics"
+    return _spawn([str(Path(sys.executable).parent / "analytics"), *args], env, log, cwd)
+
+
+def isolated(topic: str, group: str, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """`analytics *args` with the aggregator and the notifier reading `topic` in `group` (tests/isolated.py)."""
+    return _spawn([sys.executable, "-m", "tests.isolated", "--topic", topic, "--group", group, *args], env, log, ROOT)
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[str]:
     out = open(log, "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [str(exe), *args], env=env, stdout=subprocess.PIPE, stderr=out, text=True, cwd=cwd,
-        start_new_session=True,
-    )
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=out, text=True, cwd=cwd,
+                            start_new_session=True)
 
 
 def wait_ready(base: str, proc: subprocess.Popen[str], log: Path, timeout: float = 90) -> None:

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
-from libs.kafka import EVENTS_DLQ_TOPIC, EVENTS_TOPIC, ensure_topics, make_consumer
+from libs.kafka import AGGREGATOR_GROUP, EVENTS_DLQ_TOPIC, EVENTS_TOPIC, ensure_topics, make_consumer
 from libs.runtime import Stack
 from libs.settings import Settings
 from libs.stream.produce import refresh_metadata
@@ -161,7 +161,7 @@ async def test_refused_writes_pause_the_partitions_commit_nothing_and_lose_or_do
     await producer.flush()
     await wait_count(client, app["api_key"], 100)
     await asyncio.sleep(0.3)  # the forced commit after that flush
-    before = await committed(stack.settings, stack.settings.aggregator_group, EVENTS_TOPIC)
+    before = await committed(stack.settings, AGGREGATOR_GROUP, EVENTS_TOPIC)
 
     await ch.command("DETACH TABLE events")
     try:
@@ -177,14 +177,14 @@ async def test_refused_writes_pause_the_partitions_commit_nothing_and_lose_or_do
         await asyncio.sleep(2.5)  # several retries and commit intervals
         assert metric("aggregator_paused") == 1
         assert "aggregator_paused 1.0" in (await client.get("/metrics")).text
-        assert await committed(stack.settings, stack.settings.aggregator_group, EVENTS_TOPIC) == before
+        assert await committed(stack.settings, AGGREGATOR_GROUP, EVENTS_TOPIC) == before
     finally:
         await ch.command("ATTACH TABLE events")
 
     await wait_count(client, app["api_key"], 600, timeout=30)
 
     async def resumed_and_committed() -> bool:
-        after = await committed(stack.settings, stack.settings.aggregator_group, EVENTS_TOPIC)
+        after = await committed(stack.settings, AGGREGATOR_GROUP, EVENTS_TOPIC)
         return metric("aggregator_paused") == 0 and sum(after.values()) >= sum(before.values()) + 550
 
     await eventually(resumed_and_committed, 5, "not resumed, or the stored events not committed")

@@ -3,7 +3,7 @@ stream into Kafka while the aggregator process is SIGKILLed at random moments 5 
 afterwards the query service counts exactly 100,000.
 
 The aggregator (with the query service, which must share its chDB) runs as `analytics run` in a
-subprocess with its own data dir, its own topic and its own consumer group, against the session's
+subprocess (tests/isolated.py) with its own data dir, its own topic and its own consumer group, against the session's
 Kafka, Postgres and Redis. Set CRASH_SEED to replay a run.
 """
 
@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from libs.kafka import ensure_topics, make_producer
 from libs.settings import Settings
 from tests.conftest import register_app, signup_login
-from tests.e2e import analytics, clean_env, port, stop_and_check_nothing_left, wait_ready
+from tests.e2e import clean_env, isolated, port, stop_and_check_nothing_left, wait_ready
 from tests.test_aggregator import committed
 
 pytestmark = pytest.mark.engines
@@ -91,13 +91,13 @@ async def consuming(base: str, timeout: float = 30) -> None:
     raise AssertionError(f"the aggregator at {base} inserted nothing in {timeout}s")
 
 
-def subprocess_env(engines: Settings, data: Path, topic: str) -> dict[str, str]:
+def subprocess_env(engines: Settings, data: Path) -> dict[str, str]:
     urls = {
         "KAFKA_BOOTSTRAP_SERVERS": engines.kafka_bootstrap_servers, "DATABASE_URL": engines.database_url,
         "REDIS_URL": engines.redis_url, "SMTP_URL": engines.smtp_url,
     }
     env = clean_env(
-        data, **{k: v for k, v in urls.items() if v}, AGGREGATOR_TOPIC=topic, AGGREGATOR_GROUP=f"crash-{topic}",
+        data, **{k: v for k, v in urls.items() if v},
         AGGREGATOR_BATCH_SIZE="2000", AGGREGATOR_BATCH_MAX_AGE_MS="200", ANALYTICS_ENV="test",
         AGGREGATOR_SESSION_TIMEOUT_MS="3000",
     )
@@ -114,7 +114,7 @@ async def test_sigkilled_five_times_mid_stream_the_query_service_counts_every_ev
     app = await register_app(client, await signup_login(client), "crash")
     topic = f"test.crash.{uuid.uuid4().hex[:8]}"
     await ensure_topics(engines.model_copy(update={"kafka_partitions": PARTITIONS}), (topic,))
-    env = subprocess_env(engines, tmp_path / "data", topic)
+    env = subprocess_env(engines, tmp_path / "data")
     base_port = port()
     base = f"http://127.0.0.1:{base_port}"
     items = build_stream(app["app_id"], rng)
@@ -127,7 +127,8 @@ async def test_sigkilled_five_times_mid_stream_the_query_service_counts_every_ev
     try:
         for kill in range(KILLS):
             log = tmp_path / f"run{kill}.log"
-            proc = analytics("run", "--services", "aggregator,query", "--port", str(base_port), env=env, log=log)
+            proc = isolated(topic, f"crash-{topic}", "run", "--services", "aggregator,query", "--port", str(base_port),
+                            env=env, log=log)
             try:
                 await asyncio.to_thread(wait_ready, base, proc, log)
                 t0 = time.monotonic()
@@ -147,7 +148,8 @@ async def test_sigkilled_five_times_mid_stream_the_query_service_counts_every_ev
     assert mid_stream_kills >= 1, "no kill landed while messages were uncommitted; the test proved nothing"
 
     log = tmp_path / "final.log"
-    proc = analytics("run", "--services", "aggregator,query", "--port", str(base_port), env=env, log=log)
+    proc = isolated(topic, f"crash-{topic}", "run", "--services", "aggregator,query", "--port", str(base_port),
+                            env=env, log=log)
     try:
         await asyncio.to_thread(wait_ready, base, proc, log)
         deadline = time.monotonic() + 60

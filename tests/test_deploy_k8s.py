@@ -21,6 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from libs.kafka import AGGREGATOR_GROUP, EVENTS_TOPIC
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
@@ -320,8 +322,8 @@ def test_autoscaling_gateway_query_on_cpu_and_aggregator_on_kafka_lag(overlay: s
     scaled = find(docs, "ScaledObject", "aggregator")
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka"
-    assert trigger["metadata"]["consumerGroup"] == "aggregator"
-    assert trigger["metadata"]["topic"] == "analytics.events.v1"
+    assert trigger["metadata"]["consumerGroup"] == AGGREGATOR_GROUP
+    assert trigger["metadata"]["topic"] == EVENTS_TOPIC
     config = find(docs, "ConfigMap", "analytics-config")["data"]
     assert trigger["metadata"]["bootstrapServers"] == config["KAFKA_BOOTSTRAP_SERVERS"]
     # More aggregators than partitions would sit idle.

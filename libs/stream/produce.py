@@ -188,7 +188,7 @@ class CoalescingPublisher:
         self._sends: set[asyncio.Task[None]] = set()
         self._closed = False
         # The loop, looked up once: CPython 3.11's asyncio.get_running_loop() makes a getpid() system
-        # call each time (its fork check), several percent of a request's CPU on the hot path.
+        # call each time (its fork check), a measurable share of a request's CPU (docs/scaling.md).
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def partition(self, key: bytes) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from libs.clickhouse import ClickHouse
 from libs.clickhouse.migrate import migrate_clickhouse
-from libs.kafka import ALL_TOPICS, Drained, ensure_topics
+from libs.kafka import AGGREGATOR_GROUP, EVENTS_TOPIC, Drained
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ class Aggregator:
     versions: DataVersions
 
 
-def build(runtime: Runtime) -> ServiceParts:
+def build(runtime: Runtime, topic: str = EVENTS_TOPIC, group_id: str = AGGREGATOR_GROUP) -> ServiceParts:
+    """The aggregator reading `topic` as a member of `group_id` (tests and benchmarks pass their own)."""
     from services.aggregator.consumer import EventConsumer
     from services.aggregator.versions import DataVersions
 
@@ -38,11 +40,10 @@ def build(runtime: Runtime) -> ServiceParts:
     async def start() -> None:
         ch = await runtime.clickhouse()
         await migrate(runtime, ch)
-        if runtime.settings.aggregator_topic not in ALL_TOPICS:
-            await ensure_topics(runtime.settings, (runtime.settings.aggregator_topic,))
         # Redis is not reached here (the client connects on first use): the aggregator starts without it.
         versions = DataVersions(await runtime.redis())
-        consumer = EventConsumer(runtime.settings, ch, await runtime.producer(), versions=versions)
+        consumer = EventConsumer(runtime.settings, ch, await runtime.producer(), topic=topic, group_id=group_id,
+                                 versions=versions)
         runtime.contexts.set(NAME, Aggregator(consumer, versions))
 
     async def consume() -> None:
@@ -63,13 +64,18 @@ def build(runtime: Runtime) -> ServiceParts:
     )
 
 
-SERVICE = ServiceSpec(
-    name=NAME,
-    port=8004,
-    # Redis: the apps' data versions that keep the query cache fresh. Not a readiness need: storing
-    # events goes on while Redis is down (the bumps are retried), so an outage must not take it out.
-    needs=frozenset({"kafka", "clickhouse", "redis"}),
-    ready_needs=frozenset({"kafka", "clickhouse"}),
-    build=build,
-    description="Kafka consumer group writing events to ClickHouse",
-)
+def service(topic: str = EVENTS_TOPIC, group_id: str = AGGREGATOR_GROUP) -> ServiceSpec:
+    """The aggregator's spec; one reading a topic and group of its own is isolated from `SERVICE`'s."""
+    return ServiceSpec(
+        name=NAME,
+        port=8004,
+        # Redis: the apps' data versions that keep the query cache fresh. Not a readiness need: storing
+        # events goes on while Redis is down (the bumps are retried), so an outage must not take it out.
+        needs=frozenset({"kafka", "clickhouse", "redis"}),
+        ready_needs=frozenset({"kafka", "clickhouse"}),
+        build=functools.partial(build, topic=topic, group_id=group_id),
+        description="Kafka consumer group writing events to ClickHouse",
+    )
+
+
+SERVICE = service()

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 
 from libs.clickhouse import ClickHouse, ClickHouseError
-from libs.kafka import EVENTS_DLQ_TOPIC
+from libs.kafka import AGGREGATOR_GROUP, EVENTS_DLQ_TOPIC, EVENTS_TOPIC
 from libs.settings import Settings
 from libs.stream import BadMessages, Batches, ConsumerSpec, DeadLetters, StreamConsumer, TooManyBadMessages
 from services.aggregator.decode import PoisonMessage, decode
@@ -65,11 +65,10 @@ class EventConsumer(StreamConsumer):
 
     def __init__(
         self, settings: Settings, ch: ClickHouse, producer: AIOKafkaProducer,
-        topic: str | None = None, group_id: str | None = None, versions: DataVersions | None = None,
+        topic: str = EVENTS_TOPIC, group_id: str = AGGREGATOR_GROUP, versions: DataVersions | None = None,
     ) -> None:
         self.ch = ch
         self.versions = versions  # the apps' data versions, bumped after each insert (query cache keys)
-        topic = topic or settings.aggregator_topic
         s = settings
         guard = BadMessages(s.aggregator_max_bad_ratio, s.aggregator_dlq_min_bad, s.aggregator_bad_min_apps, BAD_WINDOW)
         self.batches: Batches[PartitionBatch] = Batches(
@@ -84,7 +83,7 @@ class EventConsumer(StreamConsumer):
         )
         super().__init__(settings, ConsumerSpec(
             topic=topic,
-            group_id=group_id or settings.aggregator_group,
+            group_id=group_id,
             strategy=self.batches,
             dead_letters=_EventDeadLetters(
                 producer, EVENTS_DLQ_TOPIC, guard, stop_hint="fix the producer (or the aggregator's version)."

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Histogram
 
 from libs.clickhouse import ClickHouse
+from libs.kafka import EVENTS_TOPIC
 
 INSERTED = Counter("aggregator_rows_inserted_total", "Rows inserted into ClickHouse", ["table"])
 BATCH_SIZE = Histogram(
@@ -71,7 +72,7 @@ class PartitionBatch:
 
     partition: int
     first_offset: int
-    topic: str = "analytics.events.v1"
+    topic: str = EVENTS_TOPIC
     last_offset: int = -1
     rows: dict[str, list[bytes]] = field(default_factory=dict)
     created: float = field(default_factory=time.monotonic)

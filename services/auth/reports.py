@@ -21,7 +21,7 @@ from libs import tokens
 from libs.access import bearer_dependency
 from libs.contracts import ReportSubscription
 from libs.http import ApiError
-from libs.kafka import REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, publish
+from libs.kafka import REPORT_RUNS_GROUP, REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.notifications import ReportFrequency, next_report_at
 from libs.settings import Settings
 from libs.statetopic import follow_state_topic
@@ -147,7 +147,7 @@ async def follow_report_runs(svc: "AuthService") -> None:
             )
 
     # A busy or unreachable Postgres (DependencyUnavailable from the pool) is retried by the follower.
-    await follow_state_topic(svc.settings, REPORT_RUNS_TOPIC, "auth-report-runs", apply)
+    await follow_state_topic(svc.settings, REPORT_RUNS_TOPIC, REPORT_RUNS_GROUP, apply)
 
 
 def build_reports_router(settings: Settings, svc: Callable[[], "AuthService"]) -> APIRouter:

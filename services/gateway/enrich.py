@@ -98,8 +98,8 @@ new_event_id = ids.uuid4_shaped_ids()
 def geoip() -> GeoIP2Fast:
     """The offline country database, loaded on first use (the gateway loads it as it starts, so a
     process that never enriches events does not hold it). geoip2fast's wheel ships it: no download.
-    Its IPv6 file holds both families (about 0.25 s to load and 20 MiB more than the IPv4-only one;
-    a lookup costs some µs and `country_of` caches the answers)."""
+    Its IPv6 file holds both families (slower to load and larger than the IPv4-only one, figures in
+    docs/scaling.md; `country_of` caches the answers)."""
     return GeoIP2Fast(geoip2fast_data_file=GEOIP_FILE)
 
 

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from libs.kafka import EMAIL_DLQ_TOPIC
+from libs.kafka import EMAIL_DLQ_TOPIC, EMAIL_TOPIC, NOTIFIER_GROUP
 from libs.logs import get_logger
 from libs.notifications import EmailMessage
 from libs.settings import Settings
@@ -65,16 +65,16 @@ class EmailConsumer(StreamConsumer):
         producer: AIOKafkaProducer,
         redis: aioredis.Redis,
         retry_budget_s: float | None = None,
-        group_id: str | None = None,
-        topic: str | None = None,
+        group_id: str = NOTIFIER_GROUP,
+        topic: str = EMAIL_TOPIC,
     ) -> None:
         assert settings.smtp_url
         self.target = SmtpTarget.from_settings(settings)
         self.redis = redis
         self.retry_budget_s = retry_budget_s if retry_budget_s is not None else settings.notifier_retry_budget_s
         super().__init__(settings, ConsumerSpec(
-            topic=topic or settings.notifier_topic,
-            group_id=group_id or settings.notifier_group_id,
+            topic=topic,
+            group_id=group_id,
             strategy=Concurrent(self._handle, MAX_IN_FLIGHT),
             dead_letters=DeadLetters(producer, EMAIL_DLQ_TOPIC),
             commit_interval_s=0,  # a mail is slow next to a commit: commit as soon as one is done
@@ -89,8 +89,6 @@ class EmailConsumer(StreamConsumer):
         except Exception as exc:  # a bug must not stall the partition forever
             log.error("email handling failed", error=repr(exc), exc_info=exc)
             await self._dead_letter(message, None, f"unexpected error: {exc!r}", "error")
-        if self.settings.notifier_commit_delay_ms:
-            await asyncio.sleep(self.settings.notifier_commit_delay_ms / 1000)
 
     async def _deliver(self, message: Any) -> None:
         try:

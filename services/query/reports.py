@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from libs.clickhouse import ClickHouse
 from libs.contracts import ReportRun
-from libs.kafka import REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, publish
+from libs.kafka import REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_GROUP, REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.logs import get_logger
 from libs.migrations import apply_postgres
 from libs.notifications import REPORT_PERIODS, EmailMessage, next_report_at, queue_email
@@ -160,7 +160,7 @@ async def fold_subscriptions(settings: Settings, pg: asyncpg.Pool) -> None:
                     state["username"], state["email"], state["frequency"], datetime.fromisoformat(state["first_run_at"]),
                 )
 
-    await follow_state_topic(settings, REPORT_SUBSCRIPTIONS_TOPIC, "query-report-subscriptions", apply)
+    await follow_state_topic(settings, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_SUBSCRIPTIONS_GROUP, apply)
 
 
 async def run_scheduler(runtime: Runtime, ch: ClickHouse) -> None:

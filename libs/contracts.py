@@ -1,6 +1,6 @@
 """The Kafka topic contract: one schema per topic, and the AsyncAPI document built from them.
 
-Producers build their messages from these models' fields, and `tests/test_contracts.py` checks real
+Producers build their messages from these models' fields, and `tests/system/test_contracts.py` checks real
 messages taken off the topics against the schemas, so the document cannot drift from the code.
 `python -m libs.contracts > docs/asyncapi.json` regenerates the document.
 """

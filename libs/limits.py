@@ -1,6 +1,6 @@
 """What one event may hold: the limits the gateway validates with and the aggregator decodes with.
 
-Defined once, so that whatever the gateway accepts the aggregator can store (tests/test_event_contract.py
+Defined once, so that whatever the gateway accepts the aggregator can store (tests/system/test_event_contract.py
 round-trips generated events through the gateway's validation and the aggregator's decoding). An event
 the aggregator cannot decode is dead-lettered, so every limit here is refused at the gateway first,
 with a 4xx naming the field.

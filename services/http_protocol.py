@@ -8,7 +8,7 @@ bytes, their order and the keep-alive/close behaviour are unchanged; a close flu
 
 Also `QuietServer`, a uvicorn server that leaves signal handling to its caller. This module is the
 only one that touches uvicorn's internals (`HttpToolsProtocol` and its use of the transport,
-`Server.capture_signals`), so pyproject.toml bounds uvicorn's version and tests/test_http_protocol.py
+`Server.capture_signals`), so pyproject.toml bounds uvicorn's version and tests/services/test_http_protocol.py
 pins the behaviour. Why it is kept rather than another server: docs/scaling.md, "The HTTP server".
 """
 

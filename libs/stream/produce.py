@@ -5,7 +5,7 @@ this module and nowhere else: the coalescing produce path below (its `ProduceReq
 `DefaultRecordBatchBuilder`, `murmur2` partitioner and the producer's client and cluster metadata),
 a forced metadata refresh for a consumer, closing a consumer whose stop was cut short, and the broker
 ping. pyproject.toml bounds aiokafka to the
-versions this was tested with (`TESTED_AIOKAFKA`), and tests/stream/test_produce.py pins the
+versions this was tested with (`TESTED_AIOKAFKA`), and tests/libs/stream/test_produce.py pins the
 behaviour against the real embedded broker; `check_aiokafka_version()` says what to do when the
 installed aiokafka is outside that range.
 
@@ -72,7 +72,7 @@ def check_aiokafka_version(version: str = aiokafka.__version__) -> None:
         raise RuntimeError(
             f"aiokafka {version} is installed, but libs/stream/produce.py uses its internals and was tested "
             f"with {'.'.join(map(str, low))} <= aiokafka < {'.'.join(map(str, high))}: install a version in "
-            "that range, or run tests/stream/test_produce.py against the new one and widen the range "
+            "that range, or run tests/libs/stream/test_produce.py against the new one and widen the range "
             "(TESTED_AIOKAFKA and pyproject.toml)."
         )
 

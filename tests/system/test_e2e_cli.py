@@ -1,0 +1,79 @@
+"""`analytics run` and `analytics infra` started as a user starts them, driven over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e import analytics, clean_env, port, read_exports, running, stop_and_check_nothing_left
+from tests.system.slice_http import run_slice
+
+pytestmark = pytest.mark.e2e
+
+
+def test_run_serves_the_whole_slice_on_one_port_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    p = port()
+    base = f"http://127.0.0.1:{p}"
+    log = tmp_path / "run.log"
+    with running("run", "--port", str(p), env=clean_env(data), log=log, base=base) as proc:
+        engines = [c for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert {"postgres", "valkey-server"} <= {c.name() for c in engines}, [c.name() for c in engines]
+        assert any("tansu" in c.name() for c in engines)
+        for path in ("/healthz", "/readyz", "/metrics", "/docs"):
+            assert httpx.get(base + path).status_code == 200, path
+        run_slice(base, base, base)
+        assert list((data / "mail").glob("*.eml")), "the welcome email did not reach the local inbox"
+        assert stop_and_check_nothing_left(proc, signal.SIGINT) == 0
+    assert not list((data / "run").glob("*.pid")), "pid files of stopped engines remain"
+
+
+def test_infra_plus_two_service_processes_do_the_same_slice(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    infra = analytics("infra", env=clean_env(data), log=tmp_path / "infra.log")
+    try:
+        exports = read_exports(infra, tmp_path / "infra.log")
+        assert {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "SMTP_URL"} <= set(exports)
+        env = clean_env(data, **exports)
+        p1, p2 = port(), port()
+        front, back = f"http://127.0.0.1:{p1}", f"http://127.0.0.1:{p2}"
+        with running("run", "--services", "gateway,auth", "--port", str(p1), env=env, log=tmp_path / "a.log", base=front) as a, \
+             running("run", "--services", "aggregator,query,notifier", "--port", str(p2), env=env, log=tmp_path / "b.log", base=back) as b:
+            run_slice(front, front, back)
+            # A route belongs only to its own service's process.
+            assert httpx.get(f"{front}/api/analytics/event-summary").status_code == 404
+            assert httpx.post(f"{back}/api/analytics/collect", json={}).status_code in (404, 405)
+            assert stop_and_check_nothing_left(a, signal.SIGTERM) == 0
+            assert stop_and_check_nothing_left(b, signal.SIGTERM) == 0
+        assert stop_and_check_nothing_left(infra, signal.SIGINT) == 0
+    finally:
+        if infra.poll() is None:
+            infra.kill()
+
+
+def test_query_without_aggregator_and_without_clickhouse_url_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "analytics"), "run", "--services", "query", "--port", str(port())],
+        env=clean_env(tmp_path / "d"), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "chDB" in proc.stderr and "CLICKHOUSE_URL" in proc.stderr
+
+
+def test_a_second_run_on_the_same_data_dir_is_refused_with_advice(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    p = port()
+    with running("run", "--port", str(p), env=clean_env(data), log=tmp_path / "1.log", base=f"http://127.0.0.1:{p}"):
+        second = subprocess.run(
+            [str(Path(sys.executable).parent / "analytics"), "run", "--services", "gateway,auth",
+             "--port", str(port())],
+            env=clean_env(data), capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 2
+        assert "already run by pid" in second.stderr and "export" in second.stderr

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from libs.embedded.clickhouse_sql import Statement, StatementError, split_statement
 from libs.logs import configure_logging, get_logger
@@ -263,6 +263,7 @@ class Engine:
             return Outcome(b"", {"elapsed_ns": time.perf_counter_ns() - started})
         body = bytes(result.bytes())
         return Outcome(body, {"read_rows": result.rows_read(), "read_bytes": result.bytes_read(),
+                              "written_rows": result.rows_written(), "written_bytes": result.bytes_written(),
                               "result_bytes": len(body), "elapsed_ns": time.perf_counter_ns() - started})
 
     def _apply(self, conn: Connection, wanted: dict[str, str]) -> None:
@@ -272,8 +273,8 @@ class Engine:
             raise HttpError("UNKNOWN_SETTING", f"Unknown setting '{unknown[0]}'")
         fresh = [name for name in wanted if name not in conn.applied]
         if fresh:  # remember the session's own values before the request's replace them
-            names = ", ".join(_literal(name) for name in fresh)
-            rows = self._text(conn.raw, f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})")
+            names = ", ".join(_literal(name) for name in fresh)  # known setting names (checked above)
+            rows = self._text(conn.raw, f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})")  # noqa: S608
             for line in rows.splitlines():
                 name, value, changed = line.split("\t")
                 conn.prior[name] = _unescape_tsv(value) if changed == "1" else None
@@ -468,7 +469,7 @@ class ClickHouseHttp:
                                 "enable_http_compression=1)")
         if request.content_type == "multipart/form-data":
             async for part in await request.multipart():
-                if not isinstance(part, web.BodyPartReader) or part.name is None:
+                if not isinstance(part, BodyPartReader) or part.name is None:
                     continue
                 if part.filename is not None or not (part.name == "query" or part.name.startswith("param_")):
                     raise HttpError("NOT_IMPLEMENTED", "external data (multipart file parts) is not supported "
@@ -490,7 +491,8 @@ class ClickHouseHttp:
     async def _execute(self, params: dict[str, str], request: Request) -> Outcome:
         session_id = params.get("session_id")
         if not session_id:
-            return await self.engine.run(self.engine.execute_once, request)
+            outcome: Outcome = await self.engine.run(self.engine.execute_once, request)
+            return outcome
         try:
             timeout = min(float(params.get("session_timeout") or DEFAULT_SESSION_TIMEOUT_S), MAX_SESSION_TIMEOUT_S)
         except ValueError:
@@ -518,7 +520,9 @@ class ClickHouseHttp:
                 log.error("embedded ClickHouse HTTP request failed outside the engine", error=repr(exc))
         status = _STATUS_BY_ERROR.get(self.engine.names.get(code, ""), 500)
         headers = {**headers, "X-ClickHouse-Exception-Code": str(code)}
-        body = f"{text} (version {self.engine.version})\n".encode()
+        if not text.rstrip().endswith(f"(version {self.engine.version})"):
+            text = f"{text} (version {self.engine.version})"
+        body = f"{text}\n".encode()
         return web.Response(status=status, body=body, content_type="text/plain", charset="utf-8", headers=headers)
 
 
@@ -534,7 +538,10 @@ def _is_setting(name: str) -> bool:
 async def serve(path: Path, host: str, port: int, workers: int = WORKERS) -> None:
     """Serve until SIGTERM or SIGINT."""
     engine = await asyncio.to_thread(Engine, path, workers)
-    runner = web.AppRunner(ClickHouseHttp(engine).app(), access_log=None)
+    # The body is decompressed here, by Content-Encoding (aiohttp would do gzip, deflate and zstd itself but
+    # not lz4); URLs as long as ClickHouse takes (its http_max_uri_size is 1 MiB).
+    runner = web.AppRunner(ClickHouseHttp(engine).app(), access_log=None, auto_decompress=False,
+                           max_line_size=1 << 20, max_field_size=1 << 20)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

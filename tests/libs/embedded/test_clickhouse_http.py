@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,7 @@ from libs.clickhouse import ClickHouseError, ClickHouseRejected
 from libs.clickhouse.http import HttpClickHouse
 from libs.clickhouse.migrate import MIGRATIONS, migrate_clickhouse
 from libs.embedded import EmbeddedStack
+from libs.embedded.procs import port_open
 from libs.settings import Settings
 from tests.e2e import ROOT
 
@@ -112,6 +114,27 @@ def test_infra_prints_the_url_of_the_analytics_database_and_stops_the_server(tmp
         capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert read.stdout == "over http\n", read.stderr
+
+
+def test_a_killed_server_is_restarted_on_the_same_url_with_its_data(tmp_path: Path) -> None:
+    said: list[str] = []
+    stack = EmbeddedStack.start(Settings(analytics_data_dir=tmp_path, clickhouse_url=None), ["clickhouse"])
+    try:
+        url = stack.settings.clickhouse_url or ""
+        _client(url).command("CREATE TABLE default.kept (a UInt8) ENGINE = MergeTree ORDER BY a")
+        _client(url).insert("default.kept", [[7]], column_names=["a"])
+        stack.supervise(announce=said.append)
+        [proc] = stack._procs
+        assert proc.popen is not None
+        proc.popen.kill()
+        deadline = time.monotonic() + 60
+        while not any("clickhouse died" in line for line in said) or not port_open(urlsplit(url).hostname or "", urlsplit(url).port or 0):
+            assert time.monotonic() < deadline, f"not restarted: {said}"
+            time.sleep(0.2)
+        assert _client(url).command("SELECT sum(a) FROM default.kept") == 7
+        assert "sessions" in said[-1]  # what a restart loses, said to the user
+    finally:
+        stack.stop()
 
 
 def test_connect_probes_answer_as_a_server(url: str) -> None:

@@ -68,6 +68,8 @@ TRANSPORT_PARAMS = frozenset({
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE = re.compile(r"Code: (\d+)\. ")
 _TRUE = ("1", "true")
+# chDB's Python API turns these "formats" into Python objects: no ClickHouse format, as a server says.
+_PYTHON_ONLY_FORMATS = frozenset({"arrowtable", "dataframe", "datastore"})
 
 # ClickHouse's HTTP status per error (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp); others are 500.
 _STATUS_BY_ERROR: dict[str, int] = {
@@ -439,12 +441,15 @@ class ClickHouseHttp:
                 statement = split_statement(buffer)
             except StatementError as exc:
                 raise HttpError("SYNTAX_ERROR", str(exc)) from None
+            default_format = params.get("default_format") or "TabSeparated"
+            if default_format.lower() in _PYTHON_ONLY_FORMATS:
+                raise HttpError("UNKNOWN_FORMAT", f"Unknown format {default_format}")
             prepared = Request(
                 statement=statement,
                 settings={k: v for k, v in params.items() if _is_setting(k)},
                 params={k.removeprefix("param_"): v for k, v in params.items() if k.startswith("param_")},
                 database=params.get("database") or None,
-                default_format=params.get("default_format") or "TabSeparated",
+                default_format=default_format,
             )
             outcome = await self._execute(params, prepared)
         except Exception as exc:  # noqa: BLE001 - every failure is answered as ClickHouse answers one

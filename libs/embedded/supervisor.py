@@ -35,6 +35,8 @@ LOST = {
     "kafka": "Tansu keeps messages in memory only: every topic and message it held is gone (topics are created "
              "again; events not yet stored and mails not yet sent are lost; consumer groups start over)",
     "postgres": "nothing committed: same data dir, PostgreSQL replays its log; open transactions were rolled back",
+    "clickhouse": "nothing stored: same chDB data dir; statements running at that moment failed, and sessions "
+                  "(their temporary tables and SET) are gone",
     "redis": "what changed since its last snapshot (at most a minute): cached answers, rate-limit windows, "
              "logout records and sent-mail records",
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     cors_allowed_origins: str = ""
 
     log_level: str = "INFO"
+
+    @field_validator("kafka_bootstrap_servers", "clickhouse_url", "database_url", "redis_url", "smtp_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: object) -> object:
+        """`CLICKHOUSE_URL=` (an empty export, an env file's empty line) means unset, as everywhere an
+        unset URL is read: the embedded engine. Otherwise one check read it as set, another as unset."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:

@@ -57,10 +57,14 @@ def test_infra_plus_two_service_processes_do_the_same_slice(tmp_path: Path) -> N
             infra.kill()
 
 
-def test_query_without_aggregator_and_without_clickhouse_url_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clickhouse_url", [None, ""], ids=["unset", "empty"])
+def test_query_without_aggregator_and_without_clickhouse_url_is_a_clear_error(tmp_path: Path, clickhouse_url: str | None) -> None:
+    env = clean_env(tmp_path / "d")
+    if clickhouse_url is not None:
+        env["CLICKHOUSE_URL"] = clickhouse_url  # `export CLICKHOUSE_URL=`: unset too, not a server at ""
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "analytics"), "run", "--services", "query", "--port", str(port())],
-        env=clean_env(tmp_path / "d"), capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
     assert "chDB" in proc.stderr and "CLICKHOUSE_URL" in proc.stderr

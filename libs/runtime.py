@@ -410,6 +410,7 @@ class Stack:
             return {
                 "services": names,
                 "version": __version__,
+                "kafka": self.settings.kafka_bootstrap_servers,  # where `analytics status` finds the groups
                 "status": "ready" if ready else "not ready",
                 "checks": results,
                 "consumers": self.members.status(names),

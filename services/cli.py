@@ -163,7 +163,8 @@ async def _wait_for_consumers(settings: Settings) -> None:
 def status(
     kafka: Annotated[str | None, typer.Option(
         metavar="HOST:PORT",
-        help=f"Kafka bootstrap servers; default: KAFKA_BOOTSTRAP_SERVERS, else the embedded broker's usual {EMBEDDED_KAFKA}",
+        help="Kafka bootstrap servers; default: KAFKA_BOOTSTRAP_SERVERS, else the one the first service answering uses "
+             f"(its /status), else the embedded broker's usual {EMBEDDED_KAFKA}",
     )] = None,
     url: Annotated[list[str] | None, typer.Option(
         metavar="URL",
@@ -186,10 +187,10 @@ def status(
 
     settings = _settings()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker that does not answer is in the report
-    bootstrap = kafka or settings.kafka_bootstrap_servers or EMBEDDED_KAFKA
-    settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+    if kafka:
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": kafka})
     urls = url or [f"http://127.0.0.1:{port}" for port in (ALL_PORT, *sorted(s.port for s in SERVICES.values()))]
-    report = asyncio.run(gather(settings, urls, skip_unreachable=not url, groups=group or ()))
+    report = asyncio.run(gather(settings, urls, skip_unreachable=not url, groups=group or (), fallback_kafka=EMBEDDED_KAFKA))
     if as_json:
         print(json.dumps(report.as_json(), indent=2), flush=True)
     else:

@@ -60,6 +60,7 @@ class ServiceStatus:
     services: list[str] = field(default_factory=list)
     ready: bool = False
     failing: list[str] = field(default_factory=list)  # the readiness checks that failed
+    kafka: str | None = None  # the bootstrap servers it uses
     consumers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -132,6 +133,7 @@ async def read_service(http: httpx.AsyncClient, url: str) -> ServiceStatus:
         return ServiceStatus(
             url, reachable=True, services=list(body["services"]), ready=body["status"] == "ready",
             failing=[name for name, ok in checks.items() if not ok], consumers=list(body["consumers"]),
+            kafka=body.get("kafka"),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return ServiceStatus(url, reachable=False, error="GET /status did not answer as an analytics service does")
@@ -202,11 +204,16 @@ async def _committed_somewhere(reader: AIOKafkaConsumer) -> list[TopicPartition]
     return found
 
 
-async def gather(settings: Settings, urls: Sequence[str], skip_unreachable: bool, groups: Sequence[str] = ()) -> Report:
+async def gather(
+    settings: Settings, urls: Sequence[str], skip_unreachable: bool, groups: Sequence[str] = (), fallback_kafka: str = ""
+) -> Report:
     """The whole report: the services first (their reports name the members), then the groups:
-    `groups`, or when none are named, the platform's and every group the broker lists."""
+    `groups`, or when none are named, the platform's and every group the broker lists. Kafka is
+    `settings`'s, else the one the first service answering uses, else `fallback_kafka`."""
     services = await read_services(urls, skip_unreachable)
-    kafka = settings.kafka_bootstrap_servers or ""
+    used = [s.kafka for s in services if s.kafka]
+    kafka = settings.kafka_bootstrap_servers or (used[0] if used else fallback_kafka)
+    settings = settings.model_copy(update={"kafka_bootstrap_servers": kafka})
     try:
         described = await describe_groups(settings, groups or GROUP_TOPICS, listed=not groups)
         read = [await read_group(settings, d, services) for d in described]

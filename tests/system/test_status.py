@@ -1,13 +1,16 @@
 """`analytics status` and `GET /status`, run as an operator runs them (a subprocess) against services
 served on real ports and the real broker: the groups' members, partitions, offsets, lag and owners;
 each service's readiness; a group with lag and no member, a service not ready and a URL nothing
-answers on are reported and make the exit code 1."""
+answers on are reported and make the exit code 1. In process (the session's stack and stacks of
+their own), and end to end against `analytics run` as a user starts it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -19,14 +22,21 @@ import pytest
 from aiokafka import TopicPartition
 
 from libs.embedded.procs import free_port
-from libs.kafka import AGGREGATOR_GROUP, EVENTS_TOPIC, ensure_topics, group_reader
+from libs.kafka import (
+    AGGREGATOR_GROUP,
+    EMAIL_TOPIC,
+    EVENTS_TOPIC,
+    REPORT_RUNS_TOPIC,
+    REPORT_SUBSCRIPTIONS_TOPIC,
+    ensure_topics,
+    group_reader,
+)
 from libs.runtime import Stack
 from libs.settings import Settings
 from services import aggregator, auth, gateway
 from tests.conftest import eventually, register_app, serving, signup_login
+from tests.e2e import clean_env, port, running, stop_and_check_nothing_left
 from tests.services.aggregator.test_aggregator import enriched, wait_count
-
-pytestmark = pytest.mark.engines
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +84,7 @@ async def own_topic(stack: Stack) -> str:
     return topic
 
 
+@pytest.mark.engines
 async def test_a_group_with_lag_and_no_member_then_its_aggregator_shows_members_owners_and_lag_back_to_0(
     client: httpx.AsyncClient, stack: Stack, served: str, own_topic: str
 ) -> None:
@@ -138,6 +149,7 @@ async def test_a_group_with_lag_and_no_member_then_its_aggregator_shows_members_
     }]
 
 
+@pytest.mark.engines
 async def test_a_service_not_ready_and_a_url_nothing_answers_on_are_problems(engines: Settings, stack: Stack) -> None:
     nowhere = f"redis://127.0.0.1:{free_port(16379)}/0"  # nothing listens there
     dead = f"http://127.0.0.1:{free_port()}"
@@ -151,6 +163,7 @@ async def test_a_service_not_ready_and_a_url_nothing_answers_on_are_problems(eng
     assert f"{url} (auth) is not ready: failing redis" in shown, out
 
 
+@pytest.mark.engines
 async def test_nothing_answering_and_no_broker_says_what_to_pass(engines: Settings) -> None:
     closed = f"127.0.0.1:{free_port()}"
     code, out = await status(engines.model_copy(update={"kafka_bootstrap_servers": closed}), f"http://{closed}")
@@ -164,6 +177,7 @@ async def test_nothing_answering_and_no_broker_says_what_to_pass(engines: Settin
     assert f"http://{closed}: unreachable (ConnectError: All connection attempts failed)" in shown, out
 
 
+@pytest.mark.engines
 async def test_without_kafka_given_it_asks_the_broker_the_services_use(engines: Settings, stack: Stack) -> None:
     # The same broker under another name than the test's own settings (and than the fallback) give.
     spelled = (engines.kafka_bootstrap_servers or "").replace("127.0.0.1", "localhost")
@@ -175,3 +189,29 @@ async def test_without_kafka_given_it_asks_the_broker_the_services_use(engines: 
     assert f"Consumer groups (Kafka at {spelled})" in shown, out
     assert f"{url} gateway ready" in shown, out
     assert [line for line in shown if line.startswith(f"{EVENTS_TOPIC} ")], out  # the group's partitions were read
+
+
+@pytest.mark.e2e
+def test_status_of_analytics_run_as_a_user_starts_it(tmp_path: Path) -> None:
+    """`analytics run` on a fresh machine (embedded engines), then `analytics status --url` with
+    nothing else set: the broker is the one the service says it uses, every group has its one member
+    owning all six partitions (KAFKA_PARTITIONS' default), and the service is ready."""
+    p = port()
+    base = f"http://127.0.0.1:{p}"
+    env = clean_env(tmp_path / "d")
+    with running("run", "--port", str(p), env=env, log=tmp_path / "run.log", base=base) as proc:
+        done = subprocess.run([sys.executable, "-m", "services.cli", "status", "--url", base], cwd=ROOT,
+                              env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+        assert stop_and_check_nothing_left(proc, signal.SIGINT) == 0
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = lines(done.stdout)
+    kafka = [line for line in shown if line.startswith("Consumer groups (Kafka at 127.0.0.1:")]
+    assert kafka, done.stdout
+    for name, topic, service in [("aggregator", EVENTS_TOPIC, "aggregator"), ("notifier", EMAIL_TOPIC, "notifier"),
+                                 ("auth-report-runs", REPORT_RUNS_TOPIC, "auth"),
+                                 ("query-report-subscriptions", REPORT_SUBSCRIPTIONS_TOPIC, "query")]:
+        assert f"{name}: state Stable, 1 member(s), lag 0" in shown, done.stdout
+        owned = [line for line in shown if line.startswith(f"{topic} ") and line.endswith(f" {service} at {base}")]
+        assert len(owned) == 6, done.stdout
+    assert f"{base} auth, gateway, query, aggregator, notifier ready" in shown, done.stdout
+    assert "Problems" not in done.stdout

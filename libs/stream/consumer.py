@@ -20,7 +20,9 @@ does not use. The skeleton owns what every consumer needs and none should write 
 * dead letters in one shape with the optional bad-ratio stop (deadletter.py), and the request id of
   each message's producer restored for its work (headers, libs.logs);
 * the drain contract of libs.kafka.GroupMember: `draining` makes a strategy finish what it holds at
-  once; `run()` returns after `stop()` with its last commit made.
+  once; `run()` returns after `stop()` with its last commit made;
+* a report of itself while it runs (`status()`: group, member id, partitions owned and their lag),
+  listed in its stack's `Members` when a stack started it: each service's `GET /status`.
 
 Strategies (strategies.py): `Batches` (arroyo's Reduce then RunTask: messages fold into one
 accumulator per partition, closed by size or age, written as one async step while the next fills,

@@ -294,6 +294,12 @@ def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+async def readiness(checks: dict[str, Check]) -> tuple[bool, dict[str, bool]]:
+    """Whether every check passes, and each check's answer (what /readyz and /status report)."""
+    results = {name: await check() for name, check in checks.items()}
+    return all(results.values()), results
+
+
 def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequence[str] = ()) -> None:
     """`/healthz` (alive), `/readyz` (every dependency answers; `warnings`: insecure settings allowed
     outside production), `/metrics` (Prometheus)."""
@@ -304,8 +310,7 @@ def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequ
 
     @app.get("/readyz", tags=["health"], summary="Every dependency of this service answers")
     async def readyz() -> JSONResponse:
-        results = {name: await check() for name, check in checks.items()}
-        ok = all(results.values())
+        ok, results = await readiness(checks)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": results, "warnings": list(warnings)},
             status_code=200 if ok else 503,

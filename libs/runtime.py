@@ -40,12 +40,14 @@ from libs.http import (
     RouteCORS,
     install_error_handlers,
     install_health_routes,
+    readiness,
     route_matcher,
 )
 from libs.kafka import Drained, ensure_topics, kafka_ping, make_producer
 from libs.logs import get_logger
 from libs.settings import Settings
 from libs.stores import create_pg_pool, create_redis, pg_ping, redis_ping
+from libs.stream.consumer import Members, reporting_to
 
 log = get_logger(__name__)
 
@@ -249,6 +251,7 @@ class Stack:
         self._stopped = False
         self.drained: list[Drained] | None = None
         self.drain_failures: list[str] = []  # services whose drain raised: what they held is unaccounted for
+        self.members = Members()  # the consumers its services run (GET /status)
 
     @property
     def needs(self) -> set[Need]:
@@ -259,8 +262,12 @@ class Stack:
             parts = self.parts[spec.name] = spec.build(self.runtime)
             parts.routers = [bind_contexts(router, self.runtime.contexts) for router in parts.routers]
         for spec in self.specs:
-            for hook in self.parts[spec.name].on_start:
-                await hook()
+            reporting = reporting_to.set((self.members, spec.name))  # consumers started here report in /status
+            try:
+                for hook in self.parts[spec.name].on_start:
+                    await hook()
+            finally:
+                reporting_to.reset(reporting)
             log.info("service started", service=spec.name)
         for problem in self.settings.insecure_defaults():
             log.warning("insecure configuration", problem=problem)
@@ -274,6 +281,7 @@ class Stack:
         """Run a background job (a consumer) until it returns; when it fails, log it, report it in
         /readyz and start it again after a growing delay. A failing consumer never stops the process,
         so the HTTP services it shares a process with keep answering."""
+        reporting_to.set((self.members, name.partition(":")[0]))  # this task's own context: its consumers report in /status
         delay = RESTART_MIN_S
         while True:
             run = asyncio.create_task(job(), name=name)
@@ -395,6 +403,19 @@ class Stack:
             checks.update(self.task_checks(spec))
         checks.update(self.extra_checks)
         install_health_routes(app, checks, self.settings.insecure_defaults())
+
+        @app.get("/status", tags=["health"], summary="Readiness and the Kafka consumers of the services served here")
+        async def status() -> dict[str, Any]:
+            ready, results = await readiness(checks)
+            return {
+                "services": names,
+                "version": __version__,
+                "kafka": self.settings.kafka_bootstrap_servers,  # where `analytics status` finds the groups
+                "status": "ready" if ready else "not ready",
+                "checks": results,
+                "consumers": self.members.status(names),
+            }
+
         served = [self.parts[spec.name] for spec in specs]
         app.add_middleware(BodyLimitMiddleware, limits={k: v for p in served for k, v in p.body_limits.items()})
         public = route_matcher(route for p in served for route in p.public_routes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import signal
 import sys
 import time
@@ -15,11 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from libs.embedded import EmbeddedError, EmbeddedStack
+from libs.embedded.engines import KAFKA_PORT
 from libs.logs import configure_logging
 from libs.settings import Settings
 
 app = typer.Typer(help="Self-hostable event analytics: ingest, aggregate, query, notify.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
+EMBEDDED_KAFKA = f"127.0.0.1:{KAFKA_PORT}"  # where `analytics run` and `analytics infra` start Tansu when it is free
 
 
 def _settings() -> Settings:
@@ -154,6 +158,46 @@ async def _wait_for_consumers(settings: Settings) -> None:
     except Exception as exc:  # noqa: BLE001 - the engines still stop; say that the loss is unknown
         _say(f"could not read what the consumer groups have left ({exc!r}); stopping, and whatever they had "
              "not stored or sent is lost")
+
+
+@app.command()
+def status(
+    kafka: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers; default: KAFKA_BOOTSTRAP_SERVERS, else the one the first service answering uses "
+             f"(its /status), else the embedded broker's usual {EMBEDDED_KAFKA}",
+    )] = None,
+    url: Annotated[list[str] | None, typer.Option(
+        metavar="URL",
+        help="a service process's base URL, e.g. http://10.0.0.5:8004 (repeat for each); default: http://127.0.0.1 "
+             "on ports 8000-8005, leaving out those nothing listens on",
+    )] = None,
+    group: Annotated[list[str] | None, typer.Option(
+        metavar="GROUP",
+        help="only this consumer group (repeat for more); default: the platform's groups and every group the broker lists",
+    )] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document instead of tables")] = False,
+) -> None:
+    """Show each consumer group's state, members, and per partition its end offset, committed offset,
+    lag and owner; then each service's readiness and the consumers it runs (its GET /status).
+
+    Exit code 0 when all is well; 1 when a service is not ready or does not answer (a --url given), a group
+    has lag but no member, or Kafka could not be read."""
+    from services.runner import ALL_PORT, SERVICES
+    from services.status import gather, render
+
+    settings = _settings()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker that does not answer is in the report
+    if kafka:
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": kafka})
+    urls = url or [f"http://127.0.0.1:{port}" for port in (ALL_PORT, *sorted(s.port for s in SERVICES.values()))]
+    report = asyncio.run(gather(settings, urls, skip_unreachable=not url, groups=group or (), fallback_kafka=EMBEDDED_KAFKA))
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2), flush=True)
+    else:
+        # Piped (a script, a file): lines as long as they are, not cut to 80 columns.
+        render(report, Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000))
+    raise typer.Exit(1 if report.problems else 0)
 
 
 @app.command()

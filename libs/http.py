@@ -298,11 +298,11 @@ def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequ
     """`/healthz` (alive), `/readyz` (every dependency answers; `warnings`: insecure settings allowed
     outside production), `/metrics` (Prometheus)."""
 
-    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    @app.get("/healthz", operation_id="getHealth", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Every dependency of this service answers")
+    @app.get("/readyz", operation_id="getReadiness", tags=["health"], summary="Every dependency of this service answers")
     async def readyz() -> JSONResponse:
         results = {name: await check() for name, check in checks.items()}
         ok = all(results.values())
@@ -312,6 +312,6 @@ def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequ
             headers=None if ok else {"Retry-After": "1"},
         )
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", operation_id="getPrometheusMetrics", tags=["health"], summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -79,29 +79,11 @@ class Credentials:
             case.body = {**case.body, "app_id": self.throwaway_app_id if throwaway else self.app_id}
 
 
-def inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema with its `$defs` put in place (its `#/$defs/...` refs would be read
-    against the OpenAPI document's root)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return walk(defs[ref.removeprefix("#/$defs/")])
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)
-
-
 def with_event_shapes(document: dict[str, Any]) -> dict[str, Any]:
-    """The ingest routes read their bodies raw (gzip, text/plain beacons), so the document calls them
-    any JSON object; here they get the event shapes they validate, one event or a batch, so most
-    generated events get past validation into enrichment and publishing."""
-    from services.gateway.schemas import COLLECT_EVENT, MetricIn, NamedEvent
+    """The ingest routes' bodies, one event or a batch of at most 5 (the document allows 2000), with the
+    Segment calls' `type` in the body, so most generated events get past validation into enrichment and
+    publishing, quickly."""
+    from services.gateway.schemas import COLLECT_EVENT, MetricIn, NamedEvent, inlined
     from services.gateway.segment import SegmentMessage
 
     def one_or_batch(event: dict[str, Any], key: str) -> dict[str, Any]:

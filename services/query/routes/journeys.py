@@ -19,7 +19,7 @@ MAX_FUNNEL_WINDOW_S = 90 * 86400
 router = analytics_router()
 
 
-@router.get("/funnels", summary="Ordered steps within a window, with per-step conversion")
+@router.get("/funnels", operation_id="getFunnel", tags=["funnels"], summary="Ordered steps within a window, with per-step conversion")
 async def funnel(
     ctx: QueryCtx,
     app_id: App,
@@ -40,7 +40,8 @@ async def funnel(
     return await cached(ctx, app_id, "funnels", params, span.live, compute)
 
 
-@router.get("/retention", summary="Cohorts by first-seen day or week, and how many came back")
+@router.get("/retention", operation_id="getRetention", tags=["retention"],
+            summary="Cohorts by first-seen day or week, and how many came back")
 async def retention(
     ctx: QueryCtx,
     app_id: App,

@@ -13,10 +13,10 @@ from services.query import queries as q
 from services.query.context import App, QueryCtx, analytics_router, cached
 from services.query.params import MAX_RANGE_DAYS, check_series, date_range
 
-router = analytics_router()
+router = analytics_router("metrics")
 
 
-@router.get("/metrics", summary="Custom metrics: count, sum, avg, min, max, p50, p95 per metric")
+@router.get("/metrics", operation_id="getMetricsSummary", summary="Custom metrics: count, sum, avg, min, max, p50, p95 per metric")
 async def metrics_summary(
     ctx: QueryCtx,
     app_id: App,
@@ -33,7 +33,8 @@ async def metrics_summary(
     return await cached(ctx, app_id, "metrics", params, reaches_now(end), compute)
 
 
-@router.get("/metrics/timeseries", summary="One custom metric per hour or day: count, sum, avg, min, max")
+@router.get("/metrics/timeseries", operation_id="getMetricTimeseries",
+            summary="One custom metric per hour or day: count, sum, avg, min, max")
 async def metric_timeseries(
     ctx: QueryCtx,
     app_id: App,

@@ -17,7 +17,7 @@ from services.query.periods import buckets
 
 MAX_LIMIT = 1000
 
-router = analytics_router()
+router = analytics_router("stats")
 
 
 def _change(now: float, before: float) -> float | None:
@@ -26,7 +26,8 @@ def _change(now: float, before: float) -> float | None:
     return round(100 * (now - before) / before, 1)
 
 
-@router.get("/stats/aggregate", summary="Visitors, visits, pageviews, bounce rate, visit duration, events")
+@router.get("/stats/aggregate", operation_id="getStatsAggregate",
+            summary="Visitors, visits, pageviews, bounce rate, visit duration, events")
 async def aggregate(
     ctx: QueryCtx, app_id: App, filters: Filters, period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
     metrics: Annotated[str | None, Query(max_length=200)] = None,
@@ -53,7 +54,7 @@ async def aggregate(
     return await cached(ctx, app_id, "stats-aggregate", params, span.live, compute)
 
 
-@router.get("/stats/timeseries", summary="Metrics per hour, day, week or month (every bucket present)")
+@router.get("/stats/timeseries", operation_id="getStatsTimeseries", summary="Metrics per hour, day, week or month (every bucket present)")
 async def timeseries(
     ctx: QueryCtx, app_id: App, filters: Filters, period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
     interval: Literal["hour", "day", "week", "month"] | None = None,
@@ -75,7 +76,8 @@ async def timeseries(
     return await cached(ctx, app_id, "stats-timeseries", params, span.live, compute)
 
 
-@router.get("/stats/breakdown", summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
+@router.get("/stats/breakdown", operation_id="getStatsBreakdown",
+            summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
 async def breakdown(
     ctx: QueryCtx, app_id: App, filters: Filters,
     property: Annotated[str, Query(description=", ".join(stats.PROPERTIES))] = "page",
@@ -106,7 +108,7 @@ async def breakdown(
     return await cached(ctx, app_id, "stats-breakdown", params, span.live, compute)
 
 
-@router.get("/stats/realtime", summary="Distinct visitors in the last 5 minutes")
+@router.get("/stats/realtime", operation_id="getRealtimeVisitors", summary="Distinct visitors in the last 5 minutes")
 async def realtime(ctx: QueryCtx, app_id: App) -> Response:
     end = datetime.now(UTC) + timedelta(seconds=1)
 

@@ -6,6 +6,7 @@ document and the docs pages need no engine."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -118,3 +119,24 @@ def test_error_answers_are_documented_with_the_detail_schema(documents) -> None:
     assert {"400", "401", "413", "415", "422", "429", "503"} <= set(ingest)
     assert {"409", "400"} <= set(document["paths"]["/api/user/signup"]["post"]["responses"])
     assert "429" in document["paths"]["/api/user/login"]["post"]["responses"]
+
+
+def test_the_readme_api_section_names_every_route(documents) -> None:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index("\n## API\n"):text.index("\n### Email delivery\n")]
+    prefixes = ("/api/analytics/", "/api/user/", "/api/auth/", "/api/email/", "/v1/")
+    missing = []
+    for path in documents["stack"]["paths"]:
+        short = next((path.removeprefix(p) for p in prefixes if path.startswith(p)), path)
+        pattern = re.escape(short).replace(r"\{", "{").replace(r"\}", "}")
+        if not re.search(re.sub(r"\{\w+\}", r"\\{\\w+\\}", pattern), section):
+            missing.append(path)
+    assert not missing, missing
+
+
+async def test_the_host_root_takes_a_browser_to_the_dashboard() -> None:
+    app = stack().app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://analytics.test") as http:
+        r = await http.get("/")
+        assert r.status_code == 307 and r.headers["location"] == "/dashboard"
+        assert (await http.get("/", follow_redirects=True)).headers["content-type"].startswith("text/html")

@@ -36,6 +36,11 @@ async def dashboard() -> Response:
     return Response(_files()["index.html"][0], media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
+@router.get("/", include_in_schema=False)  # a browser pointed at the host lands on the dashboard
+async def home() -> Response:
+    return RedirectResponse("/dashboard", status_code=307)
+
+
 @router.get("/dashboard/", include_in_schema=False)
 async def dashboard_slash(request: Request) -> Response:
     return RedirectResponse("/dashboard", status_code=308)

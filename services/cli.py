@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from libs import __version__
 from libs.embedded import EmbeddedError, EmbeddedStack
 from libs.logs import configure_logging
 from libs.settings import Settings
@@ -22,12 +23,28 @@ app = typer.Typer(help="Self-hostable event analytics: ingest, aggregate, query,
 console = Console(stderr=True, soft_wrap=True)
 
 
+def _version(show: bool) -> None:
+    if show:
+        print(f"analytics {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Self-hostable event analytics: ingest, aggregate, query, notify."""
+
+
 def _settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
         for err in exc.errors():
-            console.print(f"[red]configuration error:[/red] {err['msg']}")
+            name = str(err["loc"][0]).upper() if err["loc"] else ""  # the field's environment variable
+            given = f"={err['input']!r}" if name and isinstance(err.get("input"), str | int | float) else ""
+            where = f"{name}{given}: " if name else ""
+            console.print(f"[red]configuration error:[/red] {escape(where)}{escape(err['msg'])}; set {name or 'it'} right or unset it")
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     return settings

@@ -1,0 +1,19 @@
+"""`analytics` itself: its version, and configuration errors that name the variable to fix."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from libs import __version__
+from services.cli import app
+
+
+def test_version_prints_the_project_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"analytics {__version__}"
+
+
+def test_a_bad_setting_names_its_environment_variable_and_value() -> None:
+    result = CliRunner().invoke(app, ["migrate"], env={"KAFKA_PARTITIONS": "abc"})
+    assert result.exit_code == 2
+    assert "KAFKA_PARTITIONS='abc'" in result.output and "integer" in result.output, result.output

@@ -53,7 +53,9 @@ def _settings() -> Settings:
 @app.command()
 def run(
     services: Annotated[str, typer.Option(help="comma-separated: gateway,auth,query,aggregator,notifier, or all")] = "all",
-    port: Annotated[int | None, typer.Option(help="one port for all selected services")] = None,
+    port: Annotated[int | None, typer.Option(help=(
+        "one port for all selected services; by default all of them share 8000, and a subset listens each on "
+        "its own: gateway 8001, auth 8002, query 8003, aggregator 8004, notifier 8005"))] = None,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 in containers)")] = "127.0.0.1",
 ) -> None:
     """Run services in this process; embedded engines start for every URL that is not set."""

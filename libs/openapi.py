@@ -39,7 +39,7 @@ class ErrorBody(BaseModel):
 
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before sending again", "schema": {"type": "integer"}}}
 ERRORS = {
-    400: "the body is not what this route reads (not JSON, empty, wrongly encoded)",
+    400: "the body is not what this route reads (not JSON, empty, wrongly encoded), or a password too weak",
     401: "credentials missing, invalid, revoked or expired",
     403: "these credentials may not do this (another user's app, a write key reading)",
     404: "no such resource (or not yours)",
@@ -63,9 +63,30 @@ def _asset(name: str) -> bytes:
     return (resources.files("fastapi_offline") / "static" / name).read_bytes()
 
 
+def document_body_errors(app: FastAPI) -> None:
+    """Every operation that reads a JSON body may answer 400 (a body that is not JSON): FastAPI's own
+    parsing says so before any route runs, so the document says so for each of them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            for item in document.get("paths", {}).values():
+                for operation in item.values():
+                    if "requestBody" in operation and "400" not in operation["responses"]:
+                        operation["responses"]["400"] = {
+                            "description": ERRORS[400],
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_docs(app: FastAPI) -> None:
     """`/docs` (Swagger UI, with the Authorize button for every security scheme) and `/redoc`, loading
     only files served here. The app is made with `docs_url=None, redoc_url=None`."""
+    document_body_errors(app)
     title = app.title
     spec = app.openapi_url or "/openapi.json"
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs import tokens
 from libs.access import bearer_dependency
@@ -35,12 +35,16 @@ MAX_SUBSCRIPTIONS_PER_USER = 50
 
 
 class ReportIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "frequency": "weekly"}]})
     app_id: Line = Field(max_length=64)
     frequency: ReportFrequency = "weekly"
     send_now: bool = Field(False, description="also mail a report of the last period right away")
 
 
 class ReportOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "3c2b1a09-8f7e-4d6c-5b4a-392817161514", "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "app_name": "My blog",
+        "frequency": "weekly", "next_run_at": "2026-02-02T00:00:00Z", "last_sent_at": None, "created_at": "2026-01-31T12:00:00Z"}]})
     id: str
     app_id: str
     app_name: str

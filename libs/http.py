@@ -304,11 +304,21 @@ def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequ
     """`/healthz` (alive), `/readyz` (every dependency answers; `warnings`: insecure settings allowed
     outside production), `/metrics` (Prometheus)."""
 
-    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    @app.get("/healthz", operation_id="getHealth", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Every dependency of this service answers")
+    readiness = {"application/json": {
+        "schema": {"type": "object", "required": ["status", "checks", "warnings"], "properties": {
+            "status": {"type": "string", "enum": ["ready", "not ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}, "description": "each dependency: answers"},
+            "warnings": {"type": "array", "items": {"type": "string"}, "description": "insecure settings allowed here"}}},
+        "example": {"status": "ready", "checks": {"kafka": True, "postgres": True}, "warnings": []}}}
+    not_ready = {"description": "a dependency does not answer", "content": readiness,
+                 "headers": {"Retry-After": {"description": "seconds to wait before asking again", "schema": {"type": "integer"}}}}
+
+    @app.get("/readyz", operation_id="getReadiness", tags=["health"], summary="Every dependency of this service answers",
+             responses={200: {"description": "ready", "content": readiness}, 503: not_ready})
     async def readyz() -> JSONResponse:
         ok, results = await readiness(checks)
         return JSONResponse(
@@ -317,6 +327,7 @@ def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequ
             headers=None if ok else {"Retry-After": "1"},
         )
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", operation_id="getPrometheusMetrics", tags=["health"], summary="Prometheus metrics",
+             response_class=PlainTextResponse, responses={200: {"description": "Prometheus' text format"}})
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

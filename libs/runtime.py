@@ -45,6 +45,7 @@ from libs.http import (
 )
 from libs.kafka import Drained, ensure_topics, kafka_ping, make_producer
 from libs.logs import get_logger
+from libs.openapi import install_docs
 from libs.settings import Settings
 from libs.stores import create_pg_pool, create_redis, pg_ping, redis_ping
 from libs.stream.consumer import Members, reporting_to
@@ -231,6 +232,8 @@ class ServiceSpec:
     # one (the gateway without Postgres or Redis) leaves it out, so an outage does not take it out of
     # its load balancer.
     ready_needs: frozenset[Need] | None = None
+    # The OpenAPI tags of its routes, each (name, description), in the order the docs list them.
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 class Stack:
@@ -257,10 +260,16 @@ class Stack:
     def needs(self) -> set[Need]:
         return {n for spec in self.specs for n in spec.needs}
 
-    async def start(self) -> None:
+    def build(self) -> None:
+        """Each service's parts (its routers bound to this stack's contexts), without starting anything:
+        enough for `app()` to serve the OpenAPI document and the docs pages. `start` builds them first."""
         for spec in self.specs:
-            parts = self.parts[spec.name] = spec.build(self.runtime)
-            parts.routers = [bind_contexts(router, self.runtime.contexts) for router in parts.routers]
+            if spec.name not in self.parts:
+                parts = self.parts[spec.name] = spec.build(self.runtime)
+                parts.routers = [bind_contexts(router, self.runtime.contexts) for router in parts.routers]
+
+    async def start(self) -> None:
+        self.build()
         for spec in self.specs:
             reporting = reporting_to.set((self.members, spec.name))  # consumers started here report in /status
             try:
@@ -385,12 +394,16 @@ class Stack:
         specs = specs or self.specs
         names = [s.name for s in specs]
         title = "Analytics platform" if len(specs) > 1 else f"Analytics {names[0]} service"
+        tags = [{"name": name, "description": text} for spec in specs for name, text in spec.tags]
         app = FastAPI(
             title=title,
             version=__version__,
-            description="Routes: " + ", ".join(names),
+            description="Routes: " + ", ".join(names) + ". Errors answer `{\"detail\": ...}`.",
+            openapi_tags=[*tags, {"name": "health", "description": "liveness, readiness and Prometheus metrics"}],
+            docs_url=None,
             redoc_url=None,
         )
+        install_docs(app)
         install_error_handlers(app)
         checks: dict[str, Check] = {}
         for spec in specs:

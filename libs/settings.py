@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     smtp_url: str | None = None
     smtp_from: str = "Analytics <no-reply@analytics.localhost>"
+
+    @field_validator("kafka_bootstrap_servers", "clickhouse_url", "database_url", "redis_url", "smtp_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`CLICKHOUSE_URL=` (empty, or blanks) means unset, as if the line were not there: the embedded
+        engine then, wherever the URL is read."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     jwt_secret: str = DEFAULT_JWT_SECRET
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"

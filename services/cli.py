@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from libs import __version__
 from libs.embedded import EmbeddedError, EmbeddedStack
 from libs.embedded.engines import KAFKA_PORT
 from libs.logs import configure_logging
@@ -26,12 +27,28 @@ console = Console(stderr=True, soft_wrap=True)
 EMBEDDED_KAFKA = f"127.0.0.1:{KAFKA_PORT}"  # where `analytics run` and `analytics infra` start Tansu when it is free
 
 
+def _version(show: bool) -> None:
+    if show:
+        print(f"analytics {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Self-hostable event analytics: ingest, aggregate, query, notify."""
+
+
 def _settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
         for err in exc.errors():
-            console.print(f"[red]configuration error:[/red] {err['msg']}")
+            name = str(err["loc"][0]).upper() if err["loc"] else ""  # the field's environment variable
+            given = f"={err['input']!r}" if name and isinstance(err.get("input"), str | int | float) else ""
+            where = f"{name}{given}: " if name else ""
+            console.print(f"[red]configuration error:[/red] {escape(where)}{escape(err['msg'])}; set {name or 'it'} right or unset it")
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     return settings
@@ -40,7 +57,9 @@ def _settings() -> Settings:
 @app.command()
 def run(
     services: Annotated[str, typer.Option(help="comma-separated: gateway,auth,query,aggregator,notifier, or all")] = "all",
-    port: Annotated[int | None, typer.Option(help="one port for all selected services")] = None,
+    port: Annotated[int | None, typer.Option(help=(
+        "one port for all selected services; by default all of them share 8000, and a subset listens each on "
+        "its own: gateway 8001, auth 8002, query 8003, aggregator 8004, notifier 8005"))] = None,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 in containers)")] = "127.0.0.1",
 ) -> None:
     """Run services in this process; embedded engines start for every URL that is not set."""

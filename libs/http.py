@@ -308,17 +308,17 @@ def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequ
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    readiness = {"application/json": {
+    readiness_body = {"application/json": {
         "schema": {"type": "object", "required": ["status", "checks", "warnings"], "properties": {
             "status": {"type": "string", "enum": ["ready", "not ready"]},
             "checks": {"type": "object", "additionalProperties": {"type": "boolean"}, "description": "each dependency: answers"},
             "warnings": {"type": "array", "items": {"type": "string"}, "description": "insecure settings allowed here"}}},
         "example": {"status": "ready", "checks": {"kafka": True, "postgres": True}, "warnings": []}}}
-    not_ready = {"description": "a dependency does not answer", "content": readiness,
+    not_ready = {"description": "a dependency does not answer", "content": readiness_body,
                  "headers": {"Retry-After": {"description": "seconds to wait before asking again", "schema": {"type": "integer"}}}}
 
     @app.get("/readyz", operation_id="getReadiness", tags=["health"], summary="Every dependency of this service answers",
-             responses={200: {"description": "ready", "content": readiness}, 503: not_ready})
+             responses={200: {"description": "ready", "content": readiness_body}, 503: not_ready})
     async def readyz() -> JSONResponse:
         ok, results = await readiness(checks)
         return JSONResponse(

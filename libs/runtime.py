@@ -417,7 +417,8 @@ class Stack:
         checks.update(self.extra_checks)
         install_health_routes(app, checks, self.settings.insecure_defaults())
 
-        @app.get("/status", tags=["health"], summary="Readiness and the Kafka consumers of the services served here")
+        @app.get("/status", operation_id="getStatus", tags=["health"],
+                 summary="Readiness and the Kafka consumers of the services served here (what `analytics status` reads)")
         async def status() -> dict[str, Any]:
             ready, results = await readiness(checks)
             return {

@@ -26,6 +26,7 @@ from libs.embedded import EmbeddedStack
 from libs.logs import configure_logging
 from libs.runtime import Stack
 from libs.settings import Settings
+from tests.adapters import last_the_other_adapter
 from tests.containers import docker_engines
 
 PASSWORD = "Str0ng!pass"
@@ -51,6 +52,11 @@ def engines(data_dir: Path) -> Iterator[Settings]:
             yield stack.settings
         finally:
             stack.stop()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest grouped the tests by their session-scoped parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    last_the_other_adapter(items)
 
 
 @pytest.fixture(scope="session")

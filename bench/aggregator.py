@@ -6,6 +6,9 @@
    builds), in blocks of the aggregator's batch size, through the same adapter, into the same table
    (with the views that feed its rollups). Target: aggregator / chDB >= 0.5. Three rounds on fresh
    events; the median ratio is reported (the machine is shared: a single round is noisy).
+   Then the same rounds with the other adapter: the aggregator writes through clickhouse-connect over
+   ClickHouse's HTTP interface to the embedded server (`analytics infra`'s child process serving chDB
+   on its own data dir), and the baseline is the bulk insert through that same adapter and server.
 2. Freshness: the whole stack (engines, gateway+auth in one process, aggregator+query+notifier with
    chDB in another, as `analytics infra` + `analytics run --services` deploy it on one machine) takes
    RATE events/s for SECONDS s through `POST /api/analytics/collect` (batches of 100 events with
@@ -19,6 +22,7 @@
    answered from the cache (`X-Cache: HIT`) is reported.
 
 `python -m bench aggregator`; BENCH_AGG_PARTS=throughput|freshness runs one part;
+BENCH_AGG_ADAPTERS=chdb|clickhouse-http measures the throughput with one adapter;
 BENCH_AGG_EVENTS, BENCH_AGG_RATE, BENCH_AGG_SECONDS change the sizes.
 """
 
@@ -49,6 +53,7 @@ RATE = int(os.environ.get("BENCH_AGG_RATE", "5000"))
 SECONDS = int(os.environ.get("BENCH_AGG_SECONDS", "60"))
 ROUNDS = int(os.environ.get("BENCH_AGG_ROUNDS", "3"))
 PARTS = os.environ.get("BENCH_AGG_PARTS", "throughput,freshness")  # for trying one part alone
+ADAPTERS = os.environ.get("BENCH_AGG_ADAPTERS", "chdb,clickhouse-http").split(",")
 PER_REQUEST = 100
 SAMPLE_EVERY = 25  # one sampled event per 25 requests: 2 a second at 5,000 events/s, 120 in a minute
 POLL_S = 0.1  # how often the pollers ask: part of every measured delay
@@ -78,23 +83,28 @@ def inserted_rows() -> float:
 # ---- 1. throughput ---------------------------------------------------------------------------------
 
 
+# What each adapter's figures are called in the output and the result file.
+ENGINE_NAME = {"chdb": "chDB", "clickhouse-http": "clickhouse-connect over HTTP"}
+
+
 async def throughput(settings: Settings) -> dict[str, Any]:
-    """ROUNDS rounds, each on fresh events: the aggregator drains them, then chDB inserts the same rows.
-    The machine is shared, so the ratio reported is the median of the rounds' ratios (each measured
-    back to back under the same conditions); every round is in the result."""
-    from libs.clickhouse.embedded import ChdbClickHouse
-    from libs.clickhouse.migrate import MIGRATIONS
+    """ROUNDS rounds, each on fresh events: the aggregator drains them, then the bulk insert of the same
+    rows through the same adapter (settings.clickhouse_url set: clickhouse-connect over HTTP, else chDB
+    in this process). The machine is shared, so the ratio reported is the median of the rounds' ratios
+    (each measured back to back under the same conditions); every round is in the result."""
+    from libs.clickhouse import connect_clickhouse
+    from libs.clickhouse.migrate import migrate_clickhouse
     from libs.kafka import make_producer
-    from libs.migrations import apply_clickhouse
     from services.runner import tune_garbage_collector
 
-    ch = await ChdbClickHouse.open(settings.data_dir / "clickhouse")
-    await apply_clickhouse(ch, "analytics", MIGRATIONS, {"retention_days": settings.clickhouse_retention_days})
+    engine = ENGINE_NAME["clickhouse-http" if settings.clickhouse_url else "chdb"]
+    ch = await connect_clickhouse(settings)
+    await migrate_clickhouse(ch, settings)
     producer = make_producer(settings, linger_ms=5)
     await producer.start()
     tune_garbage_collector()  # as `analytics run` does once a service has started
     try:
-        rounds = [await one_round(settings, ch, producer, r) for r in range(ROUNDS)]
+        rounds = [await one_round(settings, ch, producer, r, engine) for r in range(ROUNDS)]
         stored = (await ch.query("SELECT count() AS n FROM events FINAL WHERE app_id = 'bench-app'"))[0]["n"]
     finally:
         await producer.stop()
@@ -102,15 +112,35 @@ async def throughput(settings: Settings) -> dict[str, Any]:
     ratio = statistics.median(r["ratio"] for r in rounds)
     middle = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
     return {
-        "events_per_round": EVENTS, "rounds": rounds, "ratio": ratio, "target": 0.5,
+        "adapter": ch.kind, "events_per_round": EVENTS, "rounds": rounds, "ratio": ratio, "target": 0.5,
         "aggregator_events_per_s": middle["aggregator_events_per_s"],
-        "chdb_bulk_insert_events_per_s": middle["chdb_bulk_insert_events_per_s"],
+        "bulk_insert_events_per_s": middle["bulk_insert_events_per_s"],
         "batch_size_setting": settings.aggregator_batch_size, "partitions": settings.kafka_partitions,
         "rows_stored": stored, "rows_expected": EVENTS * ROUNDS,
     }
 
 
-async def one_round(settings: Settings, ch: Any, producer: Any, n: int) -> dict[str, Any]:
+async def throughputs(settings: Settings, data: Path) -> dict[str, Any]:
+    """The throughput with each adapter of ADAPTERS, keyed by adapter. clickhouse-http writes to the
+    embedded ClickHouse HTTP server, started here on its own data dir (so both start from empty tables)."""
+    moved: dict[str, Any] = {}
+    for adapter in ADAPTERS:
+        print(f"1. throughput, {ENGINE_NAME[adapter]} ({EVENTS:,} events, batches of {settings.aggregator_batch_size}):",
+              flush=True)
+        if adapter == "chdb":
+            moved[adapter] = await throughput(settings)
+        else:
+            server = EmbeddedStack.start(Settings(analytics_data_dir=data / "ch-http", clickhouse_url=None), ["clickhouse"])
+            try:
+                moved[adapter] = await throughput(settings.model_copy(update={"clickhouse_url": server.settings.clickhouse_url}))
+            finally:
+                server.stop()
+        print(f"ratio aggregator / bulk insert, {ENGINE_NAME[adapter]}: {moved[adapter]['ratio']:.2f} (target >= 0.5)",
+              flush=True)
+    return moved
+
+
+async def one_round(settings: Settings, ch: Any, producer: Any, n: int, engine: str) -> dict[str, Any]:
     from libs.kafka import ensure_topics
     from services.aggregator.consumer import EventConsumer
     from services.aggregator.decode import decode
@@ -141,21 +171,23 @@ async def one_round(settings: Settings, ch: Any, producer: Any, n: int) -> dict[
     await task
     aggregator_rate = EVENTS / drained
     inserts = (REGISTRY.get_sample_value("aggregator_batch_rows_count") or 0.0) - start_inserts
-    print(f"    {'one aggregator, Kafka -> chDB':<38} {aggregator_rate:>10,.0f} events/s ({drained:.1f}s)", flush=True)
+    print(f"    {'one aggregator, Kafka -> ' + engine:<52} {aggregator_rate:>10,.0f} events/s ({drained:.1f}s)",
+          flush=True)
 
-    # chDB's own bulk insert of the very same rows into the same table (its rollup views included), in
-    # as many blocks as the aggregator made. ReplacingMergeTree folds the second copy away (FINAL).
+    # The engine's own bulk insert of the very same rows into the same table (its rollup views included),
+    # through the same adapter, in as many blocks as the aggregator made. ReplacingMergeTree folds the
+    # second copy away (FINAL).
     rows = [decode(v)[1] for v in values]
     size = -(-EVENTS // max(1, int(inserts)))
     began = time.perf_counter()
     for i in range(0, len(rows), size):
         await ch.insert_rows("events", rows[i:i + size])
     baseline = time.perf_counter() - began
-    chdb_rate = EVENTS / baseline
-    print(f"    {'chDB bulk insert, same rows':<38} {chdb_rate:>10,.0f} events/s ({baseline:.1f}s)", flush=True)
+    bulk_rate = EVENTS / baseline
+    print(f"    {'bulk insert, same rows, ' + engine:<52} {bulk_rate:>10,.0f} events/s ({baseline:.1f}s)", flush=True)
     return {
-        "aggregator_events_per_s": round(aggregator_rate), "chdb_bulk_insert_events_per_s": round(chdb_rate),
-        "ratio": round(aggregator_rate / chdb_rate, 3), "aggregator_inserts": int(inserts), "rows_per_insert": size,
+        "aggregator_events_per_s": round(aggregator_rate), "bulk_insert_events_per_s": round(bulk_rate),
+        "ratio": round(aggregator_rate / bulk_rate, 3), "aggregator_inserts": int(inserts), "rows_per_insert": size,
     }
 
 
@@ -315,9 +347,7 @@ def main() -> dict[str, Any]:
     try:
         moved: dict[str, Any] = {}
         if "throughput" in PARTS:
-            print(f"1. throughput ({EVENTS:,} events, batches of {engines.settings.aggregator_batch_size}):", flush=True)
-            moved = asyncio.run(throughput(engines.settings))
-            print(f"ratio aggregator / chDB bulk insert: {moved['ratio']:.2f} (target >= 0.5)", flush=True)
+            moved = asyncio.run(throughputs(engines.settings, data))
         if "freshness" not in PARTS:
             return {"throughput": moved}
 

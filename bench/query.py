@@ -6,7 +6,7 @@ plain Postgres design (an `events` table with indexes) holding the same rows.
    events (default 10,000,000) for that app over 90 days with `INSERT ... SELECT FROM numbers()`
    (they pass through the same materialized view as events from the aggregator), merges the parts,
    and writes the Postgres design's columns of the same rows to a CSV file.
-3. The same rows go into `pg_baseline.events` in the embedded Postgres (indexes on
+3. The same rows go into `baseline.events` in the embedded Postgres (indexes on
    (app_id, created_at), (app_id, event_name, created_at) and (user_id); ANALYZE).
 4. `analytics run --services aggregator,query` serves those ClickHouse files (chDB lives in the serving
    process, so the aggregator shares it, as the design requires; it has nothing to consume here).
@@ -84,9 +84,9 @@ INTO OUTFILE '{path}' TRUNCATE FORMAT CSV
 """
 
 PG_SCHEMA = """
-DROP SCHEMA IF EXISTS pg_baseline CASCADE;
-CREATE SCHEMA pg_baseline;
-CREATE TABLE pg_baseline.events (
+DROP SCHEMA IF EXISTS baseline CASCADE;
+CREATE SCHEMA baseline;
+CREATE TABLE baseline.events (
     id bigserial PRIMARY KEY,
     app_id uuid NOT NULL,
     event_name text NOT NULL,
@@ -100,10 +100,10 @@ CREATE TABLE pg_baseline.events (
 );
 """
 PG_INDEXES = [
-    "CREATE INDEX events_app_created ON pg_baseline.events (app_id, created_at)",
-    "CREATE INDEX events_app_event_created ON pg_baseline.events (app_id, event_name, created_at)",
-    "CREATE INDEX events_user ON pg_baseline.events (user_id)",
-    "ANALYZE pg_baseline.events",
+    "CREATE INDEX events_app_created ON baseline.events (app_id, created_at)",
+    "CREATE INDEX events_app_event_created ON baseline.events (app_id, event_name, created_at)",
+    "CREATE INDEX events_user ON baseline.events (user_id)",
+    "ANALYZE baseline.events",
 ]
 
 
@@ -142,7 +142,7 @@ async def load_postgres(dsn: str, csv_path: Path) -> float:
         t = time.perf_counter()
         await conn.execute(PG_SCHEMA)
         await conn.execute(
-            "COPY pg_baseline.events (app_id, event_name, url, referrer, device, ip_address, user_id, metadata, created_at) "
+            "COPY baseline.events (app_id, event_name, url, referrer, device, ip_address, user_id, metadata, created_at) "
             f"FROM '{csv_path}' WITH (FORMAT csv)"  # a path this benchmark chose, not input
         )
         for statement in PG_INDEXES:
@@ -253,19 +253,19 @@ def main() -> dict[str, Any]:
         cases = [
             ("event_summary", "/api/analytics/event-summary",
              {"event": "page_view", "startDate": str(first), "endDate": str(last)}, RUNS,
-             [("SELECT count(*) AS count, count(DISTINCT user_id) AS unique_users FROM pg_baseline.events "
+             [("SELECT count(*) AS count, count(DISTINCT user_id) AS unique_users FROM baseline.events "
                "WHERE app_id = $1 AND event_name = $2 AND created_at >= $3 AND created_at < $4",
                [uuid.UUID(app_id), "page_view", start_ts, end_ts]),
-              ("SELECT device, count(*) FROM pg_baseline.events WHERE app_id = $1 AND event_name = $2 "
+              ("SELECT device, count(*) FROM baseline.events WHERE app_id = $1 AND event_name = $2 "
                "AND created_at >= $3 AND created_at < $4 GROUP BY device",
                [uuid.UUID(app_id), "page_view", start_ts, end_ts])]),
             ("events_timeseries", "/api/analytics/events/timeseries", {"interval": "day", "days": 7}, RUNS,
              [("SELECT date_trunc('day', created_at, 'UTC') AS bucket, count(*), count(DISTINCT user_id) "
-               "FROM pg_baseline.events WHERE app_id = $1 AND created_at >= $2 GROUP BY bucket ORDER BY bucket",
+               "FROM baseline.events WHERE app_id = $1 AND created_at >= $2 GROUP BY bucket ORDER BY bucket",
                [uuid.UUID(app_id), week_ago])]),
             ("breakdown_event_name", "/api/analytics/events/grouped",
              {"by": "event_name", "start_date": str(first), "end_date": str(last)}, RUNS,
-             [("SELECT event_name, count(*) AS count, count(DISTINCT user_id) FROM pg_baseline.events "
+             [("SELECT event_name, count(*) AS count, count(DISTINCT user_id) FROM baseline.events "
                "WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY event_name ORDER BY 2 DESC",
                [uuid.UUID(app_id), start_ts, end_ts])]),
             ("stats_breakdown_source_7d", "/api/analytics/stats/breakdown",

@@ -6,16 +6,36 @@ from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
 from libs import tokens
 from libs.clientip import TrustedProxies
 from libs.http import ApiError
 from libs.settings import Settings
 
-bearer_scheme = HTTPBearer(auto_error=False, description="access_token from POST /api/user/login")
+# Each scheme is also what the OpenAPI document (and Swagger UI's Authorize button) offers, by these names.
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth", bearerFormat="JWT",
+                           description="access_token from POST /api/user/login (logIn)")
+api_key_scheme = APIKeyHeader(name="x-api-key", auto_error=False, scheme_name="apiKey",
+                              description="an app's secret key (sk_...) to read, or its write key (wk_...) to send events")
 
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+ApiKeyHeader = Annotated[str | None, Depends(api_key_scheme)]  # the x-api-key header, None when missing or empty
+
+
+class WriteKeyBasic(HTTPBasic):
+    """HTTP Basic with an app's write key as the user name and no password, as Segment's SDKs send it:
+    documented here, read by the gateway itself (services/gateway/segment.py), so this reads nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(scheme_name="writeKeyBasic", auto_error=False,
+                         description="an app's write key (wk_...) as the user name, the password empty (Segment's SDKs)")
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:  # type: ignore[override]
+        return None
+
+
+write_key_basic = WriteKeyBasic()
 
 
 def bearer_dependency(

@@ -294,24 +294,40 @@ def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+async def readiness(checks: dict[str, Check]) -> tuple[bool, dict[str, bool]]:
+    """Whether every check passes, and each check's answer (what /readyz and /status report)."""
+    results = {name: await check() for name, check in checks.items()}
+    return all(results.values()), results
+
+
 def install_health_routes(app: FastAPI, checks: dict[str, Check], warnings: Sequence[str] = ()) -> None:
     """`/healthz` (alive), `/readyz` (every dependency answers; `warnings`: insecure settings allowed
     outside production), `/metrics` (Prometheus)."""
 
-    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    @app.get("/healthz", operation_id="getHealth", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Every dependency of this service answers")
+    readiness_body = {"application/json": {
+        "schema": {"type": "object", "required": ["status", "checks", "warnings"], "properties": {
+            "status": {"type": "string", "enum": ["ready", "not ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}, "description": "each dependency: answers"},
+            "warnings": {"type": "array", "items": {"type": "string"}, "description": "insecure settings allowed here"}}},
+        "example": {"status": "ready", "checks": {"kafka": True, "postgres": True}, "warnings": []}}}
+    not_ready = {"description": "a dependency does not answer", "content": readiness_body,
+                 "headers": {"Retry-After": {"description": "seconds to wait before asking again", "schema": {"type": "integer"}}}}
+
+    @app.get("/readyz", operation_id="getReadiness", tags=["health"], summary="Every dependency of this service answers",
+             responses={200: {"description": "ready", "content": readiness_body}, 503: not_ready})
     async def readyz() -> JSONResponse:
-        results = {name: await check() for name, check in checks.items()}
-        ok = all(results.values())
+        ok, results = await readiness(checks)
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": results, "warnings": list(warnings)},
             status_code=200 if ok else 503,
             headers=None if ok else {"Retry-After": "1"},
         )
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", operation_id="getPrometheusMetrics", tags=["health"], summary="Prometheus metrics",
+             response_class=PlainTextResponse, responses={200: {"description": "Prometheus' text format"}})
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from libs.logs import get_logger, kafka_headers
@@ -42,6 +42,13 @@ AGGREGATOR_GROUP = "aggregator"
 NOTIFIER_GROUP = "notifier"
 REPORT_RUNS_GROUP = "auth-report-runs"
 REPORT_SUBSCRIPTIONS_GROUP = "query-report-subscriptions"
+# The topic each of them reads: `analytics status` shows these groups even while no member runs.
+GROUP_TOPICS = {
+    AGGREGATOR_GROUP: EVENTS_TOPIC,
+    NOTIFIER_GROUP: EMAIL_TOPIC,
+    REPORT_RUNS_GROUP: REPORT_RUNS_TOPIC,
+    REPORT_SUBSCRIPTIONS_GROUP: REPORT_SUBSCRIPTIONS_TOPIC,
+}
 
 
 class KafkaUnavailable(RuntimeError):
@@ -139,6 +146,55 @@ async def kafka_ping(settings: Settings) -> bool:
     return await broker_answers(settings.kafka_bootstrap_servers or "")
 
 
+@dataclass(frozen=True)
+class MemberDescription:
+    """One member of a consumer group, as the group coordinator describes it."""
+
+    member_id: str
+    client_id: str
+    host: str
+    topics: list[str]  # subscribed; empty when the broker does not say (Tansu)
+    assignment: dict[str, list[int]]  # topic -> partitions; empty when the broker does not say (Tansu)
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    group: str
+    state: str  # Stable, PreparingRebalance, CompletingRebalance, Empty, Dead
+    members: list[MemberDescription]
+
+
+async def describe_groups(
+    settings: Settings, groups: Iterable[str] = (), listed: bool = True, timeout: float = 10
+) -> list[GroupDescription]:
+    """`groups` and (with `listed`) every group the broker lists (ListGroups), each described
+    (DescribeGroups: state and members), sorted by name. One group per request: the embedded broker
+    (Tansu) garbles the answer about a second group of one request and closes the connection."""
+    from libs.stream.produce import decode_member
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        names = set(groups)
+        if listed:
+            names.update(str(group) for group, *_ in await asyncio.wait_for(admin.list_consumer_groups(), timeout))
+        described = []
+        for group in sorted(names):
+            (response,) = await asyncio.wait_for(admin.describe_consumer_groups([group]), timeout)
+            for answer in response.to_object()["groups"]:
+                members = []
+                for m in answer["members"]:
+                    topics, assignment = decode_member(m["member_metadata"], m["member_assignment"])
+                    members.append(MemberDescription(m["member_id"], m["client_id"], m["client_host"], topics, assignment))
+                state = answer["state"] or "unknown"
+                if answer["error_code"]:
+                    state = f"not described ({for_code(answer['error_code']).__name__})"
+                described.append(GroupDescription(answer["group"] or group, state, members))
+        return described
+    finally:
+        await admin.close()
+
+
 # ---- what a consumer group has not done yet, and draining a member before it stops ---------------
 
 
@@ -183,11 +239,15 @@ async def backlog(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> 
     if not ends:
         return {}
     starts = await reader.beginning_offsets(list(ends))
-    left = {}
-    for tp, end in ends.items():
-        done = await reader.committed(tp)
-        left[tp] = max(0, end - max(done or 0, starts.get(tp, 0)))
-    return left
+    done = await committed_offsets(reader, list(ends))
+    return {tp: max(0, end - max(done[tp] or 0, starts.get(tp, 0))) for tp, end in ends.items()}
+
+
+async def committed_offsets(reader: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+    """The reader's group's committed offset of each partition (None: it never committed there). One
+    OffsetFetch per partition, as aiokafka's `committed()` does: the admin client's
+    list_consumer_group_offsets breaks the connection to the embedded broker (Tansu)."""
+    return {tp: await reader.committed(tp) for tp in tps}
 
 
 async def group_backlog(reader: AIOKafkaConsumer, topic: str) -> int:

@@ -40,12 +40,15 @@ from libs.http import (
     RouteCORS,
     install_error_handlers,
     install_health_routes,
+    readiness,
     route_matcher,
 )
 from libs.kafka import Drained, ensure_topics, kafka_ping, make_producer
 from libs.logs import get_logger
+from libs.openapi import install_docs
 from libs.settings import Settings
 from libs.stores import create_pg_pool, create_redis, pg_ping, redis_ping
+from libs.stream.consumer import Members, reporting_to
 
 log = get_logger(__name__)
 
@@ -229,6 +232,8 @@ class ServiceSpec:
     # one (the gateway without Postgres or Redis) leaves it out, so an outage does not take it out of
     # its load balancer.
     ready_needs: frozenset[Need] | None = None
+    # The OpenAPI tags of its routes, each (name, description), in the order the docs list them.
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 class Stack:
@@ -249,18 +254,29 @@ class Stack:
         self._stopped = False
         self.drained: list[Drained] | None = None
         self.drain_failures: list[str] = []  # services whose drain raised: what they held is unaccounted for
+        self.members = Members()  # the consumers its services run (GET /status)
 
     @property
     def needs(self) -> set[Need]:
         return {n for spec in self.specs for n in spec.needs}
 
+    def build(self) -> None:
+        """Each service's parts (its routers bound to this stack's contexts), without starting anything:
+        enough for `app()` to serve the OpenAPI document and the docs pages. `start` builds them first."""
+        for spec in self.specs:
+            if spec.name not in self.parts:
+                parts = self.parts[spec.name] = spec.build(self.runtime)
+                parts.routers = [bind_contexts(router, self.runtime.contexts) for router in parts.routers]
+
     async def start(self) -> None:
+        self.build()
         for spec in self.specs:
-            parts = self.parts[spec.name] = spec.build(self.runtime)
-            parts.routers = [bind_contexts(router, self.runtime.contexts) for router in parts.routers]
-        for spec in self.specs:
-            for hook in self.parts[spec.name].on_start:
-                await hook()
+            reporting = reporting_to.set((self.members, spec.name))  # consumers started here report in /status
+            try:
+                for hook in self.parts[spec.name].on_start:
+                    await hook()
+            finally:
+                reporting_to.reset(reporting)
             log.info("service started", service=spec.name)
         for problem in self.settings.insecure_defaults():
             log.warning("insecure configuration", problem=problem)
@@ -274,6 +290,7 @@ class Stack:
         """Run a background job (a consumer) until it returns; when it fails, log it, report it in
         /readyz and start it again after a growing delay. A failing consumer never stops the process,
         so the HTTP services it shares a process with keep answering."""
+        reporting_to.set((self.members, name.partition(":")[0]))  # this task's own context: its consumers report in /status
         delay = RESTART_MIN_S
         while True:
             run = asyncio.create_task(job(), name=name)
@@ -377,12 +394,16 @@ class Stack:
         specs = specs or self.specs
         names = [s.name for s in specs]
         title = "Analytics platform" if len(specs) > 1 else f"Analytics {names[0]} service"
+        tags = [{"name": name, "description": text} for spec in specs for name, text in spec.tags]
         app = FastAPI(
             title=title,
             version=__version__,
-            description="Routes: " + ", ".join(names),
+            description="Routes: " + ", ".join(names) + ". Errors answer `{\"detail\": ...}`.",
+            openapi_tags=[*tags, {"name": "health", "description": "liveness, readiness and Prometheus metrics"}],
+            docs_url=None,
             redoc_url=None,
         )
+        install_docs(app)
         install_error_handlers(app)
         checks: dict[str, Check] = {}
         for spec in specs:
@@ -395,6 +416,20 @@ class Stack:
             checks.update(self.task_checks(spec))
         checks.update(self.extra_checks)
         install_health_routes(app, checks, self.settings.insecure_defaults())
+
+        @app.get("/status", operation_id="getStatus", tags=["health"],
+                 summary="Readiness and the Kafka consumers of the services served here (what `analytics status` reads)")
+        async def status() -> dict[str, Any]:
+            ready, results = await readiness(checks)
+            return {
+                "services": names,
+                "version": __version__,
+                "kafka": self.settings.kafka_bootstrap_servers,  # where `analytics status` finds the groups
+                "status": "ready" if ready else "not ready",
+                "checks": results,
+                "consumers": self.members.status(names),
+            }
+
         served = [self.parts[spec.name] for spec in specs]
         app.add_middleware(BodyLimitMiddleware, limits={k: v for p in served for k, v in p.body_limits.items()})
         public = route_matcher(route for p in served for route in p.public_routes)

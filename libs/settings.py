@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     smtp_from: str = "Analytics <no-reply@analytics.localhost>"
 
+    @field_validator("kafka_bootstrap_servers", "clickhouse_url", "database_url", "redis_url", "smtp_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`CLICKHOUSE_URL=` (empty, or blanks) means unset, as if the line were not there: the embedded
+        engine then, wherever the URL is read."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     jwt_secret: str = DEFAULT_JWT_SECRET
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     # 4 hours access, 30 days refresh.
@@ -103,15 +110,6 @@ class Settings(BaseSettings):
     cors_allowed_origins: str = ""
 
     log_level: str = "INFO"
-
-    @field_validator("kafka_bootstrap_servers", "clickhouse_url", "database_url", "redis_url", "smtp_url", mode="before")
-    @classmethod
-    def _empty_url_is_unset(cls, value: object) -> object:
-        """`CLICKHOUSE_URL=` (an empty export, an env file's empty line) means unset, as everywhere an
-        unset URL is read: the embedded engine. Otherwise one check read it as set, another as unset."""
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import shlex
 import signal
 import sys
@@ -15,12 +17,28 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from libs import __version__
 from libs.embedded import EmbeddedError, EmbeddedStack
+from libs.embedded.engines import KAFKA_PORT
 from libs.logs import configure_logging
 from libs.settings import Settings
 
 app = typer.Typer(help="Self-hostable event analytics: ingest, aggregate, query, notify.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
+EMBEDDED_KAFKA = f"127.0.0.1:{KAFKA_PORT}"  # where `analytics run` and `analytics infra` start Tansu when it is free
+
+
+def _version(show: bool) -> None:
+    if show:
+        print(f"analytics {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Self-hostable event analytics: ingest, aggregate, query, notify."""
 
 
 def _settings() -> Settings:
@@ -28,7 +46,10 @@ def _settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         for err in exc.errors():
-            console.print(f"[red]configuration error:[/red] {err['msg']}")
+            name = str(err["loc"][0]).upper() if err["loc"] else ""  # the field's environment variable
+            given = f"={err['input']!r}" if name and isinstance(err.get("input"), str | int | float) else ""
+            where = f"{name}{given}: " if name else ""
+            console.print(f"[red]configuration error:[/red] {escape(where)}{escape(err['msg'])}; set {name or 'it'} right or unset it")
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     return settings
@@ -37,7 +58,9 @@ def _settings() -> Settings:
 @app.command()
 def run(
     services: Annotated[str, typer.Option(help="comma-separated: gateway,auth,query,aggregator,notifier, or all")] = "all",
-    port: Annotated[int | None, typer.Option(help="one port for all selected services")] = None,
+    port: Annotated[int | None, typer.Option(help=(
+        "one port for all selected services; by default all of them share 8000, and a subset listens each on "
+        "its own: gateway 8001, auth 8002, query 8003, aggregator 8004, notifier 8005"))] = None,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 in containers)")] = "127.0.0.1",
 ) -> None:
     """Run services in this process; embedded engines start for every URL that is not set."""
@@ -167,6 +190,46 @@ async def _wait_for_consumers(settings: Settings) -> None:
     except Exception as exc:  # noqa: BLE001 - the engines still stop; say that the loss is unknown
         _say(f"could not read what the consumer groups have left ({exc!r}); stopping, and whatever they had "
              "not stored or sent is lost")
+
+
+@app.command()
+def status(
+    kafka: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers; default: KAFKA_BOOTSTRAP_SERVERS, else the one the first service answering uses "
+             f"(its /status), else the embedded broker's usual {EMBEDDED_KAFKA}",
+    )] = None,
+    url: Annotated[list[str] | None, typer.Option(
+        metavar="URL",
+        help="a service process's base URL, e.g. http://10.0.0.5:8004 (repeat for each); default: http://127.0.0.1 "
+             "on ports 8000-8005, leaving out those nothing listens on",
+    )] = None,
+    group: Annotated[list[str] | None, typer.Option(
+        metavar="GROUP",
+        help="only this consumer group (repeat for more); default: the platform's groups and every group the broker lists",
+    )] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document instead of tables")] = False,
+) -> None:
+    """Show each consumer group's state, members, and per partition its end offset, committed offset,
+    lag and owner; then each service's readiness and the consumers it runs (its GET /status).
+
+    Exit code 0 when all is well; 1 when a service is not ready or does not answer (a --url given), a group
+    has lag but no member, or Kafka could not be read."""
+    from services.runner import ALL_PORT, SERVICES
+    from services.status import gather, render
+
+    settings = _settings()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a broker that does not answer is in the report
+    if kafka:
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": kafka})
+    urls = url or [f"http://127.0.0.1:{port}" for port in (ALL_PORT, *sorted(s.port for s in SERVICES.values()))]
+    report = asyncio.run(gather(settings, urls, skip_unreachable=not url, groups=group or (), fallback_kafka=EMBEDDED_KAFKA))
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2), flush=True)
+    else:
+        # Piped (a script, a file): lines as long as they are, not cut to 80 columns.
+        render(report, Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000))
+    raise typer.Exit(1 if report.problems else 0)
 
 
 @app.command()

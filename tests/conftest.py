@@ -26,6 +26,7 @@ from libs.embedded import EmbeddedStack
 from libs.logs import configure_logging
 from libs.runtime import Stack
 from libs.settings import Settings
+from tests.adapters import last_the_other_adapter
 from tests.containers import docker_engines
 
 PASSWORD = "Str0ng!pass"
@@ -53,12 +54,48 @@ def engines(data_dir: Path) -> Iterator[Settings]:
             stack.stop()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest grouped the tests by their session-scoped parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    last_the_other_adapter(items)
+
+
 @pytest.fixture(scope="session")
-async def stack(engines: Settings) -> AsyncIterator[Stack]:
-    """Every service running in this process against the real engines."""
+def adapter(request: pytest.FixtureRequest) -> str | None:
+    """The ClickHouse adapter the services of `stack` use: "chdb" (in-process), "clickhouse-http"
+    (clickhouse-connect over HTTP), or None: whichever `engines` gives (chDB unless CLICKHOUSE_URL is set).
+    Test directories that must hold for both adapters parametrize it (tests/adapters.py); a new value
+    tears the previous `stack` down first, so one set of services consumes the shared Kafka at a time."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_http(data_dir: Path) -> Iterator[str]:
+    """The URL of a ClickHouse HTTP server for the "clickhouse-http" adapter: the embedded one
+    (`analytics infra`'s child process serving chDB) on its own data dir, started once, on first use."""
+    stack = EmbeddedStack.start(Settings(analytics_data_dir=data_dir / "ch-http", clickhouse_url=None), ["clickhouse"])
+    try:
+        yield stack.settings.clickhouse_url or ""
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(engines: Settings, adapter: str | None, request: pytest.FixtureRequest) -> Settings:
+    """`engines` with the ClickHouse of `adapter`: no URL for chDB; for clickhouse-http the server that
+    CLICKHOUSE_URL (or a Docker container) gave `engines`, else the embedded HTTP server."""
+    if adapter == "chdb":
+        return engines.model_copy(update={"clickhouse_url": None, "clickhouse_cluster": ""})
+    if adapter == "clickhouse-http" and not engines.clickhouse_url:
+        return engines.model_copy(update={"clickhouse_url": request.getfixturevalue("clickhouse_http")})
+    return engines
+
+
+@pytest.fixture(scope="session")
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    """Every service running in this process against the real engines, with the ClickHouse of `adapter`."""
     from services.runner import SERVICES
 
-    async with Stack(engines, list(SERVICES.values())) as running:
+    async with Stack(settings, list(SERVICES.values())) as running:
         # Ready as /readyz means it: the aggregator owns its partitions, so what a test sends is stored.
         aggregator_ready = running.parts["aggregator"].checks["aggregator"]
         await eventually(aggregator_ready, 60, "the aggregator never got its partitions")

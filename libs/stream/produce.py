@@ -3,8 +3,9 @@
 aiokafka's public API does not offer what is here, so everything that needs its internals lives in
 this module and nowhere else: the coalescing produce path below (its `ProduceRequest`,
 `DefaultRecordBatchBuilder`, `murmur2` partitioner and the producer's client and cluster metadata),
-a forced metadata refresh for a consumer, closing a consumer whose stop was cut short, and the broker
-ping. pyproject.toml bounds aiokafka to the
+a forced metadata refresh for a consumer, closing a consumer whose stop was cut short, the broker
+ping, a consumer's member id in its group and the decoding of a group member's subscription and
+assignment (`analytics status`). pyproject.toml bounds aiokafka to the
 versions this was tested with (`TESTED_AIOKAFKA`), and tests/libs/stream/test_produce.py pins the
 behaviour against the real embedded broker; `check_aiokafka_version()` says what to do when the
 installed aiokafka is outside that range.
@@ -50,6 +51,7 @@ from typing import Any
 import aiokafka
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.produce import ProduceRequest
@@ -80,6 +82,29 @@ def check_aiokafka_version(version: str = aiokafka.__version__) -> None:
 async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     """Ask the broker for fresh topic metadata now (a consumer that has not seen a new topic yet)."""
     await consumer._client.force_metadata_update()
+
+
+def group_member_id(consumer: AIOKafkaConsumer) -> str | None:
+    """The member id the group coordinator gave `consumer` (what DescribeGroups lists), or None while it
+    is not a member of a group (not joined yet, between generations, or no group at all)."""
+    coordinator = consumer._coordinator
+    member_id = getattr(coordinator, "member_id", None)  # a consumer without a group has no such field
+    return member_id or None  # aiokafka's "unknown member" is the empty string
+
+
+def decode_member(metadata: bytes, assignment: bytes) -> tuple[list[str], dict[str, list[int]]]:
+    """What DescribeGroups says of a member of a "consumer" group: the topics it subscribed to, and the
+    partitions it was assigned by topic, decoded as aiokafka's ConsumerProtocol encodes them. Either is
+    empty when the broker sent nothing (Tansu sends neither) or something else."""
+    topics: list[str] = []
+    partitions: dict[str, list[int]] = {}
+    with contextlib.suppress(Exception):  # another protocol's bytes, or none: nothing known
+        topics = sorted(ConsumerProtocolMemberMetadata.decode(metadata).subscription) if metadata else []
+    with contextlib.suppress(Exception):
+        if assignment:
+            for topic, parts in ConsumerProtocolMemberAssignment.decode(assignment).assignment:
+                partitions.setdefault(topic, []).extend(parts)
+    return topics, {topic: sorted(parts) for topic, parts in partitions.items()}
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:

@@ -67,6 +67,12 @@ SERVICE = ServiceSpec(
     needs=frozenset({"postgres", "kafka", "redis"}),
     build=build,
     description="users, JWT sessions, apps and API keys",
+    tags=(
+        ("account", "sign up, log in, refresh and end sessions (Bearer JWTs), the signed-in user"),
+        ("apps", "apps and their API keys: register, list, revoke, regenerate"),
+        ("notifications", "emails to yourself"),
+        ("reports", "daily or weekly summary emails of an app"),
+    ),
 )
 
 

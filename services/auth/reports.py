@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs import tokens
 from libs.access import bearer_dependency
@@ -23,6 +23,7 @@ from libs.contracts import ReportSubscription
 from libs.http import ApiError
 from libs.kafka import REPORT_RUNS_GROUP, REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.notifications import ReportFrequency, next_report_at
+from libs.openapi import errors
 from libs.settings import Settings
 from libs.statetopic import follow_state_topic
 from services.auth.schemas import Line
@@ -34,12 +35,16 @@ MAX_SUBSCRIPTIONS_PER_USER = 50
 
 
 class ReportIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "frequency": "weekly"}]})
     app_id: Line = Field(max_length=64)
     frequency: ReportFrequency = "weekly"
     send_now: bool = Field(False, description="also mail a report of the last period right away")
 
 
 class ReportOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "3c2b1a09-8f7e-4d6c-5b4a-392817161514", "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "app_name": "My blog",
+        "frequency": "weekly", "next_run_at": "2026-02-02T00:00:00Z", "last_sent_at": None, "created_at": "2026-01-31T12:00:00Z"}]})
     id: str
     app_id: str
     app_name: str
@@ -153,18 +158,18 @@ async def follow_report_runs(svc: "AuthService") -> None:
 def build_reports_router(settings: Settings, svc: Callable[[], "AuthService"]) -> APIRouter:
     current_user = bearer_dependency(settings, lambda: svc().redis)
     User = Annotated[tokens.TokenClaims, Depends(current_user)]
-    router = APIRouter(prefix="/api/email/reports", tags=["email"])
+    router = APIRouter(prefix="/api/email/reports", tags=["reports"], responses=errors(401, 404, 409, 422, 503))
 
-    @router.post("", status_code=201, response_model=ReportOut,
+    @router.post("", operation_id="createReport", status_code=201, response_model=ReportOut,
                  summary="Get a daily or weekly summary email of one of your apps")
     async def create(body: ReportIn, user: User) -> ReportOut:
         return _out(await subscribe(svc(), user.sub, body))
 
-    @router.get("", response_model=list[ReportOut], summary="Your report subscriptions")
+    @router.get("", operation_id="listReports", response_model=list[ReportOut], summary="Your report subscriptions")
     async def list_reports(user: User, app_id: str | None = None) -> list[ReportOut]:
         return [_out(r) for r in await list_for(svc(), user.sub, app_id)]
 
-    @router.delete("/{subscription_id}", status_code=204, summary="Stop a report")
+    @router.delete("/{subscription_id}", operation_id="deleteReport", status_code=204, summary="Stop a report")
     async def delete(subscription_id: str, user: User) -> Response:
         await unsubscribe(svc(), user.sub, subscription_id)
         return Response(status_code=204)

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Query, Request, Response
 
 from libs.access import client_ip
 from libs.apikeys import KeyRecord
+from libs.openapi import errors
 from services.auth import schemas as s
 from services.auth.context import AuthCtx, User
 
-users = APIRouter(prefix="/api/user", tags=["users"])
-apps = APIRouter(prefix="/api/auth", tags=["apps and API keys"])
-email = APIRouter(prefix="/api/email", tags=["email"])
+users = APIRouter(prefix="/api/user", tags=["account"], responses=errors(401, 422, 503))
+apps = APIRouter(prefix="/api/auth", tags=["apps"], responses=errors(401, 403, 404, 422, 503))
+email = APIRouter(prefix="/api/email", tags=["notifications"], responses=errors(401, 403, 422, 429, 503))
 
 
 def _key_meta(row: object) -> s.KeyMeta:
@@ -26,35 +27,38 @@ def _key_meta(row: object) -> s.KeyMeta:
     )
 
 
-@users.post("/signup", status_code=201, response_model=s.SignupOut, summary="Create an account")
+@users.post("/signup", operation_id="signUp", responses=errors(400, 409), status_code=201, response_model=s.SignupOut,
+            summary="Create an account")
 async def signup(body: s.SignupIn, ctx: AuthCtx) -> s.SignupOut:
     user = await ctx.accounts.signup(body.username, str(body.email), body.password)
     return s.SignupOut(id=str(user["id"]), email=user["email"], message="account created; a welcome email is on its way")
 
 
-@users.post("/login", response_model=s.TokenPair, summary="Exchange username (or email) and password for tokens")
+@users.post("/login", operation_id="logIn", responses=errors(429), response_model=s.TokenPair,
+            summary="Exchange username (or email) and password for tokens")
 async def login(body: s.LoginIn, request: Request, ctx: AuthCtx) -> dict[str, object]:
     return await ctx.accounts.login(body.username, body.password, client_ip(request, ctx.proxies))
 
 
-@users.post("/refresh", response_model=s.TokenPair, summary="Rotate a refresh token for a new pair")
+@users.post("/refresh", operation_id="refreshTokens", response_model=s.TokenPair, summary="Rotate a refresh token for a new pair")
 async def refresh(body: s.RefreshIn, ctx: AuthCtx) -> dict[str, object]:
     return await ctx.accounts.refresh(body.refresh_token)
 
 
-@users.post("/logout", status_code=204, summary="End this session (refresh family and access token)")
+@users.post("/logout", operation_id="logOut", status_code=204, summary="End this session (refresh family and access token)")
 async def logout(user: User, ctx: AuthCtx) -> Response:
     await ctx.accounts.logout(user)
     return Response(status_code=204)
 
 
-@users.get("/get_user_profile", response_model=s.UserProfile, summary="The signed-in user")
+@users.get("/get_user_profile", operation_id="getUserProfile", response_model=s.UserProfile, summary="The signed-in user")
 async def profile(user: User, ctx: AuthCtx) -> s.UserProfile:
     row = await ctx.accounts.profile(user.sub)
     return s.UserProfile(id=str(row["id"]), username=row["username"], email=row["email"], created_at=row["created_at"])
 
 
-@apps.post("/register", status_code=201, response_model=s.RegisterAppOut, summary="Register an app and get its keys")
+@apps.post("/register", operation_id="registerApp", status_code=201, response_model=s.RegisterAppOut,
+           summary="Register an app and get its keys")
 async def register(body: s.RegisterAppIn, user: User, ctx: AuthCtx) -> s.RegisterAppOut:
     app, issued = await ctx.keys.register_app(user.sub, body.name, body.domain, body.expires_at)
     return s.RegisterAppOut(
@@ -63,7 +67,7 @@ async def register(body: s.RegisterAppIn, user: User, ctx: AuthCtx) -> s.Registe
     )
 
 
-@apps.get("/apps", response_model=list[s.AppOut], summary="Your apps")
+@apps.get("/apps", operation_id="listApps", response_model=list[s.AppOut], summary="Your apps")
 async def list_apps(user: User, ctx: AuthCtx) -> list[s.AppOut]:
     return [
         s.AppOut(app_id=str(r["id"]), name=r["name"], domain=r["domain"], created_at=r["created_at"])
@@ -71,19 +75,19 @@ async def list_apps(user: User, ctx: AuthCtx) -> list[s.AppOut]:
     ]
 
 
-@apps.get("/api-key", response_model=s.KeyListOut, summary="Key metadata of an app (never the secrets)")
+@apps.get("/api-key", operation_id="listAppKeys", response_model=s.KeyListOut, summary="Key metadata of an app (never the secrets)")
 async def api_key(user: User, ctx: AuthCtx, app_id: Annotated[s.Line, Query(max_length=64)]) -> s.KeyListOut:
     rows = await ctx.keys.key_metadata(user.sub, app_id)
     return s.KeyListOut(app_id=app_id, keys=[_key_meta(r) for r in rows])
 
 
-@apps.post("/revoke", response_model=s.RevokeOut, summary="Revoke one key, or every key of an app")
+@apps.post("/revoke", operation_id="revokeKeys", response_model=s.RevokeOut, summary="Revoke one key, or every key of an app")
 async def revoke(body: s.RevokeIn, user: User, ctx: AuthCtx) -> s.RevokeOut:
     revoked: list[KeyRecord] = await ctx.keys.revoke(user.sub, body.app_id, body.key_id)
     return s.RevokeOut(revoked=[r.key_id for r in revoked])
 
 
-@apps.post("/regenerate", response_model=s.RegenerateOut, summary="Revoke an app's keys and issue new ones")
+@apps.post("/regenerate", operation_id="regenerateKeys", response_model=s.RegenerateOut, summary="Revoke an app's keys and issue new ones")
 async def regenerate(body: s.RegenerateIn, user: User, ctx: AuthCtx) -> s.RegenerateOut:
     issued, revoked = await ctx.keys.regenerate(user.sub, body.app_id, body.expires_at)
     return s.RegenerateOut(
@@ -92,7 +96,7 @@ async def regenerate(body: s.RegenerateIn, user: User, ctx: AuthCtx) -> s.Regene
     )
 
 
-@email.post("/notification", status_code=202, response_model=s.NotificationOut,
+@email.post("/notification", operation_id="sendNotification", status_code=202, response_model=s.NotificationOut,
             summary="Queue an email to yourself (never to anyone else)")
 async def notification(body: s.NotificationIn, user: User, ctx: AuthCtx) -> s.NotificationOut:
     message_id = await ctx.accounts.send_notification(user.sub, body.subject, body.body, str(body.to) if body.to else None)

@@ -7,7 +7,17 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, EmailStr, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{3,40}$")
 _LINE_BREAKS_AND_TABS = frozenset("\t\n\r")
@@ -57,6 +67,7 @@ def _future_expiry(value: datetime | None) -> datetime | None:
 
 
 class SignupIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'username': 'ada', 'email': 'ada@example.com', 'password': 'Str0ng!pass'}]})
     username: Line = Field(min_length=3, max_length=40, examples=["ada"])
     email: Email = Field(examples=["ada@example.com"])
     password: str = Field(min_length=1, max_length=256, examples=["Str0ng!pass"])
@@ -70,17 +81,24 @@ class SignupIn(BaseModel):
 
 
 class SignupOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "5f0c2a9e-8d1b-4c3e-9a7f-2b6d4e8f1a3c", "email": "ada@example.com",
+        "message": "account created; a welcome email is on its way"}]})
     id: str
     email: str
     message: str
 
 
 class LoginIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'username': 'ada', 'password': 'Str0ng!pass'}]})
     username: Line = Field(min_length=1, max_length=254, description="username or email")
     password: str = Field(min_length=1, max_length=256)
 
 
 class TokenPair(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "access_token": "eyJhbGciOiJIUzI1NiJ9...", "refresh_token": "eyJhbGciOiJIUzI1NiJ9...", "token_type": "bearer",
+        "expires_in": 14400}]})
     access_token: str
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"
@@ -88,10 +106,14 @@ class TokenPair(BaseModel):
 
 
 class RefreshIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'refresh_token': 'eyJhbGciOiJIUzI1NiJ9...'}]})
     refresh_token: Line = Field(min_length=1, max_length=4096)
 
 
 class UserProfile(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "5f0c2a9e-8d1b-4c3e-9a7f-2b6d4e8f1a3c", "username": "ada", "email": "ada@example.com",
+        "created_at": "2026-01-31T12:00:00Z"}]})
     id: str
     username: str
     email: str
@@ -99,6 +121,7 @@ class UserProfile(BaseModel):
 
 
 class RegisterAppIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'name': 'My blog', 'domain': 'blog.example.com'}]})
     name: Line = Field(min_length=1, max_length=120, examples=["My blog"])
     domain: Line | None = Field(default=None, max_length=253, examples=["blog.example.com"])
     expires_at: datetime | None = Field(default=None, description="when the keys stop working (default: a year)")
@@ -110,6 +133,9 @@ class RegisterAppIn(BaseModel):
 
 
 class RegisterAppOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "name": "My blog", "domain": "blog.example.com", "api_key": "sk_...",
+        "write_key": "wk_...", "expires_at": "2027-01-31T12:00:00Z"}]})
     app_id: str
     name: str
     domain: str | None
@@ -119,6 +145,9 @@ class RegisterAppOut(BaseModel):
 
 
 class AppOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "name": "My blog", "domain": "blog.example.com",
+        "created_at": "2026-01-31T12:00:00Z"}]})
     app_id: str
     name: str
     domain: str | None
@@ -137,11 +166,17 @@ class KeyMeta(BaseModel):
 
 
 class KeyListOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b",
+        "keys": [{"key_id": "7d1e2f3a-4b5c-4d6e-8f9a-0b1c2d3e4f5a", "kind": "secret", "prefix": "sk_3f9a",
+                  "created_at": "2026-01-31T12:00:00Z", "expires_at": "2027-01-31T12:00:00Z", "revoked": False,
+                  "revoked_at": None, "last_used_at": None}]}]})
     app_id: str
     keys: list[KeyMeta]
 
 
 class RevokeIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'key_id': '7d1e2f3a-4b5c-4d6e-8f9a-0b1c2d3e4f5a'}]})
     app_id: Line | None = Field(default=None, max_length=64)
     key_id: Line | None = Field(default=None, max_length=64)
 
@@ -153,10 +188,12 @@ class RevokeIn(BaseModel):
 
 
 class RevokeOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'revoked': ['7d1e2f3a-4b5c-4d6e-8f9a-0b1c2d3e4f5a']}]})
     revoked: list[str]
 
 
 class RegenerateIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'app_id': '0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b'}]})
     app_id: Line = Field(max_length=64)
     expires_at: datetime | None = Field(default=None, description="when the new keys stop working (default: a year)")
 
@@ -167,6 +204,9 @@ class RegenerateIn(BaseModel):
 
 
 class RegenerateOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "api_key": "sk_...", "write_key": "wk_...",
+        "expires_at": "2027-01-31T12:00:00Z", "revoked": ["7d1e2f3a-4b5c-4d6e-8f9a-0b1c2d3e4f5a"]}]})
     app_id: str
     api_key: str
     write_key: str
@@ -175,6 +215,7 @@ class RegenerateOut(BaseModel):
 
 
 class NotificationIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'subject': 'Deploy finished', 'body': 'Version 1.4 is live.'}]})
     subject: SubjectLine = Field(min_length=1, max_length=200, description="one line")
     body: Lines = Field(min_length=1, max_length=20000, description="plain text; may have many lines")
     to: Email | None = Field(default=None, description="must be your own address, if given")
@@ -190,5 +231,6 @@ class NotificationIn(BaseModel):
 
 
 class NotificationOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{'message_id': '9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d', 'status': 'queued'}]})
     message_id: str
     status: Literal["queued"] = "queued"

@@ -78,4 +78,9 @@ SERVICE = ServiceSpec(
     ready_needs=frozenset({"kafka"}),
     build=build,
     description="API-key checks, event validation and enrichment, publishing to Kafka",
+    tags=(
+        ("ingest", "send events and metrics with an app's write key (x-api-key); answered once Kafka has them"),
+        ("segment", "Segment's HTTP Tracking API, for unmodified Segment and RudderStack SDKs"),
+        ("snippet", "the tracking script websites embed"),
+    ),
 )

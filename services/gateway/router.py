@@ -5,31 +5,33 @@ sees them; the routes here document them in OpenAPI and serve them wherever the 
 installed. Both run `fastpath.handle_ingest`, so the answers are the same.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from libs.access import peer_ip
+from libs.access import ApiKeyHeader, peer_ip, write_key_basic
+from libs.openapi import errors
 from libs.runtime import context_dependency
 from services.gateway import NAME
 from services.gateway import service as ingest
 from services.gateway.fastpath import handle_ingest
-from services.gateway.schemas import Accepted
+from services.gateway.schemas import Accepted, ingest_body
+from services.gateway.segment import SegmentAccepted, segment_body
 
-_JSON_BODY = {"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}}
-ApiKey = Annotated[str | None, Header(description="the app's write key (wk_...) or secret key (sk_...)")]
+# (operationId, summary) per route
 ANALYTICS_ROUTES = {
-    "collect": 'Collect one event {event, url, device, userId, metadata, ...} or {"events": [...]}',
-    "events": 'Record an event {event_name, event_category, user_id, metadata, ...} or {"events": [...]}',
-    "metrics": 'Record a custom metric {metric_name, value, unit, tags} or {"events": [...]}',
+    "collect": ("collectEvent", 'Collect one event {event, url, device, userId, metadata, ...} or {"events": [...]}'),
+    "events": ("recordEvent", 'Record an event {event_name, event_category, user_id, metadata, ...} or {"events": [...]}'),
+    "metrics": ("recordMetric", 'Record a custom metric {metric_name, value, unit, tags} or {"events": [...]}'),
 }
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "group", "alias", "batch")
-
+INGEST_ERRORS = errors(400, 401, 413, 415, 422, 429, 503)
 
 Gateway = Annotated[ingest.Ingestor, Depends(context_dependency(NAME, ingest.Ingestor))]
-analytics = APIRouter(prefix="/api/analytics", tags=["ingest"])
-segment = APIRouter(prefix="/v1", tags=["Segment tracking API"])
+analytics = APIRouter(prefix="/api/analytics", tags=["ingest"], responses=INGEST_ERRORS)
+segment = APIRouter(prefix="/v1", tags=["segment"], responses=INGEST_ERRORS,
+                    dependencies=[Depends(write_key_basic)])  # documents the scheme; the write key is read raw
 
 
 # Bodies are read raw (gzip, text/plain beacons) and validated event by event.
@@ -38,15 +40,21 @@ async def answer(request: Request, ingestor: Gateway) -> JSONResponse:
     return JSONResponse(payload, status_code=status)
 
 
-async def analytics_endpoint(request: Request, ingestor: Gateway, x_api_key: ApiKey = None) -> JSONResponse:
+async def analytics_endpoint(request: Request, ingestor: Gateway, x_api_key: ApiKeyHeader) -> JSONResponse:
     return await answer(request, ingestor)
 
 
-for _name, _summary in ANALYTICS_ROUTES.items():
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": schema}}}
+
+
+for _name, (_operation, _summary) in ANALYTICS_ROUTES.items():
     analytics.add_api_route(f"/{_name}", analytics_endpoint, methods=["POST"], status_code=202, response_model=Accepted,
-                        openapi_extra=_JSON_BODY, summary=_summary, name=f"ingest_{_name}")
+                            openapi_extra=_body(ingest_body(_name, ingest.MAX_BATCH_EVENTS)), summary=_summary, operation_id=_operation,
+                            name=f"ingest_{_name}")
 for _call in SEGMENT_CALLS:
-    segment.add_api_route(f"/{_call}", answer, methods=["POST"], openapi_extra=_JSON_BODY,
+    segment.add_api_route(f"/{_call}", answer, methods=["POST"], openapi_extra=_body(segment_body(_call)),
+                          response_model=SegmentAccepted, operation_id=f"segment{_call.title()}",
                           summary="Segment batch of calls" if _call == "batch" else f"Segment {_call} call",
                           name=f"segment_{_call}")
 

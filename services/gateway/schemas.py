@@ -72,6 +72,54 @@ class MetricIn(BaseModel):
 
 
 class Accepted(BaseModel):
-    accepted: int
-    event_ids: list[str] = Field(default_factory=list)
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"accepted": 1, "event_ids": ["01JF3Q6Y8Z2N4K7M9P1R3T5V7X"], "errors": []},
+    ]})
+
+    accepted: int = Field(description="events Kafka acknowledged")
+    event_ids: list[str] = Field(default_factory=list, description="their ids, in the order sent")
     errors: list[dict[str, Any]] = Field(default_factory=list, description="rejected events, by index")
+
+
+def inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` put in place (its `#/$defs/...` refs would be read against
+    the OpenAPI document's root)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    inlined_schema: dict[str, Any] = walk(schema)
+    return inlined_schema
+
+
+def one_or_batch(event: dict[str, Any], key: str, max_items: int) -> dict[str, Any]:
+    """One event, or `{key: [events]}`."""
+    batch = {"type": "object", "title": "Batch", "required": [key],
+             "properties": {key: {"type": "array", "items": event, "minItems": 1, "maxItems": max_items}}}
+    return {"anyOf": [event, batch]}
+
+
+_INGEST_EXAMPLES: dict[str, dict[str, Any]] = {
+    "collect": {"event": "signup_click", "url": "https://example.com/pricing", "userId": "u_42", "device": "desktop",
+                "metadata": {"browser": "Firefox", "os": "Linux", "screenSize": "1920x1080"}},
+    "events": {"event_name": "checkout_completed", "event_category": "shop", "user_id": "u_42",
+               "metadata": {"plan": "pro", "amount": 49}},
+    "metrics": {"metric_name": "page_load_ms", "value": 412.5, "unit": "ms", "tags": {"page": "/pricing"}},
+}
+
+
+def ingest_body(route: str, max_items: int) -> dict[str, Any]:
+    """The OpenAPI media type of `POST /api/analytics/<route>`'s body: the event it validates, or a batch.
+    (The route reads the body raw, gzip or a text/plain beacon too, and validates event by event.)"""
+    event = COLLECT_EVENT.json_schema() if route == "collect" else (NamedEvent if route == "events" else MetricIn).model_json_schema()
+    example = _INGEST_EXAMPLES[route]
+    return {"schema": one_or_batch(inlined(event), "events", max_items),
+            "examples": {"one": {"value": example}, "batch": {"value": {"events": [example, example]}}}}

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from libs.http import ApiError
 from libs.limits import ID_CHARS, NAME_CHARS, TIME_RANGE, EventTime, storable_time
 from services.gateway import enrich
+from services.gateway.schemas import inlined
 from services.gateway.service import MAX_BATCH_EVENTS
 
 CallType = Literal["track", "page", "screen", "identify", "group", "alias"]
@@ -210,3 +211,43 @@ def from_segment(msg: SegmentMessage, base: dict[str, Any], batch_sent_at: datet
     happened = msg.timestamp or msg.originalTimestamp
     out["timestamp"] = enrich.event_time(happened, base["received_at"], out["flags"], msg.sentAt or batch_sent_at)
     return out
+
+
+class SegmentAccepted(BaseModel):
+    """Segment's answer (`success`), with what was taken and what was refused."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"success": True, "accepted": 1, "errors": []}]})
+
+    success: bool = True
+    accepted: int = Field(description="calls Kafka acknowledged")
+    errors: list[dict[str, Any]] = Field(default_factory=list, description="rejected calls, by index")
+
+
+_SEGMENT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "track": {"userId": "u_42", "event": "Order Completed", "properties": {"revenue": 49}},
+    "page": {"userId": "u_42", "name": "Pricing", "properties": {"url": "https://example.com/pricing"}},
+    "screen": {"anonymousId": "a_7", "name": "Settings"},
+    "identify": {"userId": "u_42", "traits": {"plan": "pro"}},
+    "group": {"userId": "u_42", "groupId": "acme", "traits": {"employees": 40}},
+    "alias": {"userId": "u_42", "previousId": "a_7"},
+}
+_NEEDS = {"track": ["event"], "group": ["groupId"], "alias": ["previousId"]}  # besides userId or anonymousId
+
+
+def segment_body(call: str) -> dict[str, Any]:
+    """The OpenAPI media type of `POST /v1/<call>`'s body (read raw and validated call by call)."""
+    message = inlined(SegmentMessage.model_json_schema())
+    if call == "batch":
+        examples = [{**_SEGMENT_EXAMPLES["track"], "type": "track"}, {**_SEGMENT_EXAMPLES["identify"], "type": "identify"}]
+        return {"schema": {"type": "object", "title": "Batch", "required": ["batch"], "properties": {
+                    "batch": {"type": "array", "items": message, "minItems": 1, "maxItems": MAX_BATCH_EVENTS},
+                    "context": {"type": "object", "description": "shared by every call of the batch"},
+                    "writeKey": {"type": "string", "description": "instead of HTTP Basic"},
+                    "sentAt": {"type": "string", "format": "date-time"}}},
+                "example": {"batch": examples, "sentAt": "2026-01-31T12:00:00Z"}}
+    properties = {k: v for k, v in message["properties"].items() if k != "type"}
+    properties["writeKey"] = {"type": "string", "description": "instead of HTTP Basic"}
+    return {"schema": {**message, "title": f"Segment {call} call", "properties": properties,
+                       "required": _NEEDS.get(call, []),
+                       "description": f"{message.get('description', '')} userId or anonymousId is required.".strip()},
+            "example": _SEGMENT_EXAMPLES[call]}

@@ -39,4 +39,14 @@ SERVICE = ServiceSpec(
     needs=frozenset({"clickhouse", "redis", "kafka", "postgres"}),
     build=build,
     description="summaries and event reads from ClickHouse, cached in Redis",
+    tags=(
+        ("events", "event summaries, lists, counts, series and groups; one user's stats; active users"),
+        ("metrics", "custom metrics: summaries and series"),
+        ("stats", "web analytics: visitors, visits, pageviews, bounce rate, breakdowns, realtime"),
+        ("funnels", "ordered steps and their conversion"),
+        ("retention", "cohorts and how many came back"),
+        ("users", "the users of an app, most recently seen first"),
+        ("privacy", "export or delete every event of one user"),
+        ("dashboard", "the web dashboard"),
+    ),
 )

@@ -10,13 +10,14 @@ from typing import Annotated, Any
 
 import orjson
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from libs.access import BearerCredentials, verify_access_token
+from libs.access import ApiKeyHeader, BearerCredentials, verify_access_token
 from libs.apikeys import KeyTable
 from libs.clickhouse import ClickHouse
 from libs.http import ApiError
+from libs.openapi import errors
 from libs.runtime import context_dependency
 from libs.settings import Settings
 from services.query import NAME
@@ -61,10 +62,11 @@ async def read_cache_control(request: Request) -> None:
     _bypass_cache.set("no-cache" in request.headers.get("cache-control", "").lower())
 
 
-def analytics_router() -> APIRouter:
-    """A router of `/api/analytics` reads: unknown parameters refused, `Cache-Control: no-cache` read."""
+def analytics_router(tag: str | None = None) -> APIRouter:
+    """A router of `/api/analytics` reads: unknown parameters refused, `Cache-Control: no-cache` read.
+    `tag`: the OpenAPI tag of all its routes (None: each route names its own)."""
     return APIRouter(
-        prefix="/api/analytics", tags=["query"],
+        prefix="/api/analytics", tags=[tag] if tag else [], responses=errors(401, 403, 404, 422, 503),
         dependencies=[Depends(reject_unknown_params), Depends(read_cache_control)],
     )
 
@@ -72,7 +74,7 @@ def analytics_router() -> APIRouter:
 async def readable_app(
     ctx: QueryCtx,
     credentials: BearerCredentials,
-    x_api_key: Annotated[str | None, Header()] = None,
+    x_api_key: ApiKeyHeader,
     app_id: Annotated[str | None, Query(max_length=64, description="required with a Bearer token")] = None,
 ) -> str:
     """The app this request may read: the secret key's own, or one the signed-in user owns."""

@@ -26,9 +26,3 @@ def test_with_a_clickhouse_url_every_service_may_run_alone(monkeypatch: pytest.M
     settings = Settings()
     for name in ("query", "aggregator", "gateway", "auth", "notifier"):
         check_chdb_placement(settings, select_services(name))
-
-
-@pytest.mark.parametrize("var", ["KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "SMTP_URL"])
-def test_every_empty_backing_service_url_is_unset(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
-    monkeypatch.setenv(var, "")
-    assert getattr(Settings(), var.lower()) is None

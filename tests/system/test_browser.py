@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,19 +20,17 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from libs.runtime import Stack
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
 from tests.conftest import PASSWORD, eventually, register_app, serving, signup_login, wait_for_key
 
-try:
-    from playwright.async_api import Browser, Page, async_playwright
+if async_playwright is not None:
+    from playwright.async_api import Browser, Page
     from playwright.async_api import expect as pw_expect
-except ImportError:  # pragma: no cover - depends on the machine
-    async_playwright = None  # type: ignore[assignment]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.engines,
-    pytest.mark.skipif(async_playwright is None, reason="playwright is not installed (pip install playwright; no browser download needed)"),
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)"),
+    pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT),
+    pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM),
 ]
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
@@ -86,17 +83,8 @@ async def site() -> AsyncIterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    pw = await async_playwright().start()
-    launched = await pw.chromium.launch(
-        executable_path=CHROMIUM,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"],
-    )
-    try:
+    async with chromium() as launched:
         yield launched
-    finally:
-        await launched.close()
-        await pw.stop()
 
 
 async def count(client: httpx.AsyncClient, key: str, name: str | None = None) -> int:

@@ -1,5 +1,6 @@
 """Schemathesis over the whole OpenAPI document of the one-process stack: every operation, fed valid
-and invalid input with valid credentials, against the real engines, never answers 5xx.
+and invalid input with valid credentials, against the real engines, never answers 5xx, and answers only
+as the document says (a documented status, content type, headers and body schema).
 
 The stack is served by uvicorn on this test's event loop (its connections belong to that loop), and
 schemathesis sends its requests from a worker thread. Examples per operation are bounded and
@@ -26,12 +27,19 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
 from schemathesis.schemas import APIOperation
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from libs.runtime import Stack
 from tests.conftest import PASSWORD, register_app, serving, signup_login
 
 pytestmark = pytest.mark.engines
 
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_headers_conformance, response_schema_conformance]
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "20"))  # per operation and generation mode
 INGEST_POSTS = {"/api/analytics/collect", "/api/analytics/events", "/api/analytics/metrics"}
 # Operations that end what they are given (a session, an app's keys) get a throwaway user and app, so
@@ -79,29 +87,11 @@ class Credentials:
             case.body = {**case.body, "app_id": self.throwaway_app_id if throwaway else self.app_id}
 
 
-def inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema with its `$defs` put in place (its `#/$defs/...` refs would be read
-    against the OpenAPI document's root)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return walk(defs[ref.removeprefix("#/$defs/")])
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)
-
-
 def with_event_shapes(document: dict[str, Any]) -> dict[str, Any]:
-    """The ingest routes read their bodies raw (gzip, text/plain beacons), so the document calls them
-    any JSON object; here they get the event shapes they validate, one event or a batch, so most
-    generated events get past validation into enrichment and publishing."""
-    from services.gateway.schemas import COLLECT_EVENT, MetricIn, NamedEvent
+    """The ingest routes' bodies, one event or a batch of at most 5 (the document allows 2000), with the
+    Segment calls' `type` in the body, so most generated events get past validation into enrichment and
+    publishing, quickly."""
+    from services.gateway.schemas import COLLECT_EVENT, MetricIn, NamedEvent, inlined
     from services.gateway.segment import SegmentMessage
 
     def one_or_batch(event: dict[str, Any], key: str) -> dict[str, Any]:
@@ -157,6 +147,12 @@ def fuzz_operation(op: APIOperation, mode: GenerationMode, base_url: str, creds:
             return
         if response.status_code >= 500:
             failures.add(op.label, f"{response.status_code} {response.text[:300]}; "
+                                   f"{case.as_curl_command(base_url=base_url)}")
+            return
+        try:  # the answer is one the document describes: its status, content type, headers and body
+            case.validate_response(response, checks=CONFORMANCE)
+        except BaseExceptionGroup as exc:  # schemathesis raises its failures as one group
+            failures.add(op.label, f"{response.status_code} not as documented: {str(exc)[:600]}; "
                                    f"{case.as_curl_command(base_url=base_url)}")
 
     try:

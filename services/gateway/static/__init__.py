@@ -16,8 +16,11 @@ ETAG = 'W/"' + hashlib.sha256(SCRIPT).hexdigest()[:20] + '"'  # weak: one valida
 router = APIRouter(tags=["snippet"])
 
 
-@router.api_route("/js/script.js", methods=["GET", "HEAD"], summary="The tracking snippet for websites",
-                  response_class=Response)
+# GET and HEAD as two operations: one route would give both the same operationId.
+@router.head("/js/script.js", operation_id="headSnippet", summary="The tracking snippet's headers (ETag)",
+             response_class=Response)
+@router.get("/js/script.js", operation_id="getSnippet", summary="The tracking snippet for websites",
+            response_class=Response)
 async def script(request: Request) -> Response:
     headers = {
         "Cache-Control": "public, max-age=3600, stale-while-revalidate=86400",

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from libs.http import ApiError
+from libs.openapi import errors
 
 ASSETS = Path(__file__).parent / "assets"
 TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html",
@@ -30,9 +31,14 @@ def _files() -> dict[str, tuple[bytes, str]]:
             for p in ASSETS.iterdir() if p.is_file() and p.suffix in TYPES}
 
 
-@router.get("/dashboard", summary="The dashboard (single-page app)", response_class=Response)
+@router.get("/dashboard", operation_id="getDashboard", summary="The dashboard (single-page app)", response_class=Response)
 async def dashboard() -> Response:
     return Response(_files()["index.html"][0], media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
+@router.get("/", include_in_schema=False)  # a browser pointed at the host lands on the dashboard
+async def home() -> Response:
+    return RedirectResponse("/dashboard", status_code=307)
 
 
 @router.get("/dashboard/", include_in_schema=False)
@@ -40,7 +46,8 @@ async def dashboard_slash(request: Request) -> Response:
     return RedirectResponse("/dashboard", status_code=308)
 
 
-@router.get("/dashboard/assets/{name}", summary="The dashboard's scripts and styles", response_class=Response)
+@router.get("/dashboard/assets/{name}", operation_id="getDashboardAsset", responses=errors(404, 422),
+            summary="The dashboard's scripts and styles", response_class=Response)
 async def asset(name: str) -> Response:
     found = _files().get(name) if name != "index.html" else None
     if found is None:

@@ -13,13 +13,15 @@ from fastapi.responses import Response
 from libs.dataversions import reaches_now
 from libs.http import ApiError
 from services.query import queries as q
+from services.query import schemas as s
 from services.query.context import App, QueryContext, QueryCtx, analytics_router, cached, json_response
 from services.query.params import MAX_PAGE_SIZE, MAX_RANGE_DAYS, check_series, date_range
 
-router = analytics_router()
+router = analytics_router("events")
 
 
-@router.get("/event-summary", summary="Count, unique users and device breakdown of an event")
+@router.get("/event-summary", operation_id="getEventSummary", responses=s.answer(s.EventSummary),
+            summary="Count, unique users and device breakdown of an event")
 async def event_summary(
     ctx: QueryCtx,
     app_id: App,
@@ -38,7 +40,8 @@ async def event_summary(
     return await cached(ctx, app_id, "event-summary", params, reaches_now(end), compute)
 
 
-@router.get("/user-stats", summary="Totals, device and recent events of one user")
+@router.get("/user-stats", operation_id="getUserStats", responses=s.answer(s.UserStats),
+            summary="Totals, device and recent events of one user")
 async def user_stats(
     ctx: QueryCtx,
     app_id: App,
@@ -80,7 +83,7 @@ def event_filter(
 Filtered = Annotated[EventFilter, Depends(event_filter)]
 
 
-@router.get("/events", summary="Events, newest first, filtered and paginated")
+@router.get("/events", operation_id="listEvents", responses=s.answer(s.EventList), summary="Events, newest first, filtered and paginated")
 async def list_events(
     ctx: QueryCtx,
     events: Filtered,
@@ -91,7 +94,7 @@ async def list_events(
     return json_response({"events": rows, "page": page, "limit": limit, "total": total})
 
 
-@router.get("/events/count", summary="Number of events matching the filters")
+@router.get("/events/count", operation_id="countEvents", responses=s.answer(s.EventCount), summary="Number of events matching the filters")
 async def events_count(ctx: QueryCtx, events: Filtered) -> Response:
     async def compute() -> dict[str, Any]:
         return {"count": await q.count(ctx.clickhouse, events.where)}
@@ -113,7 +116,7 @@ async def _series(ctx: QueryContext, app_id: str, interval: str, days: int, tz: 
     return await cached(ctx, app_id, "timeseries", params, True, compute)
 
 
-@router.get("/events/daily", summary="Events per day")
+@router.get("/events/daily", operation_id="getDailyEvents", responses=s.answer(s.EventSeries), summary="Events per day")
 async def events_daily(
     ctx: QueryCtx,
     app_id: App,
@@ -124,7 +127,7 @@ async def events_daily(
     return await _series(ctx, app_id, "day", days, tz, event_name)
 
 
-@router.get("/events/timeseries", summary="Events per hour or day")
+@router.get("/events/timeseries", operation_id="getEventTimeseries", responses=s.answer(s.EventSeries), summary="Events per hour or day")
 async def events_timeseries(
     ctx: QueryCtx,
     app_id: App,
@@ -136,7 +139,8 @@ async def events_timeseries(
     return await _series(ctx, app_id, interval, days, tz, event_name)
 
 
-@router.get("/events/grouped", summary="Event counts grouped by name, category or source")
+@router.get("/events/grouped", operation_id="getGroupedEvents", responses=s.answer(s.EventGroups),
+            summary="Event counts grouped by name, category or source")
 async def events_grouped(
     ctx: QueryCtx,
     app_id: App,
@@ -155,7 +159,8 @@ async def events_grouped(
     return await cached(ctx, app_id, "grouped", params, reaches_now(end), compute)
 
 
-@router.get("/users/active", summary="Active users over the last day, week or month (DAU/WAU/MAU)")
+@router.get("/users/active", operation_id="getActiveUsers", responses=s.answer(s.ActiveUsers),
+            summary="Active users over the last day, week or month (DAU/WAU/MAU)")
 async def users_active(ctx: QueryCtx, app_id: App, range: Literal["day", "week", "month"] = "day") -> Response:
     days = {"day": 1, "week": 7, "month": 30}[range]
     end = datetime.now(UTC) + timedelta(seconds=1)
@@ -168,7 +173,7 @@ async def users_active(ctx: QueryCtx, app_id: App, range: Literal["day", "week",
 
 
 # After every other /events/<name> route, which it would otherwise take.
-@router.get("/events/{event_id}", summary="One event by id")
+@router.get("/events/{event_id}", operation_id="getEvent", responses=s.answer(s.Event), summary="One event by id")
 async def get_event(ctx: QueryCtx, app_id: App, event_id: str) -> Response:
     if len(event_id) > 128:
         raise ApiError(422, "event_id is at most 128 characters")

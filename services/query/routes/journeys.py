@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from libs.http import ApiError
 from services.query import funnels
+from services.query import schemas as s
 from services.query.context import App, QueryCtx, analytics_router, cached
 from services.query.params import PeriodName, TimeZone, period_of
 from services.query.periods import zone
@@ -19,7 +20,8 @@ MAX_FUNNEL_WINDOW_S = 90 * 86400
 router = analytics_router()
 
 
-@router.get("/funnels", summary="Ordered steps within a window, with per-step conversion")
+@router.get("/funnels", operation_id="getFunnel", responses=s.answer(s.Funnel), tags=["funnels"],
+            summary="Ordered steps within a window, with per-step conversion")
 async def funnel(
     ctx: QueryCtx,
     app_id: App,
@@ -40,7 +42,8 @@ async def funnel(
     return await cached(ctx, app_id, "funnels", params, span.live, compute)
 
 
-@router.get("/retention", summary="Cohorts by first-seen day or week, and how many came back")
+@router.get("/retention", operation_id="getRetention", responses=s.answer(s.Retention), tags=["retention"],
+            summary="Cohorts by first-seen day or week, and how many came back")
 async def retention(
     ctx: QueryCtx,
     app_id: App,

@@ -10,13 +10,15 @@ from fastapi.responses import Response
 
 from libs.dataversions import reaches_now
 from services.query import queries as q
+from services.query import schemas as s
 from services.query.context import App, QueryCtx, analytics_router, cached
 from services.query.params import MAX_RANGE_DAYS, check_series, date_range
 
-router = analytics_router()
+router = analytics_router("metrics")
 
 
-@router.get("/metrics", summary="Custom metrics: count, sum, avg, min, max, p50, p95 per metric")
+@router.get("/metrics", operation_id="getMetricsSummary", responses=s.answer(s.MetricSummaries),
+            summary="Custom metrics: count, sum, avg, min, max, p50, p95 per metric")
 async def metrics_summary(
     ctx: QueryCtx,
     app_id: App,
@@ -33,7 +35,8 @@ async def metrics_summary(
     return await cached(ctx, app_id, "metrics", params, reaches_now(end), compute)
 
 
-@router.get("/metrics/timeseries", summary="One custom metric per hour or day: count, sum, avg, min, max")
+@router.get("/metrics/timeseries", operation_id="getMetricTimeseries", responses=s.answer(s.MetricSeries),
+            summary="One custom metric per hour or day: count, sum, avg, min, max")
 async def metric_timeseries(
     ctx: QueryCtx,
     app_id: App,

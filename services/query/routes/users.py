@@ -11,14 +11,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from libs.http import ApiError
 from services.query import privacy
+from services.query import schemas as s
 from services.query.context import App, QueryCtx, analytics_router, cached
+from services.query.schemas import EXPORT
 
 MAX_LIMIT = 1000
 
 router = analytics_router()
 
 
-@router.get("/users", summary="Users by user_id, most recently seen first")
+@router.get("/users", operation_id="listUsers", responses=s.answer(s.UserList), tags=["users"],
+            summary="Users by user_id, most recently seen first")
 async def users(
     ctx: QueryCtx,
     app_id: App,
@@ -33,7 +36,8 @@ async def users(
     return await cached(ctx, app_id, "users", {"p": page, "l": limit, "s": search}, True, compute)
 
 
-@router.get("/users/{user_id}/export", summary="Every event of one user, as JSON lines (streamed)")
+@router.get("/users/{user_id}/export", operation_id="exportUser", responses=EXPORT, response_class=StreamingResponse, tags=["privacy"],
+            summary="Every event of one user, as JSON lines (streamed)")
 async def export(ctx: QueryCtx, app_id: App, user_id: str) -> StreamingResponse:
     if len(user_id) > 200:
         raise ApiError(422, "user_id is at most 200 characters")
@@ -43,7 +47,8 @@ async def export(ctx: QueryCtx, app_id: App, user_id: str) -> StreamingResponse:
     return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
 
 
-@router.delete("/users/{user_id}", summary="Delete every event of one user")
+@router.delete("/users/{user_id}", operation_id="deleteUser", responses=s.answer(s.Deleted), tags=["privacy"],
+               summary="Delete every event of one user")
 async def delete(ctx: QueryCtx, app_id: App, user_id: str) -> JSONResponse:
     if len(user_id) > 200:
         raise ApiError(422, "user_id is at most 200 characters")

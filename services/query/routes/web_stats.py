@@ -10,6 +10,7 @@ from fastapi import Query
 from fastapi.responses import Response
 
 from libs.http import ApiError
+from services.query import schemas as s
 from services.query import stats
 from services.query.context import App, QueryCtx, analytics_router, cached
 from services.query.params import Filters, PeriodName, TimeZone, metric_list, period_of
@@ -17,7 +18,7 @@ from services.query.periods import buckets
 
 MAX_LIMIT = 1000
 
-router = analytics_router()
+router = analytics_router("stats")
 
 
 def _change(now: float, before: float) -> float | None:
@@ -26,7 +27,8 @@ def _change(now: float, before: float) -> float | None:
     return round(100 * (now - before) / before, 1)
 
 
-@router.get("/stats/aggregate", summary="Visitors, visits, pageviews, bounce rate, visit duration, events")
+@router.get("/stats/aggregate", operation_id="getStatsAggregate", responses=s.answer(s.StatsAggregate),
+            summary="Visitors, visits, pageviews, bounce rate, visit duration, events")
 async def aggregate(
     ctx: QueryCtx, app_id: App, filters: Filters, period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
     metrics: Annotated[str | None, Query(max_length=200)] = None,
@@ -53,7 +55,8 @@ async def aggregate(
     return await cached(ctx, app_id, "stats-aggregate", params, span.live, compute)
 
 
-@router.get("/stats/timeseries", summary="Metrics per hour, day, week or month (every bucket present)")
+@router.get("/stats/timeseries", operation_id="getStatsTimeseries", responses=s.answer(s.StatsTimeseries),
+            summary="Metrics per hour, day, week or month (every bucket present)")
 async def timeseries(
     ctx: QueryCtx, app_id: App, filters: Filters, period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
     interval: Literal["hour", "day", "week", "month"] | None = None,
@@ -75,7 +78,8 @@ async def timeseries(
     return await cached(ctx, app_id, "stats-timeseries", params, span.live, compute)
 
 
-@router.get("/stats/breakdown", summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
+@router.get("/stats/breakdown", operation_id="getStatsBreakdown", responses=s.answer(s.StatsBreakdown),
+            summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
 async def breakdown(
     ctx: QueryCtx, app_id: App, filters: Filters,
     property: Annotated[str, Query(description=", ".join(stats.PROPERTIES))] = "page",
@@ -106,7 +110,8 @@ async def breakdown(
     return await cached(ctx, app_id, "stats-breakdown", params, span.live, compute)
 
 
-@router.get("/stats/realtime", summary="Distinct visitors in the last 5 minutes")
+@router.get("/stats/realtime", operation_id="getRealtimeVisitors", responses=s.answer(s.Realtime),
+            summary="Distinct visitors in the last 5 minutes")
 async def realtime(ctx: QueryCtx, app_id: App) -> Response:
     end = datetime.now(UTC) + timedelta(seconds=1)
 

@@ -14,9 +14,17 @@ from typing import Any
 import aiokafka
 import pytest
 
-from libs.kafka import ensure_topics, make_consumer
+from libs.kafka import describe_groups, ensure_topics, make_consumer
 from libs.runtime import Stack
-from libs.stream.produce import TESTED_AIOKAFKA, CoalescingPublisher, check_aiokafka_version
+from libs.settings import Settings
+from libs.stream.produce import (
+    TESTED_AIOKAFKA,
+    CoalescingPublisher,
+    check_aiokafka_version,
+    decode_member,
+    group_member_id,
+    stop_consumer,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -78,3 +86,37 @@ async def test_coalesced_batches_read_back_as_aiokafkas_producer_would_have_writ
         assert [dict(m.headers)["request_id"] for m in mine] == [
             f"r{i}".encode() for i in range(12) if f"app-{i % 4}".encode() == key for _ in range(3)]
     assert aiokafka.__version__
+
+
+@pytest.mark.engines
+async def test_a_group_members_id_is_the_one_the_broker_lists_and_a_consumer_without_a_group_has_none(
+    engines: Settings,
+) -> None:
+    topic, group = f"test.member.{uuid.uuid4().hex[:8]}", f"g-member-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(engines, (topic,))
+    member = make_consumer(engines, topic, group_id=group)
+    loner = make_consumer(engines, group_id=None)
+    await loner.start()
+    try:
+        assert group_member_id(member) is None  # not started, so not joined
+        await member.start()
+        while not member.assignment():
+            await asyncio.wait_for(member.getmany(timeout_ms=100), 10)
+        (described,) = [g for g in await describe_groups(engines, [group]) if g.group == group]
+        assert [m.member_id for m in described.members] == [group_member_id(member)]
+        assert group_member_id(member), group_member_id(member)
+        assert group_member_id(loner) is None
+    finally:
+        await stop_consumer(member)
+        await stop_consumer(loner)
+
+
+def test_a_members_subscription_and_assignment_decode_as_aiokafka_encodes_them() -> None:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+
+    metadata = ConsumerProtocolMemberMetadata(0, ["b.topic", "a.topic"], b"").encode()
+    assignment = ConsumerProtocolMemberAssignment(0, [("a.topic", [2, 0]), ("b.topic", [1])], b"").encode()
+    assert decode_member(metadata, assignment) == (["a.topic", "b.topic"], {"a.topic": [0, 2], "b.topic": [1]})
+    # What the embedded broker (Tansu) sends, and bytes of another protocol: nothing known.
+    assert decode_member(b"", b"") == ([], {})
+    assert decode_member(b"\x00\x01junk", b"\xff") == ([], {})

@@ -105,6 +105,10 @@ def subprocess_env(engines: Settings, data: Path) -> dict[str, str]:
     return env
 
 
+# Once, on chDB: the killed aggregator and its query service run in a subprocess on their own chDB data
+# dir (the session's stack only registers the app), and at about a minute it is the suite's longest test;
+# the aggregator's exactly-once over clickhouse-connect is covered by test_aggregator.py, which runs per adapter.
+@pytest.mark.adapters("chdb")
 async def test_sigkilled_five_times_mid_stream_the_query_service_counts_every_event_once(
     client: httpx.AsyncClient, engines: Settings, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -331,6 +332,22 @@ async def test_scale_out_two_gateways_aggregators_killed_and_added_count_every_a
 
         await eventually(all_counted, 60, lambda: f"counted {counts}, acknowledged {stream.acked}")
         await eventually(caught_up, 30, lambda: f"the group's lag is {lag[0]}")
+        # What an operator sees: `analytics status` on the three live aggregators.
+        live = [platform.bases[n] for n in ("aggregator", "aggregator-3", "aggregator-4")]
+        shown = [""]
+
+        async def status_says_caught_up() -> bool:
+            args = ["status", "--kafka", platform.exports["KAFKA_BOOTSTRAP_SERVERS"], "--group", AGGREGATOR_GROUP]
+            for base in live:
+                args += ["--url", base]
+            done = await asyncio.to_thread(
+                subprocess.run, [str(Path(sys.executable).parent / "analytics"), *args],
+                env=platform.env, capture_output=True, text=True, timeout=60,
+            )
+            shown[0] = done.stdout + done.stderr
+            return done.returncode == 0 and f"{AGGREGATOR_GROUP}: state Stable, 3 member(s), lag 0" in done.stdout
+
+        await eventually(status_says_caught_up, 30, lambda: f"analytics status said:\n{shown[0]}")
         for app in apps:
             r = await http.get(f"{platform.bases['query']}/api/analytics/event-summary", params={"event": "scale"},
                                headers={"x-api-key": app["api_key"]})

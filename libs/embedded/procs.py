@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -178,6 +179,17 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def listening(self, port: int) -> bool:
+        """This child itself accepts connections on `port`: not merely something there (another run's
+        engine that bound the port first)."""
+        if self.popen is None or not self.alive():
+            return False
+        try:
+            sockets = psutil.Process(self.popen.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in sockets)
+
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -210,6 +222,29 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def launch_on_a_free_port(make: Callable[[int], ManagedProcess], preferred: int, tries: int = 3) -> tuple[ManagedProcess, int]:
+    """Launch the engine `make(port)` builds, on `preferred` when nothing listens there, else on a port
+    the kernel picks; it is ready when it listens there itself. A port free when probed can be bound by
+    another process before the engine binds it (two runs starting at once both find 18123 free): the
+    engine then exits, and is launched again on another port."""
+    for attempt in range(tries):
+        port = free_port(preferred if attempt == 0 else None)
+        proc = make(port)
+        proc.ready = functools.partial(proc.listening, port)
+        proc.ready_what = f"listening on port {port}"
+        try:
+            proc.launch()
+        except RuntimeError:
+            proc.stop()
+            if attempt + 1 == tries or not port_open("127.0.0.1", port):
+                raise
+            log.warning("port taken by another process while the engine started; trying another one",
+                        engine=proc.name, port=port)
+            continue
+        return proc, port
+    raise RuntimeError(f"no free port after {tries} tries")  # not reached: the last try raises
 
 
 def port_open(host: str, port: int) -> bool:

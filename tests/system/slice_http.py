@@ -44,4 +44,4 @@ def run_slice(auth_base: str, ingest_base: str, query_base: str, n_events: int =
         # Reads with the user's token and app_id, as a dashboard does.
         r = http.get(f"{query_base}/api/analytics/event-summary", params={"event": "page_view", "app_id": app["app_id"]}, headers=bearer)
         assert r.status_code == 200 and r.json()["count"] == n_events, r.text
-        return {"app": app, "summary": body}
+        return {"app": app, "summary": body, "username": name}

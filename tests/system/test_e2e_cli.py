@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e import analytics, clean_env, port, read_exports, running, stop_and_check_nothing_left
+from tests.e2e import clean_env, port, running, stop_and_check_nothing_left
 from tests.system.slice_http import run_slice
 
 pytestmark = pytest.mark.e2e
@@ -34,33 +34,14 @@ def test_run_serves_the_whole_slice_on_one_port_and_ctrl_c_leaves_nothing(tmp_pa
     assert not list((data / "run").glob("*.pid")), "pid files of stopped engines remain"
 
 
-def test_infra_plus_two_service_processes_do_the_same_slice(tmp_path: Path) -> None:
-    data = tmp_path / "d"
-    infra = analytics("infra", env=clean_env(data), log=tmp_path / "infra.log")
-    try:
-        exports = read_exports(infra, tmp_path / "infra.log")
-        assert {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "SMTP_URL"} <= set(exports)
-        env = clean_env(data, **exports)
-        p1, p2 = port(), port()
-        front, back = f"http://127.0.0.1:{p1}", f"http://127.0.0.1:{p2}"
-        with running("run", "--services", "gateway,auth", "--port", str(p1), env=env, log=tmp_path / "a.log", base=front) as a, \
-             running("run", "--services", "aggregator,query,notifier", "--port", str(p2), env=env, log=tmp_path / "b.log", base=back) as b:
-            run_slice(front, front, back)
-            # A route belongs only to its own service's process.
-            assert httpx.get(f"{front}/api/analytics/event-summary").status_code == 404
-            assert httpx.post(f"{back}/api/analytics/collect", json={}).status_code in (404, 405)
-            assert stop_and_check_nothing_left(a, signal.SIGTERM) == 0
-            assert stop_and_check_nothing_left(b, signal.SIGTERM) == 0
-        assert stop_and_check_nothing_left(infra, signal.SIGINT) == 0
-    finally:
-        if infra.poll() is None:
-            infra.kill()
-
-
-def test_query_without_aggregator_and_without_clickhouse_url_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clickhouse_url", [None, ""], ids=["unset", "empty"])
+def test_query_without_aggregator_and_without_clickhouse_url_is_a_clear_error(tmp_path: Path, clickhouse_url: str | None) -> None:
+    env = clean_env(tmp_path / "d")
+    if clickhouse_url is not None:
+        env["CLICKHOUSE_URL"] = clickhouse_url  # `export CLICKHOUSE_URL=`: unset too, not a server at ""
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "analytics"), "run", "--services", "query", "--port", str(port())],
-        env=clean_env(tmp_path / "d"), capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
     assert "chDB" in proc.stderr and "CLICKHOUSE_URL" in proc.stderr

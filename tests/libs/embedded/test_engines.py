@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from libs.clickhouse import ClickHouse, ClickHouseError
+from libs.embedded import EmbeddedStack, Role, procs
 from libs.embedded.procs import DataDirBusy, OwnerLock, reap_stale
+from libs.kafka import kafka_ping
 from libs.migrations import apply_clickhouse, apply_postgres
 from libs.runtime import Stack
 from libs.settings import Settings
@@ -50,6 +54,37 @@ def test_a_recorded_pid_reused_by_an_unrelated_process_is_left_alone(tmp_path: P
         assert bystander.poll() is None
     finally:
         bystander.kill()
+
+
+@pytest.mark.parametrize("role", ["kafka", "clickhouse"])
+async def test_a_port_another_server_takes_while_the_engine_starts_is_not_taken_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: Role
+) -> None:
+    """Two `analytics infra` starting at once both find 19092 and 18123 free; the one whose engine comes
+    up second must not take the other's for its own (its services would use another run's data)."""
+    other = socket.create_server(("127.0.0.1", 0))  # the other run's engine, up first
+    taken = other.getsockname()[1]
+    real = procs.free_port
+    probes: list[int | None] = []
+
+    def racing(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+        probes.append(preferred)
+        return taken if len(probes) == 1 else real(None, host)  # it was free when probed
+
+    monkeypatch.setattr(procs, "free_port", racing)
+    try:
+        stack = EmbeddedStack.start(Settings(analytics_data_dir=tmp_path), [role])
+        try:
+            url = stack.started[role]
+            assert f":{taken}" not in url, f"{url} is the other run's"
+            if role == "kafka":
+                assert await kafka_ping(stack.settings)
+            else:
+                assert httpx.get(url.rsplit("/", 1)[0] + "/ping").text == "Ok.\n"
+        finally:
+            stack.stop()
+    finally:
+        other.close()
 
 
 def test_only_one_live_run_owns_a_data_dir(tmp_path: Path) -> None:

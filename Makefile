@@ -36,8 +36,11 @@ $(STAMP): $(LOCKS) pyproject.toml
 run: setup
 	$(BIN)/analytics run
 
+# Every core: pytest-xdist workers, each with its own embedded engines (tests/conftest.py groups the
+# tests). TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: setup
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

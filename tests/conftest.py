@@ -57,6 +57,14 @@ def engines(data_dir: Path) -> Iterator[Settings]:
 @pytest.hookimpl(trylast=True)  # after pytest grouped the tests by their session-scoped parameters
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     last_the_other_adapter(items)
+    # `make test` spreads the suite over the cores (pytest-xdist, --dist loadgroup): each worker is a
+    # process with engines of its own, and runs whole groups. A module is a group (its module-scoped
+    # fixtures start once); every test run per ClickHouse adapter is one group, so that one worker
+    # runs them in the order above and swaps the session's stack for the other adapter's only once.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        per_adapter = callspec is not None and "adapter" in callspec.params
+        item.add_marker(pytest.mark.xdist_group("clickhouse-adapters" if per_adapter else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,9 @@ log = get_logger(__name__)
 BUMP_FAILURES = Counter("aggregator_version_bump_failures_total", "Failed bumps of the apps' data versions in Redis")
 
 RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 10.0
+# Short: once Redis answers again, cached answers should follow new events within seconds; a bump every
+# 2 s against a Redis that is down costs nothing (the guard's breaker answers most of them at once).
+RETRY_MAX_S = 2.0
 # The longest a write waits on Redis (it answers in about a millisecond): a hung Redis costs one such
 # wait, then the bumps go to the retry task. A bump that timed out may still have landed: bumping
 # twice only makes the query service compute an answer once more.

@@ -1,7 +1,6 @@
 """Credentials as FastAPI dependencies: Bearer JWTs (users) and API keys (apps)."""
 
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -36,17 +35,6 @@ class WriteKeyBasic(HTTPBasic):
 
 
 write_key_basic = WriteKeyBasic()
-
-
-def bearer_dependency(
-    settings: Settings, redis: Callable[[], aioredis.Redis | None]
-) -> Callable[..., Awaitable[tokens.TokenClaims]]:
-    """A dependency that returns the caller's access-token claims, or answers 401."""
-
-    async def current_user(credentials: BearerCredentials) -> tokens.TokenClaims:
-        return await signed_in(settings, credentials, redis())
-
-    return current_user
 
 
 async def signed_in(

@@ -114,7 +114,8 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     in flight (a broker that went down) `consumer.stop()` raises CancelledError before it closes its
     client (aio-libs/aiokafka#647). The client would stay open, asking the dead broker for metadata
     every `metadata_max_age_ms` and logging an error each time, for as long as the process lives. That
-    CancelledError is swallowed here unless this task itself is being cancelled."""
+    CancelledError is swallowed here unless this task itself is being cancelled. Pinned by
+    tests/services/gateway/test_gateway.py::test_a_gateway_stopped_while_kafka_is_down_leaves_no_kafka_client_open."""
     try:
         await consumer.stop()
     except asyncio.CancelledError:

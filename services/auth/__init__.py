@@ -19,7 +19,8 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.auth.context import AuthContext
     from services.auth.jobs import KeyJobs
     from services.auth.keys import AppKeys
-    from services.auth.reports import build_reports_router, follow_report_runs, republish_all_reports
+    from services.auth.reports import follow_report_runs, republish_all_reports
+    from services.auth.reports import router as reports_router
     from services.auth.router import ROUTERS
     from services.auth.store import PG_STATEMENT_TIMEOUT_S
 
@@ -54,7 +55,7 @@ def build(runtime: Runtime) -> ServiceParts:
         await follow_report_runs(context().keys)
 
     return ServiceParts(
-        routers=[*ROUTERS, build_reports_router(settings, lambda: context().keys)],
+        routers=[*ROUTERS, reports_router],
         on_start=[start], on_stop=[stop], background=[key_checks, report_runs],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},

@@ -9,23 +9,21 @@ it sent one, and when the next is due, on `query.report-runs.v1`, which auth fol
 table for the listing here."""
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs import tokens
-from libs.access import bearer_dependency
 from libs.contracts import ReportSubscription
 from libs.http import ApiError
 from libs.kafka import REPORT_RUNS_GROUP, REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.notifications import ReportFrequency, next_report_at
 from libs.openapi import errors
-from libs.settings import Settings
 from libs.statetopic import follow_state_topic
+from services.auth.context import AuthCtx, User
 from services.auth.schemas import Line
 
 if TYPE_CHECKING:
@@ -155,23 +153,21 @@ async def follow_report_runs(svc: "AuthService") -> None:
     await follow_state_topic(svc.settings, REPORT_RUNS_TOPIC, REPORT_RUNS_GROUP, apply)
 
 
-def build_reports_router(settings: Settings, svc: Callable[[], "AuthService"]) -> APIRouter:
-    current_user = bearer_dependency(settings, lambda: svc().redis)
-    User = Annotated[tokens.TokenClaims, Depends(current_user)]
-    router = APIRouter(prefix="/api/email/reports", tags=["reports"], responses=errors(401, 404, 409, 422, 503))
+router = APIRouter(prefix="/api/email/reports", tags=["reports"], responses=errors(401, 404, 409, 422, 503))
 
-    @router.post("", operation_id="createReport", status_code=201, response_model=ReportOut,
-                 summary="Get a daily or weekly summary email of one of your apps")
-    async def create(body: ReportIn, user: User) -> ReportOut:
-        return _out(await subscribe(svc(), user.sub, body))
 
-    @router.get("", operation_id="listReports", response_model=list[ReportOut], summary="Your report subscriptions")
-    async def list_reports(user: User, app_id: str | None = None) -> list[ReportOut]:
-        return [_out(r) for r in await list_for(svc(), user.sub, app_id)]
+@router.post("", operation_id="createReport", status_code=201, response_model=ReportOut,
+             summary="Get a daily or weekly summary email of one of your apps")
+async def create(body: ReportIn, user: User, ctx: AuthCtx) -> ReportOut:
+    return _out(await subscribe(ctx.keys, user.sub, body))
 
-    @router.delete("/{subscription_id}", operation_id="deleteReport", status_code=204, summary="Stop a report")
-    async def delete(subscription_id: str, user: User) -> Response:
-        await unsubscribe(svc(), user.sub, subscription_id)
-        return Response(status_code=204)
 
-    return router
+@router.get("", operation_id="listReports", response_model=list[ReportOut], summary="Your report subscriptions")
+async def list_reports(user: User, ctx: AuthCtx, app_id: str | None = None) -> list[ReportOut]:
+    return [_out(r) for r in await list_for(ctx.keys, user.sub, app_id)]
+
+
+@router.delete("/{subscription_id}", operation_id="deleteReport", status_code=204, summary="Stop a report")
+async def delete(subscription_id: str, user: User, ctx: AuthCtx) -> Response:
+    await unsubscribe(ctx.keys, user.sub, subscription_id)
+    return Response(status_code=204)

@@ -22,6 +22,7 @@ from libs.runtime import context_dependency
 from libs.settings import Settings
 from services.query import NAME
 from services.query.cache import QueryCache, cache_key
+from services.query.periods import zone
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,21 @@ async def readable_app(
 
 
 App = Annotated[str, Depends(readable_app)]
+
+
+async def request_tz(
+    app_id: App,
+    tz: Annotated[str | None, Query(max_length=64, description="IANA time zone of days and hours; default UTC",
+                                    examples=["Europe/Berlin"])] = None,
+) -> str:
+    """The one time zone of a read: where its days, weeks and hours start, and how its dates without an
+    offset are read. 422 for an unknown name."""
+    name = tz or "UTC"
+    zone(name)
+    return name
+
+
+Tz = Annotated[str, Depends(request_tz)]
 
 
 async def cached(

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from libs.embedded.smtp_sink import read_inbox
-from libs.notifications import next_report_at
+from libs.notifications import next_report_at, report_start
 from libs.settings import Settings
+from services.query.reports import period_label
 from tests.conftest import eventually, register_app, signup_login
 
 pytestmark = pytest.mark.engines
@@ -24,6 +25,27 @@ def test_reports_cover_whole_days_and_weeks() -> None:
     monday = datetime(2026, 11, 23, tzinfo=UTC)
     assert next_report_at("weekly", monday) == monday + timedelta(days=7)
     assert next_report_at("daily", monday) == monday + timedelta(days=1)
+
+
+def test_reports_cover_whole_local_days_and_weeks_of_the_sites_time_zone() -> None:
+    """Hand-computed: Los Angeles is UTC-8 in winter, UTC-7 in summer (from 2026-03-08 02:00 to 2026-11-01
+    02:00 local); Kolkata is UTC+5:30 all year."""
+    wed = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)  # 07:30 PST, 21:00 IST
+    assert next_report_at("daily", wed, "America/Los_Angeles") == datetime(2026, 11, 19, 8, tzinfo=UTC)
+    assert next_report_at("daily", wed, "Asia/Kolkata") == datetime(2026, 11, 18, 18, 30, tzinfo=UTC)
+    assert next_report_at("weekly", wed, "Asia/Kolkata") == datetime(2026, 11, 22, 18, 30, tzinfo=UTC)
+    # The day the clocks went back has 25 hours; the day they went forward 23.
+    fall_end = datetime(2026, 11, 2, 8, tzinfo=UTC)
+    assert next_report_at("daily", datetime(2026, 11, 1, 7, tzinfo=UTC), "America/Los_Angeles") == fall_end
+    assert report_start("daily", fall_end, "America/Los_Angeles") == datetime(2026, 11, 1, 7, tzinfo=UTC)
+    spring_end = datetime(2026, 3, 9, 7, tzinfo=UTC)
+    assert report_start("daily", spring_end, "America/Los_Angeles") == datetime(2026, 3, 8, 8, tzinfo=UTC)
+    assert report_start("weekly", spring_end, "America/Los_Angeles") == datetime(2026, 3, 2, 8, tzinfo=UTC)
+    assert period_label(datetime(2026, 3, 8, 8, tzinfo=UTC), spring_end, "America/Los_Angeles") == "Sun 08 Mar 2026"
+    assert period_label(datetime(2026, 3, 2, 8, tzinfo=UTC), spring_end, "America/Los_Angeles") == "02 Mar to 08 Mar 2026"
+    # A report sent now covers the day before now, local time to local time.
+    now = datetime(2026, 3, 8, 20, 15, tzinfo=UTC)  # 13:15 PDT
+    assert report_start("daily", now, "America/Los_Angeles") == datetime(2026, 3, 7, 21, 15, tzinfo=UTC)  # 13:15 PST
 
 
 async def test_an_owner_gets_a_report_with_the_apps_numbers(client: httpx.AsyncClient, engines: Settings) -> None:

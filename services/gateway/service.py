@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
+from libs.apps import AppDirectory
 from libs.clientip import TrustedProxies
 from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
@@ -241,9 +242,11 @@ class Ingestor:
         keys: KeyTable,
         publisher: Publisher,
         limiter: KeyRateLimiter | None,
+        apps: AppDirectory | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
+        self.apps = apps if apps is not None else AppDirectory()  # each app's site rules (libs/apps.py)
         self.publisher = publisher
         self.limiter = limiter
         self.proxies = TrustedProxies(settings.trusted_proxies)

@@ -41,6 +41,7 @@ def build(runtime: Runtime) -> ServiceParts:
             accounts=Accounts(*connections), keys=keys, jobs=KeyJobs(keys), proxies=TrustedProxies(settings.trusted_proxies),
         ))
         await keys.republish_all_keys()
+        await keys.republish_all_apps()
         await republish_all_reports(keys)
 
     async def stop() -> None:

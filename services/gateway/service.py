@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from libs.apikeys import KeyRecord, KeyTable
+from libs.apps import AppDirectory
 from libs.clientip import TrustedProxies
 from libs.http import ApiError, DependencyUnavailable
 from libs.kafka import EVENTS_TOPIC
@@ -244,20 +245,21 @@ class Ingestor:
         keys: KeyTable,
         publisher: Publisher,
         limiter: KeyRateLimiter | None,
-        rules: RuleBook | None = None,
+        apps: AppDirectory | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
+        self.apps = apps if apps is not None else AppDirectory()  # each app's site rules (libs/apps.py)
         self.publisher = publisher
         self.limiter = limiter
-        self.rules = rules
+        self.rules = RuleBook(self.apps.get)  # the site rules of each app, compiled once per version
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.draining = False  # set when the process stops: new events are refused, not acknowledged
 
     def facts(self, record: KeyRecord, peer: str, headers: Any) -> RequestFacts:
         """The request's facts, with its site's rules; 403 for a write key's browser request from an
         origin the site does not allow."""
-        rules = self.rules.rules(record.app_id) if self.rules is not None else None
+        rules = self.rules.rules(record.app_id)
         if rules is not None:
             check_origin(rules, record.kind, headers.get("origin"))
         ip = self.proxies.client_ip(peer, headers.get("x-forwarded-for"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.apikeys import shared_key_table, stop_shared_key_table
+from libs.apps import shared_app_directory, stop_shared_app_directory
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 NAME = "query"
@@ -20,11 +21,15 @@ def build(runtime: Runtime) -> ServiceParts:
         ch = await runtime.clickhouse()
         await migrate_clickhouse(ch, runtime.settings)  # the schema it reads; idempotent next to the aggregator's own run
         redis = await runtime.redis()
-        context = QueryContext(runtime.settings, ch, redis, QueryCache(redis), await shared_key_table(runtime))
+        context = QueryContext(
+            runtime.settings, ch, redis, QueryCache(redis), await shared_key_table(runtime),
+            await shared_app_directory(runtime),
+        )
         runtime.contexts.set(NAME, context)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
+        await stop_shared_app_directory(runtime)
 
     async def reports() -> None:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""

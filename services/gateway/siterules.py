@@ -68,7 +68,7 @@ def normalize_origin(value: str) -> str | None:
 class SiteRules:
     networks: tuple[Network, ...]
     origins: frozenset[str]  # exact, normalized
-    wildcards: tuple[tuple[str | None, str], ...]  # (scheme or None for both, ".example.com")
+    wildcards: tuple[tuple[str | None, str], ...]  # (scheme or None for both, ".example.com[:port]")
 
     @property
     def checks_origin(self) -> bool:
@@ -91,9 +91,8 @@ class SiteRules:
             return False
         if normalized in self.origins:
             return True
-        scheme, _, host = normalized.partition("://")
-        return any((want is None or want == scheme) and host.split(":")[0].endswith(suffix)
-                   for want, suffix in self.wildcards)
+        scheme, _, host = normalized.partition("://")  # host[:port], the port only when not the default
+        return any((want is None or want == scheme) and host.endswith(suffix) for want, suffix in self.wildcards)
 
 
 def compile_rules(excluded_ips: tuple[str, ...], allowed_origins: tuple[str, ...]) -> SiteRules:
@@ -111,7 +110,10 @@ def compile_rules(excluded_ips: tuple[str, ...], allowed_origins: tuple[str, ...
         text = entry.strip().lower()
         scheme, sep, rest = text.partition("://")
         if (rest if sep else text).startswith("*."):
-            wildcards.append((scheme if sep else None, (rest if sep else text)[1:].rstrip("/")))
+            suffix = (rest if sep else text)[1:].rstrip("/")
+            if sep and suffix.endswith(f":{_DEFAULT_PORTS.get(scheme)}"):
+                suffix = suffix.rsplit(":", 1)[0]
+            wildcards.append((scheme if sep else None, suffix))
             continue
         normalized = normalize_origin(text)
         if normalized is None:

@@ -164,3 +164,47 @@ async def test_a_report_made_at_auth_is_mailed_while_auths_tables_cannot_be_read
         return listed["last_sent_at"] is not None
 
     await eventually(listed_as_sent, 10, "auth's listing never showed the report as sent")
+
+
+async def test_a_sites_reports_run_at_its_local_midnight_and_say_its_time_zone(
+    client: httpx.AsyncClient, engines: Settings,
+) -> None:
+    """Kolkata is UTC+5:30: its midnight is 18:30 UTC, its Monday starts on Sunday at 18:30 UTC."""
+    owner = await signup_login(client)
+    app = await register_app(client, owner, "Chai Stall")
+    r = await client.patch(f"/api/auth/apps/{app['app_id']}", json={"timezone": "Asia/Kolkata"}, headers=owner["headers"])
+    assert r.status_code == 200, r.text
+
+    async def query_knows() -> bool:  # the query service's app directory has the new time zone
+        r = await client.get("/api/analytics/stats/aggregate", params={"period": "day", "metrics": "visitors"},
+                             headers={"x-api-key": app["api_key"], "cache-control": "no-cache"})
+        return r.json()["period"]["start"].endswith("T18:30:00Z")
+
+    await eventually(query_knows, 10, "the site's time zone never reached the query service")
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "weekly"},
+                          headers=owner["headers"])
+    assert r.status_code == 201, r.text
+    weekly = datetime.fromisoformat(r.json()["next_run_at"])
+    assert (weekly.astimezone(UTC).weekday(), weekly.astimezone(UTC).strftime("%H:%M")) == (6, "18:30")
+
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "daily", "send_now": True},
+                          headers=owner["headers"])
+    assert r.status_code == 201, r.text
+
+    def reports() -> list:
+        return [m for m in read_inbox(engines.data_dir / "mail")
+                if m["To"] == owner["email"] and str(m["Subject"]).startswith("Your daily report for Chai Stall")]
+
+    async def arrived() -> bool:
+        return bool(reports())
+
+    await eventually(arrived, 30, "no report mail")
+    assert "(Asia/Kolkata):" in reports()[0].get_body(("plain",)).get_content()
+
+    async def next_at_local_midnight() -> bool:
+        listed = {s["frequency"]: s for s in (await client.get("/api/email/reports", headers=owner["headers"])).json()}
+        daily = listed["daily"]
+        return daily["last_sent_at"] is not None and \
+            datetime.fromisoformat(daily["next_run_at"]).astimezone(UTC).strftime("%H:%M") == "18:30"
+
+    await eventually(next_at_local_midnight, 10, "the next daily report is not due at Kolkata's midnight")

@@ -81,7 +81,8 @@ LA_EVENTS = [
 
 
 async def _site(client: httpx.AsyncClient, name: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-    app = await register_app(client, await signup_login(client), name)
+    owner = await signup_login(client)
+    app = await register_app(client, owner, name)
     r = await client.post("/api/analytics/collect", json={"events": events},
                           headers={"x-api-key": app["write_key"], "user-agent": UA})
     assert r.status_code == 202 and r.json()["accepted"] == len(events), r.text
@@ -93,7 +94,7 @@ async def _site(client: httpx.AsyncClient, name: str, events: list[dict[str, Any
         return r.status_code == 200 and r.json()["count"] == len(events)
 
     await eventually(stored, 20, f"the aggregator did not store the {len(events)} events")
-    return {**app, "key": {"x-api-key": app["api_key"]}}
+    return {**app, "owner": owner, "key": {"x-api-key": app["api_key"]}}
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +242,56 @@ async def test_retention_cohorts_are_local_days(client, kolkata) -> None:
     cohorts = {c["cohort"]: (c["size"], c["retained"]) for c in body["cohorts"]}
     assert cohorts == {str(K - ONE): (1, [1, 1, 0, 0, 0]), str(K): (3, [3, 0, 0, 0]),
                        str(K + ONE): (1, [1, 0, 0]), str(K + 2 * ONE): (0, [0, 0]), str(K + 3 * ONE): (0, [0])}
+
+
+# --- the site's time zone ----------------------------------------------------------------------
+
+async def set_timezone(client: httpx.AsyncClient, site: dict[str, Any], tz: str) -> None:
+    r = await client.patch(f"/api/auth/apps/{site['app_id']}", headers=site["owner"]["headers"], json={"timezone": tz})
+    assert r.status_code == 200 and r.json()["timezone"] == tz, r.text
+
+
+async def test_the_sites_time_zone_is_the_default_of_every_read(client) -> None:
+    site = await _site(client, "kolkata by default", KOLKATA_EVENTS)
+    days = {"period": "custom", "date": f"{K - ONE},{K + ONE}", "interval": "day", "metrics": "visitors"}
+    assert visitors(await get(client, site, "stats/timeseries", **days)) == [(str(K - ONE), 2), (str(K), 3), (str(K + ONE), 0)]
+    await set_timezone(client, site, KOLKATA)
+
+    async def local_days() -> bool:  # within the app directory's catch-up, no restart
+        r = await client.get("/api/analytics/stats/timeseries", params=days, headers={**site["key"], **FRESH})
+        return visitors(r.json()) == [(str(K - ONE), 1), (str(K), 4), (str(K + ONE), 1)]
+
+    await eventually(local_days, 10, "the site's time zone never reached the query service")
+    hours = await get(client, site, "stats/timeseries", period="day", date=str(K), metrics="visitors")
+    assert [(h, n) for h, n in visitors(hours) if n] == [(f"{K}T00:00:00", 1), (f"{K}T05:00:00", 2), (f"{K}T23:00:00", 1)]
+    day = await get(client, site, "stats/aggregate", period="day", date=str(K), metrics="visitors")
+    assert day["period"] == {"start": f"{K - ONE}T18:30:00Z", "end": f"{K}T18:30:00Z"}
+    summary = await get(client, site, "event-summary", startDate=str(K), endDate=str(K))
+    assert (summary["count"], summary["uniqueUsers"]) == (4, 4)
+    daily = await get(client, site, "events/daily", days=(_today(KOLKATA) - K).days + 1)
+    assert (daily["timezone"], [(r["bucket"], r["count"]) for r in daily["series"]]) == (
+        KOLKATA, [(f"{K - ONE}T18:30:00Z", 4), (f"{K}T18:30:00Z", 1)])
+    funnel = await get(client, site, "funnels", steps="page_view,signup", window=3600, period="day", date=str(K - ONE))
+    assert [s["visitors"] for s in funnel["steps"]] == [1, 0]
+    retention = await get(client, site, "retention", interval="day", cohorts=5)
+    assert retention["cohorts"][0] == {"cohort": str(K - ONE), "size": 1, "retained": [1, 1, 0, 0, 0],
+                                       "rates": [100.0, 100.0, 0.0, 0.0, 0.0]}
+    # A tz in the request still wins.
+    assert visitors(await get(client, site, "stats/timeseries", tz="UTC", **days)) == [
+        (str(K - ONE), 2), (str(K), 3), (str(K + ONE), 0)]
+
+
+async def test_a_los_angeles_site_has_25_hours_on_its_fall_back_day_by_default(client) -> None:
+    site = await _site(client, "los angeles by default", LA_EVENTS)
+    await set_timezone(client, site, LA)
+
+    async def local_hours() -> bool:
+        r = await client.get("/api/analytics/stats/timeseries", params={"period": "day", "date": str(F)},
+                             headers={**site["key"], **FRESH})
+        return len(r.json()["results"]) == 25
+
+    await eventually(local_hours, 10, "the site's time zone never reached the query service")
+    hours = await get(client, site, "stats/timeseries", period="day", date=str(F), metrics="visitors")
+    assert [n for _, n in visitors(hours)][:3] == [1, 1, 1] and hours["period"]["start"] == f"{F}T07:00:00Z"
+    spring = await get(client, site, "stats/timeseries", period="day", date=str(S), metrics="visitors")
+    assert len(spring["results"]) == 23

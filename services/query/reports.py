@@ -123,9 +123,9 @@ class ReportScheduler:
             for sub in due:
                 run_at: datetime = sub["next_run_at"]
                 sent_at = datetime.now(run_at.tzinfo)
-                tz = self.timezone_of(str(sub["app_id"]))
-                next_run_at = next_report_at(sub["frequency"], max(run_at, sent_at), tz)
                 try:
+                    tz = self.timezone_of(str(sub["app_id"]))  # the site's, as the app directory has it now
+                    next_run_at = next_report_at(sub["frequency"], max(run_at, sent_at), tz)
                     message = await self._report(sub, report_start(sub["frequency"], run_at, tz), run_at, tz)
                 except Exception as exc:  # noqa: BLE001 - one app's failure must not hold up the others
                     log.error("report failed; retried at the next check", subscription=str(sub["id"]),

@@ -223,7 +223,7 @@ class RequestFacts:
     ip: str
     body_size: int | None = None
     rules: SiteRules | None = None  # the site's ingest rules (siterules.py), None when it has none
-    hidden: set[str] | None = None  # ids of events dropped by the site's excluded_ips, answered as taken
+    hidden: set[int] | None = None  # events (their id()) dropped by the site's excluded_ips, answered as taken
 
     def base(self, event_id: str | None) -> dict[str, Any]:
         """The request's own facts for one event (a copy of the cached template, plus its own id,
@@ -291,7 +291,7 @@ class Ingestor:
         events, bad = self.prepare(facts, items, is_batch, (validate, convert, route))
         published = events
         if facts.hidden:  # answered as taken, never published (siterules.py)
-            published = [event for event in events if event["event_id"] not in facts.hidden]
+            published = [event for event in events if id(event) not in facts.hidden]
             EVENTS_EXCLUDED.inc(len(events) - len(published))
         waiters = self.publisher.append(facts.record.app_id, published) if published else []
         return Pending(events, bad, waiters, route, len(published))
@@ -324,7 +324,7 @@ class Ingestor:
             if rules is not None and rules.excluded(event["ip"]):
                 if facts.hidden is None:
                     facts.hidden = set()
-                facts.hidden.add(event["event_id"])
+                facts.hidden.add(id(event))
             enrich.finalize(event, self.settings.ip_anonymize)
             if event["is_bot"] and self.settings.bot_policy == "drop":
                 BOTS_DROPPED.inc()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from libs.runtime import Stack
+from services.gateway.siterules import compile_rules
 from tests.conftest import eventually, register_app, signup_login
 from tests.services.auth.helpers import client_for
 
@@ -52,6 +53,16 @@ async def excluded_total(client: httpx.AsyncClient) -> float:
     r = await client.get("/metrics")
     found = re.search(r"^gateway_events_excluded_total (\S+)$", r.text, re.M)
     return float(found.group(1)) if found else 0.0
+
+
+def test_rules_read_mapped_ipv6_ports_and_wildcards() -> None:
+    rules = compile_rules(("10.0.0.0/8", "2001:db8::/32"),
+                          ("https://a.example:8443", "https://*.b.example", "https://*.c.example:443"))
+    assert rules.excluded("::ffff:10.1.2.3") and rules.excluded("2001:db8::1")  # an IPv4 client seen over IPv6
+    assert not rules.excluded("11.0.0.1") and not rules.excluded("not an address") and not rules.excluded("")
+    assert rules.origin_allowed("https://a.example:8443") and not rules.origin_allowed("https://a.example")
+    assert rules.origin_allowed("https://x.c.example") and rules.origin_allowed("https://x.c.example:443")
+    assert not rules.origin_allowed("https://x.b.example:8443") and not rules.origin_allowed("https://x.b.example/path")
 
 
 async def test_excluded_addresses_and_ranges_are_dropped_unseen(client: httpx.AsyncClient, stack: Stack) -> None:

@@ -1,16 +1,24 @@
 # ruff: noqa: S608 - SQL from fixed fragments only; every value is a bind parameter
-"""Users list, and one user's data: export (JSON lines, streamed) and deletion."""
+"""Users list, and one user's data: export (JSON lines, streamed) and deletion; and every event of an
+app deleted when auth announces the app gone (`auth.app-deletions.v1`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 
-from libs.clickhouse import ClickHouse
+from libs.clickhouse import ClickHouse, ClickHouseUnavailable
+from libs.kafka import APP_DELETIONS_GROUP, APP_DELETIONS_TOPIC
+from libs.logs import get_logger
+from libs.settings import Settings
+from libs.statetopic import State, follow_state_topic
 from services.query import frozen
+from services.query.cache import QueryCache
 from services.query.queries import EVENT_COLUMNS, _decode_properties
+
+log = get_logger(__name__)
 
 EXPORT_BATCH = 1000
 
@@ -56,8 +64,19 @@ async def export_lines(ch: ClickHouse, app_id: str, user_id: str) -> AsyncIterat
 
 
 async def delete_user(ch: ClickHouse, app_id: str, user_id: str) -> int:
-    params = {"app_id": app_id, "user_id": user_id}
-    where = "app_id = {app_id:String} AND user_id = {user_id:String}"
+    return await _delete_events(ch, app_id, "app_id = {app_id:String} AND user_id = {user_id:String}",
+                                {"app_id": app_id, "user_id": user_id})
+
+
+async def delete_app(ch: ClickHouse, app_id: str) -> int:
+    """Every event and metric of the app, and its rollups; returns how many events there were."""
+    n = await _delete_events(ch, app_id, "app_id = {app_id:String}", {"app_id": app_id})
+    await ch.command(f"{ch.schema.alter('metrics')} DELETE WHERE app_id = {{app_id:String}} SETTINGS mutations_sync = 2",
+                     {"app_id": app_id})
+    return n
+
+
+async def _delete_events(ch: ClickHouse, app_id: str, where: str, params: dict[str, Any]) -> int:
     rows = await ch.query(f"SELECT count() AS n FROM events FINAL WHERE {where}", params)
     n = int(rows[0]["n"]) if rows else 0
     if n:
@@ -88,3 +107,18 @@ async def rebuild_daily(ch: ClickHouse, app_id: str, days: list[str]) -> None:
            GROUP BY app_id, day, event_name, device_type""",
         params,
     )
+
+
+async def follow_app_deletions(settings: Settings, ch: ClickHouse, cache: QueryCache) -> None:
+    """Forever: delete every event of each app named on `auth.app-deletions.v1` (its owner deleted the
+    app or the account), then make its cached answers unreachable. ClickHouse away: retried."""
+
+    async def apply(states: Sequence[State]) -> None:
+        for app_id, state in states:
+            if state is None:
+                continue
+            deleted = await delete_app(ch, app_id)
+            await cache.bump_generation(app_id)
+            log.info("app events deleted", app_id=app_id, events=deleted, reason=state.get("reason"))
+
+    await follow_state_topic(settings, APP_DELETIONS_TOPIC, APP_DELETIONS_GROUP, apply, retry_on=(ClickHouseUnavailable,))

@@ -182,19 +182,12 @@ class Accounts(AuthStore):
             log.warning("sessions not ended: redis unavailable", error=repr(exc))
             raise DependencyUnavailable("the session store (Redis)", retry_after=2) from exc
 
-    async def _user_with_password(self, user_id: str) -> asyncpg.Record:
-        async with self.db() as conn:
-            user = await repo.user_auth_by_id(conn, user_id)
-        if user is None:
-            raise ApiError(401, "user no longer exists")
-        return user
-
     async def change_password(self, access: tokens.TokenClaims, current: str, new: str, client_ip: str) -> None:
         """Set a new password and end every other session of the user (this one stays signed in).
 
         A wrong current password is a failed login attempt (the same budgets, so the route cannot be
         used to guess around the login limits) and answers 403."""
-        user = await self._user_with_password(access.sub)
+        user = await self.profile(access.sub)
         if not await self._password_matches(user, user["username"], current, client_ip):
             raise ApiError(403, "the current password is wrong")
         new_hash = await self._new_password_hash(new)
@@ -269,7 +262,7 @@ class Accounts(AuthStore):
         ended, and the row removed (apps, keys, subscriptions go with it), so the username and email
         are free again. Confirmed with the password, or, for an account without one, by a sign-in in
         the last five minutes."""
-        user = await self._user_with_password(access.sub)
+        user = await self.profile(access.sub)
         if password is not None:
             if not await self._password_matches(user, user["username"], password, client_ip):
                 raise ApiError(403, "wrong password")
@@ -288,8 +281,9 @@ class Accounts(AuthStore):
         log.info("account deleted", user_id=access.sub, apps=len(apps))
 
     async def profile(self, user_id: str) -> asyncpg.Record:
+        """The user's row (with the password hash, never to be answered), or 401."""
         async with self.db() as conn:
-            user = await repo.user_by_id(conn, user_id)
+            user = await repo.user_auth_by_id(conn, user_id)
         if user is None:
             raise ApiError(401, "user no longer exists")
         return user

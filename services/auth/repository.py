@@ -42,7 +42,9 @@ async def user_by_id(conn: PgConnection, user_id: str) -> asyncpg.Record | None:
 
 
 async def user_auth_by_id(conn: PgConnection, user_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT id, username, email, password_hash FROM users WHERE id=$1", uuid.UUID(user_id))
+    return await conn.fetchrow(
+        "SELECT id, username, email, password_hash, created_at FROM users WHERE id=$1", uuid.UUID(user_id)
+    )
 
 
 async def user_by_email(conn: PgConnection, email: str) -> asyncpg.Record | None:

@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from libs.runtime import Stack
 from libs.settings import Settings
-from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
-from tests.conftest import PASSWORD, eventually, register_app, serving, signup_login
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
+from tests.conftest import PASSWORD, eventually, register_app, signup_login
 from tests.services.auth.helpers import collect, wait_for_mail
 
 if async_playwright is not None:
@@ -31,18 +29,6 @@ pytestmark = [
 NEW_PASSWORD = "An0ther!secret"
 # Everything script can read: both storages and the cookies it can see.
 SCRIPT_READABLE = """() => JSON.stringify({local: {...localStorage}, session: {...sessionStorage}, cookie: document.cookie})"""
-
-
-@pytest.fixture(scope="module")
-async def live_url(stack: Stack) -> AsyncIterator[str]:
-    async with serving(stack.app()) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def sign_in(page: Page, live_url: str, username: str, password: str = PASSWORD) -> None:

@@ -11,7 +11,6 @@ import re
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from libs import tokens
 from libs.runtime import Stack
 from libs.settings import Settings
 from tests.conftest import PASSWORD, eventually, signup_login, unique
-from tests.services.auth.helpers import client_for, collect, mails_to, random_ip, register, wait_for_mail
+from tests.services.auth.helpers import bearer, client_for, collect, mails_to, random_ip, register, wait_for_mail
 
 pytestmark = pytest.mark.engines
 
@@ -30,16 +29,6 @@ NEW_PASSWORD = "An0ther!secret"
 RESET_SUBJECT = "Reset your Analytics password"
 RESET_ANSWER = {"status": "accepted",
                 "message": "if an account has this address, a reset link is on its way (valid for an hour)"}
-
-
-@pytest.fixture
-async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(stack, random_ip()) as client:
-        yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 async def login(http: httpx.AsyncClient, username: str, password: str) -> httpx.Response:

@@ -4,13 +4,25 @@ app deleted when auth announces the app gone (`auth.app-deletions.v1`)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from libs.clickhouse import ClickHouse, ClickHouseUnavailable
-from libs.kafka import APP_DELETIONS_GROUP, APP_DELETIONS_TOPIC
+from libs.kafka import (
+    AGGREGATOR_GROUP,
+    APP_DELETIONS_GROUP,
+    APP_DELETIONS_TOPIC,
+    EVENTS_TOPIC,
+    backlog,
+    end_offsets,
+    group_reader,
+    topic_partitions,
+)
 from libs.logs import get_logger
 from libs.settings import Settings
 from libs.statetopic import State, follow_state_topic
@@ -19,6 +31,12 @@ from services.query.cache import QueryCache
 from services.query.queries import EVENT_COLUMNS, _decode_properties
 
 log = get_logger(__name__)
+
+# Events a gateway accepted just before it heard of the revocation (it applies it within a second) may
+# still be on their way to ClickHouse: they are deleted by a second pass, once the aggregator has stored
+# everything published until LATE_EVENTS_S after the deletion was asked for (waiting at most CATCH_UP_S).
+LATE_EVENTS_S = 5.0
+CATCH_UP_S = 60.0
 
 EXPORT_BATCH = 1000
 
@@ -114,11 +132,38 @@ async def follow_app_deletions(settings: Settings, ch: ClickHouse, cache: QueryC
     app or the account), then make its cached answers unreachable. ClickHouse away: retried."""
 
     async def apply(states: Sequence[State]) -> None:
-        for app_id, state in states:
-            if state is None:
-                continue
+        apps = {app_id: state for app_id, state in states if state is not None}
+        for app_id, state in apps.items():  # at once: reads stop finding them
             deleted = await delete_app(ch, app_id)
             await cache.bump_generation(app_id)
             log.info("app events deleted", app_id=app_id, events=deleted, reason=state.get("reason"))
+        if not apps:
+            return
+        asked = max(datetime.fromisoformat(state["requested_at"]).timestamp() for state in apps.values())
+        caught_up = await _aggregator_caught_up(settings, asked + LATE_EVENTS_S)
+        for app_id in apps:  # and what was still on its way
+            late = await delete_app(ch, app_id)
+            await cache.bump_generation(app_id)
+            if late or not caught_up:
+                log.warning("late app events deleted", app_id=app_id, events=late, aggregator_caught_up=caught_up)
 
     await follow_state_topic(settings, APP_DELETIONS_TOPIC, APP_DELETIONS_GROUP, apply, retry_on=(ClickHouseUnavailable,))
+
+
+async def _aggregator_caught_up(settings: Settings, after: float) -> bool:
+    """Wait until `after` (unix time), then until the aggregator has stored every event published by
+    then (its group committed past the events topic's ends read then); False after CATCH_UP_S."""
+    await asyncio.sleep(max(0.0, after - datetime.now(UTC).timestamp()))
+    deadline = time.monotonic() + CATCH_UP_S
+    try:
+        async with group_reader(settings, AGGREGATOR_GROUP) as reader:
+            tps = await topic_partitions(reader, EVENTS_TOPIC)
+            ends = await end_offsets(reader, tps) if tps else {}
+            while sum((await backlog(reader, ends)).values()):
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.5)
+    except Exception as exc:  # noqa: BLE001 - Kafka away: the second pass goes ahead after what was waited
+        log.warning("aggregator progress not read", error=repr(exc))
+        return False
+    return True

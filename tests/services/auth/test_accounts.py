@@ -11,13 +11,17 @@ import re
 import statistics
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import jwt
+import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from libs import tokens
+from libs.kafka import AGGREGATOR_GROUP, EVENTS_TOPIC, backlog, group_reader
 from libs.runtime import Stack
 from libs.settings import Settings
 from tests.conftest import PASSWORD, eventually, signup_login, unique
@@ -269,6 +273,35 @@ async def test_deleting_the_account_refuses_its_keys_deletes_its_events_and_free
     r = await http.post("/api/user/signup", json={"username": user["username"], "email": user["email"], "password": PASSWORD})
     assert r.status_code == 201, r.text
     assert r.json()["id"] != user["id"]
+
+
+async def test_events_still_on_their_way_when_the_account_is_deleted_are_deleted_too(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    user = await signup_login(http)
+    app = await app_with_events(http, stack, user)
+    r = await http.request("DELETE", "/api/user/me", json={"password": PASSWORD}, headers=user["headers"])
+    assert r.status_code == 204, r.text
+
+    async def gone() -> bool:
+        return await events_of(stack, app["app_id"]) == 0
+
+    await eventually(gone, 30, "the deleted account's events are still in ClickHouse")
+    # An event a gateway took just before it heard of the revocation, reaching the events topic only
+    # now: after the deletion ran once.
+    producer = await stack.runtime.producer()
+    now = datetime.now(UTC).isoformat()
+    late = {"event_id": uuid.uuid4().hex, "app_id": app["app_id"], "type": "track", "event_name": "late",
+            "source": "test", "user_id": "u1", "device_type": "desktop", "timestamp": now, "received_at": now}
+    sent = await producer.send_and_wait(EVENTS_TOPIC, orjson.dumps(late), key=app["app_id"].encode())
+    async with group_reader(stack.settings, AGGREGATOR_GROUP) as reader:
+        async def stored() -> bool:
+            return sum((await backlog(reader, {TopicPartition(EVENTS_TOPIC, sent.partition): sent.offset + 1})).values()) == 0
+
+        await eventually(stored, 30, "the aggregator never stored the late event")
+    await eventually(gone, 30, "an event stored after the deletion ran is still in ClickHouse")
+    await asyncio.sleep(1)
+    assert await events_of(stack, app["app_id"]) == 0
 
 
 async def test_deleting_the_account_needs_the_right_password(http: httpx.AsyncClient, stack: Stack) -> None:

@@ -207,7 +207,8 @@ class Accounts(AuthStore):
         """Mail a one-time reset link if an account has this address. The caller's answer is the same
         either way, and comes before the account is even looked up: the lookup, the token and the mail
         happen in the background, so neither the answer nor its timing tells whether the account exists."""
-        retry_after = await self.limiter.hit(RESET_LIMIT_PER_IP, "password-reset", "ip", _address_bucket(client_ip))
+        # Both limits hold as the login's do: Redis unable to count is a 503 here, and no mail below.
+        retry_after = await self.limiter.hit_or_refuse(RESET_LIMIT_PER_IP, "password-reset", "ip", _address_bucket(client_ip))
         if retry_after is not None:
             raise ApiError(429, f"too many password reset requests; retry in {retry_after}s", {"Retry-After": str(retry_after)})
         task = asyncio.create_task(self._mail_reset_link(email.lower()))
@@ -216,7 +217,7 @@ class Accounts(AuthStore):
 
     async def _mail_reset_link(self, email: str) -> None:
         try:
-            if await self.limiter.hit(RESET_LIMIT_PER_EMAIL, "password-reset", "email", email) is not None:
+            if await self.limiter.hit_or_refuse(RESET_LIMIT_PER_EMAIL, "password-reset", "email", email) is not None:
                 log.info("password reset not mailed: too many for this address")
                 return
             token = secrets.token_urlsafe(32)

@@ -36,19 +36,23 @@ class TokenClaims:
     family: str
     type: TokenType
     expires_at: datetime
+    auth_time: int  # when the user signed in (unix seconds): kept across refreshes, so "how fresh" stays true
 
 
-def issue(settings: Settings, user_id: str, token_type: TokenType, family: str) -> tuple[str, TokenClaims]:
+def issue(
+    settings: Settings, user_id: str, token_type: TokenType, family: str, auth_time: int | None = None
+) -> tuple[str, TokenClaims]:
+    """`auth_time`: when the user signed in (unix seconds), now unless a refresh carries it over."""
     now = datetime.now(UTC)
     lifetime = settings.jwt_access_expires if token_type == "access" else settings.jwt_refresh_expires
     claims = TokenClaims(
         sub=user_id, jti=str(uuid.uuid4()), family=family, type=token_type,
-        expires_at=now + timedelta(seconds=lifetime),
+        expires_at=now + timedelta(seconds=lifetime), auth_time=int(now.timestamp()) if auth_time is None else auth_time,
     )
     token = jwt.encode(
         {
             "sub": user_id, "jti": claims.jti, "fam": family, "type": token_type, "iss": ISSUER,
-            "iat": now, "exp": claims.expires_at,
+            "iat": now, "exp": claims.expires_at, "auth_time": claims.auth_time,
         },
         settings.jwt_secret,
         algorithm=settings.jwt_algorithm,
@@ -74,6 +78,7 @@ def decode(settings: Settings, token: str, expected: TokenType) -> TokenClaims:
     return TokenClaims(
         sub=str(payload["sub"]), jti=str(payload["jti"]), family=str(payload["fam"]), type=expected,
         expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+        auth_time=int(payload.get("auth_time", payload["iat"])),  # tokens from before auth_time existed
     )
 
 

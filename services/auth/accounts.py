@@ -82,15 +82,20 @@ class Accounts(AuthStore):
             raise ApiError(401, "wrong username or password", {"WWW-Authenticate": "Bearer"})
         assert user is not None
         await self._refund_attempt(counted)
-        return await self._issue_pair(str(user["id"]), family=str(uuid.uuid4()))
+        return await self.sign_in(str(user["id"]))
 
     async def _refund_attempt(self, counted: list[tuple[RateLimitItem, str, str]]) -> None:
         for limit, scope, ident in counted:
             await self.limiter.refund(limit, "login-failures", scope, ident)
 
-    async def _issue_pair(self, user_id: str, family: str) -> dict[str, Any]:
-        access, _ = tokens.issue(self.settings, user_id, "access", family)
-        refresh, claims = tokens.issue(self.settings, user_id, "refresh", family)
+    async def sign_in(self, user_id: str, auth_time: int | None = None) -> dict[str, Any]:
+        """A new session for a user who proved who they are (a password, an OpenID provider): the
+        token pair the login route answers. `auth_time`: when they signed in, if not now."""
+        return await self._issue_pair(user_id, family=str(uuid.uuid4()), auth_time=auth_time)
+
+    async def _issue_pair(self, user_id: str, family: str, auth_time: int | None = None) -> dict[str, Any]:
+        access, _ = tokens.issue(self.settings, user_id, "access", family, auth_time)
+        refresh, claims = tokens.issue(self.settings, user_id, "refresh", family, auth_time)
         async with self.db() as conn:
             await repo.insert_refresh(conn, claims.jti, family, user_id, claims.expires_at)
         return {
@@ -119,7 +124,7 @@ class Accounts(AuthStore):
         if reused:
             await self._deny_session(str(row["family_id"]))
             raise ApiError(401, "refresh token already used; the session was ended for safety, log in again")
-        return await self._issue_pair(claims.sub, claims.family)
+        return await self._issue_pair(claims.sub, claims.family, claims.auth_time)
 
     async def logout(self, access: tokens.TokenClaims) -> None:
         """End the session: its refresh tokens (Postgres), then its access tokens (Redis denylist).

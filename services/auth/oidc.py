@@ -31,6 +31,7 @@ from authlib.integrations.base_client.async_app import AsyncOAuth2Mixin
 from authlib.integrations.base_client.async_openid import AsyncOpenIDMixin
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from joserfc.errors import JoseError
+from pydantic import EmailStr, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from libs.http import ApiError, DependencyUnavailable
@@ -51,6 +52,7 @@ CLOCK_LEEWAY_S = 60
 HTTP_TIMEOUT_S = 10
 _FLOW_PREFIX = "auth:oidc-flow:"
 _HANDOFF_PREFIX = "auth:oidc-handoff:"
+_EMAIL = TypeAdapter(EmailStr)
 _USERNAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 NOT_CONFIGURED = (
@@ -217,8 +219,13 @@ class OidcSignIn:
         if known is not None:
             return str(known["user_id"]), False
         email = claims.get("email")
-        if not isinstance(email, str) or "@" not in email:
+        if not isinstance(email, str) or not email:
             raise ApiError(403, f"{name} did not share your email address; allow it and sign in again")
+        try:
+            email = str(_EMAIL.validate_python(email))  # as sign-up checks it: an address mail can go to
+        except ValidationError as exc:
+            raise ApiError(403, f"the email address {name} gave ({email[:254]}) cannot receive mail; "
+                                "sign up with another address") from exc
         if claims.get("email_verified") not in (True, "true"):
             async with self.accounts.db() as conn:
                 clash = await repo.user_by_email(conn, email)

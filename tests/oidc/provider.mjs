@@ -43,7 +43,7 @@ const provider = new Provider(issuer, {
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
   ttl: { IdToken: 300, AccessToken: 300, AuthorizationCode: 120, Interaction: 600, Session: 3600, Grant: 3600 },
   async findAccount(ctx, id) {
-    const account = accounts.get(id) ?? { email: `${id}@provider.test`, email_verified: true };
+    const account = accounts.get(id) ?? { email: `${id}@example.org`, email_verified: true };
     return {
       accountId: id,
       async claims() {

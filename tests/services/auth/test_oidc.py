@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -20,6 +21,7 @@ from libs.runtime import Stack
 from libs.settings import Settings
 from services.auth import SERVICE as AUTH
 from services.query import SERVICE as QUERY
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
 from tests.conftest import PASSWORD, serving
 from tests.oidc import CLIENT_ID, CLIENT_SECRET, NO_NODE, NODE, Provider, openid_provider, through_provider
 from tests.services.auth.helpers import client_for, random_ip
@@ -27,6 +29,7 @@ from tests.services.auth.helpers import client_for, random_ip
 pytestmark = [pytest.mark.engines, pytest.mark.skipif(NODE is None, reason=NO_NODE)]
 
 PROVIDER_NAME = "Test ID"
+ARTIFACTS = Path(__file__).parents[2] / "artifacts"
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def browser() -> httpx.AsyncClient:
 
 async def new_account(site: Site, verified: bool = True, email: str | None = None) -> tuple[str, str]:
     login = f"person-{uuid.uuid4().hex[:10]}"
-    email = email or f"{login}@provider.test"
+    email = email or f"{login}@example.org"
     await site.provider.account(login, email, verified)
     return login, email
 
@@ -235,6 +238,14 @@ async def test_an_unverified_email_makes_no_new_account(site: Site) -> None:
     assert email in detail and "does not confirm" in detail
 
 
+async def test_an_email_that_cannot_receive_mail_makes_no_account(site: Site) -> None:
+    """Sign-up refuses such addresses (reserved names): sign-in through a provider refuses them as well."""
+    login, _ = await new_account(site, verified=True, email="someone@printer.local")
+    async with browser() as http:
+        detail = refused_without_session(await http.get(await answer(http, site, login)), 403)
+    assert "someone@printer.local" in detail and "cannot receive mail" in detail
+
+
 async def test_without_configuration_provider_sign_in_is_off_and_says_so(engines: Settings) -> None:
     async with Stack(engines, [AUTH]) as lone, client_for(lone, random_ip()) as api:
         config = await api.get("/api/user/oidc/config")
@@ -243,3 +254,55 @@ async def test_without_configuration_provider_sign_in_is_off_and_says_so(engines
                   await api.post("/api/user/oidc/session")):
             assert r.status_code == 404, r.text
             assert "not configured" in r.json()["detail"] and "OIDC_CLIENT_ID" in r.json()["detail"]
+
+
+@pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT)
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+async def test_in_a_browser_sign_in_with_the_provider_lands_on_the_dashboard_signed_in(site: Site) -> None:
+    from playwright.async_api import expect
+
+    login, email = await new_account(site)
+    async with chromium() as launched:
+        page = await (await launched.new_context()).new_page()
+        await page.goto(f"{site.url}/dashboard")
+        button = page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}")
+        await expect(button).to_be_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "oidc-sign-in-page.png"))
+        await button.click()
+        # The provider's own sign-in page.
+        await page.locator('input[name="login"]').fill(login)
+        await page.locator('input[name="password"]').fill("whatever the provider asks")
+        await page.locator('button[type="submit"]').click()
+        await expect(page.get_by_role("heading", name="Your sites")).to_be_visible(timeout=15000)
+        assert page.url == f"{site.url}/dashboard#/apps"
+        await expect(page.locator("#account")).to_contain_text("Signed in as")
+        await page.locator("#app-name").fill("Shop via OIDC")
+        await page.get_by_role("button", name="Add site").click()
+        await expect(page.get_by_role("list", name="Sites")).to_contain_text("Shop via OIDC")
+        await page.screenshot(path=str(ARTIFACTS / "oidc-signed-in.png"), full_page=True)
+        # Signed out and in again: the provider remembers the person, and it is the same account.
+        await page.get_by_role("button", name="Sign out").click()
+        await page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").click()
+        await expect(page.get_by_role("list", name="Sites")).to_contain_text("Shop via OIDC", timeout=15000)
+        account = await page.evaluate("() => JSON.parse(sessionStorage.getItem('analytics.session'))")
+    assert (await profile(site, account))["email"] == email
+
+
+@pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT)
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+async def test_in_a_browser_a_refused_sign_in_says_why_and_leads_back(site: Site) -> None:
+    from playwright.async_api import expect
+
+    login, email = await new_account(site, verified=False)
+    async with chromium() as launched:
+        page = await (await launched.new_context()).new_page()
+        await page.goto(f"{site.url}/dashboard")
+        await page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").click()
+        await page.locator('input[name="login"]').fill(login)
+        await page.locator('input[name="password"]').fill("whatever the provider asks")
+        await page.locator('button[type="submit"]').click()
+        await expect(page.get_by_role("heading", name="Sign-in refused")).to_be_visible(timeout=15000)
+        await expect(page.locator("#reason")).to_contain_text(f"does not confirm that {email} is yours")
+        await page.get_by_role("link", name="Back to the sign-in page").click()
+        await expect(page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}")).to_be_visible()

@@ -149,7 +149,8 @@ class OidcSignIn:
         user_id, created = await self._user_for(claims)
         handoff = secrets.token_urlsafe(32)
         auth_time = claims.get("auth_time")
-        record = {"user_id": user_id, "auth_time": int(auth_time) if isinstance(auth_time, int) else int(time.time())}
+        now = int(time.time())  # the provider's word on when the user authenticated, never later than now
+        record = {"user_id": user_id, "auth_time": min(auth_time, now) if isinstance(auth_time, int) else now}
         try:
             await self.redis.set(_HANDOFF_PREFIX + handoff, orjson.dumps(record), ex=HANDOFF_TTL_S)
         except (RedisError, OSError) as exc:

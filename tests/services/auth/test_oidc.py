@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
 import jwt
@@ -236,6 +236,29 @@ async def test_an_unverified_email_makes_no_new_account(site: Site) -> None:
     async with browser() as http:
         detail = refused_without_session(await http.get(await answer(http, site, login)), 403)
     assert email in detail and "does not confirm" in detail
+
+
+async def test_a_sign_in_cancelled_at_the_provider_says_so(site: Site) -> None:
+    async with browser() as http:
+        r = await http.get(f"{site.url}/api/user/oidc/login")
+        r = await http.get(r.headers["location"])
+        assert r.status_code == 303 and "/interaction/" in r.headers["location"]
+        interaction = urljoin(site.provider.url, r.headers["location"])
+        # The person presses "Cancel" (the provider's abort): the provider answers error=access_denied.
+        callback = await through_provider(http, f"{interaction}/abort", "nobody", stop_at=site.callback)
+        assert parse_qs(urlsplit(callback).query)["error"] == ["access_denied"]
+        detail = refused_without_session(await http.get(callback), 403)
+    assert f"{PROVIDER_NAME} did not sign you in" in detail
+
+
+async def test_garbage_callbacks_are_refused_with_400(site: Site) -> None:
+    async with browser() as http:
+        for query in ({}, {"code": "x"}, {"state": "s" * 5000, "code": "c"}, {"error": "server_error"}):
+            refused_without_session(await http.get(site.callback, params=query), 400)
+        http.cookies.set("oidc_flow", "not-a-flow-we-started", path="/api/user/oidc")
+        refused_without_session(await http.get(site.callback, params={"code": "c", "state": "s"}), 400)
+        http.cookies.set("oidc_handoff", "not-a-hand-off", path="/api/user/oidc")
+        assert (await http.post(f"{site.url}/api/user/oidc/session")).status_code == 401
 
 
 async def test_an_email_that_cannot_receive_mail_makes_no_account(site: Site) -> None:

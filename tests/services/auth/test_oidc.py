@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -194,13 +195,18 @@ async def test_an_expired_id_token_is_refused(site: Site) -> None:
     assert "ID token" in detail and "expired" in detail
 
 
-async def test_a_verified_email_links_the_sign_in_to_the_existing_password_account(site: Site) -> None:
+async def password_account(site: Site) -> tuple[str, str, str]:
+    """A user who signed up with a password: (username, email, id)."""
     username = f"pw{uuid.uuid4().hex[:10]}"
     email = f"{username}@example.com"
     async with client_for(site.stack, random_ip()) as api:
         r = await api.post("/api/user/signup", json={"username": username, "email": email, "password": PASSWORD})
         assert r.status_code == 201, r.text
-        account_id = r.json()["id"]
+    return username, email, r.json()["id"]
+
+
+async def test_a_verified_email_links_the_sign_in_to_the_existing_password_account(site: Site) -> None:
+    username, email, account_id = await password_account(site)
     login, _ = await new_account(site, verified=True, email=email.upper())
     async with browser() as http:
         me = await profile(site, await signed_in(http, site, await answer(http, site, login)))
@@ -210,11 +216,7 @@ async def test_a_verified_email_links_the_sign_in_to_the_existing_password_accou
 
 
 async def test_an_unverified_email_is_never_linked_to_the_existing_account(site: Site) -> None:
-    username = f"pw{uuid.uuid4().hex[:10]}"
-    email = f"{username}@example.com"
-    async with client_for(site.stack, random_ip()) as api:
-        r = await api.post("/api/user/signup", json={"username": username, "email": email, "password": PASSWORD})
-        assert r.status_code == 201, r.text
+    username, email, _ = await password_account(site)
     login, _ = await new_account(site, verified=False, email=email)
     async with browser() as http:
         detail = refused_without_session(await http.get(await answer(http, site, login)), 409)
@@ -279,6 +281,13 @@ async def test_without_configuration_provider_sign_in_is_off_and_says_so(engines
             assert "not configured" in r.json()["detail"] and "OIDC_CLIENT_ID" in r.json()["detail"]
 
 
+async def log_in_at_the_provider(page: Any, login: str) -> None:
+    """On the provider's own sign-in page (its development login form: any password)."""
+    await page.locator('input[name="login"]').fill(login)
+    await page.locator('input[name="password"]').fill("whatever the provider asks")
+    await page.locator('button[type="submit"]').click()
+
+
 @pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT)
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 async def test_in_a_browser_sign_in_with_the_provider_lands_on_the_dashboard_signed_in(site: Site) -> None:
@@ -293,10 +302,7 @@ async def test_in_a_browser_sign_in_with_the_provider_lands_on_the_dashboard_sig
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "oidc-sign-in-page.png"))
         await button.click()
-        # The provider's own sign-in page.
-        await page.locator('input[name="login"]').fill(login)
-        await page.locator('input[name="password"]').fill("whatever the provider asks")
-        await page.locator('button[type="submit"]').click()
+        await log_in_at_the_provider(page, login)
         await expect(page.get_by_role("heading", name="Your sites")).to_be_visible(timeout=15000)
         assert page.url == f"{site.url}/dashboard#/apps"
         await expect(page.locator("#account")).to_contain_text("Signed in as")
@@ -322,9 +328,7 @@ async def test_in_a_browser_a_refused_sign_in_says_why_and_leads_back(site: Site
         page = await (await launched.new_context()).new_page()
         await page.goto(f"{site.url}/dashboard")
         await page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").click()
-        await page.locator('input[name="login"]').fill(login)
-        await page.locator('input[name="password"]').fill("whatever the provider asks")
-        await page.locator('button[type="submit"]').click()
+        await log_in_at_the_provider(page, login)
         await expect(page.get_by_role("heading", name="Sign-in refused")).to_be_visible(timeout=15000)
         await expect(page.locator("#reason")).to_contain_text(f"does not confirm that {email} is yours")
         await page.get_by_role("link", name="Back to the sign-in page").click()

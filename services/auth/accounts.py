@@ -68,7 +68,7 @@ class Accounts(AuthStore):
         async with self.db() as conn:
             user = await repo.user_by_login(conn, login)
         # One budget per account, whether it is named by username or by email.
-        idents = {"acct": str(user["id"]) if user else login.lower(), "ip": _address_bucket(client_ip)}
+        idents = {"acct": str(user["id"]) if user else login.lower(), "ip": address_bucket(client_ip)}
         counted: list[tuple[RateLimitItem, str, str]] = []  # (limit, scope, identity) hit so far
         for limit, scope in self.login_limits:
             retry_after = await self.limiter.hit_or_refuse(limit, "login-failures", scope, idents[scope])
@@ -169,7 +169,7 @@ class Accounts(AuthStore):
         return await queue_email(self.producer, message)
 
 
-def _address_bucket(client_ip: str) -> str:
+def address_bucket(client_ip: str) -> str:
     """The unit a per-IP limit counts: the address, or for IPv6 its /64 (one host gets a whole /64)."""
     try:
         address = ipaddress.ip_address(client_ip)

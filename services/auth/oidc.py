@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 from libs.http import ApiError, DependencyUnavailable
 from libs.logs import get_logger
 from services.auth import repository as repo
-from services.auth.accounts import Accounts
+from services.auth.accounts import Accounts, address_bucket
 
 log = get_logger(__name__)
 
@@ -50,6 +50,10 @@ HANDOFF_TTL_S = 60
 # How far the provider's clock may be from ours when the ID token's times are checked.
 CLOCK_LEEWAY_S = 60
 HTTP_TIMEOUT_S = 10
+# A provider session older than this authenticates the person again (max_age).
+REAUTHENTICATE_AFTER_S = 30 * 86400
+# Sign-ins started per client address (each holds a flow in Redis for 10 minutes).
+START_LIMIT = "30/minute"
 _FLOW_PREFIX = "auth:oidc-flow:"
 _HANDOFF_PREFIX = "auth:oidc-handoff:"
 _EMAIL = TypeAdapter(EmailStr)
@@ -109,12 +113,19 @@ class OidcSignIn:
         if not self.enabled:
             raise ApiError(404, NOT_CONFIGURED)
 
-    async def start(self) -> Started:
-        """A new flow: the provider's authorization URL, and the flow's id for the browser's cookie."""
+    async def start(self, client_ip: str, fresh: bool = False) -> Started:
+        """A new flow: the provider's authorization URL, and the flow's id for the browser's cookie.
+        `fresh`: the provider must ask the person to authenticate again (a recent sign-in is needed)."""
         self._require_enabled()
+        retry_after = await self.accounts.limiter.hit(START_LIMIT, "oidc-start", address_bucket(client_ip))
+        if retry_after is not None:
+            raise ApiError(429, f"too many sign-ins started; retry in {retry_after}s", {"Retry-After": str(retry_after)})
         try:
             metadata = await self.client.load_server_metadata()
-            created = await self.client.create_authorization_url(self.redirect_uri)
+            # A max_age makes the provider say when the person authenticated (auth_time, OpenID Connect
+            # Core 2): a sign-in through a provider session of last week is not a fresh one.
+            extra = {"prompt": "login", "max_age": 0} if fresh else {"max_age": REAUTHENTICATE_AFTER_S}
+            created = await self.client.create_authorization_url(self.redirect_uri, **extra)
         except (httpx2.HTTPError, ValueError, RuntimeError) as exc:
             self.client.server_metadata.pop("_loaded_at", None)  # look again next time
             raise self._provider_down(exc) from exc

@@ -78,9 +78,13 @@ async def oidc_config(ctx: AuthCtx) -> s.OidcConfigOut:
 
 
 @users.get("/oidc/login", operation_id="startOidcSignIn", status_code=302, response_class=RedirectResponse,
-           responses={**REDIRECT, **errors(404)}, summary="Go to the OpenID provider to sign in (a browser navigation)")
-async def oidc_login(ctx: AuthCtx) -> Response:
-    started = await ctx.oidc.start()
+           responses={**REDIRECT, **errors(404, 429)}, summary="Go to the OpenID provider to sign in (a browser navigation)")
+async def oidc_login(
+    request: Request, ctx: AuthCtx,
+    fresh: Annotated[bool, Query(description="make the provider ask the person to authenticate again, "
+                                             "for a recent sign-in (`auth_time`)")] = False,
+) -> Response:
+    started = await ctx.oidc.start(client_ip(request, ctx.proxies), fresh=fresh)
     response = RedirectResponse(started.url, status_code=302)
     response.set_cookie(oidc.FLOW_COOKIE, started.flow_id, max_age=oidc.FLOW_TTL_S, path=oidc.COOKIE_PATH,
                         httponly=True, samesite="lax", secure=ctx.oidc.secure_cookies)

@@ -73,12 +73,17 @@ async def openid_provider(redirect_uri: str) -> AsyncIterator[Provider]:
             await proc.wait()
 
 
-async def through_provider(http: httpx.AsyncClient, url: str, login: str, stop_at: str) -> str:
+async def through_provider(
+    http: httpx.AsyncClient, url: str, login: str, stop_at: str, asks_to_log_in: bool | None = None
+) -> str:
     """Follow the browser's way from `url` (our /oidc/login, or an authorization URL) through the
     provider, signing in as `login` at its login page when it asks, to the first URL under `stop_at`
-    (our callback, with the provider's answer in its query): that URL, not yet visited."""
+    (our callback, with the provider's answer in its query): that URL, not yet visited.
+    `asks_to_log_in`: whether the provider must (True) or must not (False) show its login page."""
+    asked = False
     for _ in range(20):
         if url.startswith(stop_at):
+            assert asks_to_log_in in (None, asked), f"the provider {'did not ask' if asks_to_log_in else 'asked'} to log in"
             return url
         r = await http.get(url)
         if r.status_code in (302, 303):
@@ -87,6 +92,7 @@ async def through_provider(http: httpx.AsyncClient, url: str, login: str, stop_a
         assert r.status_code == 200, (url, r.status_code, r.text[:500])
         action = re.search(r'<form[^>]*action="([^"]+)"', r.text)
         assert action and 'name="login"' in r.text, r.text[:500]
+        asked = True
         r = await http.post(urljoin(url, action.group(1)), data={"prompt": "login", "login": login, "password": PASSWORD})
         assert r.status_code in (302, 303), (r.status_code, r.text[:500])
         url = urljoin(url, r.headers["location"])

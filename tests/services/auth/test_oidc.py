@@ -5,6 +5,7 @@ provider does not vouch for). The auth and query services serve on a real socket
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -125,6 +126,7 @@ async def test_login_sends_the_browser_to_the_provider_with_pkce_state_and_nonce
     assert set(query["scope"].split()) >= {"openid", "email"}
     assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) >= 43
     assert len(query["state"]) >= 20 and len(query["nonce"]) >= 20
+    assert query["max_age"] == str(30 * 86400), "max_age makes the provider say when the person authenticated"
     cookie = r.headers["set-cookie"].lower()
     assert cookie.startswith("oidc_flow=") and "httponly" in cookie and "samesite=lax" in cookie
     assert "path=/api/user/oidc" in cookie and "max-age=600" in cookie
@@ -148,6 +150,34 @@ async def test_a_first_sign_in_creates_the_account_and_the_next_one_finds_it(sit
     async with client_for(site.stack, random_ip()) as api:
         r = await api.post("/api/user/login", json={"username": me["username"], "password": PASSWORD})
         assert r.status_code == 401
+
+
+async def test_a_fresh_sign_in_makes_the_provider_ask_again_and_says_so_in_auth_time(site: Site) -> None:
+    def auth_time(tokens: dict[str, object]) -> int:
+        return int(jwt.decode(str(tokens["access_token"]), options={"verify_signature": False})["auth_time"])
+
+    login, _ = await new_account(site)
+    async with browser() as http:
+        first = await signed_in(http, site, await through_provider(
+            http, f"{site.url}/api/user/oidc/login", login, stop_at=site.callback, asks_to_log_in=True))
+        await asyncio.sleep(1.1)
+        again = await signed_in(http, site, await through_provider(  # the provider remembers the person
+            http, f"{site.url}/api/user/oidc/login", login, stop_at=site.callback, asks_to_log_in=False))
+        fresh = await signed_in(http, site, await through_provider(
+            http, f"{site.url}/api/user/oidc/login?fresh=true", login, stop_at=site.callback, asks_to_log_in=True))
+    # The provider's word on when the person authenticated: not when the dashboard got its tokens.
+    assert auth_time(again) == auth_time(first) < auth_time(fresh) <= int(time.time())
+    assert (await profile(site, fresh))["id"] == (await profile(site, first))["id"]
+
+
+async def test_starting_sign_ins_is_limited_per_client_address(site: Site) -> None:
+    async with client_for(site.stack, random_ip()) as one, client_for(site.stack, random_ip()) as other:
+        answers = [(await one.get("/api/user/oidc/login")).status_code for _ in range(31)]
+        assert answers == [302] * 30 + [429]
+        r = await one.get("/api/user/oidc/login")
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "too many sign-ins started" in r.json()["detail"]
+        assert (await other.get("/api/user/oidc/login")).status_code == 302
 
 
 async def test_a_tampered_state_is_refused_and_signs_no_one_in(site: Site) -> None:

@@ -363,3 +363,16 @@ async def test_in_a_browser_a_refused_sign_in_says_why_and_leads_back(site: Site
         await expect(page.locator("#reason")).to_contain_text(f"does not confirm that {email} is yours")
         await page.get_by_role("link", name="Back to the sign-in page").click()
         await expect(page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}")).to_be_visible()
+
+
+async def test_a_provider_that_cannot_be_reached_or_names_another_issuer_is_503(engines: Settings, site: Site) -> None:
+    client = {"oidc_client_id": CLIENT_ID, "oidc_client_secret": CLIENT_SECRET, "public_base_url": site.url}
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    # The same provider under another name: its discovery document names its own issuer, not this one.
+    renamed = site.provider.url.replace("127.0.0.1", "localhost")
+    for issuer in (nowhere, renamed):
+        settings = engines.model_copy(update={**client, "oidc_issuer": issuer})
+        async with Stack(settings, [AUTH]) as lone, client_for(lone, random_ip()) as api:
+            r = await api.get("/api/user/oidc/login")
+            assert r.status_code == 503, (issuer, r.text)
+            assert "OpenID provider" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1

@@ -120,18 +120,14 @@ class OidcSignIn:
         retry_after = await self.accounts.limiter.hit(START_LIMIT, "oidc-start", address_bucket(client_ip))
         if retry_after is not None:
             raise ApiError(429, f"too many sign-ins started; retry in {retry_after}s", {"Retry-After": str(retry_after)})
+        await self._discover()
+        # A max_age makes the provider say when the person authenticated (auth_time, OpenID Connect
+        # Core 2): a sign-in through a provider session of last week is not a fresh one.
+        extra = {"prompt": "login", "max_age": 0} if fresh else {"max_age": REAUTHENTICATE_AFTER_S}
         try:
-            metadata = await self.client.load_server_metadata()
-            # A max_age makes the provider say when the person authenticated (auth_time, OpenID Connect
-            # Core 2): a sign-in through a provider session of last week is not a fresh one.
-            extra = {"prompt": "login", "max_age": 0} if fresh else {"max_age": REAUTHENTICATE_AFTER_S}
             created = await self.client.create_authorization_url(self.redirect_uri, **extra)
         except (httpx2.HTTPError, ValueError, RuntimeError) as exc:
-            self.client.server_metadata.pop("_loaded_at", None)  # look again next time
             raise self._provider_down(exc) from exc
-        if metadata.get("issuer") != self.issuer:  # OpenID Connect Discovery 4.3
-            self.client.server_metadata.pop("_loaded_at", None)
-            raise self._provider_down(ValueError(f"the discovery document names issuer {metadata.get('issuer')!r}"))
         flow_id = secrets.token_urlsafe(32)
         flow = {"state": created["state"], "nonce": created["nonce"], "code_verifier": created["code_verifier"]}
         try:
@@ -186,7 +182,19 @@ class OidcSignIn:
             raise DependencyUnavailable("the session store (Redis)", retry_after=2) from exc
         return orjson.loads(raw) if raw else None
 
+    async def _discover(self) -> dict[str, Any]:
+        """The provider's discovery document (read once per process), naming the configured issuer."""
+        try:
+            metadata: dict[str, Any] = await self.client.load_server_metadata()
+        except (httpx2.HTTPError, ValueError) as exc:
+            raise self._provider_down(exc) from exc
+        if metadata.get("issuer") != self.issuer:  # OpenID Connect Discovery 4.3
+            self.client.server_metadata.clear()  # read it again next time
+            raise self._provider_down(ValueError(f"the discovery document names issuer {metadata.get('issuer')!r}"))
+        return metadata
+
     async def _verified_claims(self, code: str, flow: dict[str, str]) -> dict[str, Any]:
+        await self._discover()  # this process may not be the one that started the flow
         try:
             token = await self.client.fetch_access_token(
                 redirect_uri=self.redirect_uri, code=code, code_verifier=flow["code_verifier"]
@@ -210,8 +218,7 @@ class OidcSignIn:
         return claims
 
     async def _userinfo(self, token: dict[str, Any], subject: str) -> dict[str, Any]:
-        metadata = await self.client.load_server_metadata()
-        if not metadata.get("userinfo_endpoint"):
+        if not (await self._discover()).get("userinfo_endpoint"):
             return {}
         try:
             info = dict(await self.client.userinfo(token=token))

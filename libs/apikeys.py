@@ -11,18 +11,15 @@ The key topic `auth.api-keys.v1` is the only way key state reaches gateways and 
 read auth's tables): it is log-compacted by key id, every message carries the key's whole state and a
 version, and the table follows it from the earliest offset, so replays and repeats are harmless and
 the newest state always wins. Auth republishes every key at start and whenever it finds the topic
-emptied (a broker that lost its log). The follower runs on the stream skeleton (libs/stream: no group,
-every partition, nothing committed). A lookup of a known key never leaves memory.
+emptied (a broker that lost its log). The table mirrors the topic (libs/mirror.py: no group, every
+partition, nothing committed). A lookup of a known key never leaves memory.
 
-Read-your-writes: auth answers a new key only after Kafka acknowledged its message, yet the message
-reaches this table some milliseconds later (longer in another process). So a well-formed key the table
-does not know, or an app it does not know, is not refused at once: the caller awaits `caught_up_for`,
-which reads the key topic's end offsets (after the request arrived) and waits until the table's own
-follower has applied everything up to them, then looks again. Those catch-ups are shared: one in
-flight and one queued per process, every waiting request joining the queued one, started at most
-every CATCH_UP_MIN_INTERVAL_S, so a flood of invalid keys costs at most ~20 offset requests a second
-per process and no database call. A string that cannot be one of our keys, or a known key that is
-revoked or expired, is refused without one. If Kafka cannot answer within CATCH_UP_TIMEOUT_S the
+Read-your-writes: a well-formed key the table does not know is not refused at once: the caller awaits
+`caught_up_for`, which waits until the table holds every key message Kafka acknowledged before the
+request arrived (a key issued a moment ago, in another process too), then looks again; those catch-ups
+are shared and rate-limited (libs/mirror.py), so a flood of invalid keys costs at most ~20 offset
+requests a second per process and no database call. A string that cannot be one of our keys, or a
+known key that is revoked or expired, is refused without one. If Kafka cannot answer in time the
 request gets 503 (retry), not 401: the key may well be valid.
 
 When a key was last used is noted in memory at lookup and written to a Redis hash
@@ -36,7 +33,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import math
 import re
 import secrets
 import time
@@ -48,15 +44,12 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge
 
-from libs.http import DependencyUnavailable
 from libs.kafka import API_KEYS_TOPIC, end_offsets, group_reader, topic_partitions
 from libs.logs import get_logger
+from libs.mirror import TopicMirror, shared, stop_shared
 from libs.settings import Settings
-from libs.stream import Apply, ConsumerSpec, StreamConsumer
-from libs.stream.produce import stop_consumer
 
 log = get_logger(__name__)
 
@@ -75,9 +68,6 @@ KEY_CATCHUPS = Counter(
 
 # What generate_key makes: a prefix and token_urlsafe(32). Anything else is refused without a catch-up.
 KEY_FORMAT = re.compile(r"(?:sk|wk)_[A-Za-z0-9_-]{43}")
-APP_ID_FORMAT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-CATCH_UP_MIN_INTERVAL_S = 0.05  # between the starts of two catch-ups of one process: <= 20 offset requests/s
-CATCH_UP_TIMEOUT_S = 2.0  # a request waits this long for the key topic at most, then gets 503
 
 KEY_LAST_USED_HASH = "auth:key-last-used"
 # HSET each field only if the new time is newer: gateways flush independently.
@@ -167,12 +157,11 @@ class KeyRecord:
 
 
 class KeyTable:
-    """key hash -> KeyRecord, plus app id -> owner id for ownership checks."""
+    """key hash -> KeyRecord."""
 
     def __init__(self) -> None:
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
-        self.app_owner: dict[str, str] = {}
         self.ready = asyncio.Event()
         self._used: dict[str, float] = {}  # key id -> last use (unix time), since the last flush
         # Set by KeyTableSync: wait until the table holds everything on the key topic when called.
@@ -197,12 +186,6 @@ class KeyTable:
         if _hash_of_presented_key(key) in self._by_hash:
             return self._no_catch_up("revoked_or_expired")
         return await self._wait_for_topic("unknown_key")
-
-    async def caught_up_for_app(self, app_id: str) -> bool:
-        """As `caught_up_for`, after `app_owner` did not know `app_id`."""
-        if not APP_ID_FORMAT.fullmatch(app_id):
-            return self._no_catch_up("malformed_app")
-        return await self._wait_for_topic("unknown_app")
 
     @staticmethod
     def _no_catch_up(reason: str) -> bool:
@@ -235,7 +218,6 @@ class KeyTable:
             self._by_hash.pop(current.key_hash, None)
         self._by_id[rec.key_id] = rec
         self._by_hash[rec.key_hash] = rec
-        self.app_owner[rec.app_id] = rec.owner_id
         KEYS_KNOWN.set(len(self._by_id))
         return True
 
@@ -243,136 +225,25 @@ class KeyTable:
         return len(self._by_id)
 
 
-class SharedRounds:
-    """Runs `work` for whoever asks, shared: at most one round in flight and one queued. Every caller
-    arriving while a round is queued joins it, so each caller gets a round that starts after it asked;
-    a round starts no sooner than `min_interval` after the previous one started."""
-
-    def __init__(self, work: Callable[[], Awaitable[None]], min_interval: float) -> None:
-        self._work = work
-        self._min_interval = min_interval
-        self._queued: asyncio.Future[None] | None = None  # the round not started yet, if any
-        self._last: asyncio.Task[None] | None = None  # the latest round (in flight or queued)
-        self._tasks: set[asyncio.Task[None]] = set()  # rounds not finished, for close()
-        self._last_start = -math.inf
-
-    def request(self) -> asyncio.Future[None]:
-        """A round that starts after this call: its result, or the exception its work raised."""
-        if self._queued is None:
-            self._queued = asyncio.get_running_loop().create_future()
-            self._queued.add_done_callback(_retrieved)
-            self._last = asyncio.create_task(self._run(self._queued, self._last), name="api-key-catch-up")
-            self._tasks.add(self._last)
-            self._last.add_done_callback(self._tasks.discard)
-        return self._queued
-
-    async def _run(self, done: asyncio.Future[None], previous: asyncio.Task[None] | None) -> None:
-        try:
-            if previous is not None:
-                await asyncio.wait([previous])
-            await asyncio.sleep(max(0.0, self._last_start + self._min_interval - time.monotonic()))
-            self._queued = None  # who asks from now on needs the next round
-            self._last_start = time.monotonic()
-            await self._work()
-        except BaseException as exc:
-            if not done.done():
-                done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            done.set_result(None)
-
-    async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _retrieved(future: asyncio.Future[None]) -> None:
-    """Mark a round's exception as seen: its waiters may all have given up already."""
-    if not future.cancelled():
-        future.exception()
-
-
 class KeyTableSync:
-    """Fills a KeyTable from the key topic (from its earliest offset, then continuously), and catches
-    it up with the topic on demand (`KeyTable.caught_up_for`)."""
+    """Fills a KeyTable from the key topic (libs/mirror.py: from its earliest offset, then
+    continuously), catches it up with the topic on demand (`KeyTable.caught_up_for`), and writes when
+    keys were last used to Redis."""
 
     def __init__(self, settings: Settings, table: KeyTable, redis: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.table = table
         self.redis = redis
-        self._task: asyncio.Task[None] | None = None
         self._usage_task: asyncio.Task[None] | None = None
-        self._member = StreamConsumer(settings, ConsumerSpec(
-            topic=API_KEYS_TOPIC, group_id=None, strategy=Apply(self._apply), on_polled=self._note_applied,
-        ))
-        self._applied: dict[TopicPartition, int] = {}  # partition -> next offset not yet in the table
-        self._progress = asyncio.Event()  # set (and replaced) each time the follower applied a fetch
-        self._rounds = SharedRounds(self._reach_end, CATCH_UP_MIN_INTERVAL_S)
+        self.mirror = TopicMirror(settings, API_KEYS_TOPIC, self._apply, "the API-key topic", KEY_CATCHUPS)
 
     async def start(self) -> None:
-        member = self._member
-        await member.start()
-        try:
-            consumer = member.consumer
-            assert consumer is not None
-            tps = sorted(consumer.assignment())
-            end = await consumer.end_offsets(tps)
-            self._applied = dict.fromkeys(tps, 0)
-            while [tp for tp, off in end.items() if await consumer.position(tp) < off]:
-                await member.step()
-            await self._note_applied()
-        except BaseException:
-            await stop_consumer(member.consumer)
-            raise
+        await self.mirror.start()
         self.table.ready.set()
         log.info("api key table loaded", keys=len(self.table))
-        self._task = asyncio.create_task(member.run(), name="api-key-table-sync")
-        self.table.catch_up = self.wait_caught_up
+        self.table.catch_up = self.mirror.wait_caught_up
         if self.redis is not None:
             self._usage_task = asyncio.create_task(self._flush_usage_forever(), name="api-key-usage-flush")
-
-    async def _note_applied(self) -> None:
-        """Record how far the table is (only a fetch, applied at once, moves a position) and wake the
-        catch-ups waiting for it."""
-        consumer = self._member.consumer
-        assert consumer is not None
-        for tp in self._applied:
-            self._applied[tp] = await consumer.position(tp)
-        self._progress.set()
-        self._progress = asyncio.Event()
-
-    async def wait_caught_up(self) -> None:
-        """Return once the table holds every key message Kafka acknowledged before this call.
-
-        Shares a catch-up with concurrent callers (see SharedRounds). Raises DependencyUnavailable
-        (503) past CATCH_UP_TIMEOUT_S: Kafka did not answer or the follower is stuck, and the key may
-        well be valid, so it is not a 401."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._rounds.request()), CATCH_UP_TIMEOUT_S)
-        except Exception as exc:
-            raise DependencyUnavailable("the API-key topic (Kafka)", retry_after=2) from exc
-
-    async def _reach_end(self) -> None:
-        """One catch-up, within half the callers' budget (a caller may first wait for the one before)."""
-        try:
-            await asyncio.wait_for(self._read_to_end(), CATCH_UP_TIMEOUT_S / 2)
-        except Exception as exc:
-            KEY_CATCHUPS.labels("failed").inc()
-            log.warning("api key table could not catch up with the key topic; answering 503", error=repr(exc))
-            raise
-        KEY_CATCHUPS.labels("done").inc()
-
-    async def _read_to_end(self) -> None:
-        assert self._member.consumer is not None
-        end = await self._member.consumer.end_offsets(list(self._applied))
-        while True:
-            progress = self._progress
-            if all(self._applied[tp] >= offset for tp, offset in end.items()):
-                return
-            await progress.wait()
 
     def _apply(self, message: Any) -> None:
         try:
@@ -401,14 +272,12 @@ class KeyTableSync:
 
     async def stop(self) -> None:
         self.table.catch_up = None
-        await self._rounds.close()
-        self._member.stop()
-        for task in (self._task, self._usage_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._task = self._usage_task = None
+        await self.mirror.stop()
+        if self._usage_task is not None:
+            self._usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._usage_task
+        self._usage_task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush_usage(), 2)
 
@@ -457,21 +326,16 @@ class KeyTopicWatch:
 
 async def shared_key_table(runtime: Any) -> KeyTable:
     """One key table per process, shared by every service in it (gateway and query)."""
-    async with runtime.shared.setdefault("key_table_lock", asyncio.Lock()):
-        table: KeyTable | None = runtime.shared.get("key_table")
-        if table is None:
-            table = KeyTable()
-            await runtime.kafka_ready()
-            redis = await runtime.redis() if runtime.settings.redis_url else None
-            sync = KeyTableSync(runtime.settings, table, redis)
-            await sync.start()
-            runtime.shared["key_table"] = table
-            runtime.shared["key_table_sync"] = sync
-        return table
+
+    async def make() -> tuple[KeyTable, KeyTableSync]:
+        table = KeyTable()
+        redis = await runtime.redis() if runtime.settings.redis_url else None
+        sync = KeyTableSync(runtime.settings, table, redis)
+        await sync.start()
+        return table, sync
+
+    return await shared(runtime, "key_table", make)
 
 
 async def stop_shared_key_table(runtime: Any) -> None:
-    sync = runtime.shared.pop("key_table_sync", None)
-    if sync is not None:
-        await sync.stop()
-    runtime.shared.pop("key_table", None)
+    await stop_shared(runtime, "key_table")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.events import EnrichedEvent
 from libs.kafka import (
     API_KEYS_TOPIC,
+    APPS_TOPIC,
     EMAIL_DLQ_TOPIC,
     EMAIL_TOPIC,
     EVENTS_DLQ_TOPIC,
@@ -43,6 +44,26 @@ class ApiKeyChange(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    version: int = Field(description="microseconds since the epoch of the change; only grows")
+    occurred_at: datetime
+
+
+class AppState(BaseModel):
+    """An app's whole state after a change: who may read it and its site settings. Published by auth
+    on every change and for every app at auth's start. Consumers keep, per app_id, the highest `version`."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal["auth.apps.v1"] = Field("auth.apps.v1", alias="schema")
+    app_id: str
+    owner_id: str
+    team_id: str | None = Field(description="the team the app belongs to, if any")
+    name: str
+    domain: str | None
+    timezone: str = Field(description="IANA time zone: the site's day boundaries")
+    excluded_ips: list[str] = Field(description="addresses and CIDR blocks whose events gateways drop")
+    allowed_origins: list[str] = Field(description="browser origins the app's write key accepts (empty: any)")
+    members: dict[str, Literal["viewer", "admin", "owner"]] = Field(description="user id -> role, besides the owner")
+    deleted: bool = Field(description="true once the app is deleted (its keys are revoked too)")
     version: int = Field(description="microseconds since the epoch of the change; only grows")
     occurred_at: datetime
 
@@ -112,6 +133,8 @@ TOPICS: dict[str, tuple[str, type[BaseModel], str]] = {
     API_KEYS_TOPIC: ("key id", ApiKeyChange, "API-key state: every change carries the key's whole state. Log-compacted "
                      "(cleanup.policy=compact, keyed by key id): read from the earliest offset, it holds the "
                      "latest state of every key."),
+    APPS_TOPIC: ("app id", AppState, "App state (auth → gateways, query): owner, members and roles, site settings. "
+                 "Log-compacted, keyed by app id: read from the earliest offset, it holds every app's latest state."),
     EMAIL_TOPIC: ("message id", EmailMessage, "Emails to send: a template and its data, or a subject and a body."),
     EMAIL_DLQ_TOPIC: ("message id", EmailDeadLetter, "Emails that failed permanently, with the reason."),
     REPORT_SUBSCRIPTIONS_TOPIC: (

@@ -27,15 +27,16 @@ log = get_logger(__name__)
 EVENTS_TOPIC = "analytics.events.v1"
 EVENTS_DLQ_TOPIC = "analytics.events.dlq.v1"
 API_KEYS_TOPIC = "auth.api-keys.v1"
+APPS_TOPIC = "auth.apps.v1"
 EMAIL_TOPIC = "notifications.email.v1"
 EMAIL_DLQ_TOPIC = "notifications.email.dlq.v1"
 REPORT_SUBSCRIPTIONS_TOPIC = "auth.report-subscriptions.v1"
 REPORT_RUNS_TOPIC = "query.report-runs.v1"
-ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, EMAIL_TOPIC, EMAIL_DLQ_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC,
+ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, APPS_TOPIC, EMAIL_TOPIC, EMAIL_DLQ_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC,
               REPORT_RUNS_TOPIC)
 # Keyed state, each record the whole state of its key: compacted, only the latest per key matters. The
 # key topic is the key state itself (no database behind it for gateways and query).
-COMPACTED_TOPICS = frozenset({API_KEYS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC})
+COMPACTED_TOPICS = frozenset({API_KEYS_TOPIC, APPS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC})
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {t: {"cleanup.policy": "compact"} for t in COMPACTED_TOPICS}
 # The consumer groups that commit offsets (deploy/k8s's KEDA trigger reads the aggregator's lag).
 AGGREGATOR_GROUP = "aggregator"

@@ -200,11 +200,13 @@ def status(
              f"(its /status), else the embedded broker's usual {EMBEDDED_KAFKA}",
     )] = None,
     url: Annotated[list[str] | None, typer.Option(
+        "--url",  # named: typer 0.27 names a list option with a metavar after it (--URL)
         metavar="URL",
         help="a service process's base URL, e.g. http://10.0.0.5:8004 (repeat for each); default: http://127.0.0.1 "
              "on ports 8000-8005, leaving out those nothing listens on",
     )] = None,
     group: Annotated[list[str] | None, typer.Option(
+        "--group",
         metavar="GROUP",
         help="only this consumer group (repeat for more); default: the platform's groups and every group the broker lists",
     )] = None,

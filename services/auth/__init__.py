@@ -44,6 +44,7 @@ def build(runtime: Runtime) -> ServiceParts:
             oidc=OidcSignIn(accounts),
         ))
         await keys.republish_all_keys()
+        await keys.republish_all_apps()
         await republish_all_reports(keys)
 
     async def stop() -> None:

@@ -15,8 +15,9 @@ from typing import Any
 import asyncpg
 
 from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, KeyTopicWatch, generate_key, hash_key, shown_prefix
+from libs.apps import AppRecord
 from libs.http import ApiError
-from libs.kafka import API_KEYS_TOPIC, KafkaUnavailable, publish
+from libs.kafka import API_KEYS_TOPIC, APPS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
 from libs.stores import PgConnection
 from services.auth import repository as repo
@@ -38,6 +39,7 @@ class AppKeys(AuthStore):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.key_topic = KeyTopicWatch(self.settings)  # republish when the key topic lost what it held
+        self.app_topic = KeyTopicWatch(self.settings, APPS_TOPIC)  # the same for the apps topic
 
     def _default_expiry(self) -> datetime | None:
         days = self.settings.api_key_ttl_days
@@ -50,6 +52,7 @@ class AppKeys(AuthStore):
         async with self.db() as conn, conn.transaction():
             app = await repo.insert_app(conn, owner_id, name, domain)
             issued = await self._issue_keys(conn, app["id"], expires_at)
+            await self.announce_apps([app_record(app)])  # before the keys: a reader finds the app of a key
             await self.announce(issued.records, "created")
         await self._email_owner(owner_id, "api_key_created", {"app_name": name, "keys": _key_summaries(issued.records)})
         return app, issued
@@ -142,6 +145,15 @@ class AppKeys(AuthStore):
         await self._email_owner(user_id, "api_key_created", {"app_name": app["name"], "keys": _key_summaries(issued.records)})
         return issued, revoked
 
+    async def update_settings(self, user_id: str, app_id: str, changes: dict[str, Any]) -> asyncpg.Record:
+        """Change an app's name, domain or site settings, announced on auth.apps.v1 before committing."""
+        app = await self.owned_app(user_id, app_id)
+        async with self.db() as conn, conn.transaction():
+            row = await repo.update_app(conn, app["id"], changes)
+            await self.announce_apps([app_record(row)])
+        log.info("app settings changed", app_id=app_id, fields=sorted(changes))
+        return row
+
     async def announce(self, records: list[KeyRecord], event_type: str) -> None:
         """Tell every gateway (auth.api-keys.v1) and wait for Kafka's acknowledgement, retrying briefly.
 
@@ -150,48 +162,74 @@ class AppKeys(AuthStore):
         never hear of it. The reverse (announced, then the commit fails) is harmless: a created key
         nobody was shown, or a revocation the owner retries.
         """
-        pending = records
+        await self._announce(API_KEYS_TOPIC, self.key_topic, [(r.key_id, r.to_message(event_type)) for r in records])
+
+    async def announce_apps(self, records: list[AppRecord]) -> None:
+        """As `announce`, for apps' states (auth.apps.v1): who may read them and their site settings."""
+        await self._announce(APPS_TOPIC, self.app_topic, [(r.app_id, r.to_message()) for r in records])
+
+    async def _announce(self, topic: str, watch: KeyTopicWatch, states: list[tuple[str, dict[str, Any]]]) -> None:
+        pending = states
         for attempt in range(3):
-            failed = await self._publish_states(pending, event_type)
-            if not failed:
+            pending = await self._publish_states(topic, watch, pending)
+            if not pending:
                 return
-            pending = failed
             if attempt < 2:
                 await asyncio.sleep(0.2 * 2**attempt)
-        log.error("key change not published", key_ids=[r.key_id for r in pending], type=event_type)
-        raise KafkaUnavailable(f"{len(pending)} key change(s) not acknowledged by Kafka")
+        log.error("state change not published", topic=topic, keys=[key for key, _ in pending])
+        raise KafkaUnavailable(f"{len(pending)} change(s) not acknowledged by Kafka ({topic})")
 
-    async def _publish_states(self, records: list[KeyRecord], event_type: str) -> list[KeyRecord]:
-        """Publish the records concurrently; returns those Kafka did not acknowledge."""
+    async def _publish_states(
+        self, topic: str, watch: KeyTopicWatch, states: list[tuple[str, dict[str, Any]]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Publish the states concurrently; returns those Kafka did not acknowledge."""
         results = await asyncio.gather(
-            *(publish(self.producer, API_KEYS_TOPIC, r.to_message(event_type), key=r.key_id) for r in records),
-            return_exceptions=True,
+            *(publish(self.producer, topic, message, key=key) for key, message in states), return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, KafkaUnavailable):
                 raise result
             if not isinstance(result, BaseException):
-                self.key_topic.note(result)
-        return [r for r, result in zip(records, results, strict=True) if isinstance(result, KafkaUnavailable)]
+                watch.note(result)
+        return [state for state, result in zip(states, results, strict=True) if isinstance(result, KafkaUnavailable)]
 
     async def republish_all_keys(self) -> int:
         """Publish the state of every key (at start-up), so gateways converge even after a lost message."""
         async with self.db() as conn:
             records = await repo.all_keys(conn)
-        for i in range(0, len(records), 500):
-            failed = await self._publish_states(records[i : i + 500], "snapshot")
+        return await self._republish(API_KEYS_TOPIC, self.key_topic, [(r.key_id, r.to_message("snapshot")) for r in records])
+
+    async def republish_all_apps(self) -> int:
+        """Publish the state of every app (at start-up): gateways and query know apps only from it."""
+        async with self.db() as conn:
+            records = [app_record(row) for row in await repo.all_apps(conn)]
+        return await self._republish(APPS_TOPIC, self.app_topic, [(r.app_id, r.to_message()) for r in records])
+
+    async def _republish(self, topic: str, watch: KeyTopicWatch, states: list[tuple[str, dict[str, Any]]]) -> int:
+        for i in range(0, len(states), 500):
+            failed = await self._publish_states(topic, watch, states[i : i + 500])
             if failed:
-                raise KafkaUnavailable(f"{len(failed)} key states not acknowledged by Kafka at start-up")
-        return len(records)
+                raise KafkaUnavailable(f"{len(failed)} states not acknowledged by Kafka at start-up ({topic})")
+        return len(states)
 
     async def republish_if_key_topic_emptied(self) -> int:
-        """Publish every key again when the key topic lost what it held (KeyTopicWatch): gateways and
-        query know keys only from it."""
-        if not await self.key_topic.emptied():
-            return 0
-        published = await self.republish_all_keys()
-        self.key_topic.republished()
+        """Publish every key (and app) again when its topic lost what it held (KeyTopicWatch): gateways
+        and query know keys and apps only from them."""
+        published = 0
+        for watch, republish in ((self.key_topic, self.republish_all_keys), (self.app_topic, self.republish_all_apps)):
+            if await watch.emptied():
+                published += await republish()
+                watch.republished()
         return published
+
+
+def app_record(row: asyncpg.Record) -> AppRecord:
+    """The published state of an app row (repository.APP_COLUMNS)."""
+    return AppRecord(
+        app_id=str(row["id"]), owner_id=str(row["owner_id"]), name=row["name"], version=int(row["version"]),
+        domain=row["domain"], timezone=row["timezone"], excluded_ips=tuple(row["excluded_ips"]),
+        allowed_origins=tuple(row["allowed_origins"]),
+    )
 
 
 def _uuid_or_404(value: str, what: str) -> uuid.UUID:

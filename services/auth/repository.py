@@ -84,23 +84,42 @@ async def revoke_family(conn: PgConnection, family: str) -> None:
     )
 
 
+APP_COLUMNS = "id, owner_id, name, domain, created_at, timezone, excluded_ips, allowed_origins, version"
+
+
 async def insert_app(conn: PgConnection, owner_id: str, name: str, domain: str | None) -> asyncpg.Record:
     row = await conn.fetchrow(
-        "INSERT INTO apps(owner_id, name, domain) VALUES($1, $2, $3) RETURNING id, name, domain, created_at",
-        uuid.UUID(owner_id), name, domain,
+        f"INSERT INTO apps(owner_id, name, domain, version) VALUES($1, $2, $3, $4) RETURNING {APP_COLUMNS}",
+        uuid.UUID(owner_id), name, domain, version_now(),
     )
     assert row is not None  # INSERT ... RETURNING answers the row it inserted
     return row
 
 
 async def app_by_id(conn: PgConnection, app_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT id, owner_id, name, domain, created_at FROM apps WHERE id=$1", app_id)
+    return await conn.fetchrow(f"SELECT {APP_COLUMNS} FROM apps WHERE id=$1", app_id)
 
 
 async def apps_of(conn: PgConnection, owner_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, name, domain, created_at FROM apps WHERE owner_id=$1 ORDER BY created_at", uuid.UUID(owner_id)
+        f"SELECT {APP_COLUMNS} FROM apps WHERE owner_id=$1 ORDER BY created_at", uuid.UUID(owner_id)
     )
+
+
+async def all_apps(conn: PgConnection) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {APP_COLUMNS} FROM apps", timeout=BULK_TIMEOUT_S)
+
+
+async def update_app(conn: PgConnection, app_id: uuid.UUID, changes: dict[str, object]) -> asyncpg.Record:
+    """Set the given columns (names from the caller's fixed list, values bound) and a new version."""
+    columns = list(changes)
+    sets = ", ".join(f"{c}=${i}" for i, c in enumerate(columns, start=3))
+    row = await conn.fetchrow(
+        f"UPDATE apps SET version=$2{', ' + sets if sets else ''} WHERE id=$1 RETURNING {APP_COLUMNS}",
+        app_id, version_now(), *changes.values(),
+    )
+    assert row is not None  # the caller holds the app
+    return row
 
 
 KEY_COLUMNS = """k.id, k.app_id, a.owner_id, k.kind, k.key_hash, k.prefix, k.created_at, k.expires_at,

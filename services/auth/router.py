@@ -6,7 +6,8 @@ from __future__ import annotations
 import html
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Cookie, Query, Request, Response
+import asyncpg
+from fastapi import APIRouter, Cookie, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from libs.access import client_ip
@@ -139,12 +140,22 @@ async def register(body: s.RegisterAppIn, user: User, ctx: AuthCtx) -> s.Registe
     )
 
 
+def _app_out(row: asyncpg.Record) -> s.AppOut:
+    return s.AppOut(
+        app_id=str(row["id"]), name=row["name"], domain=row["domain"], created_at=row["created_at"],
+        timezone=row["timezone"], excluded_ips=list(row["excluded_ips"]), allowed_origins=list(row["allowed_origins"]),
+    )
+
+
 @apps.get("/apps", operation_id="listApps", response_model=list[s.AppOut], summary="Your apps")
 async def list_apps(user: User, ctx: AuthCtx) -> list[s.AppOut]:
-    return [
-        s.AppOut(app_id=str(r["id"]), name=r["name"], domain=r["domain"], created_at=r["created_at"])
-        for r in await ctx.keys.list_apps(user.sub)
-    ]
+    return [_app_out(r) for r in await ctx.keys.list_apps(user.sub)]
+
+
+@apps.patch("/apps/{app_id}", operation_id="updateApp", response_model=s.AppOut, responses=errors(400),
+            summary="Rename an app or change its site settings (time zone, excluded IPs, allowed origins)")
+async def update_app(app_id: Annotated[s.Line, Path(max_length=64)], body: s.AppSettingsIn, user: User, ctx: AuthCtx) -> s.AppOut:
+    return _app_out(await ctx.keys.update_settings(user.sub, app_id, body.model_dump(exclude_unset=True)))
 
 
 @apps.get("/api-key", operation_id="listAppKeys", response_model=s.KeyListOut, summary="Key metadata of an app (never the secrets)")

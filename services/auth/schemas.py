@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -154,14 +156,79 @@ class RegisterAppOut(BaseModel):
     expires_at: datetime | None
 
 
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}; send an IANA name such as Europe/Berlin or UTC") from exc
+    return value
+
+
+def _ip_or_network(value: str) -> str:
+    """An address or a CIDR block, written as `ipaddress` normalises it (host bits cleared)."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or CIDR block (e.g. 203.0.113.7, 10.0.0.0/8, 2001:db8::/32)") from exc
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
+
+
+_ORIGIN = re.compile(r"^https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:[0-9]{1,5})?$")
+
+
+def _origin(value: str) -> str:
+    """A browser origin (scheme://host[:port], no path), or https://*.example.com for every subdomain."""
+    origin = value.strip().rstrip("/").lower()
+    if not _ORIGIN.fullmatch(origin):
+        raise ValueError(f"{value!r} is not an origin such as https://example.com, http://localhost:3000 "
+                         "or https://*.example.com")
+    return origin
+
+
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+IpOrNetwork = Annotated[str, Field(max_length=64), AfterValidator(_ip_or_network)]
+Origin = Annotated[str, Field(max_length=300), AfterValidator(_origin)]
+
+APP_EXAMPLE: dict[str, Any] = {
+    "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "name": "My blog", "domain": "blog.example.com",
+    "created_at": "2026-01-31T12:00:00Z", "timezone": "Europe/Berlin", "excluded_ips": ["203.0.113.7", "10.0.0.0/8"],
+    "allowed_origins": ["https://blog.example.com"],
+}
+
+
 class AppOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "name": "My blog", "domain": "blog.example.com",
-        "created_at": "2026-01-31T12:00:00Z"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [APP_EXAMPLE]})
     app_id: str
     name: str
     domain: str | None
     created_at: datetime
+    timezone: str = Field(description="IANA time zone: the site's day boundaries in every report")
+    excluded_ips: list[str] = Field(description="client addresses and CIDR blocks whose events are dropped")
+    allowed_origins: list[str] = Field(description="browser origins the write key accepts events from (empty: any)")
+
+
+class AppSettingsIn(BaseModel):
+    """What `PATCH /api/auth/apps/{app_id}` changes: only the fields sent."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"timezone": "America/Los_Angeles"},
+        {"name": "My blog", "domain": "blog.example.com", "excluded_ips": ["203.0.113.7", "10.0.0.0/8"],
+         "allowed_origins": ["https://blog.example.com", "https://*.example.com"]},
+    ]})
+    name: Line | None = Field(default=None, min_length=1, max_length=120)
+    domain: Line | None = Field(default=None, max_length=253, description="null clears it")
+    timezone: TimeZone | None = Field(default=None, max_length=64, examples=["America/Los_Angeles"])
+    excluded_ips: list[IpOrNetwork] | None = Field(default=None, max_length=200)
+    allowed_origins: list[Origin] | None = Field(default=None, max_length=50)
+
+    @model_validator(mode="after")
+    def _something(self) -> AppSettingsIn:
+        if not self.model_fields_set:
+            raise ValueError("send at least one of name, domain, timezone, excluded_ips, allowed_origins")
+        for name in ("name", "timezone", "excluded_ips", "allowed_origins"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
 
 
 class KeyMeta(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import functools
 
 from libs.apikeys import shared_key_table, stop_shared_key_table
+from libs.apps import shared_app_directory, stop_shared_app_directory
 from libs.ratelimit import RateLimiter
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
@@ -36,7 +37,9 @@ def build(runtime: Runtime) -> ServiceParts:
         limiter.start()
         publisher = Publisher(lambda: producer)
         await publisher.batches.ensure_metadata()
-        runtime.contexts.set(NAME, Ingestor(settings, await shared_key_table(runtime), publisher, limiter))
+        runtime.contexts.set(NAME, Ingestor(
+            settings, await shared_key_table(runtime), publisher, limiter, await shared_app_directory(runtime),
+        ))
 
     async def stop() -> None:
         gate = started()
@@ -45,6 +48,7 @@ def build(runtime: Runtime) -> ServiceParts:
             if gate.limiter is not None:
                 await gate.limiter.stop()
         await stop_shared_key_table(runtime)
+        await stop_shared_app_directory(runtime)
 
     async def key_table_loaded() -> bool:
         gate = started()

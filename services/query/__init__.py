@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 from libs.apikeys import shared_key_table, stop_shared_key_table
+from libs.apps import shared_app_directory, stop_shared_app_directory
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 
 NAME = "query"
@@ -12,7 +15,7 @@ def build(runtime: Runtime) -> ServiceParts:
     from libs.clickhouse.migrate import migrate_clickhouse
     from services.query import dashboard
     from services.query.cache import QueryCache
-    from services.query.context import QueryContext
+    from services.query.context import QueryContext, site_timezone
     from services.query.reports import run_scheduler
     from services.query.routes import ROUTERS
 
@@ -20,15 +23,20 @@ def build(runtime: Runtime) -> ServiceParts:
         ch = await runtime.clickhouse()
         await migrate_clickhouse(ch, runtime.settings)  # the schema it reads; idempotent next to the aggregator's own run
         redis = await runtime.redis()
-        context = QueryContext(runtime.settings, ch, redis, QueryCache(redis), await shared_key_table(runtime))
+        context = QueryContext(
+            runtime.settings, ch, redis, QueryCache(redis), await shared_key_table(runtime),
+            await shared_app_directory(runtime),
+        )
         runtime.contexts.set(NAME, context)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
+        await stop_shared_app_directory(runtime)
 
     async def reports() -> None:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""
-        await run_scheduler(runtime, runtime.contexts.get(NAME, QueryContext).clickhouse)
+        ctx = runtime.contexts.get(NAME, QueryContext)
+        await run_scheduler(runtime, ctx.clickhouse, functools.partial(site_timezone, ctx.apps))
 
     return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports])
 

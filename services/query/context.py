@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from libs.access import ApiKeyHeader, BearerCredentials, verify_access_token
 from libs.apikeys import KeyTable
+from libs.apps import AppDirectory, Role, at_least
 from libs.clickhouse import ClickHouse
 from libs.http import ApiError
 from libs.openapi import errors
@@ -22,6 +23,7 @@ from libs.runtime import context_dependency
 from libs.settings import Settings
 from services.query import NAME
 from services.query.cache import QueryCache, cache_key
+from services.query.periods import zone
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class QueryContext:
     redis: aioredis.Redis
     cache: QueryCache
     keys: KeyTable
+    apps: AppDirectory
 
 
 QueryCtx = Annotated[QueryContext, Depends(context_dependency(NAME, QueryContext))]
@@ -71,15 +74,16 @@ def analytics_router(tag: str | None = None) -> APIRouter:
     )
 
 
-async def readable_app(
+async def app_access(
     ctx: QueryCtx,
     credentials: BearerCredentials,
     x_api_key: ApiKeyHeader,
     app_id: Annotated[str | None, Query(max_length=64, description="required with a Bearer token")] = None,
-) -> str:
-    """The app this request may read: the secret key's own, or one the signed-in user owns."""
-    table = ctx.keys
+) -> tuple[str, Role]:
+    """The app this request may read, and the caller's role on it: the secret key's own app (as its
+    owner), or one the signed-in user owns or is a member of."""
     if x_api_key:
+        table = ctx.keys
         key = x_api_key.strip()
         record = table.lookup(key)
         if record is None and await table.caught_up_for(key):  # a key issued a moment ago
@@ -90,23 +94,50 @@ async def readable_app(
             raise ApiError(403, "a write key can only send events; read with the secret key (sk_...)")
         if app_id and app_id != record.app_id:
             raise ApiError(403, "this key belongs to another app")
-        return record.app_id
+        return record.app_id, "owner"
     if credentials is not None:
         claims = await verify_access_token(ctx.settings, credentials.credentials, ctx.redis)
         if not app_id:
             raise ApiError(422, "app_id is required when reading with a Bearer token")
-        owner = table.app_owner.get(app_id)
-        if owner is None and await table.caught_up_for_app(app_id):  # an app registered a moment ago
-            owner = table.app_owner.get(app_id)
-        if owner is None:
+        app = await ctx.apps.lookup(app_id)  # caught up first when registered a moment ago
+        if app is None or app.deleted:
             raise ApiError(404, "app not found")
-        if owner != claims.sub:
+        role = app.role_of(claims.sub)
+        if not at_least(role, "viewer"):
             raise ApiError(403, "this app belongs to another user")
-        return app_id
+        assert role is not None
+        return app_id, role
     raise ApiError(401, "send x-api-key: <secret key>, or a Bearer token with app_id=")
 
 
+async def readable_app(access: Annotated[tuple[str, Role], Depends(app_access)]) -> str:
+    """The app this request may read (see `app_access`)."""
+    return access[0]
+
+
 App = Annotated[str, Depends(readable_app)]
+
+
+def site_timezone(apps: AppDirectory, app_id: str) -> str:
+    """The app's site time zone (PATCH /api/auth/apps/{app_id}), UTC when it has none."""
+    record = apps.get(app_id)
+    return record.timezone if record is not None and record.timezone else "UTC"
+
+
+async def request_tz(
+    ctx: QueryCtx,
+    app_id: App,
+    tz: Annotated[str | None, Query(max_length=64, description="IANA time zone of days and hours; default: the "
+                                    "site's time zone", examples=["Europe/Berlin"])] = None,
+) -> str:
+    """The one time zone of a read: where its days, weeks and hours start, and how its dates without an
+    offset are read. The request's `tz`, else the site's. 422 for an unknown name."""
+    name = tz or site_timezone(ctx.apps, app_id)
+    zone(name)
+    return name
+
+
+Tz = Annotated[str, Depends(request_tz)]
 
 
 async def cached(

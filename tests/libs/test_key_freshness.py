@@ -19,8 +19,8 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.apikeys import CATCH_UP_MIN_INTERVAL_S, CATCH_UP_TIMEOUT_S, SharedRounds
 from libs.embedded.engines import start_kafka
+from libs.mirror import CATCH_UP_MIN_INTERVAL_S, CATCH_UP_TIMEOUT_S, SharedRounds
 from libs.runtime import Stack
 from libs.settings import Settings
 from services import gateway, query

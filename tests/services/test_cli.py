@@ -28,3 +28,13 @@ def test_run_help_says_the_default_ports() -> None:
     assert f"share {ALL_PORT}" in text, text
     for name, spec in SERVICES.items():
         assert f"{name} {spec.port}" in text, (name, text)
+
+
+def test_status_takes_the_options_its_help_and_the_docs_name() -> None:
+    """`--url` and `--group` as README.md and docs/scaling.md spell them (typer 0.27 named a list option
+    with a metavar after the metavar: `--URL`, and refused `--url`)."""
+    result = CliRunner().invoke(app, ["status", "--url", "http://10.0.0.5:8004", "--group", "aggregator", "--help"],
+                                env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    for option in ("--kafka", "--url", "--group", "--json"):
+        assert f" {option} " in result.output, (option, result.output)

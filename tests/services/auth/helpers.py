@@ -48,10 +48,10 @@ async def collect(http: httpx.AsyncClient, key: str) -> httpx.Response:
 
 
 class KeyTopicReader:
-    """Reads auth.api-keys.v1 from its end at the moment it is entered."""
+    """Reads auth.api-keys.v1 (or another of auth's state topics) from its end at the moment it is entered."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._consumer = make_consumer(settings, API_KEYS_TOPIC, group_id=None, auto_offset_reset="latest")
+    def __init__(self, settings: Settings, topic: str = API_KEYS_TOPIC) -> None:
+        self._consumer = make_consumer(settings, topic, group_id=None, auto_offset_reset="latest")
         self.seen: list[tuple[dict[str, Any], str]] = []
 
     async def __aenter__(self) -> KeyTopicReader:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from libs.dataversions import LIVE
 from libs.runtime import Stack
 from libs.stores import create_redis
 from tests.conftest import eventually, register_app, signup_login
@@ -67,6 +68,20 @@ async def counted_within(client: httpx.AsyncClient, app: dict[str, Any], path: s
                          f"last answers (count, X-Cache): {seen[-5:]}")
 
 
+async def live_version_reaches(stack: Stack, app_id: str, writes: int) -> None:
+    """Wait until the aggregator bumped the app's live data version for `writes` writes: it bumps right
+    after an insert, so a reader may count an event a moment before the bump that follows it (and an
+    answer cached in that moment is then keyed by a version about to move)."""
+    redis = create_redis(stack.settings)
+    try:
+        async def bumped() -> bool:
+            return int(await redis.get(LIVE + app_id) or 0) >= writes
+
+        await eventually(bumped, timeout=5, message=f"the aggregator did not bump {app_id}'s live version")
+    finally:
+        await redis.aclose()
+
+
 async def test_a_new_event_is_counted_by_cached_live_answers_within_2s_of_its_202(
     client: httpx.AsyncClient, app: dict[str, Any], stack: Stack
 ) -> None:
@@ -74,6 +89,7 @@ async def test_a_new_event_is_counted_by_cached_live_answers_within_2s_of_its_20
     await collect(client, app, {"event": "warm_up"})  # the aggregator has joined its group (slow after a start)
     await wait_count(client, app["api_key"], 1)
     for expected in (1, 2):  # twice in a row: once is not luck with the cache's expiry
+        await live_version_reaches(stack, app["app_id"], expected)  # each event so far was one write
         for path, params, count_of in LIVE_READS:
             await read(client, app, path, params)  # answered and cached ...
             cached = await read(client, app, path, params)  # ... and served from the cache
@@ -140,7 +156,12 @@ async def test_redis_refusing_the_bump_neither_stops_the_aggregator_nor_loses_ev
     try:
         await send(10)
         await wait_count(client, app["api_key"], 10)
-        assert await number(live) >= 1 and await number(late) == 0
+
+        async def bumped() -> bool:  # right after the insert that made the events readable
+            return await number(live) >= 1
+
+        await eventually(bumped, 5, f"the aggregator never bumped {app_id}'s live version")
+        assert await number(late) == 0
 
         server.stop()
         await send(40)

@@ -19,6 +19,10 @@ LOCKS := requirements.lock requirements-embedded.lock requirements-test.lock
 
 .PHONY: setup run test bench lint typecheck lock clean
 
+# The OpenID provider the sign-in tests start (tests/oidc: the npm package oidc-provider, run with
+# Node.js): installed from its package-lock.json when missing or when the lock changed.
+OIDC_PROVIDER := tests/oidc/node_modules/.installed
+
 setup: $(STAMP)
 
 $(STAMP): $(LOCKS) pyproject.toml
@@ -40,8 +44,12 @@ run: setup
 # enough that the timing checks (freshness within 2 s, cache hits) fail now and then. TEST_WORKERS=auto
 # runs on every core with pytest-xdist (tests/conftest.py groups the tests): about 9 instead of 14 min.
 TEST_WORKERS ?= 0
-test: setup
+test: setup $(OIDC_PROVIDER)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+$(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "warning: no npm (apt-get install nodejs npm): the OpenID sign-in tests will skip"; exit 0; }; \
+	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed
 
 bench: setup
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
@@ -76,4 +84,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache
+	rm -rf $(VENV) .data .pytest_cache tests/oidc/node_modules

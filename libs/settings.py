@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
 MIN_PRODUCTION_SECRET_LENGTH = 32
+GOOGLE_ISSUER = "https://accounts.google.com"
 
 
 class Settings(BaseSettings):
@@ -58,6 +60,14 @@ class Settings(BaseSettings):
     # table from auth.api-keys.v1 alone (Postgres down) finds every key within the topic's retention.
     auth_key_snapshot_interval_s: float = Field(default=86400, gt=0)
     public_base_url: str = "http://127.0.0.1:8000"
+    # OpenID Connect sign-in ("Sign in with Google" on the dashboard): on when OIDC_CLIENT_ID is set.
+    # No OIDC_ISSUER means Google (https://accounts.google.com); any other issuer is found through its
+    # /.well-known/openid-configuration. The provider redirects back to
+    # PUBLIC_BASE_URL/api/user/oidc/callback, the redirect URI to register with it.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_provider_name: str = ""  # the button's "Sign in with NAME"; default: Google, or the issuer's host
 
     # Aggregator batching: flush by size or by age, whichever comes first.
     aggregator_batch_size: int = Field(default=5000, ge=1)
@@ -129,6 +139,35 @@ class Settings(BaseSettings):
                 "CLICKHOUSE_CLUSTER needs CLICKHOUSE_URL (a node of that cluster): the embedded chDB is one node"
             )
         return self
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if (self.oidc_issuer or self.oidc_client_secret or self.oidc_provider_name) and not self.oidc_client_id:
+            raise ValueError("OIDC_ISSUER, OIDC_CLIENT_SECRET and OIDC_PROVIDER_NAME need OIDC_CLIENT_ID (OpenID Connect sign-in)")
+        if self.oidc_client_id and not self.oidc_client_secret:
+            raise ValueError("OIDC_CLIENT_ID needs OIDC_CLIENT_SECRET: the client secret the OpenID provider gave with it")
+        if self.oidc_issuer and not self.oidc_issuer.startswith(("https://", "http://")):
+            raise ValueError("OIDC_ISSUER must be the provider's issuer URL, e.g. https://accounts.google.com")
+        if self.analytics_env == "production" and self.oidc_issuer.startswith("http://"):
+            raise ValueError("ANALYTICS_ENV=production needs an https:// OIDC_ISSUER")
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_client_id)
+
+    @property
+    def oidc_issuer_url(self) -> str:
+        """The issuer sign-ins are checked against: OIDC_ISSUER, or Google's."""
+        return (self.oidc_issuer or GOOGLE_ISSUER).rstrip("/")
+
+    @property
+    def oidc_name(self) -> str:
+        if self.oidc_provider_name:
+            return self.oidc_provider_name
+        if self.oidc_issuer_url == GOOGLE_ISSUER:
+            return "Google"
+        return urlsplit(self.oidc_issuer_url).hostname or "OpenID Connect"
 
     @property
     def cors_origins(self) -> list[str]:

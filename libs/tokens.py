@@ -38,22 +38,23 @@ class TokenClaims:
     family: str
     type: TokenType
     expires_at: datetime
-    auth_time: int = 0  # unix seconds of the sign-in; 0 for a token issued before the claim existed
+    auth_time: int = 0  # unix seconds of the sign-in, kept across refreshes; 0 for a token issued before the claim existed
 
 
 def issue(
-    settings: Settings, user_id: str, token_type: TokenType, family: str, auth_time: int
+    settings: Settings, user_id: str, token_type: TokenType, family: str, auth_time: int | None = None
 ) -> tuple[str, TokenClaims]:
+    """`auth_time`: when the user signed in (unix seconds), now unless a refresh carries it over."""
     now = datetime.now(UTC)
     lifetime = settings.jwt_access_expires if token_type == "access" else settings.jwt_refresh_expires
     claims = TokenClaims(
         sub=user_id, jti=str(uuid.uuid4()), family=family, type=token_type,
-        expires_at=now + timedelta(seconds=lifetime), auth_time=auth_time,
+        expires_at=now + timedelta(seconds=lifetime), auth_time=int(now.timestamp()) if auth_time is None else auth_time,
     )
     token = jwt.encode(
         {
             "sub": user_id, "jti": claims.jti, "fam": family, "type": token_type, "iss": ISSUER,
-            "iat": now, "exp": claims.expires_at, "auth_time": auth_time,
+            "iat": now, "exp": claims.expires_at, "auth_time": claims.auth_time,
         },
         settings.jwt_secret,
         algorithm=settings.jwt_algorithm,

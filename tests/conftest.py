@@ -167,12 +167,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10, 
 
 @contextlib.asynccontextmanager
 async def serving(app: Any, **config: Any) -> AsyncIterator[str]:
-    """`app` served by uvicorn on a free local port for the duration; yields its base URL."""
+    """`app` served by uvicorn on a free local port (or `port=`) for the duration; yields its base URL."""
     import uvicorn
 
     from libs.embedded.procs import free_port
 
-    port = free_port()
+    port = config.pop("port", None) or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off", **config))
     task = asyncio.create_task(server.serve())
     while not server.started:

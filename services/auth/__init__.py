@@ -19,6 +19,7 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.auth.context import AuthContext
     from services.auth.jobs import KeyJobs
     from services.auth.keys import AppKeys
+    from services.auth.oidc import OidcSignIn
     from services.auth.reports import follow_report_runs, republish_all_reports
     from services.auth.reports import router as reports_router
     from services.auth.router import ROUTERS
@@ -37,8 +38,10 @@ def build(runtime: Runtime) -> ServiceParts:
         pg = await create_pg_pool(settings, command_timeout=PG_STATEMENT_TIMEOUT_S)
         connections = (settings, pg, await runtime.producer(), await runtime.redis(), RateLimiter(settings.redis_url, NAME))
         keys = AppKeys(*connections)
+        accounts = Accounts(*connections)
         runtime.contexts.set(NAME, AuthContext(
-            accounts=Accounts(*connections), keys=keys, jobs=KeyJobs(keys), proxies=TrustedProxies(settings.trusted_proxies),
+            accounts=accounts, keys=keys, jobs=KeyJobs(keys), proxies=TrustedProxies(settings.trusted_proxies),
+            oidc=OidcSignIn(accounts),
         ))
         await keys.republish_all_keys()
         await keys.republish_all_apps()
@@ -70,7 +73,8 @@ SERVICE = ServiceSpec(
     build=build,
     description="users, JWT sessions, apps and API keys",
     tags=(
-        ("account", "sign up, log in, refresh and end sessions (Bearer JWTs), the signed-in user"),
+        ("account", "sign up, log in (a password, or an OpenID provider such as Google), refresh and end sessions "
+                    "(Bearer JWTs), the signed-in user"),
         ("apps", "apps and their API keys: register, list, revoke, regenerate"),
         ("notifications", "emails to yourself"),
         ("reports", "daily or weekly summary emails of an app"),

@@ -88,18 +88,13 @@ class Accounts(AuthStore):
         assert user is not None
         return await self.sign_in(str(user["id"]))
 
-    async def sign_in(self, user_id: str) -> dict[str, Any]:
-        """A new session of a user who has just proved who they are (password, or an OpenID provider):
-        the one place tokens are issued after a sign-in, with `auth_time` now."""
-        return await self._issue_pair(user_id, family=str(uuid.uuid4()), auth_time=int(time.time()))
-
     async def _password_matches(
         self, user: asyncpg.Record | None, login: str, password: str, client_ip: str
     ) -> bool:
         """Check a password under the brute-force budgets (see `login`): 429 when one is spent. A
         failure counts against the account and the client address; a success gives its hit back."""
         # One budget per account, whether it is named by username or by email.
-        idents = {"acct": str(user["id"]) if user else login.lower(), "ip": _address_bucket(client_ip)}
+        idents = {"acct": str(user["id"]) if user else login.lower(), "ip": address_bucket(client_ip)}
         counted: list[tuple[RateLimitItem, str, str]] = []  # (limit, scope, identity) hit so far
         for limit, scope in self.login_limits:
             retry_after = await self.limiter.hit_or_refuse(limit, "login-failures", scope, idents[scope])
@@ -118,7 +113,12 @@ class Accounts(AuthStore):
         for limit, scope, ident in counted:
             await self.limiter.refund(limit, "login-failures", scope, ident)
 
-    async def _issue_pair(self, user_id: str, family: str, auth_time: int) -> dict[str, Any]:
+    async def sign_in(self, user_id: str, auth_time: int | None = None) -> dict[str, Any]:
+        """A new session for a user who proved who they are (a password, an OpenID provider): the
+        token pair the login route answers. `auth_time`: when they signed in, if not now."""
+        return await self._issue_pair(user_id, family=str(uuid.uuid4()), auth_time=auth_time)
+
+    async def _issue_pair(self, user_id: str, family: str, auth_time: int | None = None) -> dict[str, Any]:
         access, _ = tokens.issue(self.settings, user_id, "access", family, auth_time)
         refresh, claims = tokens.issue(self.settings, user_id, "refresh", family, auth_time)
         async with self.db() as conn:
@@ -208,7 +208,7 @@ class Accounts(AuthStore):
         either way, and comes before the account is even looked up: the lookup, the token and the mail
         happen in the background, so neither the answer nor its timing tells whether the account exists."""
         # Both limits hold as the login's do: Redis unable to count is a 503 here, and no mail below.
-        retry_after = await self.limiter.hit_or_refuse(RESET_LIMIT_PER_IP, "password-reset", "ip", _address_bucket(client_ip))
+        retry_after = await self.limiter.hit_or_refuse(RESET_LIMIT_PER_IP, "password-reset", "ip", address_bucket(client_ip))
         if retry_after is not None:
             raise ApiError(429, f"too many password reset requests; retry in {retry_after}s", {"Retry-After": str(retry_after)})
         task = asyncio.create_task(self._mail_reset_link(email.lower()))
@@ -307,7 +307,7 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _address_bucket(client_ip: str) -> str:
+def address_bucket(client_ip: str) -> str:
     """The unit a per-IP limit counts: the address, or for IPv6 its /64 (one host gets a whole /64)."""
     try:
         address = ipaddress.ip_address(client_ip)

@@ -15,6 +15,7 @@ from services.auth import NAME
 from services.auth.accounts import Accounts
 from services.auth.jobs import KeyJobs
 from services.auth.keys import AppKeys
+from services.auth.oidc import OidcSignIn
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class AuthContext:
     keys: AppKeys  # apps and their API keys
     jobs: KeyJobs  # background: expiry warnings, last-use times, republishing key states
     proxies: TrustedProxies  # whose X-Forwarded-For names the client (login limits per IP)
+    oidc: OidcSignIn  # sign-in through an OpenID provider (off unless configured)
 
 
 AuthCtx = Annotated[AuthContext, Depends(context_dependency(NAME, AuthContext))]

@@ -274,3 +274,27 @@ async def fold_key_usage(conn: PgConnection, used: dict[uuid.UUID, datetime]) ->
            WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)""",
         list(used), list(used.values()), timeout=BULK_TIMEOUT_S,
     )
+
+
+async def user_by_identity(conn: PgConnection, issuer: str, subject: str) -> asyncpg.Record | None:
+    """The user an OpenID provider's (issuer, subject) was linked to; its last sign-in is now."""
+    return await conn.fetchrow(
+        "UPDATE oidc_identities SET last_login_at = now() WHERE issuer=$1 AND subject=$2 RETURNING user_id",
+        issuer, subject,
+    )
+
+
+async def insert_identity(conn: PgConnection, issuer: str, subject: str, user_id: uuid.UUID, email: str) -> None:
+    await conn.execute(
+        "INSERT INTO oidc_identities(issuer, subject, user_id, email) VALUES($1, $2, $3, $4)",
+        issuer, subject, user_id, email,
+    )
+
+
+async def insert_user_without_password(conn: PgConnection, username: str, email: str) -> asyncpg.Record | None:
+    """A new user who signs in through an OpenID provider; None when the username is taken."""
+    return await conn.fetchrow(
+        "INSERT INTO users(username, email, password_hash) VALUES($1, $2, NULL) "
+        "ON CONFLICT (lower(username)) DO NOTHING RETURNING id, username, email, created_at",
+        username, email,
+    )

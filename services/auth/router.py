@@ -3,16 +3,19 @@ The logic is in accounts.py and keys.py."""
 
 from __future__ import annotations
 
+import html
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Cookie, Path, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from libs.access import client_ip
 from libs.apikeys import KeyRecord
 from libs.http import ApiError
 from libs.openapi import errors
 from libs.settings import Settings
+from services.auth import oidc
 from services.auth import schemas as s
 from services.auth.context import AuthCtx, User
 
@@ -136,6 +139,77 @@ async def delete_account(body: s.AccountDeleteIn, user: User, request: Request, 
 async def profile(user: User, ctx: AuthCtx) -> s.UserProfile:
     row = await ctx.accounts.profile(user.sub)
     return s.UserProfile(id=str(row["id"]), username=row["username"], email=row["email"], created_at=row["created_at"])
+
+
+# ---- sign-in through an OpenID provider (services/auth/oidc.py) -------------------------------------
+
+SIGNED_IN_PAGE = "/dashboard#/oidc"  # the dashboard picks the session up there (POST /api/user/oidc/session)
+REDIRECT: dict[int | str, dict[str, Any]] = {
+    302: {"description": "to the OpenID provider's sign-in page", "headers": {"Location": {"schema": {"type": "string"}}}},
+}
+
+
+@users.get("/oidc/config", operation_id="getOidcConfig", response_model=s.OidcConfigOut,
+           summary="Whether sign-in through an OpenID provider (such as Google) is on, and its name")
+async def oidc_config(ctx: AuthCtx) -> s.OidcConfigOut:
+    if not ctx.oidc.enabled:
+        return s.OidcConfigOut(enabled=False, provider_name=None, login_url=None)
+    return s.OidcConfigOut(enabled=True, provider_name=ctx.oidc.settings.oidc_name, login_url="/api/user/oidc/login")
+
+
+@users.get("/oidc/login", operation_id="startOidcSignIn", status_code=302, response_class=RedirectResponse,
+           responses={**REDIRECT, **errors(404, 429)}, summary="Go to the OpenID provider to sign in (a browser navigation)")
+async def oidc_login(
+    request: Request, ctx: AuthCtx,
+    fresh: Annotated[bool, Query(description="make the provider ask the person to authenticate again, "
+                                             "for a recent sign-in (`auth_time`)")] = False,
+) -> Response:
+    started = await ctx.oidc.start(client_ip(request, ctx.proxies), fresh=fresh)
+    response = RedirectResponse(started.url, status_code=302)
+    response.set_cookie(oidc.FLOW_COOKIE, started.flow_id, max_age=oidc.FLOW_TTL_S, path=oidc.COOKIE_PATH,
+                        httponly=True, samesite="lax", secure=ctx.oidc.secure_cookies)
+    return response
+
+
+@users.get("/oidc/callback", operation_id="finishOidcSignIn", status_code=302, response_class=RedirectResponse,
+           responses={302: {"description": "signed in: to the dashboard, which picks the session up"}, **errors(400, 403, 404, 409)},
+           summary="Where the OpenID provider sends the browser back (the redirect URI to register with it)")
+async def oidc_callback(request: Request, ctx: AuthCtx, oidc_flow: Annotated[str | None, Cookie()] = None) -> Response:
+    try:
+        signed_in = await ctx.oidc.finish(dict(request.query_params), oidc_flow)
+    except ApiError as exc:
+        response = _refusal(request, exc)
+    else:
+        response = RedirectResponse(SIGNED_IN_PAGE, status_code=302)
+        response.set_cookie(oidc.HANDOFF_COOKIE, signed_in.handoff, max_age=oidc.HANDOFF_TTL_S, path=oidc.COOKIE_PATH,
+                            httponly=True, samesite="strict", secure=ctx.oidc.secure_cookies)
+    response.delete_cookie(oidc.FLOW_COOKIE, path=oidc.COOKIE_PATH, httponly=True, samesite="lax", secure=ctx.oidc.secure_cookies)
+    return response
+
+
+@users.post("/oidc/session", operation_id="pickUpOidcSession", response_model=s.TokenPair, responses=errors(404),
+            summary="The tokens of the sign-in this browser just finished with the OpenID provider (once)")
+async def oidc_session(
+    request: Request, response: Response, ctx: AuthCtx, oidc_handoff: Annotated[str | None, Cookie()] = None
+) -> dict[str, object]:
+    pair = await ctx.oidc.session(oidc_handoff)
+    response.delete_cookie(oidc.HANDOFF_COOKIE, path=oidc.COOKIE_PATH, httponly=True, samesite="strict", secure=ctx.oidc.secure_cookies)
+    _set_session_cookie(response, request, ctx.accounts.settings, pair)  # the dashboard's session, as after a login
+    return pair
+
+
+REFUSAL_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign-in refused</title></head>
+<body><main><h1>Sign-in refused</h1><p id="reason">{reason}</p>
+<p><a href="/dashboard#/login">Back to the sign-in page</a></p></main></body></html>"""
+
+
+def _refusal(request: Request, exc: ApiError) -> Response:
+    """A refused callback: a page for a browser (it arrived by navigation), `{"detail": ...}` otherwise."""
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(REFUSAL_PAGE.format(reason=html.escape(str(exc.detail))), status_code=exc.status,
+                            headers={"Content-Security-Policy": "default-src 'none'", **(exc.headers or {})})
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
 
 @apps.post("/register", operation_id="registerApp", status_code=201, response_model=s.RegisterAppOut,

@@ -97,6 +97,16 @@ class LoginIn(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
+class OidcConfigOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"enabled": True, "provider_name": "Google", "login_url": "/api/user/oidc/login"},
+        {"enabled": False, "provider_name": None, "login_url": None},
+    ]})
+    enabled: bool = Field(description="whether this server signs users in through an OpenID provider")
+    provider_name: str | None = Field(description='the provider, as the button says it: "Sign in with Google"')
+    login_url: str | None = Field(description="where the browser goes to sign in with it")
+
+
 class TokenPair(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "access_token": "eyJhbGciOiJIUzI1NiJ9...", "refresh_token": "eyJhbGciOiJIUzI1NiJ9...", "token_type": "bearer",

@@ -20,7 +20,9 @@ from services.runner import SERVICES
 SCHEMES = {"apiKey", "bearerAuth", "writeKeyBasic"}
 # What an operation accepts, by the start of its path (None: no credentials).
 PUBLIC = {("POST", "/api/user/signup"), ("POST", "/api/user/login"), ("POST", "/api/user/refresh"),
-          ("POST", "/api/user/password-reset"), ("POST", "/api/user/password-reset/confirm")}
+          ("POST", "/api/user/password-reset"), ("POST", "/api/user/password-reset/confirm"),
+          ("GET", "/api/user/oidc/config"), ("GET", "/api/user/oidc/login"), ("GET", "/api/user/oidc/callback"),
+          ("POST", "/api/user/oidc/session")}
 
 
 def stack() -> Stack:

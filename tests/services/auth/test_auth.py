@@ -239,6 +239,18 @@ async def test_refresh_rotates_the_refresh_token_and_gives_a_working_access_toke
     assert r.status_code == 200, r.text
 
 
+async def test_tokens_say_when_the_user_signed_in_and_a_refresh_keeps_it(http: httpx.AsyncClient) -> None:
+    before = int(time.time())
+    user = await signup_login(http)
+    signed_in_at = jwt.decode(user["access_token"], options={"verify_signature": False})["auth_time"]
+    assert before <= signed_in_at <= int(time.time())
+    await asyncio.sleep(1.1)
+    r = await http.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]})
+    assert r.status_code == 200, r.text
+    refreshed = jwt.decode(r.json()["access_token"], options={"verify_signature": False})
+    assert refreshed["auth_time"] == signed_in_at < refreshed["iat"], "a refresh is not a new sign-in"
+
+
 async def test_reusing_a_spent_refresh_token_ends_the_whole_session(http: httpx.AsyncClient) -> None:
     user = await signup_login(http)
     first = (await http.post("/api/user/refresh", json={"refresh_token": user["refresh_token"]})).json()

@@ -88,6 +88,19 @@ export async function login(username, password) {
   setSession(await api("/api/user/login", { method: "POST", body: { username, password }, auth: false }));
 }
 
+// Sign-in through an OpenID provider (such as Google) is a browser navigation: /api/user/oidc/login,
+// the provider, then /api/user/oidc/callback, which sends the browser to #/oidc with a one-time,
+// httpOnly hand-off cookie. Here that hand-off becomes the same session a password login gives.
+export async function oidcSignIn() {
+  setSession(await api("/api/user/oidc/session", { method: "POST", auth: false }));
+}
+
+let oidc = null;
+export function oidcConfig() {
+  if (!oidc) oidc = api("/api/user/oidc/config", { auth: false }).catch(() => ({ enabled: false }));
+  return oidc;
+}
+
 export async function logout() {
   try { await api("/api/user/logout", { method: "POST" }); } catch { /* signed out locally anyway */ }
   setSession(null);

@@ -1,5 +1,5 @@
 // The dashboard: a hash-routed single-page app over the public API (see docs/query-api.md).
-import { api, ApiError, login, logout, onSessionChange, restoreSession, setSession, signedIn } from "./api.js";
+import { api, ApiError, login, logout, oidcConfig, oidcSignIn, onSessionChange, restoreSession, setSession, signedIn } from "./api.js";
 import { h, fmt, announce, copy } from "./dom.js";
 import { lineChart } from "./charts.js";
 
@@ -29,6 +29,15 @@ async function render() {
   timers = [];
   const { parts, query } = route();
   const stale = () => id !== renderId;
+  if (parts[0] === "oidc") {  // back from the OpenID provider: pick the session up
+    try {
+      await oidcSignIn();
+    } catch (err) {
+      await renderAccount();
+      return show(stale, "Sign in", loginView(query, err.message));
+    }
+    return go("/apps");
+  }
   await renderAccount();
   if (parts[0] === "forgot") return show(stale, "Forgot your password", forgotView());
   if (parts[0] === "reset") return show(stale, "Choose a new password", resetView(query));
@@ -130,9 +139,20 @@ function loginView(query, message) {
     await login(data.get("username"), data.get("password"));
     go(query.get("next") || "/apps");
   }));
-  return h("section", { class: "card narrow" }, h("h1", { id: "login-title" }, "Sign in"), form,
+  return h("section", { class: "card narrow" }, h("h1", { id: "login-title" }, "Sign in"), providerSignIn(), form,
     h("p", {}, h("a", { href: "#/forgot" }, "Forgot your password?")),
     h("p", {}, "New here? ", h("a", { href: "#/signup" }, "Create an account")));
+}
+
+function providerSignIn() {  // "Sign in with Google" (or the configured provider), when the server has one
+  const holder = h("div", {});
+  oidcConfig().then((config) => {
+    if (config.enabled) {
+      holder.replaceChildren(h("p", {}, h("a", { class: "button", id: "oidc-login", href: config.login_url }, `Sign in with ${config.provider_name}`)),
+        h("p", { class: "muted" }, "or with your password:"));
+    }
+  });
+  return holder;
 }
 
 const PASSWORD_RULES = "At least 8 characters, with upper and lower case letters, a digit and a special character.";

@@ -59,14 +59,16 @@ class AppRecord:
     timezone: str = "UTC"  # IANA name; decides the site's day boundaries
     excluded_ips: tuple[str, ...] = ()  # addresses and CIDRs whose events the gateway drops
     allowed_origins: tuple[str, ...] = ()  # browser origins the write key accepts (empty: any)
-    members: Mapping[str, Role] = field(default_factory=dict)  # user id -> role, besides the owner
+    # user id -> role: an app of a team has its team's members (who registered it is no owner by that alone)
+    members: Mapping[str, Role] = field(default_factory=dict)
     deleted: bool = False
 
     def role_of(self, user_id: str) -> Role | None:
-        """What `user_id` may do with the app: its owner is "owner", a member has the member's role."""
+        """What `user_id` may do with the app: a member has the member's role; the owner of an app of
+        no team is "owner" (an app of a team: only its members, with their roles in the team)."""
         if self.deleted:
             return None
-        if user_id == self.owner_id:
+        if user_id == self.owner_id and self.team_id is None:
             return "owner"
         return self.members.get(user_id)
 

@@ -11,7 +11,8 @@ from pydantic import BaseModel, EmailStr, Field, model_validator
 
 from libs.kafka import EMAIL_TOPIC, publish
 
-Template = Literal["welcome", "api_key_created", "api_key_revoked", "api_key_expiring", "notification", "report"]
+Template = Literal["welcome", "api_key_created", "api_key_revoked", "api_key_expiring", "notification", "report",
+                   "team_invitation"]
 
 
 class EmailMessage(BaseModel):

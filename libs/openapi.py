@@ -44,6 +44,7 @@ ERRORS = {
     403: "these credentials may not do this (another user's app, a write key reading)",
     404: "no such resource (or not yours)",
     409: "it exists already, or a limit on how many is reached",
+    410: "it was valid once and is not any more (an expired invitation)",
     413: "the body, or the number of events in it, is over the limit",
     415: "a Content-Encoding other than gzip, deflate or none",
     422: "a parameter or field is invalid",

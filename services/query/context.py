@@ -103,7 +103,7 @@ async def app_access(
             raise ApiError(404, "app not found")
         role = app.role_of(claims.sub)
         if not at_least(role, "viewer"):
-            raise ApiError(403, "this app belongs to another user")
+            raise ApiError(403, "you have no access to this app")
         assert role is not None
         return app_id, role
     raise ApiError(401, "send x-api-key: <secret key>, or a Bearer token with app_id=")
@@ -115,6 +115,17 @@ async def readable_app(access: Annotated[tuple[str, Role], Depends(app_access)])
 
 
 App = Annotated[str, Depends(readable_app)]
+
+
+async def managed_app(access: Annotated[tuple[str, Role], Depends(app_access)]) -> str:
+    """The app this request may change (deleting a user's events): an admin's or owner's (or its secret key's)."""
+    app_id, role = access
+    if not at_least(role, "admin"):
+        raise ApiError(403, f"this needs the admin role on the app; yours is {role}")
+    return app_id
+
+
+AdminApp = Annotated[str, Depends(managed_app)]
 
 
 async def cached(

@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 
 from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, KeyTopicWatch, generate_key, hash_key, shown_prefix
-from libs.apps import AppRecord, Role, at_least
+from libs.apps import AppRecord, Role, SharedLink, at_least
 from libs.http import ApiError
 from libs.kafka import API_KEYS_TOPIC, APPS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
@@ -235,6 +235,7 @@ def app_record(row: asyncpg.Record) -> AppRecord:
         domain=row["domain"], team_id=str(row["team_id"]) if row["team_id"] else None, timezone=row["timezone"],
         excluded_ips=tuple(row["excluded_ips"]), allowed_origins=tuple(row["allowed_origins"]),
         members=orjson.loads(row["members"]),
+        shared_links=tuple(SharedLink(**link) for link in orjson.loads(row["shared_links"])),
     )
 
 

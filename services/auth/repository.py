@@ -84,10 +84,14 @@ async def revoke_family(conn: PgConnection, family: str) -> None:
     )
 
 
-# An app's row with what its published state needs: its team's members (user id -> role, as JSON).
+# An app's row with what its published state needs: its team's members (user id -> role) and its shared
+# links (JSON).
 APP_COLUMNS = """id, owner_id, team_id, name, domain, created_at, timezone, excluded_ips, allowed_origins, version,
     COALESCE((SELECT jsonb_object_agg(m.user_id::text, m.role) FROM team_members m WHERE m.team_id = apps.team_id),
-             '{}'::jsonb)::text AS members"""
+             '{}'::jsonb)::text AS members,
+    COALESCE((SELECT jsonb_agg(jsonb_build_object('link_id', l.id::text, 'token_hash', l.token_hash,
+                                                  'has_password', l.password_hash IS NOT NULL) ORDER BY l.created_at, l.id)
+              FROM shared_links l WHERE l.app_id = apps.id), '[]'::jsonb)::text AS shared_links"""
 # A user's role on an app: the owner of an app of no team, else the user's role in the app's team.
 def _role_of(user: str) -> str:
     """SQL of the role of the user bound at `user` (a placeholder such as $2) on the row's app."""
@@ -127,7 +131,9 @@ async def apps_of(conn: PgConnection, user_id: str) -> list[asyncpg.Record]:
 
 
 async def touch_team_apps(conn: PgConnection, team_id: uuid.UUID) -> list[asyncpg.Record]:
-    """Give every app of the team a new version (its members changed); returns their new state."""
+    """Give every app of the team a new version (its members changed); returns their new state.
+    In a transaction (as `update_app`)."""
+    await conn.execute("SELECT 1 FROM apps WHERE team_id=$1 ORDER BY id FOR UPDATE", team_id)
     return await conn.fetch(
         f"UPDATE apps SET version=$2 WHERE team_id=$1 RETURNING {APP_COLUMNS}", team_id, version_now()
     )
@@ -138,7 +144,11 @@ async def all_apps(conn: PgConnection) -> list[asyncpg.Record]:
 
 
 async def update_app(conn: PgConnection, app_id: uuid.UUID, changes: dict[str, object]) -> asyncpg.Record:
-    """Set the given columns (names from the caller's fixed list, values bound) and a new version."""
+    """Set the given columns (names from the caller's fixed list, values bound) and a new version; no
+    columns: only a new version (its members or shared links changed). In a transaction: the row is
+    locked by a statement of its own first, so the state returned (read by the UPDATE, whose snapshot
+    is taken after the lock) includes what a concurrent change committed meanwhile."""
+    await conn.execute("SELECT 1 FROM apps WHERE id=$1 FOR UPDATE", app_id)
     columns = list(changes)
     sets = ", ".join(f"{c}=${i}" for i, c in enumerate(columns, start=3))
     row = await conn.fetchrow(

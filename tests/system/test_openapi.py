@@ -19,7 +19,8 @@ from services.runner import SERVICES
 
 SCHEMES = {"apiKey", "bearerAuth", "writeKeyBasic"}
 # What an operation accepts, by the start of its path (None: no credentials).
-PUBLIC = {("POST", "/api/user/signup"), ("POST", "/api/user/login"), ("POST", "/api/user/refresh")}
+PUBLIC = {("POST", "/api/user/signup"), ("POST", "/api/user/login"), ("POST", "/api/user/refresh"),
+          ("POST", "/api/auth/shared-links/unlock")}
 
 
 def stack() -> Stack:
@@ -89,6 +90,8 @@ def test_each_operation_names_the_credentials_it_accepts(documents) -> None:
             expected = {"writeKeyBasic"}
         elif method == "POST" and path in ("/api/analytics/collect", "/api/analytics/events", "/api/analytics/metrics"):
             expected = {"apiKey"}
+        elif path.startswith("/api/analytics/stats/"):
+            expected = {"apiKey", "bearerAuth", "sharedLink"}  # ... or a shared link: these routes only
         elif path.startswith("/api/analytics/"):
             expected = {"apiKey", "bearerAuth"}  # a secret key, or a signed-in owner with app_id
         elif path.startswith("/api/") and (method, path) not in PUBLIC:

@@ -32,6 +32,9 @@ EXPECTED: dict[tuple[str, str], Call] = {
     ("PATCH", "/api/auth/apps/{app_id}"): ("admin", {}, {"name": "renamed"}),
     ("POST", "/api/email/reports"): ("admin", {}, {"app_id": APP, "frequency": "daily"}),
     ("GET", "/api/email/reports"): (None, {"app_id": APP}, None),
+    ("POST", "/api/auth/apps/{app_id}/shared-links"): ("admin", {}, {}),
+    ("GET", "/api/auth/apps/{app_id}/shared-links"): ("admin", {}, None),
+    ("DELETE", "/api/auth/apps/{app_id}/shared-links/{link_id}"): ("admin", {}, None),
     # query: every read is a viewer's, deleting a user's events an admin's
     ("GET", "/api/analytics/event-summary"): ("viewer", {"app_id": APP}, None),
     ("GET", "/api/analytics/user-stats"): ("viewer", {"app_id": APP, "userId": "u1"}, None),
@@ -123,10 +126,11 @@ async def _mailed_token(settings: Settings, address: str) -> str:
     return found.group(1)
 
 
-def _request(route: tuple[str, str], app_id: str, event_id: str) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
+def _request(route: tuple[str, str], app_id: str, event_id: str,
+             link_id: str = "") -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
     method, path = route
     _, params, body = EXPECTED[route]
-    url = path.format(app_id=app_id, event_id=event_id, user_id="someone-else")  # u1 keeps its event
+    url = path.format(app_id=app_id, event_id=event_id, user_id="someone-else", link_id=link_id)  # u1 keeps its event
     fill = {k: (app_id if v == APP else v) for k, v in params.items()}
     json = {k: (app_id if v == APP else v) for k, v in body.items()} if body is not None else None
     return method, url, fill, json
@@ -136,7 +140,12 @@ def _request(route: tuple[str, str], app_id: str, event_id: str) -> tuple[str, s
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 async def test_each_role_on_each_route(client: httpx.AsyncClient, team: dict[str, Any], route: tuple[str, str], who: str) -> None:
     needed = EXPECTED[route][0]
-    method, url, params, json = _request(route, team["app"]["app_id"], team["event_id"])
+    link_id = ""
+    if "{link_id}" in route[1]:  # a link of the app to revoke
+        r = await client.post(f"/api/auth/apps/{team['app']['app_id']}/shared-links", json={},
+                              headers=team["people"]["owner"]["headers"])
+        link_id = r.json()["link_id"]
+    method, url, params, json = _request(route, team["app"]["app_id"], team["event_id"], link_id)
     r = await client.request(method, url, params=params, json=json, headers=team["people"][who]["headers"])
     role = None if who == "stranger" else who
     if needed is None:
@@ -155,7 +164,7 @@ async def test_each_role_on_each_route(client: httpx.AsyncClient, team: dict[str
 @pytest.mark.parametrize("route", [r for r in ROUTES if EXPECTED[r][0] is not None], ids=lambda r: f"{r[0]} {r[1]}")
 async def test_an_app_that_does_not_exist_is_404_for_everyone(client: httpx.AsyncClient, team: dict[str, Any],
                                                                route: tuple[str, str]) -> None:
-    method, url, params, json = _request(route, str(uuid.uuid4()), team["event_id"])
+    method, url, params, json = _request(route, str(uuid.uuid4()), team["event_id"], str(uuid.uuid4()))
     r = await client.request(method, url, params=params, json=json, headers=team["people"]["owner"]["headers"])
     assert r.status_code == 404, r.text
     assert set(r.json()) == {"detail"}

@@ -19,6 +19,7 @@ import asyncpg
 from fastapi import APIRouter, Path, Response
 
 from libs.http import ApiError
+from libs.kafka import REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.logs import get_logger
 from libs.notifications import EmailMessage
 from libs.openapi import errors
@@ -53,6 +54,17 @@ async def _members_changed(svc: AppKeys, conn: PgConnection, team: uuid.UUID) ->
     rows = await repo.touch_team_apps(conn, team)
     if rows:
         await svc.announce_apps([app_record(r) for r in rows])
+    # Report emails of the team's apps go only to its admins and owners: a member who left or was made
+    # viewer gets no more of them (their subscriptions end, tombstones published before commit).
+    ended = await conn.fetch(
+        """DELETE FROM report_subscriptions s USING apps a
+           WHERE s.app_id = a.id AND a.team_id = $1 AND NOT EXISTS (
+               SELECT 1 FROM team_members m WHERE m.team_id = $1 AND m.user_id = s.user_id AND m.role IN ('admin', 'owner'))
+           RETURNING s.id""",
+        team,
+    )
+    for sub in ended:
+        await publish(svc.producer, REPORT_SUBSCRIPTIONS_TOPIC, None, key=str(sub["id"]))
 
 
 def _team_out(row: asyncpg.Record) -> s.TeamOut:

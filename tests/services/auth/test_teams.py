@@ -242,3 +242,29 @@ async def test_who_registered_a_team_app_loses_it_on_leaving_the_team(http: http
     assert r.status_code == 403, r.text
     r = await http.get("/api/auth/api-key", params={"app_id": app["app_id"]}, headers=alice["headers"])
     assert r.status_code == 200, r.text
+
+
+async def test_a_member_who_leaves_or_becomes_viewer_gets_no_more_report_emails(http: httpx.AsyncClient, engines: Settings) -> None:
+    alice = await signup_login(http)
+    team_id = await new_team(http, alice)
+    bob = await join(http, engines, alice, team_id, "admin")
+    carol = await join(http, engines, alice, team_id, "admin")
+    app = await register(http, alice, "reported", team_id=team_id)
+    for who in (alice, bob, carol):
+        r = await http.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "weekly"}, headers=who["headers"])
+        assert r.status_code == 201, r.text
+
+    async def reports(who: dict[str, Any]) -> list[str]:
+        r = await http.get("/api/email/reports", headers=who["headers"])
+        return [x["app_id"] for x in r.json()]
+
+    r = await http.patch(f"/api/teams/{team_id}/members/{bob['id']}", json={"role": "viewer"}, headers=alice["headers"])
+    assert r.status_code == 200, r.text
+    assert await reports(bob) == []
+    r = await http.delete(f"/api/teams/{team_id}/members/{carol['id']}", headers=carol["headers"])
+    assert r.status_code == 204, r.text
+    assert await reports(carol) == []
+    assert await reports(alice) == [app["app_id"]]
+    # A viewer subscribes to none.
+    r = await http.post("/api/email/reports", json={"app_id": app["app_id"]}, headers=bob["headers"])
+    assert r.status_code == 403, r.text

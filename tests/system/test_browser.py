@@ -19,8 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from libs.runtime import Stack
-from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
 from tests.conftest import PASSWORD, eventually, register_app, serving, signup_login, wait_for_key
 
 if async_playwright is not None:
@@ -38,13 +37,6 @@ ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 DESKTOP_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")
 PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
             "Chrome/131.0.0.0 Mobile Safari/537.36")
-
-
-@pytest.fixture(scope="module")
-async def live_url(stack: Stack) -> AsyncIterator[str]:
-    """The whole platform on a real socket (gateway, auth, query, dashboard)."""
-    async with serving(stack.app()) as url:
-        yield url
 
 
 SITE_PAGE = """<!doctype html>
@@ -79,12 +71,6 @@ async def site() -> AsyncIterator[dict[str, Any]]:
     async with serving(app) as url:
         state["url"] = url
         yield state
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def count(client: httpx.AsyncClient, key: str, name: str | None = None) -> int:

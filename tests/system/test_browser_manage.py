@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from libs.runtime import Stack
 from libs.settings import Settings
-from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
-from tests.conftest import PASSWORD, eventually, register_app, serving, signup_login
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
+from tests.conftest import PASSWORD, eventually, register_app, signup_login
 from tests.services.auth.helpers import mails_to
 
 if async_playwright is not None:
@@ -28,18 +26,6 @@ pytestmark = [
     pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT),
     pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM),
 ]
-
-
-@pytest.fixture(scope="module")
-async def live_url(stack: Stack) -> AsyncIterator[str]:
-    async with serving(stack.app()) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def new_context(browser: Browser) -> BrowserContext:

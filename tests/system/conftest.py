@@ -1,0 +1,27 @@
+"""What the browser tests of this folder share: the whole platform on a real socket, and one headless
+Chromium per module (tests/browser.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from libs.runtime import Stack
+from tests.browser import chromium
+from tests.conftest import serving
+
+
+@pytest.fixture(scope="module")
+async def live_url(stack: Stack) -> AsyncIterator[str]:
+    """The whole platform on a real socket (gateway, auth, query, dashboard)."""
+    async with serving(stack.app()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium (a playwright Browser)."""
+    async with chromium() as launched:
+        yield launched

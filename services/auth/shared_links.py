@@ -135,7 +135,7 @@ async def revoke(svc: AppKeys, user_id: str, app_id: str, link_id: str) -> None:
 async def unlock(svc: AppKeys, token: str, password: str, ip: str) -> str:
     hashed = token_hash(token)
     for scope, ident in (("link", hashed), ("ip", ip)):
-        retry_after = await svc.limiter.hit(UNLOCK_LIMIT, "share-unlock", scope, ident)
+        retry_after = await svc.limiter.hit_or_refuse(UNLOCK_LIMIT, "share-unlock", scope, ident)  # Redis away: 503
         if retry_after is not None:
             raise ApiError(429, f"too many attempts; retry in {retry_after}s", {"Retry-After": str(retry_after)})
     async with svc.db() as conn:

@@ -175,3 +175,16 @@ async def test_only_admins_manage_links(http: httpx.AsyncClient) -> None:
     r = await http.get(f"/api/auth/apps/{uuid.uuid4()}/shared-links", headers=owner["headers"])
     assert r.status_code == 404
     assert (await http.get(base)).status_code == 401
+
+
+async def test_password_guesses_are_limited_per_link(http: httpx.AsyncClient, stack: Stack) -> None:
+    owner = await signup_login(http)
+    app = await register(http, owner)
+    link = await make_link(http, owner, app["app_id"], password="correct horse battery")
+    statuses = []
+    for attempt in range(21):
+        async with client_for(stack, random_ip()) as guesser:  # each from its own address
+            r = await guesser.post("/api/auth/shared-links/unlock", json={"token": link["token"], "password": f"guess {attempt}"})
+        statuses.append(r.status_code)
+    assert statuses == [401] * 20 + [429], statuses
+    assert int(r.headers["retry-after"]) >= 1

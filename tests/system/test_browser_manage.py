@@ -77,6 +77,20 @@ async def test_the_site_settings_page_saves_name_time_zone_excluded_ips_and_orig
         await page.get_by_role("button", name="Save settings").click()
         await pw_expect(page.locator("#settings-form .error")).to_contain_text("excluded_ips")
         assert (await listed(client, user, app["app_id"]))["excluded_ips"] == ["203.0.113.7", "10.0.0.0/8"]
+
+        # Email reports of the site: subscribe weekly, see it listed, stop it.
+        await page.get_by_label("Frequency").select_option("weekly")
+        await page.get_by_role("button", name="Email me reports").click()
+        await pw_expect(page.locator("#reports li")).to_have_count(1)
+        await pw_expect(page.locator("#reports li")).to_contain_text("Weekly report, next")
+        r = await client.get("/api/email/reports", headers=user["headers"])
+        assert [(x["app_id"], x["frequency"]) for x in r.json()] == [(app["app_id"], "weekly")]
+        await page.get_by_role("button", name="Email me reports").click()  # the same again: the server's reason
+        await pw_expect(page.locator("form[aria-labelledby=reports-title] .error")).to_contain_text("already get a weekly report")
+        await page.get_by_role("button", name="Stop the weekly report").click()
+        await pw_expect(page.locator("#reports")).to_have_text("You get no report emails of this site.")
+        assert (await client.get("/api/email/reports", headers=user["headers"])).json() == []
+        await assert_labelled(page)
     finally:
         await context.close()
 

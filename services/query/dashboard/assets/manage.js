@@ -59,7 +59,40 @@ export async function settingsView(app) {
     done.replaceChildren(h("p", { class: "ok" }, "Settings saved."));
     announce("Settings saved");
   }));
-  return h("section", { class: "card", "aria-labelledby": "settings-title" }, h("h2", { id: "settings-title" }, "Site settings"), done, form);
+  return h("div", {},
+    h("section", { class: "card", "aria-labelledby": "settings-title" }, h("h2", { id: "settings-title" }, "Site settings"), done, form),
+    await reportsCard(app));
+}
+
+// ---- email reports -------------------------------------------------------------------------------
+
+async function reportsCard(app) {
+  const list = h("div", {});
+  const reload = async () => {
+    const subs = await api("/api/email/reports", { params: { app_id: app.app_id } });
+    list.replaceChildren(subs.length ? h("ul", { id: "reports" }, ...subs.map((r) => h("li", { "data-frequency": r.frequency },
+      `${r.frequency === "daily" ? "Daily" : "Weekly"} report, next ${fmt.time(r.next_run_at)}`, r.last_sent_at ? `, last sent ${fmt.time(r.last_sent_at)} ` : " ",
+      h("button", { type: "button", class: "danger", "aria-label": `Stop the ${r.frequency} report`, onclick: async (e) => {
+        e.target.disabled = true;
+        await api(`/api/email/reports/${encodeURIComponent(r.id)}`, { method: "DELETE" });
+        announce(`${r.frequency} report stopped`);
+        await reload();
+      } }, "Stop")))) : h("p", { class: "muted", id: "reports" }, "You get no report emails of this site."));
+  };
+  const form = h("form", { class: "row", "aria-labelledby": "reports-title" },
+    h("div", { class: "field" }, h("label", { for: "report-frequency" }, "Frequency"),
+      h("select", { id: "report-frequency", name: "frequency" }, h("option", { value: "weekly" }, "Weekly (Mondays)"), h("option", { value: "daily" }, "Daily"))),
+    h("label", { for: "report-now" }, h("input", { id: "report-now", name: "send_now", type: "checkbox" }), " also send one now"),
+    h("button", { type: "submit" }, "Email me reports"));
+  form.addEventListener("submit", submitting(form, async (data) => {
+    form.querySelector(".error")?.remove();
+    await api("/api/email/reports", { method: "POST", body: { app_id: app.app_id, frequency: data.get("frequency"), send_now: data.get("send_now") === "on" } });
+    announce("Report subscribed");
+    await reload();
+  }));
+  await reload();
+  return h("section", { class: "card", "aria-labelledby": "reports-title" }, h("h2", { id: "reports-title" }, "Email reports"),
+    h("p", { class: "muted" }, "A summary of this site's visitors and events, mailed to you after each day or week."), form, list);
 }
 
 // ---- shared links --------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ async def test_a_team_keeps_an_owner(http: httpx.AsyncClient, engines: Settings)
     assert await members(http, bob, team_id) == {bob["username"]: "owner"}
 
 
-async def test_a_team_app_follows_the_members_roles(http: httpx.AsyncClient, engines: Settings) -> None:
+async def test_a_team_app_follows_the_members_roles(http: httpx.AsyncClient, engines: Settings, stack: Stack) -> None:
     alice, outsider = await signup_login(http), await signup_login(http)
     team_id = await new_team(http, alice)
     bob = await join(http, engines, alice, team_id, "viewer")
@@ -187,6 +187,10 @@ async def test_a_team_app_follows_the_members_roles(http: httpx.AsyncClient, eng
 
     app = await register(http, alice, "team site", team_id=team_id)
     app_id = app["app_id"]
+    # Its state on auth.apps.v1, in this process's app directory: the team and its members' roles.
+    record = stack.runtime.shared["app_directory"].get(app_id)
+    assert record is not None and record.team_id == team_id
+    assert dict(record.members) == {alice["id"]: "owner", bob["id"]: "viewer"}
     listed = {a["app_id"]: a for a in (await http.get("/api/auth/apps", headers=bob["headers"])).json()}
     assert listed[app_id]["role"] == "viewer" and listed[app_id]["team_id"] == team_id
     assert listed[app_id]["name"] == "team site"
@@ -206,6 +210,12 @@ async def test_a_team_app_follows_the_members_roles(http: httpx.AsyncClient, eng
     # Made admin, he does; the query service learns of it from auth.apps.v1.
     r = await http.patch(f"/api/teams/{team_id}/members/{bob['id']}", json={"role": "admin"}, headers=alice["headers"])
     assert r.status_code == 200, r.text
+
+    async def published_admin() -> bool:
+        record = stack.runtime.shared["app_directory"].get(app_id)
+        return record is not None and record.members.get(bob["id"]) == "admin"
+
+    await eventually(published_admin, 5, "the new role never reached the app directory")
     r = await http.patch(f"/api/auth/apps/{app_id}", json={"name": "renamed"}, headers=bob["headers"])
     assert r.status_code == 200 and r.json()["role"] == "admin", r.text
     r = await http.get("/api/auth/api-key", params={"app_id": app_id}, headers=bob["headers"])

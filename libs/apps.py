@@ -49,6 +49,15 @@ def at_least(role: str | None, needed: Role) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedLink:
+    """A read-only link to an app's stats: only the SHA-256 of its token travels and is kept."""
+
+    link_id: str
+    token_hash: str
+    has_password: bool  # then only a token from POST /api/auth/shared-links/unlock reads through it
+
+
+@dataclass(frozen=True, slots=True)
 class AppRecord:
     app_id: str
     owner_id: str
@@ -59,14 +68,17 @@ class AppRecord:
     timezone: str = "UTC"  # IANA name; decides the site's day boundaries
     excluded_ips: tuple[str, ...] = ()  # addresses and CIDRs whose events the gateway drops
     allowed_origins: tuple[str, ...] = ()  # browser origins the write key accepts (empty: any)
-    members: Mapping[str, Role] = field(default_factory=dict)  # user id -> role, besides the owner
+    # user id -> role: an app of a team has its team's members (who registered it is no owner by that alone)
+    members: Mapping[str, Role] = field(default_factory=dict)
+    shared_links: tuple[SharedLink, ...] = ()  # read-only links to its stats (revoked ones are gone)
     deleted: bool = False
 
     def role_of(self, user_id: str) -> Role | None:
-        """What `user_id` may do with the app: its owner is "owner", a member has the member's role."""
+        """What `user_id` may do with the app: a member has the member's role; the owner of an app of
+        no team is "owner" (an app of a team: only its members, with their roles in the team)."""
         if self.deleted:
             return None
-        if user_id == self.owner_id:
+        if user_id == self.owner_id and self.team_id is None:
             return "owner"
         return self.members.get(user_id)
 
@@ -82,6 +94,8 @@ class AppRecord:
             "excluded_ips": list(self.excluded_ips),
             "allowed_origins": list(self.allowed_origins),
             "members": dict(self.members),
+            "shared_links": [{"link_id": link.link_id, "token_hash": link.token_hash, "has_password": link.has_password}
+                             for link in self.shared_links],
             "deleted": self.deleted,
             "version": self.version,
             "occurred_at": datetime.now(UTC).isoformat(),
@@ -99,6 +113,8 @@ class AppRecord:
             excluded_ips=tuple(str(v) for v in msg.get("excluded_ips") or ()),
             allowed_origins=tuple(str(v) for v in msg.get("allowed_origins") or ()),
             members={str(user): role for user, role in members.items() if role in ROLE_RANK},
+            shared_links=tuple(SharedLink(str(link["link_id"]), str(link["token_hash"]), bool(link["has_password"]))
+                               for link in msg.get("shared_links") or ()),
             deleted=bool(msg.get("deleted", False)),
         )
 
@@ -108,6 +124,7 @@ class AppDirectory:
 
     def __init__(self) -> None:
         self._apps: dict[str, AppRecord] = {}
+        self._links: dict[str, tuple[str, SharedLink]] = {}  # token hash -> (app id, link)
         self.ready = asyncio.Event()
         # Set by AppDirectorySync: wait until the directory holds everything on the topic when called.
         self.catch_up: Any = None
@@ -115,6 +132,24 @@ class AppDirectory:
     def get(self, app_id: str) -> AppRecord | None:
         """The app's record (deleted ones included), or None when unknown. Never waits."""
         return self._apps.get(app_id)
+
+    def by_link(self, token_hash: str) -> tuple[AppRecord, SharedLink] | None:
+        """The app and shared link whose token has this SHA-256 (None: no such link, or revoked). Never waits."""
+        found = self._links.get(token_hash)
+        if found is None:
+            return None
+        app = self._apps.get(found[0])
+        return (app, found[1]) if app is not None and not app.deleted else None
+
+    async def lookup_link(self, token_hash: str) -> tuple[AppRecord, SharedLink] | None:
+        """`by_link`, caught up with the topic first when the link is not known yet (made a moment ago,
+        maybe through another process). The caller passes only hashes of well-formed tokens."""
+        found = self.by_link(token_hash)
+        if found is None and self.catch_up is not None:
+            APP_MISSES.labels("link").inc()
+            await self.catch_up()
+            found = self.by_link(token_hash)
+        return found
 
     async def caught_up_for_app(self, app_id: str) -> bool:
         """After `get(app_id)` missed: True once the directory caught up with every app state
@@ -141,6 +176,11 @@ class AppDirectory:
         current = self._apps.get(rec.app_id)
         if current is not None and current.version > rec.version:
             return False
+        for link in current.shared_links if current is not None else ():
+            self._links.pop(link.token_hash, None)
+        if not rec.deleted:
+            for link in rec.shared_links:
+                self._links[link.token_hash] = (rec.app_id, link)
         self._apps[rec.app_id] = rec
         APPS_KNOWN.set(len(self._apps))
         return True

@@ -49,6 +49,14 @@ class ApiKeyChange(BaseModel):
     occurred_at: datetime
 
 
+class SharedLinkState(BaseModel):
+    """A read-only link to an app's stats (no account needed). Only the SHA-256 of its token is published."""
+
+    link_id: str
+    token_hash: str = Field(description="hex SHA-256 of the link's token")
+    has_password: bool = Field(description="true: the link reads only with a token from POST /api/auth/shared-links/unlock")
+
+
 class AppState(BaseModel):
     """An app's whole state after a change: who may read it and its site settings. Published by auth
     on every change and for every app at auth's start. Consumers keep, per app_id, the highest `version`."""
@@ -63,7 +71,9 @@ class AppState(BaseModel):
     timezone: str = Field(description="IANA time zone: the site's day boundaries")
     excluded_ips: list[str] = Field(description="addresses and CIDR blocks whose events gateways drop")
     allowed_origins: list[str] = Field(description="browser origins the app's write key accepts (empty: any)")
-    members: dict[str, Literal["viewer", "admin", "owner"]] = Field(description="user id -> role, besides the owner")
+    members: dict[str, Literal["viewer", "admin", "owner"]] = Field(
+        description="user id -> role: an app of a team has the team's members (an app of no team: none, its owner alone)")
+    shared_links: list[SharedLinkState] = Field(default_factory=list, description="read-only links to the app's stats")
     deleted: bool = Field(description="true once the app is deleted (its keys are revoked too)")
     version: int = Field(description="microseconds since the epoch of the change; only grows")
     occurred_at: datetime

@@ -114,3 +114,32 @@ async def is_denylisted(redis: aioredis.Redis, jti: str, family: str | None = No
         return bool(await redis.exists(*keys))
     except (RedisError, OSError):
         return False
+
+
+# ---- shared links ---------------------------------------------------------------------------------
+SHARE_TOKEN_LIFETIME_S = 3600  # a password-protected shared link's unlocked token; then the password again
+
+
+def issue_share(settings: Settings, link_id: str, app_id: str, token_hash: str) -> str:
+    """A short-lived token that reads an app's stats through a password-protected shared link (given
+    after the password was checked). It names the link's token hash: revoking the link ends it too."""
+    now = datetime.now(UTC)
+    return jwt.encode(
+        {"sub": link_id, "app": app_id, "lth": token_hash, "type": "share", "iss": ISSUER, "iat": now,
+         "exp": now + timedelta(seconds=SHARE_TOKEN_LIFETIME_S)},
+        settings.jwt_secret, algorithm=settings.jwt_algorithm,
+    )
+
+
+def decode_share(settings: Settings, token: str) -> tuple[str, str]:
+    """(app id, link token hash) of a valid shared-link token; InvalidToken otherwise."""
+    try:
+        payload = jwt.decode(token, settings.jwt_secret, algorithms=[settings.jwt_algorithm], issuer=ISSUER,
+                             options={"require": ["sub", "app", "lth", "type", "exp", "iat"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("the shared link's session expired; enter its password again") from exc
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken("invalid shared link") from exc
+    if payload["type"] != "share":
+        raise InvalidToken("invalid shared link")
+    return str(payload["app"]), str(payload["lth"])

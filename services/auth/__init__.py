@@ -23,7 +23,9 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.auth.reports import follow_report_runs, republish_all_reports
     from services.auth.reports import router as reports_router
     from services.auth.router import ROUTERS
+    from services.auth.shared_links import router as shared_links_router
     from services.auth.store import PG_STATEMENT_TIMEOUT_S
+    from services.auth.teams import router as teams_router
 
     settings = runtime.settings
 
@@ -59,7 +61,7 @@ def build(runtime: Runtime) -> ServiceParts:
         await follow_report_runs(context().keys)
 
     return ServiceParts(
-        routers=[*ROUTERS, reports_router],
+        routers=[*ROUTERS, reports_router, teams_router, shared_links_router],
         on_start=[start], on_stop=[stop], background=[key_checks, report_runs],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},
@@ -78,6 +80,8 @@ SERVICE = ServiceSpec(
         ("apps", "apps and their API keys: register, list, revoke, regenerate"),
         ("notifications", "emails to yourself"),
         ("reports", "daily or weekly summary emails of an app"),
+        ("sharing", "read-only links to an app's stats that need no account"),
+        ("teams", "teams sharing apps: members with roles (viewer, admin, owner), invitations by email"),
     ),
 )
 

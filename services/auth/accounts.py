@@ -27,6 +27,7 @@ from services.auth import repository as repo
 from services.auth.store import AuthStore
 
 if TYPE_CHECKING:
+    from libs.stores import PgConnection
     from services.auth.keys import AppKeys
 
 log = get_logger(__name__)
@@ -274,12 +275,33 @@ class Accounts(AuthStore):
         async with self.db() as conn, conn.transaction():
             if not await repo.lock_user(conn, access.sub):
                 raise ApiError(401, "user no longer exists")
-            apps = await keys.retire_apps(conn, [r["id"] for r in await repo.apps_of(conn, access.sub)], "account_deleted")
+            own = [r["id"] for r in await repo.apps_of(conn, access.sub) if r["team_id"] is None]
+            apps = await keys.retire_apps(conn, own, "account_deleted")
+            await self._leave_teams(conn, access.sub, keys)
             await keys.stop_reports_of(conn, access.sub)
             ended = await repo.revoke_user_families(conn, access.sub, keep=None)
             await self._deny_sessions_or_fail([*ended, access.family])
             await repo.delete_user(conn, access.sub)
         log.info("account deleted", user_id=access.sub, apps=len(apps))
+
+    @staticmethod
+    async def _leave_teams(conn: PgConnection, user_id: str, keys: AppKeys) -> None:
+        """Take a user about to be deleted out of their teams (inside the deletion's transaction): the
+        team apps they registered pass to another owner of the team, and every app of those teams is
+        published again with its new members. 409 when they are the last owner of a team."""
+        from services.auth.teams import members_changed  # teams builds on keys, as accounts does
+
+        me = uuid.UUID(user_id)
+        teams = [r["team_id"] for r in await conn.fetch("SELECT team_id FROM team_members WHERE user_id = $1", me)]
+        await conn.execute("DELETE FROM team_members WHERE user_id = $1", me)
+        for team in teams:
+            await members_changed(keys, conn, team)  # 409 when the team would be left without an owner
+        await conn.execute(
+            """UPDATE apps SET owner_id = (SELECT m.user_id FROM team_members m WHERE m.team_id = apps.team_id
+                                           AND m.role = 'owner' ORDER BY m.created_at, m.user_id LIMIT 1)
+               WHERE team_id IS NOT NULL AND owner_id = $1""",
+            me,
+        )
 
     async def profile(self, user_id: str) -> asyncpg.Record:
         """The user's row (with the password hash, never to be answered), or 401."""

@@ -10,12 +10,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
+import orjson
 
 from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, KeyTopicWatch, generate_key, hash_key, shown_prefix
-from libs.apps import AppRecord
+from libs.apps import AppRecord, Role, SharedLink, at_least
 from libs.contracts import AppDeletion, AppDeletionReason
 from libs.http import ApiError
 from libs.kafka import API_KEYS_TOPIC, APP_DELETIONS_TOPIC, APPS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, KafkaUnavailable, publish
@@ -47,11 +48,18 @@ class AppKeys(AuthStore):
         return datetime.now(UTC) + timedelta(days=days) if days else None
 
     async def register_app(
-        self, owner_id: str, name: str, domain: str | None, expires_at: datetime | None
+        self, owner_id: str, name: str, domain: str | None, expires_at: datetime | None, team_id: str | None = None,
     ) -> tuple[asyncpg.Record, IssuedKeys]:
+        """A new app with its keys; with `team_id`, an app of that team (the caller must be its admin or
+        owner), whose members are the team's."""
         expires_at = expires_at or self._default_expiry()
         async with self.db() as conn, conn.transaction():
-            app = await repo.insert_app(conn, owner_id, name, domain)
+            team = None
+            if team_id is not None:
+                # Shared lock: a membership change (which locks the team for update) waits for this app, or
+                # this app sees the change, so the app's published members are never a stale list.
+                team = await team_role(conn, team_id, owner_id, "admin", lock="FOR SHARE OF t")
+            app = await repo.insert_app(conn, owner_id, name, domain, team)
             issued = await self._issue_keys(conn, app["id"], expires_at)
             await self.announce_apps([app_record(app)])  # before the keys: a reader finds the app of a key
             await self.announce(issued.records, "created")
@@ -66,16 +74,13 @@ class AppKeys(AuthStore):
         ]
         return IssuedKeys(api_key=made["secret"], write_key=made["write"], records=records)
 
-    async def owned_app(self, user_id: str, app_id: str) -> asyncpg.Record:
-        """The app, if `user_id` owns it: 404 when it does not exist, 403 when it is someone else's."""
+    async def app_with_role(self, user_id: str, app_id: str, needed: Role) -> asyncpg.Record:
+        """The app (with the user's `role`), if `user_id` has at least the role `needed` on it: 404 when
+        it does not exist, 403 when the user has no role on it or a lesser one."""
         app_uuid = _uuid_or_404(app_id, "app")
         async with self.db() as conn:
-            app = await repo.app_by_id(conn, app_uuid)
-        if app is None:
-            raise ApiError(404, "app not found")
-        if str(app["owner_id"]) != user_id:
-            raise ApiError(403, "this app belongs to another user")
-        return app
+            app = await repo.app_with_role(conn, app_uuid, user_id)
+        return check_role(app, needed)
 
     async def list_apps(self, user_id: str) -> list[asyncpg.Record]:
         async with self.db() as conn:
@@ -83,7 +88,7 @@ class AppKeys(AuthStore):
 
     async def key_metadata(self, user_id: str, app_id: str) -> list[dict[str, Any]]:
         """The app's keys, with when each was last used as far as gateways told (Redis) or Postgres knows."""
-        app = await self.owned_app(user_id, app_id)
+        app = await self.app_with_role(user_id, app_id, "admin")
         async with self.db() as conn:
             rows = [dict(r) for r in await repo.keys_of_app(conn, app["id"])]
         recent = await self.recent_key_usage([str(r["id"]) for r in rows])
@@ -123,10 +128,10 @@ class AppKeys(AuthStore):
                 row = await repo.key_by_id(conn, key_uuid)
             if row is None:
                 raise ApiError(404, "key not found")
-            app = await self.owned_app(user_id, str(row["app_id"]))
+            app = await self.app_with_role(user_id, str(row["app_id"]), "admin")
         else:
             assert app_id is not None
-            app = await self.owned_app(user_id, app_id)
+            app = await self.app_with_role(user_id, app_id, "admin")
         async with self.db() as conn, conn.transaction():
             targets = [key_uuid] if key_id is not None else [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
             revoked = await repo.revoke_keys(conn, targets)
@@ -136,7 +141,7 @@ class AppKeys(AuthStore):
         return revoked
 
     async def regenerate(self, user_id: str, app_id: str, expires_at: datetime | None) -> tuple[IssuedKeys, list[KeyRecord]]:
-        app = await self.owned_app(user_id, app_id)
+        app = await self.app_with_role(user_id, app_id, "admin")
         async with self.db() as conn, conn.transaction():
             old = [r["id"] for r in await repo.keys_of_app(conn, app["id"])]
             revoked = await repo.revoke_keys(conn, old)
@@ -146,14 +151,14 @@ class AppKeys(AuthStore):
         await self._email_owner(user_id, "api_key_created", {"app_name": app["name"], "keys": _key_summaries(issued.records)})
         return issued, revoked
 
-    async def update_settings(self, user_id: str, app_id: str, changes: dict[str, Any]) -> asyncpg.Record:
+    async def update_settings(self, user_id: str, app_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change an app's name, domain or site settings, announced on auth.apps.v1 before committing."""
-        app = await self.owned_app(user_id, app_id)
+        app = await self.app_with_role(user_id, app_id, "admin")
         async with self.db() as conn, conn.transaction():
             row = await repo.update_app(conn, app["id"], changes)
             await self.announce_apps([app_record(row)])
         log.info("app settings changed", app_id=app_id, fields=sorted(changes))
-        return row
+        return {**dict(row), "role": app["role"]}
 
     async def retire_apps(self, conn: PgConnection, app_ids: list[uuid.UUID], reason: AppDeletionReason) -> list[uuid.UUID]:
         """Inside the caller's transaction, before it deletes the apps: revoke their keys (announced, so
@@ -180,7 +185,7 @@ class AppKeys(AuthStore):
     async def delete_app(self, user_id: str, app_id: str) -> None:
         """Retire the app (keys revoked, published as deleted, reports stopped, its events deleted by the
         query service) and remove its row, in one transaction that commits only once Kafka took it all."""
-        app = await self.owned_app(user_id, app_id)
+        app = await self.app_with_role(user_id, app_id, "owner")
         async with self.db() as conn, conn.transaction():
             await self.retire_apps(conn, [app["id"]], "app_deleted")
             await repo.delete_app(conn, app["id"])
@@ -267,9 +272,39 @@ def app_record(row: asyncpg.Record) -> AppRecord:
     """The published state of an app row (repository.APP_COLUMNS)."""
     return AppRecord(
         app_id=str(row["id"]), owner_id=str(row["owner_id"]), name=row["name"], version=int(row["version"]),
-        domain=row["domain"], timezone=row["timezone"], excluded_ips=tuple(row["excluded_ips"]),
-        allowed_origins=tuple(row["allowed_origins"]),
+        domain=row["domain"], team_id=str(row["team_id"]) if row["team_id"] else None, timezone=row["timezone"],
+        excluded_ips=tuple(row["excluded_ips"]), allowed_origins=tuple(row["allowed_origins"]),
+        members=orjson.loads(row["members"]),
+        shared_links=tuple(SharedLink(**link) for link in orjson.loads(row["shared_links"])),
     )
+
+
+def check_role(app: asyncpg.Record | None, needed: Role, what: str = "app") -> asyncpg.Record:
+    """`app` (a row with the caller's `role`) when the role grants `needed`: 404 when there is no such
+    app, 403 when the caller has no role on it or a lesser one."""
+    if app is None:
+        raise ApiError(404, f"{what} not found")
+    role = app["role"]
+    if role is None:
+        raise ApiError(403, f"you have no access to this {what}")
+    if not at_least(role, needed):
+        raise ApiError(403, f"this needs the {needed} role on the {what}; yours is {role}")
+    return app
+
+
+async def team_role(
+    conn: PgConnection, team_id: str, user_id: str, needed: Role, lock: Literal["", "FOR SHARE OF t", "FOR UPDATE OF t"] = "",
+) -> uuid.UUID:
+    """The team's id when `user_id` has at least the role `needed` in it (404 / 403 as `check_role`);
+    `lock`: FOR SHARE or FOR UPDATE of the team's row, for the rest of the transaction."""
+    team_uuid = _uuid_or_404(team_id, "team")
+    row = await conn.fetchrow(
+        f"""SELECT t.id, (SELECT m.role FROM team_members m WHERE m.team_id = t.id AND m.user_id = $2) AS role
+            FROM teams t WHERE t.id = $1 {lock}""",  # noqa: S608 - `lock` is one of fixed clauses
+        team_uuid, uuid.UUID(user_id),
+    )
+    check_role(row, needed, "team")
+    return team_uuid
 
 
 def _uuid_or_404(value: str, what: str) -> uuid.UUID:

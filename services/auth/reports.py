@@ -79,7 +79,7 @@ def subscription_state(row: asyncpg.Record) -> dict[str, Any]:
 
 async def subscribe(svc: "AuthService", user_id: str, body: ReportIn) -> asyncpg.Record:
     """Stored and published together: the row is committed only once Kafka acknowledged its state."""
-    app = await svc.owned_app(user_id, body.app_id)  # 404 / 403
+    app = await svc.app_with_role(user_id, body.app_id, "admin")  # 404 / 403
     now = datetime.now(UTC)
     first = now if body.send_now else next_report_at(body.frequency, now, app["timezone"] or "UTC")  # local midnight
     async with svc.db() as conn, conn.transaction():

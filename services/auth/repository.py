@@ -144,13 +144,27 @@ async def revoke_user_families(conn: PgConnection, user_id: str, keep: str | Non
     return sorted({str(r["family_id"]) for r in rows})
 
 
-APP_COLUMNS = "id, owner_id, name, domain, created_at, timezone, excluded_ips, allowed_origins, version"
+# An app's row with what its published state needs: its team's members (user id -> role) and its shared
+# links (JSON).
+APP_COLUMNS = """id, owner_id, team_id, name, domain, created_at, timezone, excluded_ips, allowed_origins, version,
+    COALESCE((SELECT jsonb_object_agg(m.user_id::text, m.role) FROM team_members m WHERE m.team_id = apps.team_id),
+             '{}'::jsonb)::text AS members,
+    COALESCE((SELECT jsonb_agg(jsonb_build_object('link_id', l.id::text, 'token_hash', l.token_hash,
+                                                  'has_password', l.password_hash IS NOT NULL) ORDER BY l.created_at, l.id)
+              FROM shared_links l WHERE l.app_id = apps.id), '[]'::jsonb)::text AS shared_links"""
+# A user's role on an app: the owner of an app of no team, else the user's role in the app's team.
+def _role_of(user: str) -> str:
+    """SQL of the role of the user bound at `user` (a placeholder such as $2) on the row's app."""
+    return f"""CASE WHEN apps.team_id IS NULL THEN CASE WHEN apps.owner_id = {user} THEN 'owner' END
+                   ELSE (SELECT m.role FROM team_members m WHERE m.team_id = apps.team_id AND m.user_id = {user}) END"""
 
 
-async def insert_app(conn: PgConnection, owner_id: str, name: str, domain: str | None) -> asyncpg.Record:
+async def insert_app(
+    conn: PgConnection, owner_id: str, name: str, domain: str | None, team_id: uuid.UUID | None = None
+) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"INSERT INTO apps(owner_id, name, domain, version) VALUES($1, $2, $3, $4) RETURNING {APP_COLUMNS}",
-        uuid.UUID(owner_id), name, domain, version_now(),
+        f"INSERT INTO apps(owner_id, name, domain, version, team_id) VALUES($1, $2, $3, $4, $5) RETURNING {APP_COLUMNS}",
+        uuid.UUID(owner_id), name, domain, version_now(), team_id,
     )
     assert row is not None  # INSERT ... RETURNING answers the row it inserted
     return row
@@ -160,9 +174,28 @@ async def app_by_id(conn: PgConnection, app_id: uuid.UUID) -> asyncpg.Record | N
     return await conn.fetchrow(f"SELECT {APP_COLUMNS} FROM apps WHERE id=$1", app_id)
 
 
-async def apps_of(conn: PgConnection, owner_id: str) -> list[asyncpg.Record]:
+async def app_with_role(conn: PgConnection, app_id: uuid.UUID, user_id: str) -> asyncpg.Record | None:
+    """The app's row and the user's `role` on it (None: no access)."""
+    return await conn.fetchrow(f"SELECT {APP_COLUMNS}, {_role_of('$2')} AS role FROM apps WHERE id=$1", app_id, uuid.UUID(user_id))
+
+
+async def apps_of(conn: PgConnection, user_id: str) -> list[asyncpg.Record]:
+    """The apps the user owns (no team) or whose team the user is a member of, with the user's `role`."""
     return await conn.fetch(
-        f"SELECT {APP_COLUMNS} FROM apps WHERE owner_id=$1 ORDER BY created_at", uuid.UUID(owner_id)
+        f"""SELECT {APP_COLUMNS}, {_role_of('$1')} AS role FROM apps
+            WHERE (team_id IS NULL AND owner_id = $1)
+               OR team_id IN (SELECT team_id FROM team_members WHERE user_id = $1)
+            ORDER BY created_at, id""",
+        uuid.UUID(user_id),
+    )
+
+
+async def touch_team_apps(conn: PgConnection, team_id: uuid.UUID) -> list[asyncpg.Record]:
+    """Give every app of the team a new version (its members changed); returns their new state.
+    In a transaction (as `update_app`)."""
+    await conn.execute("SELECT 1 FROM apps WHERE team_id=$1 ORDER BY id FOR UPDATE", team_id)
+    return await conn.fetch(
+        f"UPDATE apps SET version=$2 WHERE team_id=$1 RETURNING {APP_COLUMNS}", team_id, version_now()
     )
 
 
@@ -175,7 +208,11 @@ async def all_apps(conn: PgConnection) -> list[asyncpg.Record]:
 
 
 async def update_app(conn: PgConnection, app_id: uuid.UUID, changes: dict[str, object]) -> asyncpg.Record:
-    """Set the given columns (names from the caller's fixed list, values bound) and a new version."""
+    """Set the given columns (names from the caller's fixed list, values bound) and a new version; no
+    columns: only a new version (its members or shared links changed). In a transaction: the row is
+    locked by a statement of its own first, so the state returned (read by the UPDATE, whose snapshot
+    is taken after the lock) includes what a concurrent change committed meanwhile."""
+    await conn.execute("SELECT 1 FROM apps WHERE id=$1 FOR UPDATE", app_id)
     columns = list(changes)
     sets = ", ".join(f"{c}=${i}" for i, c in enumerate(columns, start=3))
     row = await conn.fetchrow(

@@ -4,6 +4,7 @@ The logic is in accounts.py and keys.py."""
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import asyncpg
@@ -215,21 +216,23 @@ def _refusal(request: Request, exc: ApiError) -> Response:
 @apps.post("/register", operation_id="registerApp", status_code=201, response_model=s.RegisterAppOut,
            summary="Register an app and get its keys")
 async def register(body: s.RegisterAppIn, user: User, ctx: AuthCtx) -> s.RegisterAppOut:
-    app, issued = await ctx.keys.register_app(user.sub, body.name, body.domain, body.expires_at)
+    app, issued = await ctx.keys.register_app(user.sub, body.name, body.domain, body.expires_at, body.team_id)
     return s.RegisterAppOut(
         app_id=str(app["id"]), name=app["name"], domain=app["domain"], api_key=issued.api_key,
         write_key=issued.write_key, expires_at=issued.records[0].expires_at,
     )
 
 
-def _app_out(row: asyncpg.Record) -> s.AppOut:
+def _app_out(row: asyncpg.Record | Mapping[str, Any]) -> s.AppOut:
     return s.AppOut(
         app_id=str(row["id"]), name=row["name"], domain=row["domain"], created_at=row["created_at"],
         timezone=row["timezone"], excluded_ips=list(row["excluded_ips"]), allowed_origins=list(row["allowed_origins"]),
+        team_id=str(row["team_id"]) if row["team_id"] else None, role=row["role"],
     )
 
 
-@apps.get("/apps", operation_id="listApps", response_model=list[s.AppOut], summary="Your apps")
+@apps.get("/apps", operation_id="listApps", response_model=list[s.AppOut],
+          summary="Your apps and your teams' apps, with your role on each")
 async def list_apps(user: User, ctx: AuthCtx) -> list[s.AppOut]:
     return [_app_out(r) for r in await ctx.keys.list_apps(user.sub)]
 

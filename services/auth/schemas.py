@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+Role = Literal["viewer", "admin", "owner"]  # what a member may do with a team's apps (libs/apps.py)
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{3,40}$")
 _LINE_BREAKS_AND_TABS = frozenset("\t\n\r")
 
@@ -176,6 +177,8 @@ class RegisterAppIn(BaseModel):
     name: Line = Field(min_length=1, max_length=120, examples=["My blog"])
     domain: Line | None = Field(default=None, max_length=253, examples=["blog.example.com"])
     expires_at: datetime | None = Field(default=None, description="when the keys stop working (default: a year)")
+    team_id: Line | None = Field(default=None, max_length=64,
+                                 description="the team the app belongs to (you must be its admin or owner); none: yours alone")
 
     @field_validator("expires_at")
     @classmethod
@@ -231,7 +234,7 @@ Origin = Annotated[str, Field(max_length=300), AfterValidator(_origin)]
 APP_EXAMPLE: dict[str, Any] = {
     "app_id": "0b6e1f3a-2c4d-4e5f-8a9b-1c2d3e4f5a6b", "name": "My blog", "domain": "blog.example.com",
     "created_at": "2026-01-31T12:00:00Z", "timezone": "Europe/Berlin", "excluded_ips": ["203.0.113.7", "10.0.0.0/8"],
-    "allowed_origins": ["https://blog.example.com"],
+    "allowed_origins": ["https://blog.example.com"], "team_id": None, "role": "owner",
 }
 
 
@@ -244,6 +247,8 @@ class AppOut(BaseModel):
     timezone: str = Field(description="IANA time zone: the site's day boundaries in every report")
     excluded_ips: list[str] = Field(description="client addresses and CIDR blocks whose events are dropped")
     allowed_origins: list[str] = Field(description="browser origins the write key accepts events from (empty: any)")
+    team_id: str | None = Field(description="the team the app belongs to, if any")
+    role: Role = Field(description="your role on the app: viewer (reads), admin (also keys, settings), owner (also members, deletion)")
 
 
 class AppSettingsIn(BaseModel):
@@ -350,3 +355,69 @@ class NotificationOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{'message_id': '9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d', 'status': 'queued'}]})
     message_id: str
     status: Literal["queued"] = "queued"
+
+
+# ---- teams ------------------------------------------------------------------------------------------
+TEAM_ID = "5d1f0c3e-7a2b-4c6d-9e8f-0a1b2c3d4e5f"
+USER_ID = "8f9e0d1c-2b3a-4c5d-6e7f-8091a2b3c4d5"
+
+
+class TeamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Marketing"}]})
+    name: Line = Field(min_length=1, max_length=120)
+
+
+class TeamOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"team_id": TEAM_ID, "name": "Marketing", "role": "owner", "created_at": "2026-01-31T12:00:00Z"}]})
+    team_id: str
+    name: str
+    role: Role = Field(description="your role in the team")
+    created_at: datetime
+
+
+class InvitationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"email": "ada@example.com", "role": "viewer"}]})
+    email: Email
+    role: Role = "viewer"
+
+
+class InvitationOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "invitation_id": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "email": "ada@example.com", "role": "viewer",
+        "created_at": "2026-01-31T12:00:00Z", "expires_at": "2026-02-07T12:00:00Z"}]})
+    invitation_id: str
+    email: str
+    role: Role
+    created_at: datetime
+    expires_at: datetime
+
+
+class MemberOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": USER_ID, "username": "ada", "email": "ada@example.com", "role": "admin", "joined_at": "2026-01-31T12:00:00Z"}]})
+    user_id: str
+    username: str
+    email: str
+    role: Role
+    joined_at: datetime
+
+
+class MembersOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "team_id": TEAM_ID, "name": "Marketing", "members": [MemberOut.model_config["json_schema_extra"]["examples"][0]],  # type: ignore[index]
+        "invitations": [InvitationOut.model_config["json_schema_extra"]["examples"][0]]}]})  # type: ignore[index]
+    team_id: str
+    name: str
+    members: list[MemberOut]
+    invitations: list[InvitationOut] = Field(description="invitations not yet accepted and not expired")
+
+
+class AcceptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"token": "the token from the invitation email"}]})
+    token: Line = Field(min_length=1, max_length=200)
+
+
+class RoleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "admin"}]})
+    role: Role

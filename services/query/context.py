@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -12,7 +14,9 @@ import orjson
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from fastapi.security import APIKeyHeader
 
+from libs import tokens
 from libs.access import ApiKeyHeader, BearerCredentials, verify_access_token
 from libs.apikeys import KeyTable
 from libs.apps import AppDirectory, Role, at_least
@@ -104,7 +108,7 @@ async def app_access(
             raise ApiError(404, "app not found")
         role = app.role_of(claims.sub)
         if not at_least(role, "viewer"):
-            raise ApiError(403, "this app belongs to another user")
+            raise ApiError(403, "you have no access to this app")
         assert role is not None
         return app_id, role
     raise ApiError(401, "send x-api-key: <secret key>, or a Bearer token with app_id=")
@@ -116,6 +120,60 @@ async def readable_app(access: Annotated[tuple[str, Role], Depends(app_access)])
 
 
 App = Annotated[str, Depends(readable_app)]
+
+shared_link_scheme = APIKeyHeader(
+    name="x-shared-link", auto_error=False, scheme_name="sharedLink",
+    description="a shared link's token (from its URL), or for a link with a password the access_token of "
+                "POST /api/auth/shared-links/unlock: reads the stats of its app, nothing else")
+SHARE_TOKEN_FORMAT = re.compile(r"[A-Za-z0-9_\-]{32}")
+
+
+async def shared_link_app(ctx: QueryContext, value: str, app_id: str | None) -> str:
+    """The app a shared link reads (only the stats routes take one)."""
+    if "." in value:  # the unlocked token of a link with a password: signed, naming the link
+        try:
+            app, link_hash = tokens.decode_share(ctx.settings, value)
+        except tokens.InvalidToken as exc:
+            raise ApiError(401, str(exc)) from exc
+        found = await ctx.apps.lookup_link(link_hash)
+        if found is None or found[0].app_id != app:
+            raise ApiError(401, "this shared link was revoked")
+    else:
+        found = await ctx.apps.lookup_link(hashlib.sha256(value.encode()).hexdigest()) if SHARE_TOKEN_FORMAT.fullmatch(value) else None
+        if found is None:
+            raise ApiError(401, "invalid or revoked shared link")
+        if found[1].has_password:
+            raise ApiError(401, "this shared link needs its password: POST /api/auth/shared-links/unlock")
+    if app_id and app_id != found[0].app_id:
+        raise ApiError(403, "this shared link is for another app")
+    return found[0].app_id
+
+
+async def stats_access(
+    ctx: QueryCtx,
+    credentials: BearerCredentials,
+    x_api_key: ApiKeyHeader,
+    x_shared_link: Annotated[str | None, Depends(shared_link_scheme)],
+    app_id: Annotated[str | None, Query(max_length=64, description="required with a Bearer token")] = None,
+) -> str:
+    """As `readable_app`, and a shared link reads too (the stats routes only)."""
+    if x_shared_link and not x_api_key and credentials is None:
+        return await shared_link_app(ctx, x_shared_link.strip(), app_id)
+    return (await app_access(ctx, credentials, x_api_key, app_id))[0]
+
+
+StatsApp = Annotated[str, Depends(stats_access)]
+
+
+async def managed_app(access: Annotated[tuple[str, Role], Depends(app_access)]) -> str:
+    """The app this request may change (deleting a user's events): an admin's or owner's (or its secret key's)."""
+    app_id, role = access
+    if not at_least(role, "admin"):
+        raise ApiError(403, f"this needs the admin role on the app; yours is {role}")
+    return app_id
+
+
+AdminApp = Annotated[str, Depends(managed_app)]
 
 
 def site_timezone(apps: AppDirectory, app_id: str) -> str:
@@ -132,12 +190,26 @@ async def request_tz(
 ) -> str:
     """The one time zone of a read: where its days, weeks and hours start, and how its dates without an
     offset are read. The request's `tz`, else the site's. 422 for an unknown name."""
+    return _time_zone(ctx, app_id, tz)
+
+
+def _time_zone(ctx: QueryContext, app_id: str, tz: str | None) -> str:
     name = tz or site_timezone(ctx.apps, app_id)
     zone(name)
     return name
 
 
 Tz = Annotated[str, Depends(request_tz)]
+
+
+async def stats_tz(ctx: QueryCtx, app_id: StatsApp, tz: Annotated[str | None, Query(
+    max_length=64, description="IANA time zone of days and hours; default: the site's time zone",
+    examples=["Europe/Berlin"])] = None) -> str:
+    """`request_tz` of a stats route, whose app a shared link may name too."""
+    return _time_zone(ctx, app_id, tz)
+
+
+StatsTz = Annotated[str, Depends(stats_tz)]
 
 
 async def cached(

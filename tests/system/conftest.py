@@ -1,4 +1,5 @@
-"""Fixtures of the browser tests: a headless chromium, and the whole platform on a real socket."""
+"""What the browser tests of this folder share: the whole platform on a real socket, and one headless
+Chromium per module (tests/browser.py)."""
 
 from __future__ import annotations
 

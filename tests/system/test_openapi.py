@@ -22,7 +22,8 @@ SCHEMES = {"apiKey", "bearerAuth", "writeKeyBasic"}
 PUBLIC = {("POST", "/api/user/signup"), ("POST", "/api/user/login"), ("POST", "/api/user/refresh"),
           ("POST", "/api/user/password-reset"), ("POST", "/api/user/password-reset/confirm"),
           ("GET", "/api/user/oidc/config"), ("GET", "/api/user/oidc/login"), ("GET", "/api/user/oidc/callback"),
-          ("POST", "/api/user/oidc/session")}
+          ("POST", "/api/user/oidc/session"),
+          ("POST", "/api/auth/shared-links/unlock")}
 
 
 def stack() -> Stack:
@@ -92,6 +93,8 @@ def test_each_operation_names_the_credentials_it_accepts(documents) -> None:
             expected = {"writeKeyBasic"}
         elif method == "POST" and path in ("/api/analytics/collect", "/api/analytics/events", "/api/analytics/metrics"):
             expected = {"apiKey"}
+        elif path.startswith("/api/analytics/stats/"):
+            expected = {"apiKey", "bearerAuth", "sharedLink"}  # ... or a shared link: these routes only
         elif path.startswith("/api/analytics/"):
             expected = {"apiKey", "bearerAuth"}  # a secret key, or a signed-in owner with app_id
         elif path.startswith("/api/") and (method, path) not in PUBLIC:

@@ -4,15 +4,16 @@ only the public auth and query APIs. Part of the query service, which serves it.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from pathlib import Path as FilePath
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import RedirectResponse
 
 from libs.http import ApiError
 from libs.openapi import errors
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = FilePath(__file__).parent / "assets"
 TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".html": "text/html",
          ".txt": "text/plain", ".png": "image/png", ".ico": "image/x-icon"}
 # The page may only load its own files and talk to its own origin.
@@ -36,6 +37,13 @@ async def dashboard() -> Response:
     return Response(_files()["index.html"][0], media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
+@router.get("/dashboard/share/{token}", operation_id="getSharedDashboard", response_class=Response, responses=errors(422),
+            summary="The read-only dashboard of a shared link (stats only, no account)")
+async def shared_dashboard(token: Annotated[str, Path(max_length=200)]) -> Response:
+    # The token stays in the page's address: the page reads it and sends it to the stats routes only.
+    return Response(_files()["share.html"][0], media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
 @router.get("/", include_in_schema=False)  # a browser pointed at the host lands on the dashboard
 async def home() -> Response:
     return RedirectResponse("/dashboard", status_code=307)
@@ -49,7 +57,7 @@ async def dashboard_slash(request: Request) -> Response:
 @router.get("/dashboard/assets/{name}", operation_id="getDashboardAsset", responses=errors(404, 422),
             summary="The dashboard's scripts and styles", response_class=Response)
 async def asset(name: str) -> Response:
-    found = _files().get(name) if name != "index.html" else None
+    found = _files().get(name) if not name.endswith(".html") else None
     if found is None:
         raise ApiError(404, "no such dashboard file")
     body, media_type = found

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from libs.http import ApiError
 from services.query import privacy
 from services.query import schemas as s
-from services.query.context import App, QueryCtx, analytics_router, cached
+from services.query.context import AdminApp, App, QueryCtx, analytics_router, cached
 from services.query.schemas import EXPORT
 
 MAX_LIMIT = 1000
@@ -49,7 +49,7 @@ async def export(ctx: QueryCtx, app_id: App, user_id: str) -> StreamingResponse:
 
 @router.delete("/users/{user_id}", operation_id="deleteUser", responses=s.answer(s.Deleted), tags=["privacy"],
                summary="Delete every event of one user")
-async def delete(ctx: QueryCtx, app_id: App, user_id: str) -> JSONResponse:
+async def delete(ctx: QueryCtx, app_id: AdminApp, user_id: str) -> JSONResponse:
     if len(user_id) > 200:
         raise ApiError(422, "user_id is at most 200 characters")
     deleted = await privacy.delete_user(ctx.clickhouse, app_id, user_id)

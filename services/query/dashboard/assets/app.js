@@ -1,6 +1,7 @@
 // The dashboard: a hash-routed single-page app over the public API (see docs/query-api.md).
 import { api, ApiError, login, logout, oidcConfig, oidcSignIn, onSessionChange, restoreSession, setSession, signedIn } from "./api.js";
-import { h, fmt, announce, copy } from "./dom.js";
+import { h, fmt, announce, copy, field, submitting } from "./dom.js";
+import { settingsView, sharingView, teamsView, teamView, invitationView, pendingInvitation, teamPicker } from "./manage.js";
 import { lineChart } from "./charts.js";
 
 const main = document.getElementById("main");
@@ -18,7 +19,9 @@ function route() {
 
 function go(path, query) {
   const qs = query ? new URLSearchParams(Object.entries(query).filter(([, v]) => v !== undefined && v !== null && v !== "")).toString() : "";
-  location.hash = `#${path}${qs ? `?${qs}` : ""}`;
+  const next = `#${path}${qs ? `?${qs}` : ""}`;
+  if (location.hash === next) render(); // no hashchange: draw it again (signed in on this very route)
+  else location.hash = next;
 }
 
 function appPath(appId, view) { return `/app/${encodeURIComponent(appId)}/${view}`; }
@@ -42,20 +45,26 @@ async function render() {
   if (parts[0] === "forgot") return show(stale, "Forgot your password", forgotView());
   if (parts[0] === "reset") return show(stale, "Choose a new password", resetView(query));
   if (!signedIn() && !["login", "signup"].includes(parts[0])) {
+    if (parts[0] === "invitation") {
+      return show(stale, "Sign in", loginView(new URLSearchParams({ next: "/invitation" }), "Sign in, or create an account with the invited email address, to join the team."));
+    }
     return show(stale, "Sign in", loginView(query));
   }
   try {
     if (parts[0] === "login") return show(stale, "Sign in", loginView(query));
     if (parts[0] === "signup") return show(stale, "Create an account", signupView());
     if (parts[0] === "account") return show(stale, "Your account", accountView());
+    if (parts[0] === "invitation") return show(stale, "Join a team", await invitationView(go));
+    if (parts[0] === "teams" && parts[1]) return show(stale, "Team", await teamView(parts[1], go));
+    if (parts[0] === "teams") return show(stale, "Your teams", await teamsView(go));
     if (parts[0] === "app" && parts[1]) {
       const appId = parts[1];
       const view = parts[2] || "overview";
       const apps = await api("/api/auth/apps");
       const app = apps.find((a) => a.app_id === appId);
       if (!app) return show(stale, "Not found", h("div", { class: "card" }, h("h1", {}, "Site not found"), h("p", {}, "It is not one of your sites. ", h("a", { href: "#/apps" }, "Back to your sites"))));
-      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView };
-      const build = views[view] || overview;
+      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView, settings: settingsView, sharing: sharingView };
+      const build = (tabsFor(app).some(([v]) => v === view) && views[view]) || overview;
       const body = await build(app, query, parts.slice(3), stale);
       return show(stale, `${tabTitle(view)} · ${app.name}`, appShell(app, view, apps), body);
     }
@@ -74,7 +83,9 @@ function show(stale, title, ...nodes) {
   announce(title);
 }
 
-const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["keys", "Keys & snippet"]];
+const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["keys", "Keys & snippet"], ["settings", "Settings"], ["sharing", "Sharing"]];
+const ADMIN_TABS = new Set(["keys", "settings", "sharing"]); // a viewer reads; admins and owners manage
+function tabsFor(app) { return TABS.filter(([v]) => app.role !== "viewer" || !ADMIN_TABS.has(v)); }
 function tabTitle(view) { return (TABS.find(([v]) => v === view) || TABS[0])[1]; }
 
 function appShell(app, view, apps) {
@@ -85,7 +96,7 @@ function appShell(app, view, apps) {
       h("div", {}, h("h1", {}, app.name), app.domain ? h("div", { class: "muted" }, app.domain) : null),
       apps.length > 1 ? h("div", { class: "field" }, h("label", { for: "app-picker" }, "Site"), picker) : null),
     h("nav", { "aria-label": "Site sections" }, h("ul", { class: "tabs" },
-      ...TABS.map(([v, label]) => h("li", {}, h("a", { href: `#${appPath(app.app_id, v)}`, "aria-current": v === view ? "page" : null }, label))))));
+      ...tabsFor(app).map(([v, label]) => h("li", {}, h("a", { href: `#${appPath(app.app_id, v)}`, "aria-current": v === view ? "page" : null }, label))))));
 }
 
 async function renderAccount() {
@@ -101,32 +112,13 @@ async function renderAccount() {
   if (!signedIn()) return renderAccount();
   nav.replaceChildren(
     h("a", { href: "#/apps" }, "Your sites"),
+    h("a", { href: "#/teams" }, "Teams"),
     profile ? h("span", { class: "hide-sm" }, `Signed in as ${profile.username}`) : null,
     h("a", { href: "#/account" }, "Account"),
     h("button", { type: "button", onclick: async () => { await logout(); go("/login"); } }, "Sign out"));
 }
 
 // ---- forms -------------------------------------------------------------------------------------
-
-function field(label, attrs) {
-  const id = attrs.id || `f-${attrs.name}`;
-  return h("label", { for: id }, label, h("input", { id, ...attrs }));
-}
-
-function formError(form, err) {
-  let box = form.querySelector(".error");
-  if (!box) { box = h("div", { class: "error", role: "alert" }); form.prepend(box); }
-  box.textContent = err.message || String(err);
-}
-
-function submitting(form, fn) {
-  return async (e) => {
-    e.preventDefault();
-    const button = form.querySelector("button[type=submit]");
-    if (button) button.disabled = true;
-    try { await fn(new FormData(form)); } catch (err) { formError(form, err); } finally { if (button) button.disabled = false; }
-  };
-}
 
 function loginView(query, message) {
   message = message || (query.get("reset") ? "Your password is changed: sign in with the new one." : null);
@@ -235,7 +227,7 @@ function signupView() {
   form.addEventListener("submit", submitting(form, async (data) => {
     await api("/api/user/signup", { method: "POST", auth: false, body: { username: data.get("username"), email: data.get("email"), password: data.get("password") } });
     await login(data.get("username"), data.get("password"));
-    go("/apps", { welcome: 1 });
+    if (pendingInvitation()) go("/invitation"); else go("/apps", { welcome: 1 });
   }));
   return h("section", { class: "card narrow" }, h("h1", { id: "signup-title" }, "Create an account"), form,
     h("p", {}, "Already have one? ", h("a", { href: "#/login" }, "Sign in")));
@@ -303,9 +295,10 @@ async function appsView(query) {
   const form = h("form", { class: "row", "aria-labelledby": "register-title" },
     h("div", { class: "field" }, h("label", { for: "app-name" }, "Site name"), h("input", { id: "app-name", name: "name", required: true, maxlength: 120, placeholder: "My blog" })),
     h("div", { class: "field" }, h("label", { for: "app-domain" }, "Domain (optional)"), h("input", { id: "app-domain", name: "domain", maxlength: 253, placeholder: "blog.example.com" })),
+    await teamPicker(),
     h("button", { type: "submit" }, "Add site"));
   form.addEventListener("submit", submitting(form, async (data) => {
-    const made = await api("/api/auth/register", { method: "POST", body: { name: data.get("name"), domain: data.get("domain") || null } });
+    const made = await api("/api/auth/register", { method: "POST", body: { name: data.get("name"), domain: data.get("domain") || null, team_id: data.get("team_id") || null } });
     rememberWriteKey(made.app_id, made.write_key);
     form.reset();
     holder.replaceChildren(newKeysPanel(`${made.name} is ready`, made),
@@ -326,8 +319,8 @@ function appList(apps) {
   if (!apps.length) return h("p", { class: "muted", id: "apps" }, "No sites yet.");
   return h("ul", { class: "applist", id: "apps", "aria-label": "Sites" }, ...apps.map((a) => h("li", {},
     h("h2", {}, h("a", { href: `#${appPath(a.app_id, "overview")}` }, a.name)),
-    h("div", { class: "muted" }, a.domain || "no domain set", " · added ", fmt.time(a.created_at)),
-    h("div", { class: "links" }, h("a", { href: `#${appPath(a.app_id, "events")}` }, "Events"), h("a", { href: `#${appPath(a.app_id, "keys")}` }, "Keys & snippet")))));
+    h("div", { class: "muted" }, a.domain || "no domain set", " · added ", fmt.time(a.created_at), a.team_id ? ` · team site, you are ${a.role}` : ""),
+    h("div", { class: "links" }, h("a", { href: `#${appPath(a.app_id, "events")}` }, "Events"), a.role === "viewer" ? null : h("a", { href: `#${appPath(a.app_id, "keys")}` }, "Keys & snippet")))));
 }
 
 async function keysView(app) {

@@ -59,3 +59,25 @@ export async function copy(text, button) {
   }
   announce("Copied to the clipboard");
 }
+
+// ---- forms ---------------------------------------------------------------------------------------
+
+export function field(label, attrs) {
+  const id = attrs.id || `f-${attrs.name}`;
+  return h("label", { for: id }, label, h("input", { id, ...attrs }));
+}
+
+export function formError(form, err) {
+  let box = form.querySelector(".error");
+  if (!box) { box = h("div", { class: "error", role: "alert" }); form.prepend(box); }
+  box.textContent = err.message || String(err);
+}
+
+export function submitting(form, fn) {
+  return async (e) => {
+    e.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    try { await fn(new FormData(form)); } catch (err) { formError(form, err); } finally { if (button) button.disabled = false; }
+  };
+}

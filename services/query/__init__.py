@@ -14,6 +14,8 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.query import dashboard
     from services.query.cache import QueryCache
     from services.query.context import QueryContext
+    from services.query.definitions import NAME as DEFINITIONS
+    from services.query.definitions import Definitions
     from services.query.reports import run_scheduler
     from services.query.routes import ROUTERS
 
@@ -26,6 +28,7 @@ def build(runtime: Runtime) -> ServiceParts:
             await shared_app_directory(runtime),
         )
         runtime.contexts.set(NAME, context)
+        runtime.contexts.set(DEFINITIONS, Definitions(runtime))  # goals, segments, saved funnels (Postgres)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
@@ -50,6 +53,8 @@ SERVICE = ServiceSpec(
         ("stats", "web analytics: visitors, visits, pageviews, bounce rate, breakdowns, realtime"),
         ("funnels", "ordered steps and their conversion"),
         ("retention", "cohorts and how many came back"),
+        ("goals", "pages or events that count as conversions"),
+        ("segments", "saved sets of visitors: filters, behaviour, first seen, traits"),
         ("users", "the users of an app, most recently seen first"),
         ("privacy", "export or delete every event of one user"),
         ("dashboard", "the web dashboard"),

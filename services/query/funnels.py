@@ -10,13 +10,21 @@ from zoneinfo import ZoneInfo
 from libs.clickhouse import ClickHouse
 from services.query.queries import ts_param
 
+
+def _and(only: tuple[str, dict[str, Any]]) -> str:
+    return f" AND {only[0]}" if only[0] else ""
+
+
 COHORT_UNITS = {"day": ("toStartOfDay", "day"), "week": ("toMonday", "week")}
 
 
 async def funnel(
-    ch: ClickHouse, app_id: str, start: datetime, end: datetime, steps: list[str], window_s: int
+    ch: ClickHouse, app_id: str, start: datetime, end: datetime, steps: list[str], window_s: int,
+    only: tuple[str, dict[str, Any]] = ("", {}),
 ) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"app_id": app_id, "start": ts_param(start), "end": ts_param(end), "window": window_s}
+    """`only`: a condition on visitor_id with its values (segments.segment_condition), or none."""
+    params: dict[str, Any] = {"app_id": app_id, "start": ts_param(start), "end": ts_param(end), "window": window_s,
+                              **only[1]}
     conditions = []
     for i, step in enumerate(steps):
         params[f"s{i}"] = step
@@ -28,7 +36,7 @@ async def funnel(
                 FROM events FINAL
                 WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
                   AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot
-                  AND event_name IN ({', '.join(f'{{s{i}:String}}' for i in range(len(steps)))})
+                  AND event_name IN ({', '.join(f'{{s{i}:String}}' for i in range(len(steps)))}){_and(only)}
                 GROUP BY visitor
             ) WHERE level > 0 GROUP BY level""",
         params,
@@ -52,7 +60,8 @@ async def funnel(
 
 
 async def retention(
-    ch: ClickHouse, app_id: str, interval: str, first_cohort: str, end: datetime, tz: str
+    ch: ClickHouse, app_id: str, interval: str, first_cohort: str, end: datetime, tz: str,
+    only: tuple[str, dict[str, Any]] = ("", {}),
 ) -> dict[str, dict[int, int]]:
     """{cohort date: {offset: visitors}}; a visitor's cohort is the first interval they were ever seen in."""
     start_fn, unit = COHORT_UNITS[interval]
@@ -61,11 +70,11 @@ async def retention(
                 SELECT visitor, b, min(b) OVER (PARTITION BY visitor) AS c FROM (
                     SELECT visitor_id AS visitor, toDate({start_fn}(timestamp, {{tz:String}})) AS b
                     FROM events FINAL
-                    WHERE app_id = {{app_id:String}} AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot
+                    WHERE app_id = {{app_id:String}} AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot{_and(only)}
                     GROUP BY visitor, b
                 )
             ) WHERE c >= toDate({{first:String}}) GROUP BY c, off""",
-        {"app_id": app_id, "end": ts_param(end), "tz": tz, "first": first_cohort},
+        {"app_id": app_id, "end": ts_param(end), "tz": tz, "first": first_cohort, **only[1]},
     )
     out: dict[str, dict[int, int]] = {}
     for r in rows:
@@ -73,7 +82,9 @@ async def retention(
     return out
 
 
-async def retention_cohorts(ch: ClickHouse, app_id: str, interval: str, cohorts: int, tz: str) -> list[dict[str, Any]]:
+async def retention_cohorts(
+    ch: ClickHouse, app_id: str, interval: str, cohorts: int, tz: str, only: tuple[str, dict[str, Any]] = ("", {})
+) -> list[dict[str, Any]]:
     """The last `cohorts` cohorts (days or weeks starting Monday, in `tz`), oldest first: each one's size,
     how many came back in each later interval, and that as a percentage of the size."""
     local_today = datetime.now(UTC).astimezone(ZoneInfo(tz)).date()
@@ -81,7 +92,7 @@ async def retention_cohorts(ch: ClickHouse, app_id: str, interval: str, cohorts:
     current = local_today if interval == "day" else local_today - timedelta(days=local_today.weekday())
     starts = [current - step * i for i in range(cohorts - 1, -1, -1)]
     end = datetime.now(UTC) + timedelta(seconds=1)
-    data = await retention(ch, app_id, interval, starts[0].isoformat(), end, tz)
+    data = await retention(ch, app_id, interval, starts[0].isoformat(), end, tz, only)
     out = []
     for index, start in enumerate(starts):
         counts = data.get(start.isoformat(), {})

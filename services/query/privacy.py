@@ -15,9 +15,14 @@ from services.query.queries import EVENT_COLUMNS, _decode_properties
 EXPORT_BATCH = 1000
 
 
-async def list_users(ch: ClickHouse, app_id: str, search: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    params: dict[str, Any] = {"app_id": app_id, "limit": limit, "offset": offset}
+async def list_users(
+    ch: ClickHouse, app_id: str, search: str | None, limit: int, offset: int, only: tuple[str, dict[str, Any]] = ("", {})
+) -> tuple[list[dict[str, Any]], int]:
+    """`only`: a condition on visitor_id (segments.segment_condition) with its values, or none."""
+    params: dict[str, Any] = {"app_id": app_id, "limit": limit, "offset": offset, **only[1]}
     clause = "app_id = {app_id:String} AND user_id != ''"
+    if only[0]:
+        clause += f" AND {only[0]}"
     if search:
         clause += " AND positionCaseInsensitive(user_id, {search:String}) > 0"
         params["search"] = search

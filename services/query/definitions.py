@@ -103,12 +103,6 @@ class Definitions:
         await pool.execute(f"DELETE FROM {TABLES[kind]} WHERE app_id = $1 AND id = $2", app_id, uuid.UUID(found["id"]))  # noqa: S608
         log.info("definition deleted", kind=kind, app_id=app_id, id=found["id"])
 
-    async def forget_app(self, app_id: str) -> None:
-        """Remove every definition of a deleted app."""
-        pool = await self.pool()
-        for table in TABLES.values():
-            await pool.execute(f"DELETE FROM {table} WHERE app_id = $1", app_id)  # noqa: S608
-
 
 def _row(row: asyncpg.Record) -> dict[str, Any]:
     out = dict(row)

@@ -18,29 +18,58 @@ def _and(only: tuple[str, dict[str, Any]]) -> str:
 COHORT_UNITS = {"day": ("toStartOfDay", "day"), "week": ("toMonday", "week")}
 
 
-async def funnel(
-    ch: ClickHouse, app_id: str, start: datetime, end: datetime, steps: list[str], window_s: int,
-    only: tuple[str, dict[str, Any]] = ("", {}),
-) -> list[dict[str, Any]]:
-    """`only`: a condition on visitor_id with its values (segments.segment_condition), or none."""
+def levels_sql(
+    app_id: str, start: datetime, end: datetime, steps: list[str], window_s: int, only: tuple[str, dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """Each visitor with a step in [start, end) and the last step they reached in order (`level`), and
+    the bound values."""
     params: dict[str, Any] = {"app_id": app_id, "start": ts_param(start), "end": ts_param(end), "window": window_s,
                               **only[1]}
     conditions = []
     for i, step in enumerate(steps):
         params[f"s{i}"] = step
         conditions.append(f"event_name = {{s{i}:String}}")
+    sql = f"""
+        SELECT visitor_id AS visitor,
+               windowFunnel({{window:UInt64}})(toDateTime(timestamp), {', '.join(conditions)}) AS level
+        FROM events FINAL
+        WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
+          AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot
+          AND event_name IN ({', '.join(f'{{s{i}:String}}' for i in range(len(steps)))}){_and(only)}
+        GROUP BY visitor"""
+    return sql, params
+
+
+async def dropoff(
+    ch: ClickHouse, app_id: str, start: datetime, end: datetime, steps: list[str], window_s: int, step: int,
+    limit: int, offset: int, only: tuple[str, dict[str, Any]] = ("", {}),
+) -> tuple[list[dict[str, Any]], int]:
+    """Who reached step `step` (1-based) but not the next: each one's user id (else anonymous id, else
+    session id) and when they were last seen (any event), most recently seen first; and how many."""
+    levels, params = levels_sql(app_id, start, end, steps, window_s, only)
+    dropped = f"SELECT visitor FROM ({levels}) WHERE level = {{level:UInt8}}"
+    params = {**params, "level": step, "limit": limit, "offset": offset}
     rows = await ch.query(
-        f"""SELECT level, count() AS n FROM (
-                SELECT visitor_id AS visitor,
-                       windowFunnel({{window:UInt64}})(toDateTime(timestamp), {', '.join(conditions)}) AS level
-                FROM events FINAL
-                WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
-                  AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot
-                  AND event_name IN ({', '.join(f'{{s{i}:String}}' for i in range(len(steps)))}){_and(only)}
-                GROUP BY visitor
-            ) WHERE level > 0 GROUP BY level""",
+        f"""SELECT visitor_id AS v,
+                   argMax(if(user_id != '', user_id, if(anonymous_id != '', anonymous_id, session_id)), timestamp) AS who,
+                   argMax(user_id, timestamp) AS uid, max(timestamp) AS last_seen
+            FROM events FINAL
+            WHERE app_id = {{app_id:String}} AND NOT is_bot AND visitor_id IN ({dropped})
+            GROUP BY v ORDER BY last_seen DESC, who LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}""",
         params,
     )
+    total = await ch.query(f"SELECT count() AS n FROM ({dropped})", params)
+    users = [{"visitor": r["who"], "user_id": r["uid"], "last_seen": r["last_seen"]} for r in rows]
+    return users, int(total[0]["n"]) if total else 0
+
+
+async def funnel(
+    ch: ClickHouse, app_id: str, start: datetime, end: datetime, steps: list[str], window_s: int,
+    only: tuple[str, dict[str, Any]] = ("", {}),
+) -> list[dict[str, Any]]:
+    """`only`: a condition on visitor_id with its values (segments.segment_condition), or none."""
+    levels, params = levels_sql(app_id, start, end, steps, window_s, only)
+    rows = await ch.query(f"SELECT level, count() AS n FROM ({levels}) WHERE level > 0 GROUP BY level", params)
     at_level = {int(r["level"]): int(r["n"]) for r in rows}
     out: list[dict[str, Any]] = []
     first = 0

@@ -217,6 +217,34 @@ async def test_segments_restrict_stats_funnels_retention_and_users(client, shop)
     assert listed["segments"][0]["spec"]["traits"] == [{"name": "seats", "op": "gt", "value": 5}]
 
 
+# --- saved funnels and the drop-off list ---------------------------------------------------------
+
+async def test_saved_funnels_and_who_dropped_off_after_a_step(client, shop) -> None:
+    r = await client.post("/api/analytics/funnels/saved", json={"name": "Buy", "steps": ["page_view", "purchase"],
+                                                              "window": 3600}, headers=shop["key"])
+    assert r.status_code == 201, r.text
+    saved = r.json()
+    assert saved["spec"] == {"steps": ["page_view", "purchase"], "window": 3600}
+    assert [f["name"] for f in (await get(client, shop, "funnels/saved"))["funnels"]] == ["Buy"]
+
+    # page_view then purchase: u1 and u2 bought; u3, u4 and u5 viewed a page and stopped.
+    body = await get(client, shop, "funnels/dropoff", funnel_id=saved["id"], step=1, period="custom", date=WEEK)
+    assert [(u["visitor"], u["last_seen"][:16]) for u in body["users"]] == [
+        ("u5", f"{D}T15:00"), ("u4", f"{D}T13:00"), ("u3", f"{D}T12:01")]
+    assert (body["total"], body["steps"]) == (3, ["page_view", "purchase"])
+    second = await get(client, shop, "funnels/dropoff", steps="page_view,purchase", step=1, period="custom", date=WEEK,
+                       limit=2, page=2)
+    assert ([u["user_id"] for u in second["users"]], second["total"]) == (["u3"], 3)
+    pro = await new_segment(client, shop, "pro for funnels", traits=[{"name": "plan", "value": "pro"}])
+    only = await get(client, shop, "funnels/dropoff", funnel_id="Buy", step=1, period="custom", date=WEEK, segment_id=pro)
+    assert [u["visitor"] for u in only["users"]] == ["u3"]
+    r = await client.get("/api/analytics/funnels/dropoff", params={"funnel_id": "Buy", "step": 2}, headers=shop["key"])
+    assert r.status_code == 422 and "step runs from 1 to 1" in r.json()["detail"]
+    assert (await client.delete(f"/api/analytics/funnels/saved/{saved['id']}", headers=shop["key"])).status_code == 204
+    assert (await get(client, shop, "funnels/saved"))["funnels"] == []
+    assert (await client.delete(f"/api/analytics/segments/{pro}", headers=shop["key"])).status_code == 204
+
+
 async def test_deleting_a_goal_or_segment_removes_it(client, shop) -> None:
     segment = await new_segment(client, shop, "short lived", filters={"country": "FR"})
     r = await client.post("/api/analytics/goals", json={"name": "Temp", "kind": "event", "match": "temp"}, headers=shop["key"])
@@ -252,7 +280,7 @@ async def test_another_tenant_sees_none_of_the_apps_goals_and_segments(client, s
     assert (await client.delete(f"/api/analytics/segments/{segment}", headers=theirs)).status_code == 404
     r = await client.get("/api/analytics/stats/aggregate", params={"goal": goal, "metrics": "conversions"}, headers=theirs)
     assert r.status_code == 422 and "no goal" in r.json()["detail"]
-    for path in ("stats/aggregate", "funnels", "users"):
+    for path in ("stats/aggregate", "funnels", "users", "retention"):
         params = {"segment_id": segment, **({"steps": "a,b"} if path == "funnels" else {})}
         assert (await client.get(f"/api/analytics/{path}", params=params, headers=theirs)).status_code == 404
     # Their key cannot write into this app either.
@@ -277,6 +305,10 @@ BAD = [
     ("GET", "stats/aggregate", None, {"props": "plan"}, "props=<name>==<value>"),
     ("GET", "stats/breakdown", None, {"property": "props:"}, "props:<name>"),
     ("GET", "stats/breakdown", None, {"property": "plan"}, "props:<name>"),
+    ("POST", "funnels/saved", {"name": "f", "steps": ["one"]}, {}, "2 to 8 steps"),
+    ("POST", "funnels/saved", {"name": "f", "steps": ["a", "b"], "window": 0}, {}, "window"),
+    ("GET", "funnels/dropoff", None, {"step": 1}, "one of them"),
+    ("GET", "funnels/dropoff", None, {"step": 1, "steps": "a"}, "2 to 8 steps"),
 ]
 
 

@@ -59,9 +59,8 @@ GOALS = [("Blog", "page", "/blog/*"), ("Purchase", "event", "purchase"), ("Prici
          ("Underscore", "page", "/pric_ng"), ("Never", "event", "refund")]
 
 
-@pytest.fixture(scope="module")
-async def shop(client: httpx.AsyncClient) -> dict[str, Any]:
-    owner = await signup_login(client)
+async def seeded_app(client: httpx.AsyncClient, owner: dict[str, Any]) -> dict[str, Any]:
+    """A new app of `owner` holding HISTORY and IDENTIFY, stored."""
     app = await register_app(client, owner, "goals")
     await send(client, app, HISTORY)
     basic = {"authorization": "Basic " + base64.b64encode(f"{app['write_key']}:".encode()).decode(), "user-agent": UA}
@@ -70,6 +69,13 @@ async def shop(client: httpx.AsyncClient) -> dict[str, Any]:
                               headers=basic)
         assert r.status_code == 200, r.text
     await wait_stored(client, app, len(HISTORY) + len(IDENTIFY))
+    return app
+
+
+@pytest.fixture(scope="module")
+async def shop(client: httpx.AsyncClient) -> dict[str, Any]:
+    owner = await signup_login(client)
+    app = await seeded_app(client, owner)
     key = {"x-api-key": app["api_key"]}
     goals = {}
     for name, kind, match in GOALS:

@@ -95,7 +95,6 @@ async def breakdown(
     period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
     metrics: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")] = 10,
-
 ) -> Response:
     # `page` is both the page filter (a path, starting with /) and the result page (a number).
     page_number = 1
@@ -110,6 +109,8 @@ async def breakdown(
         raise ApiError(422, f"unknown property {property!r}; send one of {', '.join(stats.PROPERTIES)}, goal or props:<name>")
     span = period_of(period, date, tz)
     if property == "goal":
+        if metrics:
+            raise ApiError(422, "property=goal answers conversions, completions and conversion_rate; leave metrics out")
         return await goal_breakdown(ctx, defs, app_id, filters, refine, span, page_number, limit,
                                     {"p": period, "d": date, "tz": tz})
     wanted = metric_list(metrics, ("visitors", "events") if custom else ("visitors", "pageviews"))

@@ -17,13 +17,17 @@ Never (event refund): 0.
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import register_app, signup_login
+from libs.kafka import APPS_TOPIC, publish
+from libs.runtime import Stack
+from services.query.context import QueryContext
+from tests.conftest import eventually, register_app, signup_login
 from tests.services.query.test_query import FRESH, UA, send, wait_stored
 
 pytestmark = pytest.mark.engines
@@ -275,6 +279,38 @@ async def test_a_signed_in_owner_manages_goals_with_app_id(client, shop) -> None
     assert r.status_code == 204
 
 
+async def test_a_viewer_reads_goals_and_segments_but_only_an_admin_changes_them(client, shop, stack: Stack) -> None:
+    """Roles as auth publishes them on the apps topic (libs/apps.py): a viewer and an admin member."""
+    viewer, admin = await signup_login(client), await signup_login(client)
+    apps = stack.runtime.contexts.get("query", QueryContext).apps
+    record = await apps.lookup(shop["app_id"])
+    assert record is not None
+    joined = replace(record, members={viewer["id"]: "viewer", admin["id"]: "admin"}, version=record.version + 1)
+    await publish(await stack.runtime.producer(), APPS_TOPIC, joined.to_message(), key=shop["app_id"])
+
+    async def known() -> bool:
+        now = apps.get(shop["app_id"])
+        return now is not None and now.role_of(viewer["id"]) == "viewer"
+
+    await eventually(known, 10, "the query service never saw the members")
+    app = {"app_id": shop["app_id"]}
+    r = await client.get("/api/analytics/goals", params=app, headers=viewer["headers"])
+    assert r.status_code == 200 and "Blog" in [g["name"] for g in r.json()["goals"]]
+    assert (await client.get("/api/analytics/segments", params=app, headers=viewer["headers"])).status_code == 200
+    goal = {"name": "By a viewer", "kind": "event", "match": "x"}
+    r = await client.post("/api/analytics/goals", params=app, json=goal, headers=viewer["headers"])
+    assert r.status_code == 403 and "admin role" in r.json()["detail"]
+    r = await client.delete(f"/api/analytics/goals/{shop['goals']['Blog']['id']}", params=app, headers=viewer["headers"])
+    assert r.status_code == 403
+    r = await client.post("/api/analytics/segments", params=app, json={"name": "v", "filters": {"os": "Linux"}},
+                          headers=viewer["headers"])
+    assert r.status_code == 403
+    r = await client.post("/api/analytics/goals", json={**goal, "name": "By an admin", **app}, headers=admin["headers"])
+    assert r.status_code == 201, r.text
+    r = await client.delete(f"/api/analytics/goals/{r.json()['id']}", params=app, headers=admin["headers"])
+    assert r.status_code == 204
+
+
 async def test_another_tenant_sees_none_of_the_apps_goals_and_segments(client, shop) -> None:
     stranger = await register_app(client, await signup_login(client), "other")
     theirs = {"x-api-key": stranger["api_key"]}
@@ -311,6 +347,7 @@ BAD = [
     ("GET", "stats/aggregate", None, {"props": "plan"}, "props=<name>==<value>"),
     ("GET", "stats/breakdown", None, {"property": "props:"}, "props:<name>"),
     ("GET", "stats/breakdown", None, {"property": "plan"}, "props:<name>"),
+    ("GET", "stats/breakdown", None, {"property": "goal", "metrics": "visitors"}, "leave metrics out"),
     ("POST", "funnels/saved", {"name": "f", "steps": ["one"]}, {}, "2 to 8 steps"),
     ("POST", "funnels/saved", {"name": "f", "steps": ["a", "b"], "window": 0}, {}, "window"),
     ("GET", "funnels/dropoff", None, {"step": 1}, "one of them"),

@@ -62,6 +62,8 @@ class Definitions:
 
     async def get(self, kind: str, app_id: str, ref: str) -> dict[str, Any] | None:
         """By id, else by name; None when the app has no such one."""
+        if "\x00" in ref:  # no name holds NUL (create refuses it; Postgres text cannot)
+            return None
         pool = await self.pool()
         table = TABLES[kind]
         try:
@@ -73,7 +75,10 @@ class Definitions:
         return _row(row) if row is not None else None
 
     async def create(self, kind: str, app_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """Insert one; 409 when the app has one of that name or MAX_PER_APP of them."""
+        """Insert one; 409 when the app has one of that name or MAX_PER_APP of them; 422 for text with
+        NUL (U+0000), which Postgres text cannot hold."""
+        if _has_nul(fields):
+            raise ApiError(422, f"a {kind}'s name and fields must not contain the NUL character (U+0000)")
         pool = await self.pool()
         table = TABLES[kind]
         values = {k: orjson.dumps(v).decode() if k == "spec" else v for k, v in fields.items()}
@@ -102,6 +107,16 @@ class Definitions:
         pool = await self.pool()
         await pool.execute(f"DELETE FROM {TABLES[kind]} WHERE app_id = $1 AND id = $2", app_id, uuid.UUID(found["id"]))  # noqa: S608
         log.info("definition deleted", kind=kind, app_id=app_id, id=found["id"])
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _row(row: asyncpg.Record) -> dict[str, Any]:

@@ -337,6 +337,9 @@ BAD = [
     ("POST", "goals", {"name": "g", "kind": "page", "match": "blog"}, {}, "starting with /"),
     ("POST", "goals", {"name": " ", "kind": "event", "match": "x"}, {}, "blank"),
     ("POST", "goals", {"name": "g", "kind": "event", "match": "x", "colour": "red"}, {}, "colour"),
+    ("POST", "goals", {"name": "g\u0000", "kind": "event", "match": "x"}, {}, "NUL"),
+    ("POST", "segments", {"name": "s", "filters": {"os": "a\u0000"}}, {}, "NUL"),
+    ("POST", "funnels/saved", {"name": "f", "steps": ["a", "b\u0000"]}, {}, "NUL"),
     ("POST", "segments", {"name": "empty"}, {}, "at least one condition"),
     ("POST", "segments", {"name": "s", "filters": {"city": "Paris"}}, {}, "unknown filter"),
     ("POST", "segments", {"name": "s", "traits": [{"name": "plan", "op": "gt", "value": "pro"}]}, {}, "send a number"),
@@ -351,6 +354,7 @@ BAD = [
     ("POST", "funnels/saved", {"name": "f", "steps": ["one"]}, {}, "2 to 8 steps"),
     ("POST", "funnels/saved", {"name": "f", "steps": ["a", "b"], "window": 0}, {}, "window"),
     ("GET", "funnels/dropoff", None, {"step": 1}, "one of them"),
+    ("GET", "stats/aggregate", None, {"goal": "a\u0000"}, "no goal"),
     ("GET", "funnels/dropoff", None, {"step": 1, "steps": "a"}, "2 to 8 steps"),
 ]
 

@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.access import ApiKeyHeader, BearerCredentials
 from libs.openapi import errors
-from services.query.context import App, QueryCtx, analytics_router, cached
+from services.query.context import App, QueryCtx, Tz, analytics_router, cached
 from services.query.definitions import AdminApp, Defs, admin_app_of_body
 from services.query.goals import Goal, GoalIn, GoalList
-from services.query.params import PeriodName, TimeZone, period_of
+from services.query.params import PeriodName, period_of
 from services.query.refine import property_names
 from services.query.segments import Segment, SegmentIn, SegmentList
 
@@ -81,8 +81,8 @@ class PropertyNames(BaseModel):
 @router.get("/properties", operation_id="listProperties", responses={200: {"model": PropertyNames, "description": "the answer"}},
             tags=["stats"], summary="Custom property names seen on an event (or on every event), with counts")
 async def properties(
-    ctx: QueryCtx, app_id: App, event_name: Annotated[str | None, Query(max_length=200)] = None,
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    ctx: QueryCtx, app_id: App, tz: Tz, event_name: Annotated[str | None, Query(max_length=200)] = None,
+    period: PeriodName = "30d", date: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     span = period_of(period, date, tz)

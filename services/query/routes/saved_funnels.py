@@ -15,9 +15,9 @@ from libs.http import ApiError
 from libs.openapi import errors
 from services.query import funnels
 from services.query import schemas as s
-from services.query.context import App, QueryCtx, analytics_router, cached
+from services.query.context import App, QueryCtx, Tz, analytics_router, cached
 from services.query.definitions import AdminApp, Defs, admin_app_of_body
-from services.query.params import PeriodName, TimeZone, period_of
+from services.query.params import PeriodName, period_of
 from services.query.refine import SegmentParam
 from services.query.routes.journeys import MAX_FUNNEL_WINDOW_S
 
@@ -119,12 +119,12 @@ async def delete_saved(defs: Defs, app_id: AdminApp, funnel_id: str) -> Response
 @router.get("/funnels/dropoff", operation_id="getFunnelDropoff", responses=s.answer(Dropoff),
             summary="Who reached step N of a funnel but not step N+1")
 async def dropoff(
-    ctx: QueryCtx, app_id: App, defs: Defs, segment: SegmentParam,
+    ctx: QueryCtx, app_id: App, tz: Tz, defs: Defs, segment: SegmentParam,
     step: Annotated[int, Query(ge=1, le=MAX_STEPS - 1, description="1-based: they did this step and not the next")],
     steps: Annotated[str | None, Query(max_length=2000, description="2 to 8 event names, comma separated")] = None,
     funnel_id: Annotated[str | None, Query(max_length=120, description="a saved funnel's id or name, instead of steps")] = None,
     window: Annotated[int | None, Query(ge=1, le=MAX_FUNNEL_WINDOW_S, description="seconds (default: the saved one's, else 86400)")] = None,
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    period: PeriodName = "30d", date: str | None = None,
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> Response:

@@ -13,9 +13,9 @@ from fastapi.responses import Response
 from libs.http import ApiError
 from services.query import goals, stats
 from services.query import schemas as s
-from services.query.context import App, QueryContext, QueryCtx, analytics_router, cached
+from services.query.context import App, QueryContext, QueryCtx, Tz, analytics_router, cached
 from services.query.definitions import Definitions, Defs
-from services.query.params import Filters, PeriodName, TimeZone, metric_list, period_of
+from services.query.params import Filters, PeriodName, metric_list, period_of
 from services.query.periods import Period, buckets
 from services.query.refine import PROPS_PREFIX, Refinement, Refinements, property_value
 
@@ -33,8 +33,8 @@ def _change(now: float, before: float) -> float | None:
 @router.get("/stats/aggregate", operation_id="getStatsAggregate", responses=s.answer(s.StatsAggregate),
             summary="Visitors, visits, pageviews, bounce rate, visit duration, events")
 async def aggregate(
-    ctx: QueryCtx, app_id: App, filters: Filters, refine: Refinements,
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters, refine: Refinements,
+    period: PeriodName = "30d", date: str | None = None,
     metrics: Annotated[str | None, Query(max_length=200)] = None,
     compare: Annotated[Literal["previous_period"] | None, Query()] = None,
 ) -> Response:
@@ -66,8 +66,8 @@ async def aggregate(
 @router.get("/stats/timeseries", operation_id="getStatsTimeseries", responses=s.answer(s.StatsTimeseries),
             summary="Metrics per hour, day, week or month (every bucket present)")
 async def timeseries(
-    ctx: QueryCtx, app_id: App, filters: Filters, refine: Refinements,
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters, refine: Refinements,
+    period: PeriodName = "30d", date: str | None = None,
     interval: Literal["hour", "day", "week", "month"] | None = None,
     metrics: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
@@ -90,9 +90,9 @@ async def timeseries(
 @router.get("/stats/breakdown", operation_id="getStatsBreakdown", responses=s.answer(s.StatsBreakdown),
             summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
 async def breakdown(
-    ctx: QueryCtx, app_id: App, filters: Filters, refine: Refinements, defs: Defs,
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters, refine: Refinements, defs: Defs,
     property: Annotated[str, Query(max_length=250, description=", ".join((*stats.PROPERTIES, "goal", "props:<name>")))] = "page",
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    period: PeriodName = "30d", date: str | None = None,
     metrics: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")] = 10,
 ) -> Response:

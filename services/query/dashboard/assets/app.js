@@ -297,7 +297,8 @@ const LABELS = { page: "Page", entry_page: "Entry page", exit_page: "Exit page",
 
 function statsParams(app, query) {
   const period = query.get("period") || "30d";
-  const p = { app_id: app.app_id, period, tz: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" };
+  // No tz: every day boundary is the site's time zone (its settings), whoever looks.
+  const p = { app_id: app.app_id, period };
   if (period === "custom" && query.get("from") && query.get("to")) p.date = `${query.get("from")},${query.get("to")}`;
   for (const f of FILTERS) if (query.get(f)) p[f] = query.get(f);
   if (query.get("segment_id")) p.segment_id = query.get("segment_id");

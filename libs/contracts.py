@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.events import EnrichedEvent
 from libs.kafka import (
     API_KEYS_TOPIC,
+    APP_DELETIONS_TOPIC,
     APPS_TOPIC,
     EMAIL_DLQ_TOPIC,
     EMAIL_TOPIC,
@@ -97,6 +98,22 @@ class ReportRun(BaseModel):
     next_run_at: datetime
 
 
+AppDeletionReason = Literal["account_deleted", "app_deleted"]
+
+
+class AppDeletion(BaseModel):
+    """An app was deleted (with its owner's account): every event of it is to be deleted. Published by auth
+    after the app's keys were announced revoked; the query service deletes the app's events, metrics and
+    rollups. Compacted, keyed by app id: applying it twice is harmless."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal["auth.app-deletions.v1"] = Field("auth.app-deletions.v1", alias="schema")
+    app_id: str
+    owner_id: str
+    reason: AppDeletionReason
+    requested_at: datetime
+
+
 class DeadLetter(BaseModel):
     """The shape every dead-letter topic shares (libs/stream/deadletter.py); a topic may add fields."""
 
@@ -144,6 +161,10 @@ TOPICS: dict[str, tuple[str, type[BaseModel], str]] = {
     REPORT_RUNS_TOPIC: (
         "subscription id", ReportRun,
         "Scheduled reports sent (query → auth): the last send and the next due time. Compacted.",
+    ),
+    APP_DELETIONS_TOPIC: (
+        "app id", AppDeletion,
+        "Apps deleted (auth → query): the query service deletes every event of each. Compacted.",
     ),
 }
 

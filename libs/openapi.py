@@ -47,6 +47,7 @@ ERRORS = {
     413: "the body, or the number of events in it, is over the limit",
     415: "a Content-Encoding other than gzip, deflate or none",
     422: "a parameter or field is invalid",
+    410: "it was there, and is no more: a one-time link already used, or expired",
     429: "too many requests; wait `Retry-After` seconds",
     503: "a backing service is down or this one is stopping; wait `Retry-After` seconds",
 }

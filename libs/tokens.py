@@ -1,7 +1,9 @@
 """JWT access and refresh tokens (pyjwt): issued by auth, verified by every HTTP service.
 
 The algorithm is pinned from settings; `type`, `jti`, `sub`, `exp` and `iat` are required, so an
-access token cannot stand in for a refresh token or the reverse. A logged-out access token's `jti`
+access token cannot stand in for a refresh token or the reverse. `auth_time` (unix seconds) is when the
+user signed in (password or OIDC), carried unchanged across refreshes: a route that needs a recent
+sign-in (deleting an account without a password) reads it. A logged-out access token's `jti`
 is kept in Redis until it expires (`denylisted`), and so is the family (session) id of a logged-out
 or hijacked session, which refuses every access token of that session.
 """
@@ -36,19 +38,22 @@ class TokenClaims:
     family: str
     type: TokenType
     expires_at: datetime
+    auth_time: int = 0  # unix seconds of the sign-in; 0 for a token issued before the claim existed
 
 
-def issue(settings: Settings, user_id: str, token_type: TokenType, family: str) -> tuple[str, TokenClaims]:
+def issue(
+    settings: Settings, user_id: str, token_type: TokenType, family: str, auth_time: int
+) -> tuple[str, TokenClaims]:
     now = datetime.now(UTC)
     lifetime = settings.jwt_access_expires if token_type == "access" else settings.jwt_refresh_expires
     claims = TokenClaims(
         sub=user_id, jti=str(uuid.uuid4()), family=family, type=token_type,
-        expires_at=now + timedelta(seconds=lifetime),
+        expires_at=now + timedelta(seconds=lifetime), auth_time=auth_time,
     )
     token = jwt.encode(
         {
             "sub": user_id, "jti": claims.jti, "fam": family, "type": token_type, "iss": ISSUER,
-            "iat": now, "exp": claims.expires_at,
+            "iat": now, "exp": claims.expires_at, "auth_time": auth_time,
         },
         settings.jwt_secret,
         algorithm=settings.jwt_algorithm,
@@ -73,8 +78,12 @@ def decode(settings: Settings, token: str, expected: TokenType) -> TokenClaims:
         raise InvalidToken(f"expected an {expected} token")
     return TokenClaims(
         sub=str(payload["sub"]), jti=str(payload["jti"]), family=str(payload["fam"]), type=expected,
-        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+        expires_at=datetime.fromtimestamp(payload["exp"], UTC), auth_time=_int_claim(payload.get("auth_time")),
     )
+
+
+def _int_claim(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 async def denylist(redis: aioredis.Redis, claims: TokenClaims) -> None:
@@ -86,6 +95,15 @@ async def denylist(redis: aioredis.Redis, claims: TokenClaims) -> None:
 async def denylist_family(redis: aioredis.Redis, family: str, access_lifetime: int) -> None:
     """Refuse every access token of a session (logout, refresh-token reuse) until the last expires."""
     await redis.set(FAMILY_DENYLIST_PREFIX + family, b"1", ex=max(1, access_lifetime + 1))
+
+
+async def denylist_families(redis: aioredis.Redis, families: list[str], access_lifetime: int) -> None:
+    """`denylist_family` for many sessions at once (one round trip)."""
+    if families:
+        async with redis.pipeline(transaction=False) as pipe:
+            for family in families:
+                pipe.set(FAMILY_DENYLIST_PREFIX + family, b"1", ex=max(1, access_lifetime + 1))
+            await pipe.execute()
 
 
 async def is_denylisted(redis: aioredis.Redis, jti: str, family: str | None = None) -> bool:

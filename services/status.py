@@ -28,6 +28,7 @@ from rich.table import Table
 
 from libs.kafka import (
     AGGREGATOR_GROUP,
+    APP_DELETIONS_GROUP,
     GROUP_TOPICS,
     NOTIFIER_GROUP,
     REPORT_RUNS_GROUP,
@@ -47,6 +48,7 @@ GROUP_SERVICES = {
     NOTIFIER_GROUP: "notifier",
     REPORT_RUNS_GROUP: "auth",
     REPORT_SUBSCRIPTIONS_GROUP: "query",
+    APP_DELETIONS_GROUP: "query",
 }
 
 

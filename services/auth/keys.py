@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,8 +16,9 @@ import asyncpg
 
 from libs.apikeys import KEY_LAST_USED_HASH, KeyKind, KeyRecord, KeyTopicWatch, generate_key, hash_key, shown_prefix
 from libs.apps import AppRecord
+from libs.contracts import AppDeletion, AppDeletionReason
 from libs.http import ApiError
-from libs.kafka import API_KEYS_TOPIC, APPS_TOPIC, KafkaUnavailable, publish
+from libs.kafka import API_KEYS_TOPIC, APP_DELETIONS_TOPIC, APPS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, KafkaUnavailable, publish
 from libs.logs import get_logger
 from libs.stores import PgConnection
 from services.auth import repository as repo
@@ -153,6 +154,45 @@ class AppKeys(AuthStore):
             await self.announce_apps([app_record(row)])
         log.info("app settings changed", app_id=app_id, fields=sorted(changes))
         return row
+
+    async def retire_apps(self, conn: PgConnection, app_ids: list[uuid.UUID], reason: AppDeletionReason) -> list[uuid.UUID]:
+        """Inside the caller's transaction, before it deletes the apps: revoke their keys (announced, so
+        gateways and the query service refuse them at once), publish the apps as deleted, stop their
+        report subscriptions (tombstones), and ask the query service to delete their events (auth.app-deletions.v1). Kafka not taking any of
+        it raises (503), and the transaction is rolled back."""
+        if not app_ids:
+            return []
+        keys = await conn.fetch("SELECT id FROM api_keys WHERE app_id = ANY($1::uuid[])", app_ids)
+        await self.announce(await repo.revoke_keys(conn, [k["id"] for k in keys]), "revoked")
+        subscriptions = await conn.fetch("SELECT id FROM report_subscriptions WHERE app_id = ANY($1::uuid[])", app_ids)
+        await self._stop_reports([s["id"] for s in subscriptions])
+        now = datetime.now(UTC)
+        rows = await repo.apps_by_ids(conn, app_ids)
+        owners = {r["id"]: str(r["owner_id"]) for r in rows}
+        # Gone for every reader at once: a Bearer read of a deleted app is 404 (auth.apps.v1).
+        await self.announce_apps([replace(app_record(r), deleted=True, version=repo.version_now()) for r in rows])
+        for app_id in app_ids:
+            request = AppDeletion(app_id=str(app_id), owner_id=owners.get(app_id, ""), reason=reason, requested_at=now)
+            await publish(self.producer, APP_DELETIONS_TOPIC, request.model_dump(mode="json", by_alias=True), key=str(app_id))
+        log.info("apps retired", apps=[str(a) for a in app_ids], reason=reason)
+        return app_ids
+
+    async def delete_app(self, user_id: str, app_id: str) -> None:
+        """Retire the app (keys revoked, published as deleted, reports stopped, its events deleted by the
+        query service) and remove its row, in one transaction that commits only once Kafka took it all."""
+        app = await self.owned_app(user_id, app_id)
+        async with self.db() as conn, conn.transaction():
+            await self.retire_apps(conn, [app["id"]], "app_deleted")
+            await repo.delete_app(conn, app["id"])
+
+    async def stop_reports_of(self, conn: PgConnection, user_id: str) -> None:
+        """Tombstones for the user's own report subscriptions (inside the caller's transaction)."""
+        rows = await conn.fetch("SELECT id FROM report_subscriptions WHERE user_id = $1", uuid.UUID(user_id))
+        await self._stop_reports([r["id"] for r in rows])
+
+    async def _stop_reports(self, subscription_ids: list[uuid.UUID]) -> None:
+        for subscription_id in subscription_ids:
+            await publish(self.producer, REPORT_SUBSCRIPTIONS_TOPIC, None, key=str(subscription_id))
 
     async def announce(self, records: list[KeyRecord], event_type: str) -> None:
         """Tell every gateway (auth.api-keys.v1) and wait for Kafka's acknowledgement, retrying briefly.

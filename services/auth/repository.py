@@ -41,6 +41,55 @@ async def user_by_id(conn: PgConnection, user_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT id, username, email, created_at FROM users WHERE id=$1", uuid.UUID(user_id))
 
 
+async def user_auth_by_id(conn: PgConnection, user_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, username, email, password_hash, created_at FROM users WHERE id=$1", uuid.UUID(user_id)
+    )
+
+
+async def user_by_email(conn: PgConnection, email: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, username, email FROM users WHERE lower(email)=lower($1)", email)
+
+
+async def lock_user(conn: PgConnection, user_id: str) -> bool:
+    """Lock the user's row until the transaction ends; False when there is no such user."""
+    return await conn.fetchval("SELECT true FROM users WHERE id=$1 FOR UPDATE", uuid.UUID(user_id)) is not None
+
+
+async def set_password(conn: PgConnection, user_id: str, password_hash: str) -> None:
+    await conn.execute("UPDATE users SET password_hash=$2 WHERE id=$1", uuid.UUID(user_id), password_hash)
+
+
+async def delete_user(conn: PgConnection, user_id: str) -> None:
+    """The user's apps, keys, refresh tokens, reset links and subscriptions go with it (ON DELETE CASCADE)."""
+    await conn.execute("DELETE FROM users WHERE id=$1", uuid.UUID(user_id))
+
+
+async def delete_app(conn: PgConnection, app_id: uuid.UUID) -> None:
+    """Its keys and report subscriptions go with it (ON DELETE CASCADE)."""
+    await conn.execute("DELETE FROM apps WHERE id=$1", app_id)
+
+
+async def insert_password_reset(conn: PgConnection, token_hash: str, user_id: str, expires_at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO password_resets(token_hash, user_id, expires_at) VALUES($1, $2, $3)",
+        token_hash, uuid.UUID(user_id), expires_at,
+    )
+
+
+async def claim_password_reset(conn: PgConnection, token_hash: str) -> asyncpg.Record | None:
+    """The reset link's row, locked until the transaction ends (two uses at once see each other)."""
+    return await conn.fetchrow(
+        "SELECT user_id, expires_at, used_at FROM password_resets WHERE token_hash=$1 FOR UPDATE", token_hash
+    )
+
+
+async def spend_password_resets(conn: PgConnection, user_id: str) -> None:
+    await conn.execute(
+        "UPDATE password_resets SET used_at = now() WHERE user_id=$1 AND used_at IS NULL", uuid.UUID(user_id)
+    )
+
+
 async def taken(conn: PgConnection, username: str, email: str) -> list[str]:
     rows = await conn.fetch(
         "SELECT lower(username)=lower($1) AS u, lower(email)=lower($2) AS e FROM users "
@@ -84,6 +133,17 @@ async def revoke_family(conn: PgConnection, family: str) -> None:
     )
 
 
+async def revoke_user_families(conn: PgConnection, user_id: str, keep: str | None) -> list[str]:
+    """Revoke every session (refresh family) of the user but `keep`; returns the families revoked."""
+    rows = await conn.fetch(
+        """UPDATE refresh_tokens SET revoked_at = now()
+           WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR family_id <> $2::uuid)
+           RETURNING family_id""",
+        uuid.UUID(user_id), uuid.UUID(keep) if keep else None,
+    )
+    return sorted({str(r["family_id"]) for r in rows})
+
+
 APP_COLUMNS = "id, owner_id, name, domain, created_at, timezone, excluded_ips, allowed_origins, version"
 
 
@@ -104,6 +164,10 @@ async def apps_of(conn: PgConnection, owner_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"SELECT {APP_COLUMNS} FROM apps WHERE owner_id=$1 ORDER BY created_at", uuid.UUID(owner_id)
     )
+
+
+async def apps_by_ids(conn: PgConnection, app_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {APP_COLUMNS} FROM apps WHERE id = ANY($1::uuid[])", app_ids)
 
 
 async def all_apps(conn: PgConnection) -> list[asyncpg.Record]:

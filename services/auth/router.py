@@ -3,20 +3,48 @@ The logic is in accounts.py and keys.py."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from libs.access import client_ip
 from libs.apikeys import KeyRecord
+from libs.http import ApiError
 from libs.openapi import errors
+from libs.settings import Settings
 from services.auth import schemas as s
 from services.auth.context import AuthCtx, User
 
 users = APIRouter(prefix="/api/user", tags=["account"], responses=errors(401, 422, 503))
 apps = APIRouter(prefix="/api/auth", tags=["apps"], responses=errors(401, 403, 404, 422, 503))
 email = APIRouter(prefix="/api/email", tags=["notifications"], responses=errors(401, 403, 422, 429, 503))
+
+
+# The dashboard's session: its refresh token in a cookie script cannot read (httpOnly), sent only to the
+# refresh route and only by pages of this site (SameSite=Strict). The access token stays in page memory.
+REFRESH_COOKIE = "analytics_refresh"
+REFRESH_PATH = "/api/user/refresh"
+
+
+def _secure(request: Request, settings: Settings) -> bool:
+    return request.url.scheme == "https" or settings.public_base_url.startswith("https://")
+
+
+def _set_session_cookie(response: Response, request: Request, settings: Settings, pair: dict[str, Any]) -> None:
+    response.set_cookie(
+        REFRESH_COOKIE, pair["refresh_token"], max_age=settings.jwt_refresh_expires, path=REFRESH_PATH,
+        httponly=True, samesite="strict", secure=_secure(request, settings),
+    )
+
+
+def _clear_session_cookie(response: Response, request: Request, settings: Settings) -> None:
+    response.delete_cookie(REFRESH_COOKIE, path=REFRESH_PATH, httponly=True, samesite="strict",
+                           secure=_secure(request, settings))
+
+
+def _json_body(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
 
 
 def _key_meta(row: object) -> s.KeyMeta:
@@ -37,19 +65,71 @@ async def signup(body: s.SignupIn, ctx: AuthCtx) -> s.SignupOut:
 
 @users.post("/login", operation_id="logIn", responses=errors(429), response_model=s.TokenPair,
             summary="Exchange username (or email) and password for tokens")
-async def login(body: s.LoginIn, request: Request, ctx: AuthCtx) -> dict[str, object]:
-    return await ctx.accounts.login(body.username, body.password, client_ip(request, ctx.proxies))
+async def login(body: s.LoginIn, request: Request, response: Response, ctx: AuthCtx) -> dict[str, object]:
+    pair = await ctx.accounts.login(body.username, body.password, client_ip(request, ctx.proxies))
+    _set_session_cookie(response, request, ctx.accounts.settings, pair)
+    return pair
 
 
-@users.post("/refresh", operation_id="refreshTokens", response_model=s.TokenPair, summary="Rotate a refresh token for a new pair")
-async def refresh(body: s.RefreshIn, ctx: AuthCtx) -> dict[str, object]:
-    return await ctx.accounts.refresh(body.refresh_token)
+@users.post("/refresh", operation_id="refreshTokens", response_model=s.TokenPair,
+            summary="Rotate a refresh token (from the body, or the dashboard's session cookie) for a new pair")
+async def refresh(body: s.RefreshIn, request: Request, response: Response, ctx: AuthCtx) -> dict[str, object]:
+    settings = ctx.accounts.settings
+    token = body.refresh_token
+    if token is None:
+        # The cookie only with a JSON body: a page of another site cannot send one without the browser
+        # asking first (CORS), on top of the cookie being SameSite=Strict.
+        token = request.cookies.get(REFRESH_COOKIE) if _json_body(request) else None
+        if not token:
+            raise ApiError(422, "refresh_token is required (or the session cookie, with a JSON body)")
+        try:
+            pair = await ctx.accounts.refresh(token)
+        except ApiError as exc:  # the cookie's session is over: the browser may forget it
+            cleared = Response()
+            _clear_session_cookie(cleared, request, settings)
+            raise ApiError(exc.status, exc.detail, {**(exc.headers or {}), "set-cookie": cleared.headers["set-cookie"]}) from exc
+    else:
+        pair = await ctx.accounts.refresh(token)
+    _set_session_cookie(response, request, settings, pair)
+    return pair
 
 
 @users.post("/logout", operation_id="logOut", status_code=204, summary="End this session (refresh family and access token)")
-async def logout(user: User, ctx: AuthCtx) -> Response:
+async def logout(user: User, request: Request, ctx: AuthCtx) -> Response:
     await ctx.accounts.logout(user)
+    response = Response(status_code=204)
+    _clear_session_cookie(response, request, ctx.accounts.settings)
+    return response
+
+
+@users.post("/password", operation_id="changePassword", status_code=204, responses=errors(400, 403, 429),
+            summary="Change your password; every other session of yours ends")
+async def change_password(body: s.PasswordChangeIn, user: User, request: Request, ctx: AuthCtx) -> Response:
+    await ctx.accounts.change_password(user, body.current_password, body.new_password, client_ip(request, ctx.proxies))
     return Response(status_code=204)
+
+
+@users.post("/password-reset", operation_id="requestPasswordReset", status_code=202, response_model=s.PasswordResetOut,
+            responses=errors(429), summary="Mail a one-time password reset link (the answer is the same for any address)")
+async def password_reset(body: s.PasswordResetIn, request: Request, ctx: AuthCtx) -> s.PasswordResetOut:
+    await ctx.accounts.request_password_reset(str(body.email), client_ip(request, ctx.proxies))
+    return s.PasswordResetOut()
+
+
+@users.post("/password-reset/confirm", operation_id="confirmPasswordReset", status_code=204, responses=errors(400, 410),
+            summary="Set a new password with the mailed token; every session ends")
+async def password_reset_confirm(body: s.PasswordResetConfirmIn, ctx: AuthCtx) -> Response:
+    await ctx.accounts.confirm_password_reset(body.token, body.new_password)
+    return Response(status_code=204)
+
+
+@users.delete("/me", operation_id="deleteAccount", status_code=204, responses=errors(403, 429),
+              summary="Delete your account, your apps (keys revoked) and every event of them")
+async def delete_account(body: s.AccountDeleteIn, user: User, request: Request, ctx: AuthCtx) -> Response:
+    await ctx.accounts.delete_account(user, body.password, client_ip(request, ctx.proxies), ctx.keys)
+    response = Response(status_code=204)
+    _clear_session_cookie(response, request, ctx.accounts.settings)
+    return response
 
 
 @users.get("/get_user_profile", operation_id="getUserProfile", response_model=s.UserProfile, summary="The signed-in user")
@@ -84,6 +164,13 @@ async def list_apps(user: User, ctx: AuthCtx) -> list[s.AppOut]:
             summary="Rename an app or change its site settings (time zone, excluded IPs, allowed origins)")
 async def update_app(app_id: Annotated[s.Line, Path(max_length=64)], body: s.AppSettingsIn, user: User, ctx: AuthCtx) -> s.AppOut:
     return _app_out(await ctx.keys.update_settings(user.sub, app_id, body.model_dump(exclude_unset=True)))
+
+
+@apps.delete("/apps/{app_id}", operation_id="deleteApp", status_code=204,
+             summary="Delete an app: its keys are revoked at once, its events deleted, its reports stopped")
+async def delete_app(app_id: Annotated[s.Line, Path(max_length=64)], user: User, ctx: AuthCtx) -> Response:
+    await ctx.keys.delete_app(user.sub, app_id)
+    return Response(status_code=204)
 
 
 @apps.get("/api-key", operation_id="listAppKeys", response_model=s.KeyListOut, summary="Key metadata of an app (never the secrets)")

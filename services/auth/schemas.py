@@ -108,8 +108,47 @@ class TokenPair(BaseModel):
 
 
 class RefreshIn(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{'refresh_token': 'eyJhbGciOiJIUzI1NiJ9...'}]})
-    refresh_token: Line = Field(min_length=1, max_length=4096)
+    model_config = ConfigDict(json_schema_extra={"examples": [{'refresh_token': 'eyJhbGciOiJIUzI1NiJ9...'}, {}]})
+    refresh_token: Line | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="leave out to use the session cookie the dashboard got at login (then send a JSON body, e.g. {})",
+    )
+
+
+Password = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class PasswordChangeIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"current_password": "Str0ng!pass", "new_password": "N3w!passphrase"}]})
+    current_password: Password
+    new_password: Password = Field(description="8+ characters with upper and lower case, a digit and a special character")
+
+
+class PasswordResetIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"email": "ada@example.com"}]})
+    email: Email
+
+
+class PasswordResetOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "accepted", "message": "if an account has this address, a reset link is on its way (valid for an hour)"}]})
+    status: Literal["accepted"] = "accepted"
+    message: str = "if an account has this address, a reset link is on its way (valid for an hour)"
+
+
+class PasswordResetConfirmIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"token": "q3Jd...", "new_password": "N3w!passphrase"}]})
+    token: Line = Field(min_length=1, max_length=200, description="the token from the mailed link")
+    new_password: Password
+
+
+class AccountDeleteIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"password": "Str0ng!pass"}, {}]})
+    password: str | None = Field(
+        default=None, min_length=1, max_length=256,
+        description="your password; an account without one (signed up through an OpenID provider) leaves it "
+                    "out and needs a sign-in in the last 5 minutes",
+    )
 
 
 class UserProfile(BaseModel):

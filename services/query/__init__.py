@@ -36,12 +36,19 @@ def build(runtime: Runtime) -> ServiceParts:
         await stop_shared_key_table(runtime)
         await stop_shared_app_directory(runtime)
 
+    async def app_deletions() -> None:
+        """Every event of an app that auth announced deleted (services/query/privacy.py)."""
+        from services.query.privacy import follow_app_deletions
+
+        context = runtime.contexts.get(NAME, QueryContext)
+        await follow_app_deletions(runtime.settings, context.clickhouse, context.cache)
+
     async def reports() -> None:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""
         ctx = runtime.contexts.get(NAME, QueryContext)
         await run_scheduler(runtime, ctx.clickhouse, functools.partial(site_timezone, ctx.apps))
 
-    return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports])
+    return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports, app_deletions])
 
 
 SERVICE = ServiceSpec(

@@ -1,16 +1,42 @@
 # ruff: noqa: S608 - SQL from fixed fragments only; every value is a bind parameter
-"""Users list, and one user's data: export (JSON lines, streamed) and deletion."""
+"""Users list, and one user's data: export (JSON lines, streamed) and deletion; and every event of an
+app deleted when auth announces the app gone (`auth.app-deletions.v1`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from libs.clickhouse import ClickHouse
+from libs.clickhouse import ClickHouse, ClickHouseUnavailable
+from libs.kafka import (
+    AGGREGATOR_GROUP,
+    APP_DELETIONS_GROUP,
+    APP_DELETIONS_TOPIC,
+    EVENTS_TOPIC,
+    backlog,
+    end_offsets,
+    group_reader,
+    topic_partitions,
+)
+from libs.logs import get_logger
+from libs.settings import Settings
+from libs.statetopic import State, follow_state_topic
 from services.query import frozen
+from services.query.cache import QueryCache
 from services.query.queries import EVENT_COLUMNS, _decode_properties
+
+log = get_logger(__name__)
+
+# Events a gateway accepted just before it heard of the revocation (it applies it within a second) may
+# still be on their way to ClickHouse: they are deleted by a second pass, once the aggregator has stored
+# everything published until LATE_EVENTS_S after the deletion was asked for (waiting at most CATCH_UP_S).
+LATE_EVENTS_S = 5.0
+CATCH_UP_S = 60.0
 
 EXPORT_BATCH = 1000
 
@@ -61,8 +87,19 @@ async def export_lines(ch: ClickHouse, app_id: str, user_id: str) -> AsyncIterat
 
 
 async def delete_user(ch: ClickHouse, app_id: str, user_id: str) -> int:
-    params = {"app_id": app_id, "user_id": user_id}
-    where = "app_id = {app_id:String} AND user_id = {user_id:String}"
+    return await _delete_events(ch, app_id, "app_id = {app_id:String} AND user_id = {user_id:String}",
+                                {"app_id": app_id, "user_id": user_id})
+
+
+async def delete_app(ch: ClickHouse, app_id: str) -> int:
+    """Every event and metric of the app, and its rollups; returns how many events there were."""
+    n = await _delete_events(ch, app_id, "app_id = {app_id:String}", {"app_id": app_id})
+    await ch.command(f"{ch.schema.alter('metrics')} DELETE WHERE app_id = {{app_id:String}} SETTINGS mutations_sync = 2",
+                     {"app_id": app_id})
+    return n
+
+
+async def _delete_events(ch: ClickHouse, app_id: str, where: str, params: dict[str, Any]) -> int:
     rows = await ch.query(f"SELECT count() AS n FROM events FINAL WHERE {where}", params)
     n = int(rows[0]["n"]) if rows else 0
     if n:
@@ -93,3 +130,45 @@ async def rebuild_daily(ch: ClickHouse, app_id: str, days: list[str]) -> None:
            GROUP BY app_id, day, event_name, device_type""",
         params,
     )
+
+
+async def follow_app_deletions(settings: Settings, ch: ClickHouse, cache: QueryCache) -> None:
+    """Forever: delete every event of each app named on `auth.app-deletions.v1` (its owner deleted the
+    app or the account), then make its cached answers unreachable. ClickHouse away: retried."""
+
+    async def apply(states: Sequence[State]) -> None:
+        apps = {app_id: state for app_id, state in states if state is not None}
+        for app_id, state in apps.items():  # at once: reads stop finding them
+            deleted = await delete_app(ch, app_id)
+            await cache.bump_generation(app_id)
+            log.info("app events deleted", app_id=app_id, events=deleted, reason=state.get("reason"))
+        if not apps:
+            return
+        asked = max(datetime.fromisoformat(state["requested_at"]).timestamp() for state in apps.values())
+        caught_up = await _aggregator_caught_up(settings, asked + LATE_EVENTS_S)
+        for app_id in apps:  # and what was still on its way
+            late = await delete_app(ch, app_id)
+            await cache.bump_generation(app_id)
+            if late or not caught_up:
+                log.warning("late app events deleted", app_id=app_id, events=late, aggregator_caught_up=caught_up)
+
+    await follow_state_topic(settings, APP_DELETIONS_TOPIC, APP_DELETIONS_GROUP, apply, retry_on=(ClickHouseUnavailable,))
+
+
+async def _aggregator_caught_up(settings: Settings, after: float) -> bool:
+    """Wait until `after` (unix time), then until the aggregator has stored every event published by
+    then (its group committed past the events topic's ends read then); False after CATCH_UP_S."""
+    await asyncio.sleep(max(0.0, after - datetime.now(UTC).timestamp()))
+    deadline = time.monotonic() + CATCH_UP_S
+    try:
+        async with group_reader(settings, AGGREGATOR_GROUP) as reader:
+            tps = await topic_partitions(reader, EVENTS_TOPIC)
+            ends = await end_offsets(reader, tps) if tps else {}
+            while sum((await backlog(reader, ends)).values()):
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.5)
+    except Exception as exc:  # noqa: BLE001 - Kafka away: the second pass goes ahead after what was waited
+        log.warning("aggregator progress not read", error=repr(exc))
+        return False
+    return True

@@ -14,7 +14,7 @@ import pytest
 from libs.runtime import Stack
 from libs.settings import Settings
 from services.runner import SERVICES
-from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
 from tests.conftest import serving
 
 if async_playwright is not None:
@@ -30,12 +30,6 @@ async def docs_url() -> AsyncIterator[str]:
     stack.build()
     async with serving(stack.app()) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def test_the_docs_pages_load_only_their_own_files(docs_url: str) -> None:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,8 +20,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from libs.runtime import Stack
-from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
 from tests.conftest import PASSWORD, eventually, register_app, serving, signup_login, wait_for_key
 
 if async_playwright is not None:
@@ -38,13 +38,6 @@ ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 DESKTOP_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")
 PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
             "Chrome/131.0.0.0 Mobile Safari/537.36")
-
-
-@pytest.fixture(scope="module")
-async def live_url(stack: Stack) -> AsyncIterator[str]:
-    """The whole platform on a real socket (gateway, auth, query, dashboard)."""
-    async with serving(stack.app()) as url:
-        yield url
 
 
 SITE_PAGE = """<!doctype html>
@@ -79,12 +72,6 @@ async def site() -> AsyncIterator[dict[str, Any]]:
     async with serving(app) as url:
         state["url"] = url
         yield state
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def count(client: httpx.AsyncClient, key: str, name: str | None = None) -> int:
@@ -435,25 +422,41 @@ async def _is(value: Any, expected: Any) -> bool:
     return (await value) == expected
 
 
-async def test_an_expired_access_token_is_refreshed_with_the_refresh_token(
+async def test_a_refused_access_token_is_refreshed_from_the_cookie_and_a_dead_cookie_signs_out(
     client: httpx.AsyncClient, live_url: str, browser: Browser
 ) -> None:
     user = await signup_login(client)
     await register_app(client, user, "Refreshed site")
     context = await browser.new_context()
     try:
+        # The session cookie a login gave (the dashboard never sees the token: it is httpOnly).
+        await context.add_cookies([{"name": "analytics_refresh", "value": user["refresh_token"], "domain": urlsplit(live_url).hostname,
+                                    "path": "/api/user/refresh", "httpOnly": True, "sameSite": "Strict"}])
         page = await context.new_page()
-        await page.goto(f"{live_url}/dashboard#/login")
-        stale = {"access_token": "expired.or.forged", "refresh_token": user["refresh_token"]}
-        await page.evaluate("s => sessionStorage.setItem('analytics.session', JSON.stringify(s))", stale)
-        await page.goto(f"{live_url}/dashboard#/apps")
-        await page.reload()  # the session is read from sessionStorage when the page loads
+        await page.goto(f"{live_url}/dashboard#/apps")  # loading the page refreshes from the cookie
         await pw_expect(page.get_by_role("link", name="Refreshed site")).to_be_visible()
-        session = await page.evaluate("JSON.parse(sessionStorage.getItem('analytics.session'))")
-        assert session["access_token"] != stale["access_token"]
-        assert session["refresh_token"] != user["refresh_token"], "refresh tokens rotate"
-        # A refresh token that no longer works sends the user back to sign in.
-        await page.evaluate("s => sessionStorage.setItem('analytics.session', JSON.stringify(s))", stale)
+        (cookie,) = [c for c in await context.cookies() if c["name"] == "analytics_refresh"]
+        assert cookie["value"] != user["refresh_token"], "refresh tokens rotate"
+        # An access token the server refuses (expired) is refreshed once and the call retried.
+        refused: list[str] = []
+
+        async def refuse_once(route: Any) -> None:
+            if not refused:
+                refused.append(route.request.url)
+                await route.fulfill(status=401, content_type="application/json", body='{"detail": "token expired"}')
+            else:
+                await route.continue_()
+
+        await page.route("**/api/auth/apps", refuse_once)
+        await page.goto(f"{live_url}/dashboard#/login")
+        await page.goto(f"{live_url}/dashboard#/apps")
+        await pw_expect(page.get_by_role("link", name="Refreshed site")).to_be_visible()
+        assert refused
+        (rotated,) = [c for c in await context.cookies() if c["name"] == "analytics_refresh"]
+        assert rotated["value"] != cookie["value"]
+        # A session that no longer works (here: its refresh token spent elsewhere) sends the user back to sign in.
+        await context.add_cookies([{"name": "analytics_refresh", "value": user["refresh_token"], "domain": urlsplit(live_url).hostname,
+                                    "path": "/api/user/refresh", "httpOnly": True, "sameSite": "Strict"}])
         await page.reload()
         await pw_expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     finally:

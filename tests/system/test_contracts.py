@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from libs.contracts import TOPICS, render
 from libs.kafka import (
     API_KEYS_TOPIC,
+    APP_DELETIONS_TOPIC,
     EMAIL_TOPIC,
     EVENTS_DLQ_TOPIC,
     EVENTS_TOPIC,
@@ -25,7 +26,7 @@ from libs.kafka import (
     make_producer,
 )
 from libs.settings import Settings
-from tests.conftest import register_app, signup_login
+from tests.conftest import PASSWORD, register_app, signup_login
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,3 +112,22 @@ async def test_report_subscription_and_run_messages_match_their_documented_schem
     assert (state["email"], state["app_name"], state["frequency"]) == (user["email"], "Contract Shop", "daily")
     [run] = await _messages(engines, REPORT_RUNS_TOPIC, lambda m: m.get("subscription_id") == sub_id, timeout=30)
     _valid(REPORT_RUNS_TOPIC, run)
+
+
+@pytest.mark.engines
+async def test_account_deletion_and_password_reset_messages_match_their_documented_schema(
+    client: httpx.AsyncClient, engines: Settings,
+) -> None:
+    user = await signup_login(client)
+    app = await register_app(client, user, "Contract leaver")
+    assert (await client.post("/api/user/password-reset", json={"email": user["email"]})).status_code == 202
+    [mail] = await _messages(engines, EMAIL_TOPIC, lambda m: m.get("to") == user["email"] and m.get("template") == "password_reset")
+    _valid(EMAIL_TOPIC, mail)
+    assert set(mail["data"]) == {"username", "token", "valid_minutes"}
+    r = await client.request("DELETE", "/api/user/me", json={"password": PASSWORD}, headers=user["headers"])
+    assert r.status_code == 204, r.text
+    [deletion] = await _messages(engines, APP_DELETIONS_TOPIC, lambda m: m.get("app_id") == app["app_id"])
+    _valid(APP_DELETIONS_TOPIC, deletion)
+    assert (deletion["owner_id"], deletion["reason"]) == (user["id"], "account_deleted")
+    revoked = await _messages(engines, API_KEYS_TOPIC, lambda m: m.get("app_id") == app["app_id"] and m.get("type") == "revoked", want=2)
+    assert {k["kind"] for k in revoked} == {"secret", "write"} and all(k["revoked_at"] for k in revoked)

@@ -269,3 +269,23 @@ def test_a_stopped_service_is_a_json_503_with_retry_after_not_an_html_502(edge: 
     # Reads on the shared path still reach the query service.
     r = httpx.get(f"{edge.base}/api/analytics/events")
     assert r.status_code == 401 and detail(r) == QUERY_NO_KEY
+
+
+def test_the_dashboard_session_cookie_works_through_the_edge(edge: Edge) -> None:
+    """The dashboard and auth answer on one origin behind the edge, so the refresh cookie that login sets
+    is sent back to the refresh route (and only there), and refresh rotates it."""
+    name = f"edge{int(time.time() * 1000) % 10**9}"
+    with httpx.Client(base_url=edge.base, timeout=10) as browser:
+        assert browser.get("/dashboard").status_code == 200
+        r = browser.post("/api/user/signup", json={"username": name, "email": f"{name}@example.com", "password": "Str0ng!pass"})
+        assert r.status_code == 201, r.text
+        r = browser.post("/api/user/login", json={"username": name, "password": "Str0ng!pass"})
+        assert r.status_code == 200, r.text
+        cookie = r.headers["set-cookie"]
+        assert "Path=/api/user/refresh" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        first = browser.cookies["analytics_refresh"]
+        r = browser.post("/api/user/refresh", json={})  # the cookie only
+        assert r.status_code == 200, r.text
+        assert browser.cookies["analytics_refresh"] == r.json()["refresh_token"] != first
+        r = browser.get("/api/user/get_user_profile", headers={"authorization": f"Bearer {r.json()['access_token']}"})
+        assert r.status_code == 200 and r.json()["username"] == name

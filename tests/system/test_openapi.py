@@ -19,7 +19,8 @@ from services.runner import SERVICES
 
 SCHEMES = {"apiKey", "bearerAuth", "writeKeyBasic"}
 # What an operation accepts, by the start of its path (None: no credentials).
-PUBLIC = {("POST", "/api/user/signup"), ("POST", "/api/user/login"), ("POST", "/api/user/refresh")}
+PUBLIC = {("POST", "/api/user/signup"), ("POST", "/api/user/login"), ("POST", "/api/user/refresh"),
+          ("POST", "/api/user/password-reset"), ("POST", "/api/user/password-reset/confirm")}
 
 
 def stack() -> Stack:

@@ -43,6 +43,10 @@ async def client_for(stack: Stack, ip: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
 async def collect(http: httpx.AsyncClient, key: str) -> httpx.Response:
     return await http.post("/api/analytics/collect", json={"event": "auth_test"}, headers={"x-api-key": key})
 

@@ -9,7 +9,6 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,22 +19,11 @@ import pytest
 from libs.runtime import Stack
 from libs.settings import Settings
 from tests.conftest import PASSWORD, eventually, signup_login, unique
-from tests.services.auth.helpers import KeyTopicReader, client_for, collect, random_ip, register
+from tests.services.auth.helpers import KeyTopicReader, bearer, client_for, collect, random_ip, register
 
 pytestmark = pytest.mark.engines
 
 KEY_FORMAT = {"api_key": re.compile(r"^sk_[A-Za-z0-9_-]{43}$"), "write_key": re.compile(r"^wk_[A-Za-z0-9_-]{43}$")}
-
-
-@pytest.fixture
-async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    """A client with an IP of its own, so one test's failed logins never count against another's."""
-    async with client_for(stack, random_ip()) as client:
-        yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 # ---- accounts --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ DATA: dict[str, dict[str, Any]] = {
                "events_change": 25, "visitors_change": None,
                "top_events": [{"name": "pageview", "count": 30, "visitors": 7}],
                "devices": [{"name": "mobile", "count": 30}]},
+    "password_reset": {"username": "ada", "token": "t0k-en_1", "valid_minutes": 60},
 }
 
 
@@ -57,3 +58,12 @@ def test_missing_template_data_is_a_permanent_failure() -> None:
     with pytest.raises(PermanentFailure, match="api_key_created"):
         render(EmailMessage(to="ada@example.com", template="api_key_created", data={"username": "ada"}),
                "a@example.org", "http://x")
+
+
+def test_the_password_reset_mail_links_to_the_dashboard_reset_page_with_the_token() -> None:
+    mime = render(EmailMessage(to="ada@example.com", template="password_reset", data=DATA["password_reset"]),
+                  "a@example.org", "https://analytics.example.org")
+    link = "https://analytics.example.org/dashboard#/reset?token=t0k-en_1"
+    assert link in mime.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert f'href="{link}"' in mime.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert mime["Subject"] == "Reset your Analytics password"

@@ -1,21 +1,19 @@
 // The dashboard's only way to the server: the public auth and query APIs, with a Bearer token.
-// The session (access + refresh token) lives in sessionStorage: it ends with the tab. A 401 is
-// answered by one refresh (POST /api/user/refresh) and a retry; if that fails, the user signs in again.
+// The access token lives in this page's memory only. The refresh token is in an httpOnly,
+// SameSite=Strict cookie that only POST /api/user/refresh receives (script never sees it), so a new
+// tab or a reload signs in again by calling refresh (`restoreSession`), and a 401 is answered by one
+// refresh and a retry; if that fails, the user signs in again. Refreshes of every tab of the dashboard
+// take turns (Web Locks): the cookie's token rotates, and two tabs spending the same one at once would
+// look like a stolen token to the server, which then ends the session.
 
-const SESSION = "analytics.session";
-let session = null;
-try { session = JSON.parse(sessionStorage.getItem(SESSION) || "null"); } catch { session = null; }
+let access = null;
 const listeners = new Set();
 
-export function signedIn() { return Boolean(session && session.access_token); }
+export function signedIn() { return Boolean(access); }
 export function onSessionChange(fn) { listeners.add(fn); }
 
 export function setSession(pair) {
-  session = pair ? { access_token: pair.access_token, refresh_token: pair.refresh_token } : null;
-  try {
-    if (session) sessionStorage.setItem(SESSION, JSON.stringify(session));
-    else sessionStorage.removeItem(SESSION);
-  } catch { /* storage blocked: keep it in memory only */ }
+  access = pair ? pair.access_token : null; // the refresh token in `pair` is dropped: the cookie has it
   listeners.forEach((fn) => fn(signedIn()));
 }
 
@@ -36,23 +34,27 @@ function describe(detail) {
 }
 
 let refreshing = null;
-async function refresh() {
-  if (!session || !session.refresh_token) return false;
+async function refreshOnce() {
+  try {
+    const r = await fetch("/api/user/refresh", {
+      method: "POST", credentials: "same-origin", headers: { "content-type": "application/json" }, body: "{}",
+    });
+    if (!r.ok) { if (access) setSession(null); return false; }
+    setSession(await r.json());
+    return true;
+  } catch { return false; }
+}
+
+function refresh() {
   if (!refreshing) {
-    refreshing = (async () => {
-      try {
-        const r = await fetch("/api/user/refresh", {
-          method: "POST", headers: { "content-type": "application/json" },
-          body: JSON.stringify({ refresh_token: session.refresh_token }),
-        });
-        if (!r.ok) return false;
-        setSession(await r.json());
-        return true;
-      } catch { return false; }
-    })().finally(() => { setTimeout(() => { refreshing = null; }, 0); });
+    const turn = navigator.locks ? navigator.locks.request("analytics.refresh", refreshOnce) : refreshOnce();
+    refreshing = turn.finally(() => { setTimeout(() => { refreshing = null; }, 0); });
   }
   return refreshing;
 }
+
+// On load: a session from another tab or before the reload continues, if the cookie's is still alive.
+export async function restoreSession() { return access ? true : refresh(); }
 
 export async function api(path, { method = "GET", body, params, auth = true, fresh = false } = {}) {
   const url = new URL(path, location.origin);
@@ -62,7 +64,7 @@ export async function api(path, { method = "GET", body, params, auth = true, fre
   for (let attempt = 0; ; attempt++) {
     const headers = { accept: "application/json" };
     if (body !== undefined) headers["content-type"] = "application/json";
-    if (auth && session) headers.authorization = `Bearer ${session.access_token}`;
+    if (auth && access) headers.authorization = `Bearer ${access}`;
     if (fresh) headers["cache-control"] = "no-cache";
     let r;
     try {
@@ -70,7 +72,7 @@ export async function api(path, { method = "GET", body, params, auth = true, fre
     } catch {
       throw new ApiError(0, "the server cannot be reached; check your connection");
     }
-    if (r.status === 401 && auth && attempt === 0 && (await refresh())) continue;
+    if (r.status === 401 && auth && access && attempt === 0 && (await refresh())) continue;
     if (r.status === 401 && auth) setSession(null);
     const data = r.status === 204 ? null : await r.json().catch(() => null);
     if (!r.ok) {
@@ -87,7 +89,6 @@ export async function login(username, password) {
 }
 
 export async function logout() {
-  try { await api("/api/user/logout", { method: "POST", body: { refresh_token: session && session.refresh_token } }); }
-  catch { /* signed out locally anyway */ }
+  try { await api("/api/user/logout", { method: "POST" }); } catch { /* signed out locally anyway */ }
   setSession(null);
 }

@@ -1,5 +1,5 @@
 // The dashboard: a hash-routed single-page app over the public API (see docs/query-api.md).
-import { api, ApiError, login, logout, onSessionChange, setSession, signedIn } from "./api.js";
+import { api, ApiError, login, logout, onSessionChange, restoreSession, setSession, signedIn } from "./api.js";
 import { h, fmt, announce, copy } from "./dom.js";
 import { lineChart } from "./charts.js";
 import { dropoffLinks, dropoffList, goalsView, savedFunnels, segmentPicker, segmentsView } from "./analysis.js";
@@ -31,12 +31,15 @@ async function render() {
   const { parts, query } = route();
   const stale = () => id !== renderId;
   await renderAccount();
+  if (parts[0] === "forgot") return show(stale, "Forgot your password", forgotView());
+  if (parts[0] === "reset") return show(stale, "Choose a new password", resetView(query));
   if (!signedIn() && !["login", "signup"].includes(parts[0])) {
     return show(stale, "Sign in", loginView(query));
   }
   try {
     if (parts[0] === "login") return show(stale, "Sign in", loginView(query));
     if (parts[0] === "signup") return show(stale, "Create an account", signupView());
+    if (parts[0] === "account") return show(stale, "Your account", accountView());
     if (parts[0] === "app" && parts[1]) {
       const appId = parts[1];
       const view = parts[2] || "overview";
@@ -92,6 +95,7 @@ async function renderAccount() {
   nav.replaceChildren(
     h("a", { href: "#/apps" }, "Your sites"),
     profile ? h("span", { class: "hide-sm" }, `Signed in as ${profile.username}`) : null,
+    h("a", { href: "#/account" }, "Account"),
     h("button", { type: "button", onclick: async () => { await logout(); go("/login"); } }, "Sign out"));
 }
 
@@ -118,6 +122,7 @@ function submitting(form, fn) {
 }
 
 function loginView(query, message) {
+  message = message || (query.get("reset") ? "Your password is changed: sign in with the new one." : null);
   const form = h("form", { class: "stack", "aria-labelledby": "login-title" },
     message ? h("div", { class: "notice" }, message) : null,
     field("Username or email", { name: "username", autocomplete: "username", required: true }),
@@ -128,7 +133,79 @@ function loginView(query, message) {
     go(query.get("next") || "/apps");
   }));
   return h("section", { class: "card narrow" }, h("h1", { id: "login-title" }, "Sign in"), form,
+    h("p", {}, h("a", { href: "#/forgot" }, "Forgot your password?")),
     h("p", {}, "New here? ", h("a", { href: "#/signup" }, "Create an account")));
+}
+
+const PASSWORD_RULES = "At least 8 characters, with upper and lower case letters, a digit and a special character.";
+
+function forgotView() {
+  const done = h("div", { role: "status" });
+  const form = h("form", { class: "stack", "aria-labelledby": "forgot-title" },
+    h("p", {}, "Enter the email address of your account: we mail you a link to choose a new password."),
+    field("Email", { name: "email", type: "email", autocomplete: "email", required: true }),
+    h("button", { type: "submit" }, "Send the link"));
+  form.addEventListener("submit", submitting(form, async (data) => {
+    const r = await api("/api/user/password-reset", { method: "POST", auth: false, body: { email: data.get("email") } });
+    form.replaceChildren(h("p", { class: "ok", id: "forgot-sent" }, `Check your inbox: ${r.message}.`));
+    announce("Reset link requested");
+  }));
+  return h("section", { class: "card narrow" }, h("h1", { id: "forgot-title" }, "Forgot your password"), done, form,
+    h("p", {}, h("a", { href: "#/login" }, "Back to sign in")));
+}
+
+function resetView(query) {
+  const token = query.get("token") || "";
+  const form = h("form", { class: "stack", "aria-labelledby": "reset-title" },
+    token ? null : h("div", { class: "error", role: "alert" }, "This link has no token: open the link from the mail again, or ask for a new one."),
+    field("New password", { name: "new_password", type: "password", autocomplete: "new-password", required: true }),
+    field("New password again", { name: "again", type: "password", autocomplete: "new-password", required: true }),
+    h("p", { class: "muted" }, PASSWORD_RULES),
+    h("button", { type: "submit" }, "Set the new password"));
+  form.addEventListener("submit", submitting(form, async (data) => {
+    if (data.get("new_password") !== data.get("again")) throw new Error("the two passwords differ");
+    await api("/api/user/password-reset/confirm", { method: "POST", auth: false, body: { token, new_password: data.get("new_password") } });
+    setSession(null); // every session ended with the reset
+    go("/login", { reset: 1 });
+  }));
+  return h("section", { class: "card narrow" }, h("h1", { id: "reset-title" }, "Choose a new password"), form,
+    h("p", {}, h("a", { href: "#/forgot" }, "Ask for a new link")));
+}
+
+function accountView() {
+  const change = h("form", { class: "stack", "aria-labelledby": "password-title" },
+    field("Current password", { id: "current-password", name: "current_password", type: "password", autocomplete: "current-password", required: true }),
+    field("New password", { id: "new-password", name: "new_password", type: "password", autocomplete: "new-password", required: true }),
+    h("p", { class: "muted" }, PASSWORD_RULES, " Your other sessions (other browsers and devices) are signed out."),
+    h("button", { type: "submit" }, "Change password"));
+  change.addEventListener("submit", submitting(change, async (data) => {
+    await api("/api/user/password", { method: "POST", body: { current_password: data.get("current_password"), new_password: data.get("new_password") } });
+    change.reset();
+    const box = change.querySelector(".error");
+    if (box) box.remove();
+    change.prepend(h("p", { class: "ok", id: "password-changed", role: "status" }, "Password changed; your other sessions are signed out."));
+  }));
+  const remove = h("form", { class: "stack", "aria-labelledby": "delete-title" },
+    h("p", {}, "This deletes your account and your sites: their keys stop working at once and every event they collected is deleted. It cannot be undone."),
+    field("Your password", { id: "delete-password", name: "password", type: "password", autocomplete: "current-password" }),
+    h("label", { for: "delete-confirm", class: "check" }, h("input", { id: "delete-confirm", name: "confirm", type: "checkbox", required: true }),
+      " I understand that my sites and their data are deleted for good"),
+    h("button", { type: "submit", class: "danger" }, "Delete my account"));
+  remove.addEventListener("submit", submitting(remove, async (data) => {
+    if (!data.get("confirm")) throw new Error("tick the box to confirm");
+    const password = data.get("password");
+    await api("/api/user/me", { method: "DELETE", body: password ? { password } : {} });
+    setSession(null);
+    main.replaceChildren(h("section", { class: "card narrow" }, h("h1", {}, "Your account is deleted"),
+      h("p", { id: "account-deleted" }, "Your sites, their keys and their events are gone. ", h("a", { href: "#/signup" }, "Create a new account"))));
+    announce("Account deleted");
+    await renderAccount();
+  }));
+  return h("div", {},
+    h("h1", {}, "Your account"),
+    profile ? h("p", { class: "muted" }, `${profile.username} · ${profile.email}`) : null,
+    h("section", { class: "card", "aria-labelledby": "password-title" }, h("h2", { id: "password-title" }, "Change password"), change),
+    h("section", { class: "card", "aria-labelledby": "delete-title" }, h("h2", { id: "delete-title" }, "Delete account"), remove));
 }
 
 function signupView() {
@@ -593,4 +670,4 @@ async function retentionView(app, query) {
 onSessionChange((on) => { if (!on) profile = null; });
 window.addEventListener("hashchange", render);
 document.getElementById("skip").addEventListener("click", (e) => { e.preventDefault(); main.focus(); });
-render();
+restoreSession().finally(render); // a session of another tab, or from before a reload, goes on

@@ -41,7 +41,8 @@ def build(runtime: Runtime) -> ServiceParts:
         from services.query.privacy import follow_app_deletions
 
         context = runtime.contexts.get(NAME, QueryContext)
-        await follow_app_deletions(runtime.settings, context.clickhouse, context.cache)
+        definitions = runtime.contexts.get(DEFINITIONS, Definitions)
+        await follow_app_deletions(runtime.settings, context.clickhouse, context.cache, definitions.forget_app)
 
     async def reports() -> None:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""

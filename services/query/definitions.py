@@ -108,6 +108,14 @@ class Definitions:
         await pool.execute(f"DELETE FROM {TABLES[kind]} WHERE app_id = $1 AND id = $2", app_id, uuid.UUID(found["id"]))  # noqa: S608
         log.info("definition deleted", kind=kind, app_id=app_id, id=found["id"])
 
+    async def forget_app(self, app_id: str) -> None:
+        """Remove every definition of a deleted app (privacy.follow_app_deletions)."""
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            for table in TABLES.values():
+                await conn.execute(f"DELETE FROM {table} WHERE app_id = $1", app_id)  # noqa: S608 - fixed table names
+        log.info("definitions of a deleted app removed", app_id=app_id)
+
 
 def _has_nul(value: Any) -> bool:
     if isinstance(value, str):

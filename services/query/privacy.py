@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,13 +132,19 @@ async def rebuild_daily(ch: ClickHouse, app_id: str, days: list[str]) -> None:
     )
 
 
-async def follow_app_deletions(settings: Settings, ch: ClickHouse, cache: QueryCache) -> None:
+async def follow_app_deletions(
+    settings: Settings, ch: ClickHouse, cache: QueryCache, forget: Callable[[str], Awaitable[None]] | None = None
+) -> None:
     """Forever: delete every event of each app named on `auth.app-deletions.v1` (its owner deleted the
-    app or the account), then make its cached answers unreachable. ClickHouse away: retried."""
+    app or the account), then make its cached answers unreachable. ClickHouse away: retried.
+    `forget(app_id)`: also remove what else the query service keeps of the app (its goals, segments
+    and saved funnels, definitions.py)."""
 
     async def apply(states: Sequence[State]) -> None:
         apps = {app_id: state for app_id, state in states if state is not None}
         for app_id, state in apps.items():  # at once: reads stop finding them
+            if forget is not None:
+                await forget(app_id)
             deleted = await delete_app(ch, app_id)
             await cache.bump_generation(app_id)
             log.info("app events deleted", app_id=app_id, events=deleted, reason=state.get("reason"))

@@ -27,7 +27,7 @@ import pytest
 from libs.kafka import APPS_TOPIC, publish
 from libs.runtime import Stack
 from services.query.context import QueryContext
-from tests.conftest import eventually, register_app, signup_login
+from tests.conftest import PASSWORD, eventually, register_app, signup_login
 from tests.services.query.test_query import FRESH, UA, send, wait_stored
 
 pytestmark = pytest.mark.engines
@@ -330,6 +330,32 @@ async def test_another_tenant_sees_none_of_the_apps_goals_and_segments(client, s
                           json={"name": "x", "kind": "event", "match": "x"}, headers=theirs)
     assert r.status_code == 403
     assert [g["name"] for g in (await get(client, shop, "goals"))["goals"]].count("x") == 0
+
+
+async def test_deleting_the_account_removes_its_apps_goals_segments_and_funnels(client, shop, stack: Stack) -> None:
+    user = await signup_login(client)
+    app = await register_app(client, user, "short-lived")
+    key = {"x-api-key": app["api_key"]}
+    for path, body in (("goals", {"name": "g", "kind": "event", "match": "x"}),
+                       ("segments", {"name": "s", "filters": {"os": "Linux"}}),
+                       ("funnels/saved", {"name": "f", "steps": ["a", "b"]})):
+        assert (await client.post(f"/api/analytics/{path}", json=body, headers=key)).status_code == 201
+    pool = await stack.runtime.pg()
+    tables = ("query_goals", "query_segments", "query_saved_funnels")
+
+    async def held(app_id: str) -> list[int]:
+        return [await pool.fetchval(f"SELECT count(*) FROM {t} WHERE app_id = $1", app_id) for t in tables]
+
+    assert await held(app["app_id"]) == [1, 1, 1]
+    kept = await held(shop["app_id"])
+    r = await client.request("DELETE", "/api/user/me", json={"password": PASSWORD}, headers=user["headers"])
+    assert r.status_code == 204, r.text
+
+    async def gone() -> bool:
+        return await held(app["app_id"]) == [0, 0, 0]
+
+    await eventually(gone, 30, "the deleted account's goals, segments and funnels are still stored")
+    assert await held(shop["app_id"]) == kept  # another app's are untouched
 
 
 BAD = [

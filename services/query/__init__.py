@@ -16,6 +16,8 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.query import dashboard
     from services.query.cache import QueryCache
     from services.query.context import QueryContext, site_timezone
+    from services.query.definitions import NAME as DEFINITIONS
+    from services.query.definitions import Definitions
     from services.query.reports import run_scheduler
     from services.query.routes import ROUTERS
 
@@ -28,6 +30,7 @@ def build(runtime: Runtime) -> ServiceParts:
             await shared_app_directory(runtime),
         )
         runtime.contexts.set(NAME, context)
+        runtime.contexts.set(DEFINITIONS, Definitions(runtime))  # goals, segments, saved funnels (Postgres)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
@@ -38,7 +41,8 @@ def build(runtime: Runtime) -> ServiceParts:
         from services.query.privacy import follow_app_deletions
 
         context = runtime.contexts.get(NAME, QueryContext)
-        await follow_app_deletions(runtime.settings, context.clickhouse, context.cache)
+        definitions = runtime.contexts.get(DEFINITIONS, Definitions)
+        await follow_app_deletions(runtime.settings, context.clickhouse, context.cache, definitions.forget_app)
 
     async def reports() -> None:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""
@@ -60,6 +64,8 @@ SERVICE = ServiceSpec(
         ("stats", "web analytics: visitors, visits, pageviews, bounce rate, breakdowns, realtime"),
         ("funnels", "ordered steps and their conversion"),
         ("retention", "cohorts and how many came back"),
+        ("goals", "pages or events that count as conversions"),
+        ("segments", "saved sets of visitors: filters, behaviour, first seen, traits"),
         ("users", "the users of an app, most recently seen first"),
         ("privacy", "export or delete every event of one user"),
         ("dashboard", "the web dashboard"),

@@ -85,12 +85,14 @@ def period_of(period: str, date: str | None, tz: str) -> Period:
     return resolve(period, date, tz)
 
 
-def metric_list(raw: str | None, default: tuple[str, ...] = stats.METRICS) -> list[str]:
+def metric_list(raw: str | None, default: tuple[str, ...] = stats.METRICS, extra: tuple[str, ...] = ()) -> list[str]:
+    """The metrics asked for: names of stats.METRICS, or of `extra` where the route reads those too."""
     if not raw:
         return list(default)
     names = [m.strip() for m in raw.split(",") if m.strip()]
-    unknown = [m for m in names if m not in stats.METRICS]
+    known = (*stats.METRICS, *extra)
+    unknown = [m for m in names if m not in known]
     if unknown or not names:
         raise ApiError(422, f"unknown metric(s) {', '.join(unknown) or '(none)'}; send a comma list of "
-                            f"{', '.join(stats.METRICS)}")
+                            f"{', '.join(known)}")
     return list(dict.fromkeys(names))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,9 +41,14 @@ CATCH_UP_S = 60.0
 EXPORT_BATCH = 1000
 
 
-async def list_users(ch: ClickHouse, app_id: str, search: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    params: dict[str, Any] = {"app_id": app_id, "limit": limit, "offset": offset}
+async def list_users(
+    ch: ClickHouse, app_id: str, search: str | None, limit: int, offset: int, only: tuple[str, dict[str, Any]] = ("", {})
+) -> tuple[list[dict[str, Any]], int]:
+    """`only`: a condition on visitor_id (segments.segment_condition) with its values, or none."""
+    params: dict[str, Any] = {"app_id": app_id, "limit": limit, "offset": offset, **only[1]}
     clause = "app_id = {app_id:String} AND user_id != ''"
+    if only[0]:
+        clause += f" AND {only[0]}"
     if search:
         clause += " AND positionCaseInsensitive(user_id, {search:String}) > 0"
         params["search"] = search
@@ -127,13 +132,19 @@ async def rebuild_daily(ch: ClickHouse, app_id: str, days: list[str]) -> None:
     )
 
 
-async def follow_app_deletions(settings: Settings, ch: ClickHouse, cache: QueryCache) -> None:
+async def follow_app_deletions(
+    settings: Settings, ch: ClickHouse, cache: QueryCache, forget: Callable[[str], Awaitable[None]] | None = None
+) -> None:
     """Forever: delete every event of each app named on `auth.app-deletions.v1` (its owner deleted the
-    app or the account), then make its cached answers unreachable. ClickHouse away: retried."""
+    app or the account), then make its cached answers unreachable. ClickHouse away: retried.
+    `forget(app_id)`: also remove what else the query service keeps of the app (its goals, segments
+    and saved funnels, definitions.py)."""
 
     async def apply(states: Sequence[State]) -> None:
         apps = {app_id: state for app_id, state in states if state is not None}
         for app_id, state in apps.items():  # at once: reads stop finding them
+            if forget is not None:
+                await forget(app_id)
             deleted = await delete_app(ch, app_id)
             await cache.bump_generation(app_id)
             log.info("app events deleted", app_id=app_id, events=deleted, reason=state.get("reason"))

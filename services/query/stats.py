@@ -49,6 +49,9 @@ EVENT_PROPS: dict[str, str] = {"page": "path", "event_name": "event_name"}
 FILTERS = (*EVENT_PROPS, *ENTRY_EXIT, *VISIT_PROPS)
 PROPERTIES = ("page", "entry_page", "exit_page", *VISIT_PROPS, "event_name")
 METRICS = ("visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration", "events")
+# With a goal (refine.py): who completed it, how often, and the share of the period's visitors (the
+# same filters without the goal) who did, in percent.
+GOAL_METRICS = ("conversions", "completions", "conversion_rate")
 
 # Over one group of visits (the `sessions` rows).
 VISIT_METRICS: dict[str, str] = {
@@ -59,7 +62,42 @@ VISIT_METRICS: dict[str, str] = {
     "views_per_visit": "round(if(count() = 0, 0, sum(m_pageviews) / count()), 2)",
     "bounce_rate": "round(if(count() = 0, 0, 100 * countIf(pageviews = 1 AND events = 1) / count()), 1)",
     "visit_duration": "round(if(count() = 0, 0, avg(duration)), 1)",
+    "conversions": "uniqExact(visitor)",
+    "completions": "sum(m_events)",
+    "conversion_rate": "round(if(_base = 0, 0, 100 * uniqExact(visitor) / _base), 1)",  # see aggregate
 }
+
+# An event's properties as JSON text (as queries.EVENT_COLUMNS reads them), and one property's value:
+# a string as itself, any other JSON value as its JSON text (49, true, {"a": 1}).
+PROPS_JSON = "if(properties_json != '', properties_json, toJSONString(properties))"
+PROP_VALUE = ("if(JSONType({j}, {k}) = 'String', JSONExtractString({j}, {k}), JSONExtractRaw({j}, {k}))")
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Conditions beyond FILTERS, built by refine.py from fixed fragments and bound values: a goal
+    and custom properties (event-level, like `event_name`: a visit with a matching event counts, and
+    only those events), and a segment (only its visitors)."""
+
+    goal_sql: str = ""  # over the numbered events' type, event_name, path
+    props_sql: str = ""  # over props_json
+    visitor_sql: str = ""  # over the events table's visitor_id
+    params: dict[str, Any] = field(default_factory=dict)
+    needs_props: bool = False  # numbered events carry props_json
+
+    def event_sql(self) -> str:
+        return " AND ".join(f"({p})" for p in (self.goal_sql, self.props_sql) if p)
+
+
+@dataclass(frozen=True)
+class EventValue:
+    """What an event-level breakdown groups by: an expression over the numbered events `n`, the events
+    it reads (a condition on them) and its bound values."""
+
+    expr: str
+    where: str = "1"
+    params: dict[str, Any] = field(default_factory=dict)
+
 
 BUCKETS = {
     "hour": "toStartOfHour(started, {tz:String})",
@@ -79,6 +117,7 @@ class Scope:
     filters: dict[str, str] = field(default_factory=dict)
     carry: tuple[str, ...] = ()  # visit properties a breakdown needs besides the filtered ones
     bots: bool = False  # read the bots' events instead of everyone else's (see aggregate)
+    refine: Refine = field(default_factory=Refine)
 
     def needs(self, name: str) -> bool:
         return name in self.filters or name in self.carry
@@ -87,17 +126,19 @@ class Scope:
         out: dict[str, Any] = {"app_id": self.app_id, "start": ts_param(self.start), "end": ts_param(self.end)}
         for name, value in self.filters.items():
             out[f"f_{name}"] = value
-        return out
+        return {**out, **self.refine.params}
 
     def event_match(self) -> str:
         parts = [f"{EVENT_PROPS[n]} = {{f_{n}:String}}" for n in self.filters if n in EVENT_PROPS]
         if "page" in self.filters:
             parts.append("type = 'page'")
+        if self.refine.event_sql():
+            parts.append(self.refine.event_sql())
         return " AND ".join(parts) if parts else "1"
 
     def visit_match(self) -> str:
         parts = [f"{n} = {{f_{n}:String}}" for n in self.filters if n in VISIT_PROPS or n in ENTRY_EXIT]
-        if any(n in EVENT_PROPS for n in self.filters):
+        if any(n in EVENT_PROPS for n in self.filters) or self.refine.event_sql():
             parts.append("m_events > 0")
         return " AND ".join(parts) if parts else "1"
 
@@ -105,6 +146,9 @@ class Scope:
 def numbered_sql(scope: Scope) -> str:
     """Each web event with its visitor and the number of its visit (1, 2, ... per visitor)."""
     cols = "".join(f", {expr} AS {name}" for name, expr in VISIT_PROPS.items() if scope.needs(name))
+    if scope.refine.needs_props:
+        cols += f", {PROPS_JSON} AS props_json"
+    only = f" AND {scope.refine.visitor_sql}" if scope.refine.visitor_sql else ""
     return f"""
         SELECT *, sum(is_new) OVER (PARTITION BY visitor ORDER BY timestamp
                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS visit_no
@@ -118,7 +162,7 @@ def numbered_sql(scope: Scope) -> str:
                 FROM events FINAL
                 WHERE app_id = {{app_id:String}} AND timestamp >= {{start:DateTime64(3, 'UTC')}}
                   AND timestamp < {{end:DateTime64(3, 'UTC')}} AND {"is_bot" if scope.bots else "NOT is_bot"}
-                  AND {WEB_TYPES}
+                  AND {WEB_TYPES}{only}
             )
         )"""
 
@@ -151,7 +195,7 @@ def _clean(row: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m in metrics:
         value = row.get(f"r_{m}") or 0
-        out[m] = int(value) if m in ("visitors", "visits", "pageviews", "events") else float(value)
+        out[m] = int(value) if m in ("visitors", "visits", "pageviews", "events", "conversions", "completions") else float(value)
     return out
 
 
@@ -161,7 +205,11 @@ async def aggregate(ch: ClickHouse, scope: Scope, metrics: list[str], count_bots
     bots = ""
     if count_bots:
         bots = f", (SELECT sum(m_events) FROM ({sessions_sql(replace(scope, bots=True))})) AS r_bot_events"
-    rows = await ch.query(f"SELECT {_select(metrics)}{bots} FROM ({sessions_sql(scope)})", scope.params())
+    base = ""
+    if "conversion_rate" in metrics:  # the visitors of the same filters without the goal
+        without_goal = replace(scope, refine=replace(scope.refine, goal_sql=""))
+        base = f"WITH (SELECT uniqExact(visitor) FROM ({sessions_sql(without_goal)})) AS _base "
+    rows = await ch.query(f"{base}SELECT {_select(metrics)}{bots} FROM ({sessions_sql(scope)})", scope.params())
     out = _clean(rows[0] if rows else {}, metrics)
     if count_bots:
         out["bot_events"] = int(rows[0].get("r_bot_events") or 0) if rows else 0
@@ -182,20 +230,23 @@ async def timeseries(ch: ClickHouse, scope: Scope, interval: str, tz: str, metri
 
 
 async def breakdown(
-    ch: ClickHouse, scope: Scope, prop: str, metrics: list[str], limit: int, offset: int
+    ch: ClickHouse, scope: Scope, prop: str, metrics: list[str], limit: int, offset: int,
+    value: EventValue | None = None,
 ) -> list[dict[str, Any]]:
-    params = {**scope.params(), "limit": limit, "offset": offset}
+    """Metrics per value of `prop`; `value`: an event-level value of refine.py's (a custom property's,
+    the goals an event completes), grouped as `page` and `event_name` are."""
+    if value is None and prop in EVENT_PROPS:
+        value = EventValue(f"n.{EVENT_PROPS[prop]}", "type = 'page'" if prop == "page" else "1")
+    params = {**scope.params(), "limit": limit, "offset": offset, **(value.params if value else {})}
     order = "r_visitors" if "visitors" in metrics else f"r_{metrics[0]}"
-    if prop in EVENT_PROPS:
-        column = EVENT_PROPS[prop]
-        is_page = "type = 'page' AND " if prop == "page" else ""
+    if value is not None:
         per_visit = f"""
-            SELECT n.{column} AS value, n.visitor AS visitor, n.visit_no AS visit_no,
+            SELECT {value.expr} AS value, n.visitor AS visitor, n.visit_no AS visit_no,
                    countIf(n.type = 'page') AS m_pageviews, count() AS m_events,
                    any(s.pageviews) AS pageviews, any(s.events) AS events, any(s.duration) AS duration
             FROM ({numbered_sql(scope)}) AS n
             INNER JOIN ({sessions_sql(scope)}) AS s ON n.visitor = s.visitor AND n.visit_no = s.visit_no
-            WHERE {is_page}{scope.event_match()}
+            WHERE ({value.where}) AND {scope.event_match()}
             GROUP BY value, visitor, visit_no"""
         sql = (f"SELECT value, {_select(metrics)} FROM ({per_visit}) GROUP BY value "
                f"ORDER BY {order} DESC, value LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}")

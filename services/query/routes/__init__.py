@@ -1,6 +1,7 @@
 """The query service's HTTP routes, by area, in the order they are matched (`/events/{event_id}` after
 every other `/events/<name>`)."""
 
-from services.query.routes import events, journeys, metrics, users, web_stats
+from services.query.routes import definitions, events, journeys, metrics, saved_funnels, users, web_stats
 
-ROUTERS = [events.router, metrics.router, web_stats.router, journeys.router, users.router]
+ROUTERS = [events.router, metrics.router, web_stats.router, journeys.router, users.router, definitions.router,
+           saved_funnels.router]

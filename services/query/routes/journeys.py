@@ -13,6 +13,7 @@ from services.query import funnels
 from services.query import schemas as s
 from services.query.context import App, QueryCtx, Tz, analytics_router, cached
 from services.query.params import PeriodName, period_of
+from services.query.refine import SegmentParam
 
 MAX_FUNNEL_WINDOW_S = 90 * 86400
 
@@ -25,6 +26,7 @@ async def funnel(
     ctx: QueryCtx,
     app_id: App,
     tz: Tz,
+    segment: SegmentParam,
     steps: Annotated[str, Query(max_length=2000, description="2 to 8 event names, comma separated")],
     window: Annotated[int, Query(ge=1, le=MAX_FUNNEL_WINDOW_S, description="seconds")] = 86400,
     period: PeriodName = "30d", date: str | None = None,
@@ -35,11 +37,11 @@ async def funnel(
     span = period_of(period, date, tz)
 
     async def compute() -> dict[str, Any]:
-        rows = await funnels.funnel(ctx.clickhouse, app_id, span.start, span.end, names, window)
+        rows = await funnels.funnel(ctx.clickhouse, app_id, span.start, span.end, names, window, segment.condition())
         return {"period": span.as_json(), "window": window, "steps": rows}
 
-    params = {"s": names, "w": window, "p": period, "d": date, "tz": tz}
-    return await cached(ctx, app_id, "funnels", params, span.live, compute)
+    params = {"s": names, "w": window, "p": period, "d": date, "tz": tz, "sg": segment.key()}
+    return await cached(ctx, app_id, "funnels", params, span.live or segment.live, compute)
 
 
 @router.get("/retention", operation_id="getRetention", responses=s.answer(s.Retention), tags=["retention"],
@@ -48,11 +50,13 @@ async def retention(
     ctx: QueryCtx,
     app_id: App,
     tz: Tz,
+    segment: SegmentParam,
     interval: Literal["day", "week"] = "week",
     cohorts: Annotated[int, Query(ge=1, le=52, description="how many cohorts, at most 52")] = 8,
 ) -> Response:
 
     async def compute() -> dict[str, Any]:
-        return {"interval": interval, "cohorts": await funnels.retention_cohorts(ctx.clickhouse, app_id, interval, cohorts, tz)}
+        rows = await funnels.retention_cohorts(ctx.clickhouse, app_id, interval, cohorts, tz, segment.condition())
+        return {"interval": interval, "cohorts": rows}
 
-    return await cached(ctx, app_id, "retention", {"i": interval, "c": cohorts, "tz": tz}, True, compute)
+    return await cached(ctx, app_id, "retention", {"i": interval, "c": cohorts, "tz": tz, "sg": segment.key()}, True, compute)

@@ -13,6 +13,7 @@ from libs.http import ApiError
 from services.query import privacy
 from services.query import schemas as s
 from services.query.context import AdminApp, App, QueryCtx, analytics_router, cached
+from services.query.refine import SegmentParam
 from services.query.schemas import EXPORT
 
 MAX_LIMIT = 1000
@@ -25,15 +26,16 @@ router = analytics_router()
 async def users(
     ctx: QueryCtx,
     app_id: App,
+    segment: SegmentParam,
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")] = 50,
     search: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     async def compute() -> dict[str, Any]:
-        rows, total = await privacy.list_users(ctx.clickhouse, app_id, search, limit, (page - 1) * limit)
+        rows, total = await privacy.list_users(ctx.clickhouse, app_id, search, limit, (page - 1) * limit, segment.condition())
         return {"users": rows, "page": page, "limit": limit, "total": total}
 
-    return await cached(ctx, app_id, "users", {"p": page, "l": limit, "s": search}, True, compute)
+    return await cached(ctx, app_id, "users", {"p": page, "l": limit, "s": search, "sg": segment.key()}, True, compute)
 
 
 @router.get("/users/{user_id}/export", operation_id="exportUser", responses=EXPORT, response_class=StreamingResponse, tags=["privacy"],

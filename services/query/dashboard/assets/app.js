@@ -3,6 +3,7 @@ import { api, ApiError, login, logout, oidcConfig, oidcSignIn, onSessionChange, 
 import { h, fmt, announce, copy, field, submitting } from "./dom.js";
 import { settingsView, sharingView, teamsView, teamView, invitationView, pendingInvitation, teamPicker } from "./manage.js";
 import { lineChart } from "./charts.js";
+import { dropoffLinks, dropoffList, goalsView, savedFunnels, segmentPicker, segmentsView } from "./analysis.js";
 
 const main = document.getElementById("main");
 let renderId = 0;
@@ -63,7 +64,8 @@ async function render() {
       const apps = await api("/api/auth/apps");
       const app = apps.find((a) => a.app_id === appId);
       if (!app) return show(stale, "Not found", h("div", { class: "card" }, h("h1", {}, "Site not found"), h("p", {}, "It is not one of your sites. ", h("a", { href: "#/apps" }, "Back to your sites"))));
-      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView, settings: settingsView, sharing: sharingView };
+      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView,
+        settings: settingsView, sharing: sharingView, goals: (a, q) => goalsView(ui, a, q), segments: (a, q) => segmentsView(ui, a, q) };
       const build = (tabsFor(app).some(([v]) => v === view) && views[view]) || overview;
       const body = await build(app, query, parts.slice(3), stale);
       return show(stale, `${tabTitle(view)} · ${app.name}`, appShell(app, view, apps), body);
@@ -83,7 +85,7 @@ function show(stale, title, ...nodes) {
   announce(title);
 }
 
-const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["keys", "Keys & snippet"], ["settings", "Settings"], ["sharing", "Sharing"]];
+const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["goals", "Goals"], ["segments", "Segments"], ["keys", "Keys & snippet"], ["settings", "Settings"], ["sharing", "Sharing"]];
 const ADMIN_TABS = new Set(["keys", "settings", "sharing"]); // a viewer reads; admins and owners manage
 function tabsFor(app) { return TABS.filter(([v]) => app.role !== "viewer" || !ADMIN_TABS.has(v)); }
 function tabTitle(view) { return (TABS.find(([v]) => v === view) || TABS[0])[1]; }
@@ -389,6 +391,7 @@ function statsParams(app, query) {
   const p = { app_id: app.app_id, period };
   if (period === "custom" && query.get("from") && query.get("to")) p.date = `${query.get("from")},${query.get("to")}`;
   for (const f of FILTERS) if (query.get(f)) p[f] = query.get(f);
+  if (query.get("segment_id")) p.segment_id = query.get("segment_id");
   return p;
 }
 
@@ -481,6 +484,9 @@ function panel(title, id, load) {
   return section;
 }
 
+// What analysis.js (goals, properties, segments, saved funnels) uses of this module.
+const ui = { go, appPath, withQuery, statsParams, periodControls, panel, unavailable, refresh: () => render() };
+
 function intervalFor(period) { return period === "day" ? "hour" : ["6mo", "12mo"].includes(period) ? "month" : "day"; }
 
 async function overview(app, query) {
@@ -498,7 +504,8 @@ async function overview(app, query) {
   const xFormat = (d) => (interval === "hour" ? String(d).slice(11, 16) : interval === "month" ? String(d).slice(0, 7) : String(d).slice(5, 10));
   const breakdowns = [["page", "Top pages"], ["source", "Top sources"], ["device", "Devices"], ["browser", "Browsers"], ["os", "Operating systems"], ["country", "Countries"], ["event_name", "Events"], ["utm_campaign", "Campaigns"]];
   return h("div", {},
-    h("div", { class: "row", style: { justifyContent: "space-between", marginBottom: ".8rem" } }, periodControls(app, query, "overview"), realtime),
+    h("div", { class: "row", style: { justifyContent: "space-between", marginBottom: ".8rem" } }, periodControls(app, query, "overview"),
+      await segmentPicker(ui, app, query, "overview"), realtime),
     filterChips(app, query),
     panel("Summary", "summary", async () => {
       const r = await api("/api/analytics/stats/aggregate", { params: { ...params, compare: "previous_period" } });
@@ -569,9 +576,11 @@ async function usersView(app, query, rest) {
   const form = h("form", { class: "row", role: "search" },
     h("div", { class: "field" }, h("label", { for: "user-search" }, "Search users"), h("input", { id: "user-search", name: "search", type: "search", value: search })),
     h("button", { type: "submit" }, "Search"));
-  form.addEventListener("submit", (e) => { e.preventDefault(); go(appPath(app.app_id, "users"), { search: new FormData(form).get("search") }); });
+  form.addEventListener("submit", (e) => { e.preventDefault(); go(appPath(app.app_id, "users"), Object.fromEntries(new FormData(form).entries())); });
   let r;
-  try { r = await api("/api/analytics/users", { params: { app_id: app.app_id, page, limit: 50, search } }); }
+  const segment = await segmentPicker(ui, app, query, "users");
+  if (segment) form.append(segment);
+  try { r = await api("/api/analytics/users", { params: { app_id: app.app_id, page, limit: 50, search, segment_id: query.get("segment_id") } }); }
   catch (err) { return h("div", {}, h("section", { class: "card" }, form), unavailable(err)); }
   const pages = Math.max(1, Math.ceil((r.total || 0) / (r.limit || 50)));
   return h("div", {},
@@ -628,15 +637,20 @@ async function funnelsView(app, query) {
     go(appPath(app.app_id, "funnels"), data);
   });
   const hint = names.groups.length ? h("p", { class: "muted" }, "Your events: ", names.groups.slice(0, 15).map((g) => g.key).join(", ")) : null;
-  if (!steps) return h("div", {}, h("section", { class: "card" }, form, hint));
+  const segment = await segmentPicker(ui, app, query, "funnels");
+  if (segment) form.append(segment);
+  const saved = await savedFunnels(ui, app, query);
+  if (!steps) return h("div", {}, h("section", { class: "card" }, form, hint), saved);
   let body;
   try {
-    const r = await api("/api/analytics/funnels", { params: { app_id: app.app_id, steps, window: windowS, period: query.get("period") || "30d" } });
+    const r = await api("/api/analytics/funnels", { params: { app_id: app.app_id, steps, window: windowS, period: query.get("period") || "30d", segment_id: query.get("segment_id") } });
     body = h("ol", { class: "funnel", "aria-label": "Funnel" }, ...r.steps.map((st) => h("li", { class: "step" },
       h("div", {}, h("strong", {}, st.name), ` — ${fmt.num(st.visitors)} ${st.visitors === 1 ? "visitor" : "visitors"} · ${fmt.pct(st.conversion_rate)} of the first step · ${fmt.pct(st.step_conversion_rate)} of the previous`),
       h("div", { class: "track", "aria-hidden": "true" }, h("span", { style: { width: `${Math.max(0, Math.min(100, st.conversion_rate || 0))}%` } })))));
+    body = h("div", {}, body, h("nav", { class: "row", "aria-label": "Drop-off lists" }, ...dropoffLinks(ui, app, query, r.steps.length)));
   } catch (err) { body = unavailable(err); }
-  return h("div", {}, h("section", { class: "card" }, form, hint), h("section", { class: "card", "aria-labelledby": "funnel-title" }, h("h2", { id: "funnel-title" }, "Conversion"), body));
+  return h("div", {}, h("section", { class: "card" }, form, hint), h("section", { class: "card", "aria-labelledby": "funnel-title" }, h("h2", { id: "funnel-title" }, "Conversion"), body),
+    await dropoffList(ui, app, query), saved);
 }
 
 async function retentionView(app, query) {
@@ -648,9 +662,11 @@ async function retentionView(app, query) {
     h("div", { class: "field" }, h("label", { for: "r-cohorts" }, "How many"), h("input", { id: "r-cohorts", name: "cohorts", type: "number", min: 1, max: 52, value: cohorts })),
     h("button", { type: "submit" }, "Show"));
   form.addEventListener("submit", (e) => { e.preventDefault(); go(appPath(app.app_id, "retention"), Object.fromEntries(new FormData(form).entries())); });
+  const segment = await segmentPicker(ui, app, query, "retention");
+  if (segment) form.append(segment);
   let body;
   try {
-    const r = await api("/api/analytics/retention", { params: { app_id: app.app_id, interval, cohorts } });
+    const r = await api("/api/analytics/retention", { params: { app_id: app.app_id, interval, cohorts, segment_id: query.get("segment_id") } });
     const width = Math.max(0, ...r.cohorts.map((c) => c.rates.length));
     body = r.cohorts.length ? h("div", { class: "tablewrap" }, h("table", { class: "heat" },
       h("caption", { class: "sr-only" }, `Share of each ${interval}'s new visitors who came back`),

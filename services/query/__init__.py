@@ -50,6 +50,7 @@ SERVICE = ServiceSpec(
         ("stats", "web analytics: visitors, visits, pageviews, bounce rate, breakdowns, realtime"),
         ("funnels", "ordered steps and their conversion"),
         ("retention", "cohorts and how many came back"),
+        ("paths", "the most common steps after or before a page or an event"),
         ("users", "the users of an app, most recently seen first"),
         ("privacy", "export or delete every event of one user"),
         ("dashboard", "the web dashboard"),

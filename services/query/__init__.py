@@ -12,6 +12,7 @@ NAME = "query"
 def build(runtime: Runtime) -> ServiceParts:
     from libs.clickhouse.migrate import migrate_clickhouse
     from services.query import dashboard
+    from services.query.annotation_store import STORE, QueryStore
     from services.query.cache import QueryCache
     from services.query.context import QueryContext
     from services.query.reports import run_scheduler
@@ -26,6 +27,7 @@ def build(runtime: Runtime) -> ServiceParts:
             await shared_app_directory(runtime),
         )
         runtime.contexts.set(NAME, context)
+        runtime.contexts.set(STORE, QueryStore(runtime))  # its own Postgres (annotations)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
@@ -51,6 +53,7 @@ SERVICE = ServiceSpec(
         ("funnels", "ordered steps and their conversion"),
         ("retention", "cohorts and how many came back"),
         ("paths", "the most common steps after or before a page or an event"),
+        ("annotations", "notes on the time series: launches, campaigns, outages"),
         ("users", "the users of an app, most recently seen first"),
         ("privacy", "export or delete every event of one user"),
         ("dashboard", "the web dashboard"),

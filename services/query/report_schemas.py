@@ -3,7 +3,9 @@ document, beside schemas.py's: the routes build their JSON themselves, these des
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.query.schemas import Period, _example
 
@@ -34,3 +36,31 @@ class Paths(BaseModel):
     visits: int = Field(description="visits that had the start step (each counted once, from its first)")
     paths: list[PathSequence] = Field(description="the most common step sequences, most visits first")
     links: list[PathLink] = Field(description="per level, the most taken links from a step to the next")
+
+
+class AnnotationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"app_id": "6f1c9a52-3a5e-4c5b-9a37-3c8f2f1d2a10", "date": "2026-01-15", "text": "Launched the new pricing page"},
+        {"datetime": "2026-01-15T09:30:00Z", "text": "Newsletter sent"}]})
+    app_id: str | None = Field(default=None, max_length=64, description="required with a Bearer token (or as app_id=)")
+    date: dt.date | None = Field(default=None, description="a day (as the site shows it): an all-day note")
+    datetime: dt.datetime | None = Field(default=None, description="or a moment (naive: UTC)")
+    text: str = Field(min_length=1, max_length=500)
+
+
+class Annotation(BaseModel):
+    model_config = _example(id="2b9f6a3e-7c1d-4f0e-9a55-1d2c3b4a5e6f", date="2026-01-15", datetime=None,
+                            text="Launched the new pricing page", created_at="2026-01-15T10:02:11Z")
+    id: str
+    date: str | None = Field(description="YYYY-MM-DD for an all-day note")
+    datetime: str | None = Field(description="ISO 8601, UTC, for a note at a moment")
+    text: str
+    created_at: str
+
+
+class Annotations(BaseModel):
+    model_config = _example(period={"start": "2026-01-01T00:00:00Z", "end": "2026-01-31T00:00:00Z"}, annotations=[
+        {"id": "2b9f6a3e-7c1d-4f0e-9a55-1d2c3b4a5e6f", "date": "2026-01-15", "datetime": None,
+         "text": "Launched the new pricing page", "created_at": "2026-01-15T10:02:11Z"}])
+    period: Period
+    annotations: list[Annotation] = Field(description="oldest first")

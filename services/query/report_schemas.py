@@ -4,6 +4,7 @@ document, beside schemas.py's: the routes build their JSON themselves, these des
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,3 +65,17 @@ class Annotations(BaseModel):
          "text": "Launched the new pricing page", "created_at": "2026-01-15T10:02:11Z"}])
     period: Period
     annotations: list[Annotation] = Field(description="oldest first")
+
+
+class RealtimeMinute(BaseModel):
+    minute: str = Field(description="the minute's start, ISO 8601, UTC")
+    visitors: int
+
+
+class RealtimeDetail(BaseModel):
+    model_config = _example(visitors=3, minutes=[{"minute": "2026-01-31T11:31:00Z", "visitors": 2}],
+                            pages=[{"page": "/pricing", "visitors": 2}], sources=[{"source": "google.com", "visitors": 1}])
+    visitors: int = Field(description="distinct visitors in the last 30 minutes")
+    minutes: list[RealtimeMinute] = Field(description="30 minutes, oldest first; the last is the current one")
+    pages: list[dict[str, Any]] = Field(description="the 10 pages most visitors viewed in the 30 minutes: page, visitors")
+    sources: list[dict[str, Any]] = Field(description="the 10 sources most of those visitors came from: source, visitors")

@@ -1,6 +1,7 @@
 """The query service's HTTP routes, by area, in the order they are matched (`/events/{event_id}` after
 every other `/events/<name>`)."""
 
-from services.query.routes import annotations, events, journeys, metrics, paths, users, web_stats
+from services.query.routes import annotations, events, journeys, metrics, paths, realtime, users, web_stats
 
-ROUTERS = [events.router, metrics.router, web_stats.router, journeys.router, paths.router, annotations.router, users.router]
+ROUTERS = [events.router, metrics.router, web_stats.router, journeys.router, paths.router, annotations.router,
+           realtime.router, users.router]

@@ -10,8 +10,8 @@ from fastapi import Query
 from fastapi.responses import Response
 
 from libs.http import ApiError
+from services.query import links, stats
 from services.query import schemas as s
-from services.query import stats
 from services.query.context import App, QueryCtx, analytics_router, cached
 from services.query.params import Filters, PeriodName, TimeZone, metric_list, period_of
 from services.query.periods import buckets
@@ -82,7 +82,7 @@ async def timeseries(
             summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
 async def breakdown(
     ctx: QueryCtx, app_id: App, filters: Filters,
-    property: Annotated[str, Query(description=", ".join(stats.PROPERTIES))] = "page",
+    property: Annotated[str, Query(description=", ".join((*stats.PROPERTIES, *links.PROPERTIES)))] = "page",
     period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
     metrics: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")] = 10,
@@ -95,12 +95,18 @@ async def breakdown(
         page_number = int(raw) if raw.isdecimal() else 0
         if not 1 <= page_number <= 100000:
             raise ApiError(422, "page (the result page) runs from 1 to 100000; filter by a path with page=/path")
-    if property not in stats.PROPERTIES:
-        raise ApiError(422, f"unknown property {property!r}; send one of {', '.join(stats.PROPERTIES)}")
+    if property not in stats.PROPERTIES and property not in links.PROPERTIES:
+        raise ApiError(422, f"unknown property {property!r}; send one of {', '.join((*stats.PROPERTIES, *links.PROPERTIES))}")
     span = period_of(period, date, tz)
-    wanted = metric_list(metrics, ("visitors", "pageviews"))
+    wanted = metric_list(metrics, ("visitors", "pageviews") if property in stats.PROPERTIES else ("visitors", "events"))
+    if property in links.PROPERTIES and set(wanted) - set(links.METRICS):
+        raise ApiError(422, f"{property} is broken down by {' and '.join(links.METRICS)} only; send metrics=visitors,events")
 
     async def compute() -> dict[str, Any]:
+        if property in links.PROPERTIES:
+            scope = stats.Scope(app_id, span.start, span.end, filters)
+            rows = await links.breakdown(ctx.clickhouse, scope, property, wanted, limit, (page_number - 1) * limit)
+            return {"property": property, "period": span.as_json(), "results": rows}
         scope = stats.Scope(app_id, span.start, span.end, filters, carry=(property,))
         rows = await stats.breakdown(ctx.clickhouse, scope, property, wanted, limit, (page_number - 1) * limit)
         return {"property": property, "period": span.as_json(), "results": rows}

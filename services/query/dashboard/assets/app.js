@@ -2,6 +2,7 @@
 import { api, ApiError, login, logout, onSessionChange, setSession, signedIn } from "./api.js";
 import { h, fmt, announce, copy } from "./dom.js";
 import { lineChart } from "./charts.js";
+import { annotationForm, downloadButton, marksFor, pathsView, realtimePanel } from "./reports.js";
 
 const main = document.getElementById("main");
 let renderId = 0;
@@ -42,7 +43,8 @@ async function render() {
       const apps = await api("/api/auth/apps");
       const app = apps.find((a) => a.app_id === appId);
       if (!app) return show(stale, "Not found", h("div", { class: "card" }, h("h1", {}, "Site not found"), h("p", {}, "It is not one of your sites. ", h("a", { href: "#/apps" }, "Back to your sites"))));
-      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView };
+      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView,
+        paths: (a, q) => pathsView(a, q, go, appPath, statsParams), realtime: (a) => h("div", {}, realtimePanel(a, timers)) };
       const build = views[view] || overview;
       const body = await build(app, query, parts.slice(3), stale);
       return show(stale, `${tabTitle(view)} · ${app.name}`, appShell(app, view, apps), body);
@@ -62,7 +64,7 @@ function show(stale, title, ...nodes) {
   announce(title);
 }
 
-const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["keys", "Keys & snippet"]];
+const TABS = [["overview", "Overview"], ["realtime", "Realtime"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["paths", "Paths"], ["keys", "Keys & snippet"]];
 function tabTitle(view) { return (TABS.find(([v]) => v === view) || TABS[0])[1]; }
 
 function appShell(app, view, apps) {
@@ -291,7 +293,7 @@ async function keysView(app) {
 
 const PERIODS = [["day", "Today"], ["7d", "Last 7 days"], ["30d", "Last 30 days"], ["month", "This month"], ["6mo", "Last 6 months"], ["12mo", "Last 12 months"], ["custom", "Custom range"]];
 const FILTERS = ["page", "entry_page", "exit_page", "source", "referrer", "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "device", "browser", "os", "country", "event_name"];
-const LABELS = { page: "Page", entry_page: "Entry page", exit_page: "Exit page", source: "Source", referrer: "Referrer", device: "Device", browser: "Browser", os: "OS", country: "Country", event_name: "Event", utm_source: "UTM source", utm_medium: "UTM medium", utm_campaign: "UTM campaign", utm_term: "UTM term", utm_content: "UTM content" };
+const LABELS = { referrer_url: "Referrer", outbound_link: "Outbound link", file_download: "File", page: "Page", entry_page: "Entry page", exit_page: "Exit page", source: "Source", referrer: "Referrer", device: "Device", browser: "Browser", os: "OS", country: "Country", event_name: "Event", utm_source: "UTM source", utm_medium: "UTM medium", utm_campaign: "UTM campaign", utm_term: "UTM term", utm_content: "UTM content" };
 
 function statsParams(app, query) {
   const period = query.get("period") || "30d";
@@ -382,9 +384,11 @@ function breakdownTable(app, query, property, rows) {
     }))));
 }
 
-function panel(title, id, load) {
+// `csv`: [path, params] of the report the panel shows, for its download button.
+function panel(title, id, load, csv) {
   const body = h("div", { "aria-busy": "true" }, h("p", { class: "muted" }, "Loading…"));
-  const section = h("section", { class: "card", "aria-labelledby": `${id}-title`, id }, h("h2", { id: `${id}-title` }, title), body);
+  const section = h("section", { class: "card", "aria-labelledby": `${id}-title`, id },
+    h("div", { class: "panelhead" }, h("h2", { id: `${id}-title` }, title), csv ? downloadButton(csv[0], csv[1], title) : null), body);
   load().then((node) => { body.replaceChildren(node); body.removeAttribute("aria-busy"); },
     (err) => { body.replaceChildren(unavailable(err)); body.removeAttribute("aria-busy"); });
   return section;
@@ -405,23 +409,77 @@ async function overview(app, query) {
   timers.push(setInterval(updateRealtime, 30000));
   const interval = intervalFor(params.period);
   const xFormat = (d) => (interval === "hour" ? String(d).slice(11, 16) : interval === "month" ? String(d).slice(0, 7) : String(d).slice(5, 10));
-  const breakdowns = [["page", "Top pages"], ["source", "Top sources"], ["device", "Devices"], ["browser", "Browsers"], ["os", "Operating systems"], ["country", "Countries"], ["event_name", "Events"], ["utm_campaign", "Campaigns"]];
+  const series = { ...params, interval, metrics: "visitors,pageviews" };
+  const chart = async () => {
+    const [r, notes] = await Promise.all([api("/api/analytics/stats/timeseries", { params: series }),
+      api("/api/analytics/annotations", { params }).catch(() => ({ annotations: [] }))]);
+    const rows = futureless(r.results || [], interval);
+    const canWrite = ["owner", "admin"].includes(app.role || "owner");
+    const holder = h("div", {});
+    const draw = async () => {
+      const fresh = await api("/api/analytics/annotations", { params }).catch(() => ({ annotations: [] }));
+      holder.replaceChildren(lineChart(rows, [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }],
+        { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, fresh.annotations) }),
+      fresh.annotations.length ? h("ul", { class: "notes", "aria-label": "Notes on the chart" }, ...fresh.annotations.map((n) => h("li", { "data-note": n.id },
+        h("strong", {}, n.date || fmt.time(n.datetime)), ` ${n.text}`))) : null);
+    };
+    holder.append(lineChart(rows, [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }],
+      { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, notes.annotations) }));
+    if (notes.annotations.length) await draw();
+    return h("div", {}, holder, canWrite ? h("details", {}, h("summary", {}, "Add a note to the chart"), annotationForm(app, draw)) : null);
+  };
+  const breakdowns = [
+    [[["page", "Top pages"], ["entry_page", "Entry pages"], ["exit_page", "Exit pages"]], "top-page"],
+    [[["source", "Top sources"], ["utm_source", "UTM source"], ["utm_medium", "UTM medium"], ["utm_campaign", "UTM campaign"], ["utm_term", "UTM term"], ["utm_content", "UTM content"]], "top-source"],
+    [[["device", "Devices"]], "top-device"], [[["browser", "Browsers"]], "top-browser"], [[["os", "Operating systems"]], "top-os"],
+    [[["country", "Countries"]], "top-country"], [[["event_name", "Events"]], "top-event_name"],
+    [[["outbound_link", "Outbound links"], ["file_download", "File downloads"]], "top-outbound_link"],
+  ];
+  if (query.get("source")) breakdowns.splice(2, 0, [[["referrer", `Referrers from ${query.get("source")}`]], "top-referrer"]);
   return h("div", {},
     h("div", { class: "row", style: { justifyContent: "space-between", marginBottom: ".8rem" } }, periodControls(app, query, "overview"), realtime),
     filterChips(app, query),
     panel("Summary", "summary", async () => {
       const r = await api("/api/analytics/stats/aggregate", { params: { ...params, compare: "previous_period" } });
       return h("div", {}, r.period ? h("p", { class: "muted" }, `${fmt.time(r.period.start)} – ${fmt.time(r.period.end)}`) : null, metricCards(r.results || {}));
-    }),
-    panel("Visitors and pageviews", "timeseries", async () => {
-      const r = await api("/api/analytics/stats/timeseries", { params: { ...params, interval, metrics: "visitors,pageviews" } });
-      return lineChart(r.results || [], [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }], { label: "Visitors and pageviews over time", xFormat });
-    }),
-    h("div", { class: "grid2" }, ...breakdowns.map(([property, title]) => panel(title, `top-${property}`, async () => {
-      const metrics = property === "event_name" ? "visitors,events" : "visitors,pageviews";
-      const r = await api("/api/analytics/stats/breakdown", { params: { ...params, property, metrics, limit: 10 } });
-      return breakdownTable(app, query, property, r.results || []);
-    }))));
+    }, ["/api/analytics/stats/aggregate", params]),
+    panel("Visitors and pageviews", "timeseries", chart, ["/api/analytics/stats/timeseries", series]),
+    h("div", { class: "grid2" }, ...breakdowns.map(([choices, id]) => tabbedPanel(app, query, params, choices, id))));
+}
+
+// Today's buckets after the current one have no data yet: null, not zero (the chart stops at now).
+function futureless(rows, interval) {
+  const p = (n) => String(n).padStart(2, "0");
+  const d = new Date();
+  const now = interval === "hour" ? `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:00:00`
+    : `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
+  return rows.map((r) => (String(r.date) > now ? Object.fromEntries(Object.entries(r).map(([k, v]) => [k, k === "date" ? v : null])) : r));
+}
+
+// A breakdown panel with a tab per property (pages, entry and exit pages; sources and UTM tags).
+function tabbedPanel(app, query, params, choices, id) {
+  const [first, title] = choices[0];
+  let current = first;
+  const body = h("div", {});
+  const metricsOf = (property) => (property === "event_name" ? "visitors,events" : ["outbound_link", "file_download"].includes(property) ? "visitors,events" : "visitors,pageviews");
+  const paramsOf = (property) => ({ ...params, property, metrics: metricsOf(property), limit: 10 });
+  const load = async (property) => {
+    current = property;
+    body.setAttribute("aria-busy", "true");
+    try {
+      const r = await api("/api/analytics/stats/breakdown", { params: paramsOf(property) });
+      body.replaceChildren(breakdownTable(app, query, property, r.results || []));
+    } catch (err) { body.replaceChildren(unavailable(err)); }
+    body.removeAttribute("aria-busy");
+    tabs.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.property === property)));
+  };
+  const tabs = choices.length > 1 ? h("div", { class: "subtabs", role: "group", "aria-label": `${title}: show` },
+    ...choices.map(([property, label]) => h("button", { type: "button", class: "link", "data-property": property, "aria-pressed": String(property === first), onclick: () => load(property) }, label))) : h("div", {});
+  const download = h("button", { type: "button", class: "secondary small download", "aria-label": `Download ${title} as CSV` }, "Download CSV");
+  download.addEventListener("click", () => downloadButton("/api/analytics/stats/breakdown", paramsOf(current), title).click());
+  load(first);
+  return h("section", { class: "card", "aria-labelledby": `${id}-title`, id },
+    h("div", { class: "panelhead" }, h("h2", { id: `${id}-title` }, title), download), tabs, body);
 }
 
 // ---- events explorer ---------------------------------------------------------------------------

@@ -184,6 +184,10 @@ async def test_reports_in_the_dashboard(client: httpx.AsyncClient, live_url: str
               .filter((card) => card.scrollWidth > card.clientWidth + 1 || [...card.children].some((c) =>
                  c.getBoundingClientRect().right > card.getBoundingClientRect().right + 1)).map((c) => c.textContent)""")
             assert spill == [], (width, spill)
+            heading = await page.evaluate("""() => [document.querySelector('#user-title').getBoundingClientRect().right,
+              document.querySelector('#user-title').closest('section').getBoundingClientRect().right]""")
+            assert heading[0] <= heading[1] + 1, (width, heading)
+            assert await page.evaluate("document.documentElement.scrollWidth") <= width
 
         # A phone-sized chart keeps its labels apart and inside too.
         await page.goto(f"{live_url}/dashboard#/app/{app_id}/overview?period=30d")

@@ -175,6 +175,23 @@ async def test_reports_in_the_dashboard(client: httpx.AsyncClient, live_url: str
         await shot(page, "paths.png")
         await assert_labelled(page)
 
+        # The events, users, funnel and retention views download theirs too: the raw events of the view.
+        await page.get_by_role("link", name="Events", exact=True).click()
+        async with page.expect_download() as info:
+            await page.get_by_role("button", name="Download these events as CSV").click()
+        rows = list(csv.reader(io.StringIO(Path(await (await info.value).path()).read_bytes().decode())))
+        assert len(rows) == 1 + len(events) and rows[0][:3] == ["event_id", "type", "event_name"]
+        assert sorted(r[2] for r in rows[1:]) == sorted(e["event"] for e in events)
+        for view, what in (("users", "these users"), ("retention", "retention")):
+            await page.goto(f"{live_url}/dashboard#/app/{app_id}/{view}")
+            await pw_expect(page.get_by_role("button", name=f"Download {what} as CSV")).to_have_count(1)
+        await page.goto(f"{live_url}/dashboard#/app/{app_id}/funnels?steps=page_view,signup_click")
+        async with page.expect_download() as info:
+            await page.get_by_role("button", name="Download the funnel as CSV").click()
+        rows = list(csv.reader(io.StringIO(Path(await (await info.value).path()).read_bytes().decode())))
+        assert rows == [["name", "visitors", "conversion_rate", "step_conversion_rate"],
+                        ["page_view", "2", "100.0", "100.0"], ["signup_click", "1", "50.0", "50.0"]]
+
         # A user card keeps a long id and dates inside its box.
         await page.goto(f"{live_url}/dashboard#/app/{app_id}/users/{LONG_USER}")
         await pw_expect(page.get_by_role("heading", name=f"User {LONG_USER}")).to_be_visible()

@@ -512,7 +512,8 @@ async function eventsView(app, query) {
   return h("div", {},
     h("section", { class: "card" }, form),
     h("section", { class: "card", "aria-labelledby": "events-title" },
-      h("h2", { id: "events-title" }, h("span", { id: "events-total" }, fmt.num(result.total)), result.total === 1 ? " event" : " events"),
+      h("div", { class: "panelhead" }, h("h2", { id: "events-title" }, h("span", { id: "events-total" }, fmt.num(result.total)), result.total === 1 ? " event" : " events"),
+        downloadButton("/api/analytics/events", { app_id: app.app_id, ...filters }, "these events")),
       result.events.length ? h("div", { class: "tablewrap" }, h("table", {},
         h("caption", { class: "sr-only" }, "Events, newest first"),
         h("thead", {}, h("tr", {}, ...["Time", "Event", "Page", "Visitor", "Device", "Country", "Details"].map((t) => h("th", { scope: "col" }, t)))),
@@ -543,7 +544,8 @@ async function usersView(app, query, rest) {
   const pages = Math.max(1, Math.ceil((r.total || 0) / (r.limit || 50)));
   return h("div", {},
     h("section", { class: "card" }, form, h("p", { class: "muted" }, "Users are visitors your site identified with analytics.identify(userId).")),
-    h("section", { class: "card", "aria-labelledby": "users-title" }, h("h2", { id: "users-title" }, `${fmt.num(r.total)} users`),
+    h("section", { class: "card", "aria-labelledby": "users-title" }, h("div", { class: "panelhead" }, h("h2", { id: "users-title" }, `${fmt.num(r.total)} users`),
+        downloadButton("/api/analytics/users", { app_id: app.app_id, page, limit: 50, search }, "these users")),
       r.users.length ? h("div", { class: "tablewrap" }, h("table", {},
         h("thead", {}, h("tr", {}, ...["User", "Events", "First seen", "Last seen", "Device", "Country"].map((t) => h("th", { scope: "col", class: t === "Events" ? "num" : null }, t)))),
         h("tbody", {}, ...r.users.map((u) => h("tr", {},
@@ -603,7 +605,8 @@ async function funnelsView(app, query) {
       h("div", {}, h("strong", {}, st.name), ` — ${fmt.num(st.visitors)} ${st.visitors === 1 ? "visitor" : "visitors"} · ${fmt.pct(st.conversion_rate)} of the first step · ${fmt.pct(st.step_conversion_rate)} of the previous`),
       h("div", { class: "track", "aria-hidden": "true" }, h("span", { style: { width: `${Math.max(0, Math.min(100, st.conversion_rate || 0))}%` } })))));
   } catch (err) { body = unavailable(err); }
-  return h("div", {}, h("section", { class: "card" }, form, hint), h("section", { class: "card", "aria-labelledby": "funnel-title" }, h("h2", { id: "funnel-title" }, "Conversion"), body));
+  return h("div", {}, h("section", { class: "card" }, form, hint), h("section", { class: "card", "aria-labelledby": "funnel-title" }, h("div", { class: "panelhead" }, h("h2", { id: "funnel-title" }, "Conversion"),
+    downloadButton("/api/analytics/funnels", { app_id: app.app_id, steps, window: windowS, period: query.get("period") || "30d" }, "the funnel")), body));
 }
 
 async function retentionView(app, query) {
@@ -626,7 +629,8 @@ async function retentionView(app, query) {
       h("tbody", {}, ...r.cohorts.map((c) => h("tr", {}, h("th", { scope: "row" }, c.cohort), h("td", { class: "num" }, fmt.num(c.size)),
         ...c.rates.map((rate, i) => h("td", { class: "num", title: `${fmt.num(c.retained[i])} visitors`, style: { background: `rgba(48, 70, 197, ${Math.min(0.85, rate / 110)})`, color: rate > 55 ? "#fff" : "#111" } }, fmt.pct(rate)))))))) : h("p", { class: "muted" }, "No visitors yet.");
   } catch (err) { body = unavailable(err); }
-  return h("div", {}, h("section", { class: "card" }, form), h("section", { class: "card", "aria-labelledby": "ret-title" }, h("h2", { id: "ret-title" }, "Retention"), body));
+  return h("div", {}, h("section", { class: "card" }, form), h("section", { class: "card", "aria-labelledby": "ret-title" }, h("div", { class: "panelhead" }, h("h2", { id: "ret-title" }, "Retention"),
+    downloadButton("/api/analytics/retention", { app_id: app.app_id, interval, cohorts }, "retention")), body));
 }
 
 // ---- start -------------------------------------------------------------------------------------------

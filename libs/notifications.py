@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, EmailStr, Field, model_validator
@@ -46,10 +47,21 @@ ReportFrequency = Literal["daily", "weekly"]
 REPORT_PERIODS: dict[str, timedelta] = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
 
 
-def next_report_at(frequency: str, after: datetime) -> datetime:
-    """The first period end strictly after `after`: the next UTC midnight (daily) or Monday 00:00 UTC
-    (weekly), so scheduled reports cover whole days and whole weeks, as Plausible's do."""
-    midnight = after.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if frequency == "daily":
-        return midnight + timedelta(days=1)
-    return midnight + timedelta(days=7 - midnight.weekday())
+def next_report_at(frequency: str, after: datetime, tz: str = "UTC") -> datetime:
+    """The first period end strictly after `after`: the next midnight (daily) or Monday 00:00 (weekly)
+    in the site's time zone `tz`, so scheduled reports cover whole local days and weeks, as Plausible's
+    do. In UTC."""
+    zone = ZoneInfo(tz)
+    day = after.astimezone(zone).date()
+    day += timedelta(days=1) if frequency == "daily" else timedelta(days=7 - day.weekday())
+    return datetime.combine(day, time(), zone).astimezone(UTC)
+
+
+def report_start(frequency: str, end: datetime, tz: str = "UTC") -> datetime:
+    """The start of the report period ending at `end`: the same local time one day (daily) or one week
+    (weekly) before, in `tz`. A scheduled report ends at a local midnight, so it covers the whole local
+    day or week before it, 23 or 25 hours long on a day the clocks change. In UTC."""
+    zone = ZoneInfo(tz)
+    local = end.astimezone(zone)
+    day = local.date() - REPORT_PERIODS[frequency]
+    return datetime.combine(day, local.time(), zone).astimezone(UTC)

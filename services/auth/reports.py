@@ -81,7 +81,7 @@ async def subscribe(svc: "AuthService", user_id: str, body: ReportIn) -> asyncpg
     """Stored and published together: the row is committed only once Kafka acknowledged its state."""
     app = await svc.owned_app(user_id, body.app_id)  # 404 / 403
     now = datetime.now(UTC)
-    first = now if body.send_now else next_report_at(body.frequency, now)
+    first = now if body.send_now else next_report_at(body.frequency, now, app["timezone"] or "UTC")  # local midnight
     async with svc.db() as conn, conn.transaction():
         count = await conn.fetchval("SELECT count(*) FROM report_subscriptions WHERE user_id = $1", uuid.UUID(user_id))
         if count >= MAX_SUBSCRIPTIONS_PER_USER:

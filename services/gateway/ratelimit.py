@@ -30,6 +30,7 @@ class KeyRateLimiter:
         self.shared = shared
         self.interval = interval
         self._pending: collections.Counter[str] = collections.Counter()
+        self._in_flight: dict[str, int] = {}  # hits a sync is sending to Redis right now, per key
         self._remaining: dict[str, int] = {}  # the shared window's room at the last sync
         self._reset_at: dict[str, float] = {}
         self._blocked_until: dict[str, float] = {}
@@ -44,11 +45,12 @@ class KeyRateLimiter:
                 return max(1, math.ceil(until - now))
             del self._blocked_until[key_id]
             self._remaining.pop(key_id, None)
-        used = self._pending[key_id]
+        # Hits on their way to Redis still count: the room learnt at the last sync does not include them.
+        used = self._pending[key_id] + self._in_flight.get(key_id, 0)
         if used >= self._remaining.get(key_id, self.item.amount):
             reset = self._reset_at.get(key_id, time.time() + self.item.get_expiry())
             return max(1, math.ceil(reset - time.time()))
-        self._pending[key_id] = used + 1
+        self._pending[key_id] += 1
         return None
 
     def start(self) -> None:
@@ -77,6 +79,7 @@ class KeyRateLimiter:
             self._remaining.clear()
             return
         pending, self._pending = self._pending, collections.Counter()
+        self._in_flight = dict(pending)
         # Keys seen lately whose window was not empty: their room grows back as the window moves.
         keys = set(pending) | {k for k, room in self._remaining.items() if room < self.item.amount}
         for key_id in keys:
@@ -89,8 +92,10 @@ class KeyRateLimiter:
                 RATE_LIMIT_FAIL_OPEN.labels(str(self.item)).inc(cost)
                 log.warning("rate limit store unreachable; allowing the requests", error=repr(exc))
                 self._remaining.pop(key_id, None)
+                self._in_flight.pop(key_id, None)
                 continue
-            self._remaining[key_id] = stats.remaining
+            self._remaining[key_id] = stats.remaining  # counts this sync's hits of the key
             self._reset_at[key_id] = stats.reset_time
+            self._in_flight.pop(key_id, None)
             if not accepted or stats.remaining <= 0:
                 self._blocked_until[key_id] = stats.reset_time

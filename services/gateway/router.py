@@ -26,7 +26,7 @@ ANALYTICS_ROUTES = {
     "metrics": ("recordMetric", 'Record a custom metric {metric_name, value, unit, tags} or {"events": [...]}'),
 }
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "group", "alias", "batch")
-INGEST_ERRORS = errors(400, 401, 413, 415, 422, 429, 503)
+INGEST_ERRORS = errors(400, 401, 403, 413, 415, 422, 429, 503)  # 403: an Origin the site does not allow
 
 Gateway = Annotated[ingest.Ingestor, Depends(context_dependency(NAME, ingest.Ingestor))]
 analytics = APIRouter(prefix="/api/analytics", tags=["ingest"], responses=INGEST_ERRORS)

@@ -29,6 +29,7 @@ from libs.stream.produce import Backpressure, CoalescingPublisher
 from services.gateway import enrich
 from services.gateway.ratelimit import KeyRateLimiter
 from services.gateway.schemas import CollectEvent, MetricIn, NamedEvent
+from services.gateway.siterules import EVENTS_EXCLUDED, RuleBook, SiteRules, check_origin
 
 log = get_logger(__name__)
 
@@ -221,6 +222,8 @@ class RequestFacts:
     user_agent: str
     ip: str
     body_size: int | None = None
+    rules: SiteRules | None = None  # the site's ingest rules (siterules.py), None when it has none
+    hidden: set[int] | None = None  # events (their id()) dropped by the site's excluded_ips, answered as taken
 
     def base(self, event_id: str | None) -> dict[str, Any]:
         """The request's own facts for one event (a copy of the cached template, plus its own id,
@@ -249,12 +252,18 @@ class Ingestor:
         self.apps = apps if apps is not None else AppDirectory()  # each app's site rules (libs/apps.py)
         self.publisher = publisher
         self.limiter = limiter
+        self.rules = RuleBook(self.apps.get)  # the site rules of each app, compiled once per version
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.draining = False  # set when the process stops: new events are refused, not acknowledged
 
     def facts(self, record: KeyRecord, peer: str, headers: Any) -> RequestFacts:
+        """The request's facts, with its site's rules; 403 for a write key's browser request from an
+        origin the site does not allow."""
+        rules = self.rules.rules(record.app_id)
+        if rules is not None:
+            check_origin(rules, record.kind, headers.get("origin"))
         ip = self.proxies.client_ip(peer, headers.get("x-forwarded-for"))
-        return RequestFacts(record, enrich.now_utc(), headers.get("user-agent", ""), ip)
+        return RequestFacts(record, enrich.now_utc(), headers.get("user-agent", ""), ip, rules=rules)
 
     def check_rate(self, record: KeyRecord) -> None:
         if self.limiter is None:
@@ -280,8 +289,12 @@ class Ingestor:
         awaits `Publisher.acknowledged(pending)` before answering. 422 if no item is valid."""
         self.check_rate(facts.record)
         events, bad = self.prepare(facts, items, is_batch, (validate, convert, route))
-        waiters = self.publisher.append(facts.record.app_id, events) if events else []
-        return Pending(events, bad, waiters, route)
+        published = events
+        if facts.hidden:  # answered as taken, never published (siterules.py)
+            published = [event for event in events if id(event) not in facts.hidden]
+            EVENTS_EXCLUDED.inc(len(events) - len(published))
+        waiters = self.publisher.append(facts.record.app_id, published) if published else []
+        return Pending(events, bad, waiters, route, len(published))
 
     def prepare(
         self, facts: RequestFacts, items: Sequence[Any], is_batch: bool, how: Route
@@ -305,7 +318,13 @@ class Ingestor:
         if not converted:
             raise ApiError(422, bad if is_batch else bad[0]["errors"])
         events = []
+        rules = facts.rules
         for event in converted:
+            # The address as received (before anonymizing): the request's, or the one the event states.
+            if rules is not None and rules.excluded(event["ip"]):
+                if facts.hidden is None:
+                    facts.hidden = set()
+                facts.hidden.add(id(event))
             enrich.finalize(event, self.settings.ip_anonymize)
             if event["is_bot"] and self.settings.bot_policy == "drop":
                 BOTS_DROPPED.inc()
@@ -322,12 +341,15 @@ class Ingestor:
 
 @dataclass(slots=True)
 class Pending:
-    """A request's accepted events, handed to the publisher and not yet acknowledged."""
+    """A request's accepted events, handed to the publisher and not yet acknowledged: `events` as
+    answered, `published` of them handed to Kafka (the others were dropped by the site's excluded_ips,
+    which the answer does not reveal)."""
 
     events: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     waiters: list[Any]
     route: str
+    published: int
 
 
 class Publisher:
@@ -355,8 +377,8 @@ class Publisher:
             for waiter in pending.waiters:
                 await waiter
         except (TimeoutError, KafkaError, Backpressure) as exc:
-            raise _unavailable(exc, len(pending.events)) from exc
-        EVENTS_ACCEPTED.inc((pending.route,), len(pending.events))
+            raise _unavailable(exc, pending.published) from exc
+        EVENTS_ACCEPTED.inc((pending.route,), pending.published)
 
 
 def _unavailable(exc: BaseException, events: int) -> DependencyUnavailable:

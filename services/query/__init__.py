@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from libs.apikeys import shared_key_table, stop_shared_key_table
 from libs.apps import shared_app_directory, stop_shared_app_directory
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
@@ -14,7 +16,7 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.query import dashboard
     from services.query.annotation_store import STORE, QueryStore
     from services.query.cache import QueryCache
-    from services.query.context import QueryContext
+    from services.query.context import QueryContext, site_timezone
     from services.query.reports import run_scheduler
     from services.query.routes import ROUTERS
 
@@ -35,7 +37,8 @@ def build(runtime: Runtime) -> ServiceParts:
 
     async def reports() -> None:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""
-        await run_scheduler(runtime, runtime.contexts.get(NAME, QueryContext).clickhouse)
+        ctx = runtime.contexts.get(NAME, QueryContext)
+        await run_scheduler(runtime, ctx.clickhouse, functools.partial(site_timezone, ctx.apps))
 
     return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports])
 

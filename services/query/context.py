@@ -23,6 +23,7 @@ from libs.runtime import context_dependency
 from libs.settings import Settings
 from services.query import NAME, csv_export
 from services.query.cache import QueryCache, cache_key
+from services.query.periods import zone
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,28 @@ async def readable_app(access: Annotated[tuple[str, Role], Depends(app_access)])
 
 
 App = Annotated[str, Depends(readable_app)]
+
+
+def site_timezone(apps: AppDirectory, app_id: str) -> str:
+    """The app's site time zone (PATCH /api/auth/apps/{app_id}), UTC when it has none."""
+    record = apps.get(app_id)
+    return record.timezone if record is not None and record.timezone else "UTC"
+
+
+async def request_tz(
+    ctx: QueryCtx,
+    app_id: App,
+    tz: Annotated[str | None, Query(max_length=64, description="IANA time zone of days and hours; default: the "
+                                    "site's time zone", examples=["Europe/Berlin"])] = None,
+) -> str:
+    """The one time zone of a read: where its days, weeks and hours start, and how its dates without an
+    offset are read. The request's `tz`, else the site's. 422 for an unknown name."""
+    name = tz or site_timezone(ctx.apps, app_id)
+    zone(name)
+    return name
+
+
+Tz = Annotated[str, Depends(request_tz)]
 
 
 async def cached(

@@ -63,6 +63,30 @@ def _midnight(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(), tz).astimezone(UTC)
 
 
+def midnight(day: date, tz_name: str) -> datetime:
+    """The UTC moment a local day starts in `tz_name` (a 23- or 25-hour day included)."""
+    return _midnight(day, zone(tz_name))
+
+
+def local_today(tz_name: str, now: datetime | None = None) -> date:
+    return (now or datetime.now(UTC)).astimezone(zone(tz_name)).date()
+
+
+def last_days(days: int, tz_name: str, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The last `days` local days, today included, as a UTC range [local midnight days-1 days ago, now]."""
+    now = now or datetime.now(UTC)
+    first = local_today(tz_name, now) - timedelta(days=days - 1)
+    return max(midnight(first, tz_name), FIRST_MOMENT), now + timedelta(seconds=1)
+
+
+def utc_days_aligned(start: datetime, end: datetime, tz_name: str) -> bool:
+    """Whether every local midnight from `start` to `end` in `tz_name` is a UTC midnight (UTC itself, or
+    a zone at offset 0 all along): only then are its days the UTC days of the daily rollup."""
+    tz = zone(tz_name)
+    moments = [start + timedelta(days=i) for i in range((end - start).days + 1)] + [end]
+    return all(moment.astimezone(tz).utcoffset() == timedelta(0) for moment in moments)
+
+
 def _parse_day(value: str, what: str) -> date:
     try:
         day = date.fromisoformat(value.strip())
@@ -106,19 +130,26 @@ def resolve(period: str, date_param: str | None, tz_name: str, now: datetime | N
     return Period(period, _midnight(first, tz), _midnight(_month_start(anchor, -1), tz), tz)
 
 
+def hour_start(moment: datetime, tz: ZoneInfo) -> datetime:
+    """The UTC start of the local hour holding `moment`."""
+    local = moment.astimezone(tz)
+    return moment - timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
+
+
 def buckets(period: Period, interval: str) -> list[tuple[str, str]]:
     """Every bucket of the period as (key as the SQL formats it, label for the answer), in order."""
     if interval == "hour":
         if period.end - period.start > timedelta(days=MAX_HOURLY_DAYS):
             raise ApiError(422, f"hourly series cover at most {MAX_HOURLY_DAYS} days; ask for interval=day")
+        # Each local hour that starts in the period, keyed by its UTC start (HOUR_KEY): a zone half an hour
+        # off UTC (Asia/Kolkata) has hours starting at :30 UTC; a 25-hour day has 01:00 twice (two keys,
+        # one label), a 23-hour day no 02:00.
         out: list[tuple[str, str]] = []
-        moment = period.start.replace(minute=0, second=0, microsecond=0)
+        moment = hour_start(period.start, period.tz)
         while moment < period.end:
-            local = moment.astimezone(period.tz).replace(minute=0, second=0, microsecond=0)
-            key = local.strftime("%Y-%m-%d %H:%M:%S")
-            if not out or out[-1][0] != key:
-                out.append((key, local.strftime("%Y-%m-%dT%H:%M:%S")))
-            moment += timedelta(hours=1)
+            local = moment.astimezone(period.tz)
+            out.append((moment.strftime("%Y-%m-%d %H:%M:%S"), local.strftime("%Y-%m-%dT%H:%M:%S")))
+            moment = hour_start(moment + timedelta(hours=1), period.tz)
         return out
     first = period.start.astimezone(period.tz).date()
     last = (period.end - timedelta(microseconds=1)).astimezone(period.tz).date()

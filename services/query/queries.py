@@ -11,6 +11,7 @@ from typing import Any
 
 from libs.clickhouse import ClickHouse
 from services.query import frozen
+from services.query.periods import utc_days_aligned
 
 GROUPABLE = {"event_name": "event_name", "event_category": "event_category", "source": "source"}
 
@@ -194,7 +195,12 @@ async def counts_by(
 
 
 async def timeseries(ch: ClickHouse, where: Where, interval: str, tz: str) -> list[dict[str, Any]]:
-    if interval == "day" and tz == "UTC":
+    """Events and distinct visitors per local hour or day of `tz`. Days come from the UTC-day rows
+    (frozen days, the rollup) only when every local midnight of the range is a UTC midnight; a day
+    that starts at another moment (18:30 UTC in Asia/Kolkata, 07:00 or 08:00 in Los Angeles) is no
+    union of UTC days (nor of UTC hours, with a zone half an hour off), so it is counted from events."""
+    if interval == "day" and where.start is not None and where.end is not None \
+            and utc_days_aligned(where.start, where.end, tz):
         return await counts_by(ch, where, "bucket", "toDateTime(day, 'UTC')", "bucket")
     bucket = INTERVALS[interval]
     return await ch.query(

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -28,7 +29,7 @@ from libs.contracts import ReportRun
 from libs.kafka import REPORT_RUNS_TOPIC, REPORT_SUBSCRIPTIONS_GROUP, REPORT_SUBSCRIPTIONS_TOPIC, publish
 from libs.logs import get_logger
 from libs.migrations import apply_postgres
-from libs.notifications import REPORT_PERIODS, EmailMessage, next_report_at, queue_email
+from libs.notifications import EmailMessage, next_report_at, queue_email, report_start
 from libs.runtime import Runtime
 from libs.settings import Settings
 from libs.statetopic import follow_state_topic
@@ -76,23 +77,34 @@ async def report_data(ch: ClickHouse, app_id: str, start: datetime, end: datetim
     }
 
 
-def period_label(start: datetime, end: datetime) -> str:
-    """`Mon 16 Nov 2026` for a whole day, `16 Nov to 22 Nov 2026` for whole days, else with times."""
+def period_label(start: datetime, end: datetime, tz: str = "UTC") -> str:
+    """`Mon 16 Nov 2026` for a whole day, `16 Nov to 22 Nov 2026` for whole days, else with times; all
+    in the site's time zone `tz`."""
+    zone = ZoneInfo(tz)
+    start, end = start.astimezone(zone), end.astimezone(zone)
     last = end - timedelta(microseconds=1)
     whole_days = start.time() == end.time() == time(0)
-    if whole_days and end - start == timedelta(days=1):
+    if whole_days and (end.date() - start.date()).days == 1:
         return start.strftime("%a %d %b %Y")
     if whole_days:
         return f"{start.strftime('%d %b')} to {last.strftime('%d %b %Y')}"
     return f"{start.strftime('%d %b %Y %H:%M')} to {end.strftime('%d %b %Y %H:%M')}"
 
 
+def utc(_app_id: str) -> str:
+    return "UTC"
+
+
 class ReportScheduler:
-    def __init__(self, settings: Settings, pg: asyncpg.Pool, ch: ClickHouse, producer: AIOKafkaProducer) -> None:
+    """`timezone_of(app_id)`: the IANA time zone of the app's days (its site's time zone)."""
+
+    def __init__(self, settings: Settings, pg: asyncpg.Pool, ch: ClickHouse, producer: AIOKafkaProducer,
+                 timezone_of: Callable[[str], str] = utc) -> None:
         self.settings = settings
         self.pg = pg
         self.ch = ch
         self.producer = producer
+        self.timezone_of = timezone_of
 
     async def run(self) -> None:
         while True:
@@ -111,9 +123,10 @@ class ReportScheduler:
             for sub in due:
                 run_at: datetime = sub["next_run_at"]
                 sent_at = datetime.now(run_at.tzinfo)
-                next_run_at = next_report_at(sub["frequency"], max(run_at, sent_at))
                 try:
-                    message = await self._report(sub, run_at - REPORT_PERIODS[sub["frequency"]], run_at)
+                    tz = self.timezone_of(str(sub["app_id"]))  # the site's, as the app directory has it now
+                    next_run_at = next_report_at(sub["frequency"], max(run_at, sent_at), tz)
+                    message = await self._report(sub, report_start(sub["frequency"], run_at, tz), run_at, tz)
                 except Exception as exc:  # noqa: BLE001 - one app's failure must not hold up the others
                     log.error("report failed; retried at the next check", subscription=str(sub["id"]),
                               error=repr(exc))
@@ -132,7 +145,7 @@ class ReportScheduler:
                 await conn.execute(SENT, sub["id"], next_run_at, sent_at)
         return done
 
-    async def _report(self, sub: asyncpg.Record, start: datetime, end: datetime) -> EmailMessage:
+    async def _report(self, sub: asyncpg.Record, start: datetime, end: datetime, tz: str) -> EmailMessage:
         data = await report_data(self.ch, str(sub["app_id"]), start, end)
         return EmailMessage(
             message_id=str(uuid.uuid5(REPORT_ID_NAMESPACE, f"{sub['id']}:{end.isoformat()}")),
@@ -140,7 +153,8 @@ class ReportScheduler:
             data={
                 "username": sub["username"], "app_name": sub["app_name"], "app_id": str(sub["app_id"]),
                 "frequency": sub["frequency"], "subscription_id": str(sub["id"]),
-                "start": start.isoformat(), "end": end.isoformat(), "period": period_label(start, end), **data,
+                "start": start.isoformat(), "end": end.isoformat(), "period": period_label(start, end, tz),
+                "timezone": tz, **data,
             },
         )
 
@@ -163,7 +177,7 @@ async def fold_subscriptions(settings: Settings, pg: asyncpg.Pool) -> None:
     await follow_state_topic(settings, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_SUBSCRIPTIONS_GROUP, apply)
 
 
-async def run_scheduler(runtime: Runtime, ch: ClickHouse) -> None:
+async def run_scheduler(runtime: Runtime, ch: ClickHouse, timezone_of: Callable[[str], str] = utc) -> None:
     """Wait for Postgres if need be, apply this service's migrations, then follow the subscriptions and
     check for due reports forever."""
     while True:
@@ -175,4 +189,4 @@ async def run_scheduler(runtime: Runtime, ch: ClickHouse) -> None:
             await asyncio.sleep(runtime.settings.reports_check_interval_s)
     await apply_postgres(pg, "query", MIGRATIONS)
     producer = await runtime.producer()
-    await asyncio.gather(fold_subscriptions(runtime.settings, pg), ReportScheduler(runtime.settings, pg, ch, producer).run())
+    await asyncio.gather(fold_subscriptions(runtime.settings, pg), ReportScheduler(runtime.settings, pg, ch, producer, timezone_of).run())

@@ -169,10 +169,12 @@ async def aggregate(ch: ClickHouse, scope: Scope, metrics: list[str], count_bots
 
 
 async def timeseries(ch: ClickHouse, scope: Scope, interval: str, tz: str, metrics: list[str]) -> dict[str, dict[str, Any]]:
-    """Metrics per bucket (a visit counts in the bucket where it started), keyed by the bucket's local
-    start as `YYYY-MM-DD HH:MM:SS`."""
+    """Metrics per bucket (a visit counts in the bucket where it started), keyed as periods.buckets keys
+    them, `YYYY-MM-DD HH:MM:SS`: an hour by its UTC start (a 25-hour day has two local 01:00 hours), a
+    day, week or month by its local start."""
+    key_tz = "'UTC'" if interval == "hour" else "{tz:String}"
     rows = await ch.query(
-        f"SELECT formatDateTime({BUCKETS[interval]}, '%Y-%m-%d %H:%i:%S', {{tz:String}}) AS bucket, {_select(metrics)} "
+        f"SELECT formatDateTime({BUCKETS[interval]}, '%Y-%m-%d %H:%i:%S', {key_tz}) AS bucket, {_select(metrics)} "
         f"FROM ({sessions_sql(scope)}) GROUP BY bucket ORDER BY bucket",
         {**scope.params(), "tz": tz},
     )

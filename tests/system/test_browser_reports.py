@@ -88,7 +88,9 @@ async def test_reports_in_the_dashboard(client: httpx.AsyncClient, live_url: str
     app_id, tz = app["app_id"], "UTC"
     stats = {"app_id": app_id, "period": "day", "tz": tz}
 
-    owner = await browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id=tz, accept_downloads=True)
+    # The browser is in New York, the site in UTC: the dashboard shows the site's days and hours.
+    owner = await browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="America/New_York",
+                                      accept_downloads=True)
     try:
         page = await owner.new_page()
         await dashboard_login(page, live_url, user["username"])

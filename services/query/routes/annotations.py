@@ -18,8 +18,8 @@ from libs.runtime import context_dependency
 from services.query import annotation_store as notes
 from services.query import report_schemas as rs
 from services.query import schemas as s
-from services.query.context import QueryCtx, analytics_router, app_access, json_response
-from services.query.params import PeriodName, TimeZone, period_of
+from services.query.context import QueryCtx, Tz, analytics_router, app_access, json_response
+from services.query.params import PeriodName, period_of
 from services.query.periods import readable_day
 
 router = analytics_router("annotations")
@@ -62,7 +62,7 @@ async def add_annotation(
 @router.get("/annotations", operation_id="listAnnotations", responses=s.answer(rs.Annotations),
             summary="The notes of a period (its days in tz, and moments within it)")
 async def list_annotations(
-    store: Store, access: Access, period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    store: Store, access: Access, tz: Tz, period: PeriodName = "30d", date: str | None = None,
 ) -> Response:
     span = period_of(period, date, tz)
     found: list[dict[str, Any]] = await notes.in_period(store, access[0], span)

@@ -4,7 +4,7 @@ active users, one event."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query
@@ -15,8 +15,9 @@ from libs.http import ApiError
 from services.query import csv_export
 from services.query import queries as q
 from services.query import schemas as s
-from services.query.context import App, QueryContext, QueryCtx, analytics_router, cached, json_response
+from services.query.context import App, QueryContext, QueryCtx, Tz, analytics_router, cached, json_response
 from services.query.params import MAX_PAGE_SIZE, MAX_RANGE_DAYS, check_series, date_range
+from services.query.periods import last_days
 
 router = analytics_router("events")
 
@@ -26,18 +27,19 @@ router = analytics_router("events")
 async def event_summary(
     ctx: QueryCtx,
     app_id: App,
+    tz: Tz,
     event: Annotated[str | None, Query(max_length=200)] = None,
     startDate: Annotated[str | None, Query()] = None,
     endDate: Annotated[str | None, Query()] = None,
 ) -> Response:
-    start, end = date_range(startDate, endDate, "startDate", "endDate")
+    start, end = date_range(startDate, endDate, "startDate", "endDate", tz)
     where = q.Where(app_id, start, end).equals("event_name", "event", event)
 
     async def compute() -> dict[str, Any]:
         return {"event": event, **(await q.event_summary(ctx.clickhouse, where)),
                 "startDate": start.isoformat(), "endDate": end.isoformat()}
 
-    params = {"event": event, "start": startDate, "end": endDate}
+    params = {"event": event, "start": startDate, "end": endDate, "tz": tz}
     return await cached(ctx, app_id, "event-summary", params, reaches_now(end), compute)
 
 
@@ -71,14 +73,15 @@ class EventFilter:
 
 def event_filter(
     app_id: App,
+    tz: Tz,
     event_name: Annotated[str | None, Query(max_length=200)] = None,
     user_id: Annotated[str | None, Query(max_length=200)] = None,
     start_date: Annotated[str | None, Query()] = None,
     end_date: Annotated[str | None, Query()] = None,
 ) -> EventFilter:
-    start, end = date_range(start_date, end_date, "start_date", "end_date")
+    start, end = date_range(start_date, end_date, "start_date", "end_date", tz)
     where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name).equals("user_id", "user_id", user_id)
-    return EventFilter(where, end, {"e": event_name, "u": user_id, "start": start_date, "end": end_date})
+    return EventFilter(where, end, {"e": event_name, "u": user_id, "start": start_date, "end": end_date, "tz": tz})
 
 
 Filtered = Annotated[EventFilter, Depends(event_filter)]
@@ -106,9 +109,8 @@ async def events_count(ctx: QueryCtx, events: Filtered) -> Response:
 
 
 async def _series(ctx: QueryContext, app_id: str, interval: str, days: int, tz: str, event_name: str | None) -> Response:
-    check_series(interval, days, tz)
-    end = datetime.now(UTC) + timedelta(seconds=1)
-    start = end - timedelta(days=days)
+    check_series(interval, days)
+    start, end = last_days(days, tz)
     where = q.Where(app_id, start, end).equals("event_name", "event_name", event_name)
 
     async def compute() -> dict[str, Any]:
@@ -123,8 +125,8 @@ async def _series(ctx: QueryContext, app_id: str, interval: str, days: int, tz: 
 async def events_daily(
     ctx: QueryCtx,
     app_id: App,
-    days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 30,
-    tz: Annotated[str, Query(max_length=64)] = "UTC",
+    tz: Tz,
+    days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS, description="the last local days, today included")] = 30,
     event_name: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     return await _series(ctx, app_id, "day", days, tz, event_name)
@@ -134,9 +136,9 @@ async def events_daily(
 async def events_timeseries(
     ctx: QueryCtx,
     app_id: App,
+    tz: Tz,
     interval: Literal["day", "hour"] = "day",
-    days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS)] = 7,
-    tz: Annotated[str, Query(max_length=64)] = "UTC",
+    days: Annotated[int, Query(ge=1, le=MAX_RANGE_DAYS, description="the last local days, today included")] = 7,
     event_name: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     return await _series(ctx, app_id, interval, days, tz, event_name)
@@ -147,32 +149,32 @@ async def events_timeseries(
 async def events_grouped(
     ctx: QueryCtx,
     app_id: App,
+    tz: Tz,
     by: Literal["event_name", "event_category", "source"] = "event_name",
     start_date: Annotated[str | None, Query()] = None,
     end_date: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
 ) -> Response:
-    start, end = date_range(start_date, end_date, "start_date", "end_date")
+    start, end = date_range(start_date, end_date, "start_date", "end_date", tz)
     where = q.Where(app_id, start, end)
 
     async def compute() -> dict[str, Any]:
         return {"by": by, "groups": await q.grouped(ctx.clickhouse, where, by, limit)}
 
-    params = {"by": by, "start": start_date, "end": end_date, "limit": limit}
+    params = {"by": by, "start": start_date, "end": end_date, "limit": limit, "tz": tz}
     return await cached(ctx, app_id, "grouped", params, reaches_now(end), compute)
 
 
 @router.get("/users/active", operation_id="getActiveUsers", responses=s.answer(s.ActiveUsers),
-            summary="Active users over the last day, week or month (DAU/WAU/MAU)")
-async def users_active(ctx: QueryCtx, app_id: App, range: Literal["day", "week", "month"] = "day") -> Response:
-    days = {"day": 1, "week": 7, "month": 30}[range]
-    end = datetime.now(UTC) + timedelta(seconds=1)
-    where = q.Where(app_id, end - timedelta(days=days), end)
+            summary="Active users today, over the last 7 or 30 days (DAU/WAU/MAU)")
+async def users_active(ctx: QueryCtx, app_id: App, tz: Tz, range: Literal["day", "week", "month"] = "day") -> Response:
+    start, end = last_days({"day": 1, "week": 7, "month": 30}[range], tz)
+    where = q.Where(app_id, start, end)
 
     async def compute() -> dict[str, Any]:
         return {"range": range, "activeUsers": await q.active_users(ctx.clickhouse, where)}
 
-    return await cached(ctx, app_id, "users-active", {"range": range}, True, compute)
+    return await cached(ctx, app_id, "users-active", {"range": range, "tz": tz}, True, compute)
 
 
 # After every other /events/<name> route, which it would otherwise take.

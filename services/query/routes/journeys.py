@@ -11,9 +11,8 @@ from fastapi.responses import Response
 from libs.http import ApiError
 from services.query import funnels
 from services.query import schemas as s
-from services.query.context import App, QueryCtx, analytics_router, cached
-from services.query.params import PeriodName, TimeZone, period_of
-from services.query.periods import zone
+from services.query.context import App, QueryCtx, Tz, analytics_router, cached
+from services.query.params import PeriodName, period_of
 
 MAX_FUNNEL_WINDOW_S = 90 * 86400
 
@@ -25,9 +24,10 @@ router = analytics_router()
 async def funnel(
     ctx: QueryCtx,
     app_id: App,
+    tz: Tz,
     steps: Annotated[str, Query(max_length=2000, description="2 to 8 event names, comma separated")],
     window: Annotated[int, Query(ge=1, le=MAX_FUNNEL_WINDOW_S, description="seconds")] = 86400,
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    period: PeriodName = "30d", date: str | None = None,
 ) -> Response:
     names = [s.strip() for s in steps.split(",") if s.strip()]
     if not 2 <= len(names) <= 8:
@@ -47,11 +47,10 @@ async def funnel(
 async def retention(
     ctx: QueryCtx,
     app_id: App,
+    tz: Tz,
     interval: Literal["day", "week"] = "week",
     cohorts: Annotated[int, Query(ge=1, le=52, description="how many cohorts, at most 52")] = 8,
-    tz: TimeZone = "UTC",
 ) -> Response:
-    zone(tz)  # 422 for an unknown time zone
 
     async def compute() -> dict[str, Any]:
         return {"interval": interval, "cohorts": await funnels.retention_cohorts(ctx.clickhouse, app_id, interval, cohorts, tz)}

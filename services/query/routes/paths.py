@@ -10,8 +10,8 @@ from fastapi.responses import Response
 from services.query import paths, stats
 from services.query import report_schemas as rs
 from services.query import schemas as s
-from services.query.context import App, QueryCtx, analytics_router, cached
-from services.query.params import Filters, PeriodName, TimeZone, period_of
+from services.query.context import App, QueryCtx, Tz, analytics_router, cached
+from services.query.params import Filters, PeriodName, period_of
 
 MAX_LIMIT = 100
 
@@ -21,13 +21,13 @@ router = analytics_router("paths")
 @router.get("/paths", operation_id="getPaths", responses=s.answer(rs.Paths),
             summary="The most common next (or previous) steps of visits from a page or an event")
 async def get_paths(
-    ctx: QueryCtx, app_id: App, filters: Filters,
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters,
     start: Annotated[str, Query(min_length=1, max_length=2048,
                                 description="a page path (starting with /) or an event name")],
     direction: paths.Direction = "after",
     depth: Annotated[int, Query(ge=1, le=paths.MAX_DEPTH, description=f"steps, 1 to {paths.MAX_DEPTH}")] = 3,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="sequences, and links per level")] = 10,
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    period: PeriodName = "30d", date: str | None = None,
 ) -> Response:
     span = period_of(period, date, tz)
 

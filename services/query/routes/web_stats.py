@@ -12,8 +12,8 @@ from fastapi.responses import Response
 from libs.http import ApiError
 from services.query import links, stats
 from services.query import schemas as s
-from services.query.context import App, QueryCtx, analytics_router, cached
-from services.query.params import Filters, PeriodName, TimeZone, metric_list, period_of
+from services.query.context import App, QueryCtx, Tz, analytics_router, cached
+from services.query.params import Filters, PeriodName, metric_list, period_of
 from services.query.periods import buckets
 
 MAX_LIMIT = 1000
@@ -30,7 +30,7 @@ def _change(now: float, before: float) -> float | None:
 @router.get("/stats/aggregate", operation_id="getStatsAggregate", responses=s.answer(s.StatsAggregate),
             summary="Visitors, visits, pageviews, bounce rate, visit duration, events")
 async def aggregate(
-    ctx: QueryCtx, app_id: App, filters: Filters, period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters, period: PeriodName = "30d", date: str | None = None,
     metrics: Annotated[str | None, Query(max_length=200)] = None,
     compare: Annotated[Literal["previous_period"] | None, Query()] = None,
 ) -> Response:
@@ -58,7 +58,7 @@ async def aggregate(
 @router.get("/stats/timeseries", operation_id="getStatsTimeseries", responses=s.answer(s.StatsTimeseries),
             summary="Metrics per hour, day, week or month (every bucket present)")
 async def timeseries(
-    ctx: QueryCtx, app_id: App, filters: Filters, period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters, period: PeriodName = "30d", date: str | None = None,
     interval: Literal["hour", "day", "week", "month"] | None = None,
     metrics: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
@@ -81,9 +81,9 @@ async def timeseries(
 @router.get("/stats/breakdown", operation_id="getStatsBreakdown", responses=s.answer(s.StatsBreakdown),
             summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
 async def breakdown(
-    ctx: QueryCtx, app_id: App, filters: Filters,
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters,
     property: Annotated[str, Query(description=", ".join((*stats.PROPERTIES, *links.PROPERTIES)))] = "page",
-    period: PeriodName = "30d", date: str | None = None, tz: TimeZone = "UTC",
+    period: PeriodName = "30d", date: str | None = None,
     metrics: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")] = 10,
 ) -> Response:

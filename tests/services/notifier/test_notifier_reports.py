@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from libs.embedded.smtp_sink import read_inbox
-from libs.notifications import next_report_at
+from libs.notifications import next_report_at, report_start
 from libs.settings import Settings
+from services.query.reports import period_label
 from tests.conftest import eventually, register_app, signup_login
 
 pytestmark = pytest.mark.engines
@@ -24,6 +25,27 @@ def test_reports_cover_whole_days_and_weeks() -> None:
     monday = datetime(2026, 11, 23, tzinfo=UTC)
     assert next_report_at("weekly", monday) == monday + timedelta(days=7)
     assert next_report_at("daily", monday) == monday + timedelta(days=1)
+
+
+def test_reports_cover_whole_local_days_and_weeks_of_the_sites_time_zone() -> None:
+    """Hand-computed: Los Angeles is UTC-8 in winter, UTC-7 in summer (from 2026-03-08 02:00 to 2026-11-01
+    02:00 local); Kolkata is UTC+5:30 all year."""
+    wed = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)  # 07:30 PST, 21:00 IST
+    assert next_report_at("daily", wed, "America/Los_Angeles") == datetime(2026, 11, 19, 8, tzinfo=UTC)
+    assert next_report_at("daily", wed, "Asia/Kolkata") == datetime(2026, 11, 18, 18, 30, tzinfo=UTC)
+    assert next_report_at("weekly", wed, "Asia/Kolkata") == datetime(2026, 11, 22, 18, 30, tzinfo=UTC)
+    # The day the clocks went back has 25 hours; the day they went forward 23.
+    fall_end = datetime(2026, 11, 2, 8, tzinfo=UTC)
+    assert next_report_at("daily", datetime(2026, 11, 1, 7, tzinfo=UTC), "America/Los_Angeles") == fall_end
+    assert report_start("daily", fall_end, "America/Los_Angeles") == datetime(2026, 11, 1, 7, tzinfo=UTC)
+    spring_end = datetime(2026, 3, 9, 7, tzinfo=UTC)
+    assert report_start("daily", spring_end, "America/Los_Angeles") == datetime(2026, 3, 8, 8, tzinfo=UTC)
+    assert report_start("weekly", spring_end, "America/Los_Angeles") == datetime(2026, 3, 2, 8, tzinfo=UTC)
+    assert period_label(datetime(2026, 3, 8, 8, tzinfo=UTC), spring_end, "America/Los_Angeles") == "Sun 08 Mar 2026"
+    assert period_label(datetime(2026, 3, 2, 8, tzinfo=UTC), spring_end, "America/Los_Angeles") == "02 Mar to 08 Mar 2026"
+    # A report sent now covers the day before now, local time to local time.
+    now = datetime(2026, 3, 8, 20, 15, tzinfo=UTC)  # 13:15 PDT
+    assert report_start("daily", now, "America/Los_Angeles") == datetime(2026, 3, 7, 21, 15, tzinfo=UTC)  # 13:15 PST
 
 
 async def test_an_owner_gets_a_report_with_the_apps_numbers(client: httpx.AsyncClient, engines: Settings) -> None:
@@ -142,3 +164,47 @@ async def test_a_report_made_at_auth_is_mailed_while_auths_tables_cannot_be_read
         return listed["last_sent_at"] is not None
 
     await eventually(listed_as_sent, 10, "auth's listing never showed the report as sent")
+
+
+async def test_a_sites_reports_run_at_its_local_midnight_and_say_its_time_zone(
+    client: httpx.AsyncClient, engines: Settings,
+) -> None:
+    """Kolkata is UTC+5:30: its midnight is 18:30 UTC, its Monday starts on Sunday at 18:30 UTC."""
+    owner = await signup_login(client)
+    app = await register_app(client, owner, "Chai Stall")
+    r = await client.patch(f"/api/auth/apps/{app['app_id']}", json={"timezone": "Asia/Kolkata"}, headers=owner["headers"])
+    assert r.status_code == 200, r.text
+
+    async def query_knows() -> bool:  # the query service's app directory has the new time zone
+        r = await client.get("/api/analytics/stats/aggregate", params={"period": "day", "metrics": "visitors"},
+                             headers={"x-api-key": app["api_key"], "cache-control": "no-cache"})
+        return r.json()["period"]["start"].endswith("T18:30:00Z")
+
+    await eventually(query_knows, 10, "the site's time zone never reached the query service")
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "weekly"},
+                          headers=owner["headers"])
+    assert r.status_code == 201, r.text
+    weekly = datetime.fromisoformat(r.json()["next_run_at"])
+    assert (weekly.astimezone(UTC).weekday(), weekly.astimezone(UTC).strftime("%H:%M")) == (6, "18:30")
+
+    r = await client.post("/api/email/reports", json={"app_id": app["app_id"], "frequency": "daily", "send_now": True},
+                          headers=owner["headers"])
+    assert r.status_code == 201, r.text
+
+    def reports() -> list:
+        return [m for m in read_inbox(engines.data_dir / "mail")
+                if m["To"] == owner["email"] and str(m["Subject"]).startswith("Your daily report for Chai Stall")]
+
+    async def arrived() -> bool:
+        return bool(reports())
+
+    await eventually(arrived, 30, "no report mail")
+    assert "(Asia/Kolkata):" in reports()[0].get_body(("plain",)).get_content()
+
+    async def next_at_local_midnight() -> bool:
+        listed = {s["frequency"]: s for s in (await client.get("/api/email/reports", headers=owner["headers"])).json()}
+        daily = listed["daily"]
+        return daily["last_sent_at"] is not None and \
+            datetime.fromisoformat(daily["next_run_at"]).astimezone(UTC).strftime("%H:%M") == "18:30"
+
+    await eventually(next_at_local_midnight, 10, "the next daily report is not due at Kolkata's midnight")

@@ -49,7 +49,8 @@ NUMBERS = [
 NEEDS = {"user-stats": {"userId": "alice"}, "metrics/timeseries": {"metric_name": "m"},
          "funnels": {"steps": "page_view,signup_click"}}
 TZ_ROUTES = ["events/daily", "events/timeseries", "metrics/timeseries", "stats/aggregate", "stats/timeseries",
-             "stats/breakdown", "funnels", "retention"]
+             "stats/breakdown", "funnels", "retention", "event-summary", "events", "events/count", "events/grouped",
+             "metrics", "users/active"]
 NUL = "a\x00b"
 LONG = "x" * 5000
 
@@ -116,6 +117,13 @@ ACCEPTED = [
     pytest.param("stats/aggregate", {"period": "custom", "date": "1900-01-01,1900-01-31", "compare": "previous_period"},
                  id="first month compared with the month before the store begins"),
     pytest.param("stats/timeseries", {"period": "month", "date": "2299-12"}, id="timeseries of the last month"),
+    pytest.param("event-summary", {"startDate": "2299-12-31", "endDate": "2299-12-31", "tz": "Pacific/Pago_Pago"},
+                 id="summary of the last day, 11 hours behind UTC"),
+    pytest.param("events/count", {"start_date": "1900-01-01", "end_date": "1900-01-03", "tz": "Asia/Tokyo"},
+                 id="count from the first day in Tokyo"),
+    pytest.param("events/grouped", {"start_date": "1900-01-01T00:00:00", "end_date": "1900-01-02", "tz": "Asia/Kolkata"},
+                 id="groups from a local time on the first day"),
+    pytest.param("events/daily", {"days": "732", "tz": "Pacific/Kiritimati"}, id="the longest daily series, 14 hours ahead"),
     pytest.param("stats/timeseries", {"period": "day", "date": "1900-01-01", "tz": "Asia/Kolkata"},
                  id="hourly series of the first day"),
     pytest.param("funnels", {"steps": "a,b", "period": "day", "date": "2299-12-31"}, id="funnel of the last day"),

@@ -2,7 +2,7 @@
 import { api, ApiError, login, logout, onSessionChange, setSession, signedIn } from "./api.js";
 import { h, fmt, announce, copy } from "./dom.js";
 import { lineChart } from "./charts.js";
-import { annotationForm, downloadButton, marksFor, pathsView, realtimePanel } from "./reports.js";
+import { annotationForm, downloadButton, marksFor, pathsView, realtimePanel, zonedStamp } from "./reports.js";
 
 const main = document.getElementById("main");
 let renderId = 0;
@@ -297,7 +297,8 @@ const LABELS = { referrer_url: "Referrer", outbound_link: "Outbound link", file_
 
 function statsParams(app, query) {
   const period = query.get("period") || "30d";
-  const p = { app_id: app.app_id, period, tz: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" };
+  // No tz: every day boundary is the site's time zone (its settings), whoever looks.
+  const p = { app_id: app.app_id, period };
   if (period === "custom" && query.get("from") && query.get("to")) p.date = `${query.get("from")},${query.get("to")}`;
   for (const f of FILTERS) if (query.get(f)) p[f] = query.get(f);
   return p;
@@ -413,18 +414,18 @@ async function overview(app, query) {
   const chart = async () => {
     const [r, notes] = await Promise.all([api("/api/analytics/stats/timeseries", { params: series }),
       api("/api/analytics/annotations", { params }).catch(() => ({ annotations: [] }))]);
-    const rows = futureless(r.results || [], interval);
+    const rows = futureless(r.results || [], interval, app.timezone);
     const canWrite = ["owner", "admin"].includes(app.role || "owner");
     const holder = h("div", {});
     const draw = async () => {
       const fresh = await api("/api/analytics/annotations", { params }).catch(() => ({ annotations: [] }));
       holder.replaceChildren(lineChart(rows, [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }],
-        { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, fresh.annotations) }),
+        { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, fresh.annotations, app.timezone) }),
       fresh.annotations.length ? h("ul", { class: "notes", "aria-label": "Notes on the chart" }, ...fresh.annotations.map((n) => h("li", { "data-note": n.id },
         h("strong", {}, n.date || fmt.time(n.datetime)), ` ${n.text}`))) : null);
     };
     holder.append(lineChart(rows, [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }],
-      { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, notes.annotations) }));
+      { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, notes.annotations, app.timezone) }));
     if (notes.annotations.length) await draw();
     return h("div", {}, holder, canWrite ? h("details", {}, h("summary", {}, "Add a note to the chart"), annotationForm(app, draw)) : null);
   };
@@ -447,12 +448,11 @@ async function overview(app, query) {
     h("div", { class: "grid2" }, ...breakdowns.map(([choices, id]) => tabbedPanel(app, query, params, choices, id))));
 }
 
-// Today's buckets after the current one have no data yet: null, not zero (the chart stops at now).
-function futureless(rows, interval) {
-  const p = (n) => String(n).padStart(2, "0");
-  const d = new Date();
-  const now = interval === "hour" ? `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:00:00`
-    : `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
+// Today's buckets after the current one have no data yet: null, not zero (the chart stops at now). The
+// buckets are the site's days and hours (its time zone), so is "now".
+function futureless(rows, interval, tz) {
+  const stamp = zonedStamp(new Date(), tz);
+  const now = interval === "hour" ? `${stamp.slice(0, 13)}:00:00` : stamp.slice(0, 10);
   return rows.map((r) => (String(r.date) > now ? Object.fromEntries(Object.entries(r).map(([k, v]) => [k, k === "date" ? v : null])) : r));
 }
 

@@ -74,17 +74,21 @@ export async function pathsView(app, query, go, appPath, statsParams) {
 
 // ---- annotations ----------------------------------------------------------------------------------
 
-function localStamp(iso) {
-  const d = new Date(iso);
-  const p = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:00`;
+// A moment as the wall clock of time zone `tz` shows it: `YYYY-MM-DDTHH:MM:00` (the site's, as the series' buckets).
+export function zonedStamp(moment, tz) {
+  let parts;
+  try {
+    parts = new Intl.DateTimeFormat("en-CA", { timeZone: tz || "UTC", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23" }).formatToParts(moment);
+  } catch { return zonedStamp(moment, "UTC"); }
+  const v = Object.fromEntries(parts.map((x) => [x.type, x.value]));
+  return `${v.year}-${v.month}-${v.day}T${v.hour}:${v.minute}:00`;
 }
 
-// The chart's marks: each note at the last bucket that starts at or before it (dates as the site shows them).
-export function marksFor(rows, notes) {
+// The chart's marks: each note at the last bucket that starts at or before it (in the site's time zone).
+export function marksFor(rows, notes, tz) {
   const marks = [];
   for (const note of notes) {
-    const at = note.date ? `${note.date}T00:00:00` : localStamp(note.datetime);
+    const at = note.date ? `${note.date}T00:00:00` : zonedStamp(new Date(note.datetime), tz);
     let index = -1;
     rows.forEach((r, i) => { if (String(r.date) <= at) index = i; });
     if (index >= 0) marks.push({ index, text: note.text, id: note.id });

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
 
     query_cache_ttl_live_s: int = Field(default=5, ge=1)
     query_cache_ttl_closed_s: int = 3600
+    # format=csv: at most this many rows (then a last line says the export was cut).
+    query_csv_max_rows: int = Field(default=1_000_000, ge=1)
 
     # Notifier. SMTP TLS: verify the server's certificate against the system CAs, or this CA file
     # (PEM; a private CA or a self-signed certificate); `smtp_tls_verify=false` only for development.

@@ -14,6 +14,7 @@ NAME = "query"
 def build(runtime: Runtime) -> ServiceParts:
     from libs.clickhouse.migrate import migrate_clickhouse
     from services.query import dashboard
+    from services.query.annotation_store import STORE, QueryStore
     from services.query.cache import QueryCache
     from services.query.context import QueryContext, site_timezone
     from services.query.definitions import NAME as DEFINITIONS
@@ -31,6 +32,7 @@ def build(runtime: Runtime) -> ServiceParts:
         )
         runtime.contexts.set(NAME, context)
         runtime.contexts.set(DEFINITIONS, Definitions(runtime))  # goals, segments, saved funnels (Postgres)
+        runtime.contexts.set(STORE, QueryStore(runtime))  # its own Postgres (annotations)
 
     async def stop() -> None:
         await stop_shared_key_table(runtime)
@@ -66,6 +68,8 @@ SERVICE = ServiceSpec(
         ("retention", "cohorts and how many came back"),
         ("goals", "pages or events that count as conversions"),
         ("segments", "saved sets of visitors: filters, behaviour, first seen, traits"),
+        ("paths", "the most common steps after or before a page or an event"),
+        ("annotations", "notes on the time series: launches, campaigns, outages"),
         ("users", "the users of an app, most recently seen first"),
         ("privacy", "export or delete every event of one user"),
         ("dashboard", "the web dashboard"),

@@ -25,7 +25,7 @@ from libs.http import ApiError
 from libs.openapi import errors
 from libs.runtime import context_dependency
 from libs.settings import Settings
-from services.query import NAME
+from services.query import NAME, csv_export
 from services.query.cache import QueryCache, cache_key
 from services.query.periods import zone
 
@@ -69,12 +69,18 @@ async def read_cache_control(request: Request) -> None:
     _bypass_cache.set("no-cache" in request.headers.get("cache-control", "").lower())
 
 
+async def read_format(request: Request, ctx: QueryCtx, format: csv_export.FormatParam = "json") -> None:
+    """`format=csv`: the answer as CSV (services/query/csv_export.py), at most `query_csv_max_rows` rows."""
+    csv_export.choose(request, format, ctx.settings.query_csv_max_rows)
+
+
 def analytics_router(tag: str | None = None) -> APIRouter:
-    """A router of `/api/analytics` reads: unknown parameters refused, `Cache-Control: no-cache` read.
+    """A router of `/api/analytics` reads: unknown parameters refused, `Cache-Control: no-cache` read,
+    `format=csv` taken where the route declares CSV.
     `tag`: the OpenAPI tag of all its routes (None: each route names its own)."""
     return APIRouter(
         prefix="/api/analytics", tags=[tag] if tag else [], responses=errors(401, 403, 404, 422, 503),
-        dependencies=[Depends(reject_unknown_params), Depends(read_cache_control)],
+        dependencies=[Depends(reject_unknown_params), Depends(read_cache_control), Depends(read_format)],
     )
 
 
@@ -229,9 +235,15 @@ async def cached(
         ttl = settings.query_cache_ttl_live_s if live else settings.query_cache_ttl_closed_s
         key = cache_key(app_id, endpoint, {**params, "_versions": versions})
         body, hit = await store.get_or_compute_json(key, ttl, compute, refresh=_bypass_cache.get())
-    return Response(body, media_type="application/json", headers={"X-Cache": "HIT" if hit else "MISS"})
+    headers = {"X-Cache": "HIT" if hit else "MISS"}
+    if csv_export.wants_csv():
+        return csv_export.csv_response(body, headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def json_response(value: Any) -> Response:
-    """Serialized once, by orjson (datetimes as ISO strings), as the cached answers are."""
-    return Response(orjson.dumps(value, default=str), media_type="application/json")
+    """Serialized once, by orjson (datetimes as ISO strings), as the cached answers are (CSV when asked)."""
+    body = orjson.dumps(value, default=str)
+    if csv_export.wants_csv():
+        return csv_export.csv_response(body)
+    return Response(body, media_type="application/json")

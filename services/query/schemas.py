@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.query.csv_export import CSV_CONTENT
+
 Number = int | float
 
 
@@ -262,9 +264,10 @@ class Deleted(BaseModel):
     deleted: int = Field(description="events deleted")
 
 
-def answer(model: type[BaseModel], description: str = "the answer (X-Cache: HIT or MISS when cached)") -> dict[int | str, dict[str, Any]]:
-    """`responses=` of a read whose route returns its JSON itself."""
-    return {200: {"model": model, "description": description}}
+def answer(model: type[BaseModel], description: str = "the answer (X-Cache: HIT or MISS when cached); with "
+           "format=csv its rows as CSV", csv: bool = True) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a read whose route returns its JSON itself (and its CSV form, services/query/csv_export.py)."""
+    return {200: {"model": model, "description": description, **({"content": CSV_CONTENT} if csv else {})}}
 
 
 EXPORT: dict[int | str, dict[str, Any]] = {200: {"description": "JSON lines, one event (as in Event) per line", "content": {

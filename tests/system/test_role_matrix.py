@@ -24,6 +24,7 @@ pytestmark = pytest.mark.engines
 # and what to send: query parameters and a JSON body, `{app}` and `{event}` filled in.
 Call = tuple[str | None, dict[str, Any], dict[str, Any] | None]
 APP = "{app}"
+UNIQUE = "{unique}"  # a name of its own for each call
 EXPECTED: dict[tuple[str, str], Call] = {
     # auth: keys and site settings need admin; reports too
     ("GET", "/api/auth/api-key"): ("admin", {"app_id": APP}, None),
@@ -57,6 +58,31 @@ EXPECTED: dict[tuple[str, str], Call] = {
     ("GET", "/api/analytics/stats/timeseries"): ("viewer", {"app_id": APP}, None),
     ("GET", "/api/analytics/stats/breakdown"): ("viewer", {"app_id": APP}, None),
     ("GET", "/api/analytics/stats/realtime"): ("viewer", {"app_id": APP}, None),
+    ("GET", "/api/analytics/stats/realtime/detail"): ("viewer", {"app_id": APP}, None),
+    ("GET", "/api/analytics/paths"): ("viewer", {"app_id": APP, "start": "signup"}, None),
+    ("GET", "/api/analytics/properties"): ("viewer", {"app_id": APP}, None),
+    ("GET", "/api/analytics/funnels/dropoff"): ("viewer", {"app_id": APP, "steps": "a,b", "step": "1"}, None),
+    # query: saved definitions and notes are read by viewers, made and removed by admins
+    ("GET", "/api/analytics/goals"): ("viewer", {"app_id": APP}, None),
+    ("GET", "/api/analytics/segments"): ("viewer", {"app_id": APP}, None),
+    ("GET", "/api/analytics/funnels/saved"): ("viewer", {"app_id": APP}, None),
+    ("GET", "/api/analytics/annotations"): ("viewer", {"app_id": APP}, None),
+    ("POST", "/api/analytics/goals"): ("admin", {}, {"app_id": APP, "name": UNIQUE, "kind": "event", "match": "signup"}),
+    ("POST", "/api/analytics/segments"): ("admin", {}, {"app_id": APP, "name": UNIQUE, "filters": {"country": "DE"}}),
+    ("POST", "/api/analytics/funnels/saved"): ("admin", {}, {"app_id": APP, "name": UNIQUE, "steps": ["a", "b"]}),
+    ("POST", "/api/analytics/annotations"): ("admin", {}, {"app_id": APP, "date": "2026-01-15", "text": "launch"}),
+    ("DELETE", "/api/analytics/goals/{goal_id}"): ("admin", {"app_id": APP}, None),
+    ("DELETE", "/api/analytics/segments/{segment_id}"): ("admin", {"app_id": APP}, None),
+    ("DELETE", "/api/analytics/funnels/saved/{funnel_id}"): ("admin", {"app_id": APP}, None),
+    ("DELETE", "/api/analytics/annotations/{annotation_id}"): ("admin", {"app_id": APP}, None),
+}
+# The DELETE routes of definitions: what the owner makes first for each case (the POST route of EXPECTED),
+# and the path parameter its id fills.
+MADE_BY = {
+    ("DELETE", "/api/analytics/goals/{goal_id}"): (("POST", "/api/analytics/goals"), "goal_id"),
+    ("DELETE", "/api/analytics/segments/{segment_id}"): (("POST", "/api/analytics/segments"), "segment_id"),
+    ("DELETE", "/api/analytics/funnels/saved/{funnel_id}"): (("POST", "/api/analytics/funnels/saved"), "funnel_id"),
+    ("DELETE", "/api/analytics/annotations/{annotation_id}"): (("POST", "/api/analytics/annotations"), "annotation_id"),
 }
 # Routes that end the app: each case gets a team app of its own.
 FRESH_APP = {("DELETE", "/api/auth/apps/{app_id}")}
@@ -130,31 +156,47 @@ async def _mailed_token(settings: Settings, address: str) -> str:
 
 
 def _request(route: tuple[str, str], app_id: str, event_id: str,
-             link_id: str = "") -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
+             made: dict[str, str] | None = None) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
     method, path = route
     _, params, body = EXPECTED[route]
-    url = path.format(app_id=app_id, event_id=event_id, user_id="someone-else", link_id=link_id)  # u1 keeps its event
-    fill = {k: (app_id if v == APP else v) for k, v in params.items()}
-    json = {k: (app_id if v == APP else v) for k, v in body.items()} if body is not None else None
-    return method, url, fill, json
+    ids = {"app_id": app_id, "event_id": event_id, "user_id": "someone-else", "link_id": "", **(made or {})}  # u1 keeps its event
+    url = path.format(**ids)
+
+    def fill(value: Any) -> Any:
+        return app_id if value == APP else f"made {uuid.uuid4().hex[:12]}" if value == UNIQUE else value
+
+    json = {k: fill(v) for k, v in body.items()} if body is not None else None
+    return method, url, {k: fill(v) for k, v in params.items()}, json
+
+
+async def _made_by_owner(client: httpx.AsyncClient, team: dict[str, Any], route: tuple[str, str], app_id: str) -> dict[str, str]:
+    """What a DELETE case removes: a shared link, or a definition, made by the owner first."""
+    owner = team["people"]["owner"]["headers"]
+    if "{link_id}" in route[1]:
+        r = await client.post(f"/api/auth/apps/{app_id}/shared-links", json={}, headers=owner)
+        assert r.status_code == 201, r.text
+        return {"link_id": r.json()["link_id"]}
+    if route in MADE_BY:
+        maker, name = MADE_BY[route]
+        method, url, params, json = _request(maker, app_id, team["event_id"])
+        r = await client.request(method, url, params=params, json=json, headers=owner)
+        assert r.status_code == 201, r.text
+        return {name: r.json()["id"]}
+    return {}
 
 
 @pytest.mark.parametrize("who", WHO)
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 async def test_each_role_on_each_route(client: httpx.AsyncClient, team: dict[str, Any], route: tuple[str, str], who: str) -> None:
     needed = EXPECTED[route][0]
-    link_id = ""
-    if "{link_id}" in route[1]:  # a link of the app to revoke
-        r = await client.post(f"/api/auth/apps/{team['app']['app_id']}/shared-links", json={},
-                              headers=team["people"]["owner"]["headers"])
-        link_id = r.json()["link_id"]
     app_id = team["app"]["app_id"]
     if route in FRESH_APP:
         r = await client.post("/api/auth/register", json={"name": "team site", "team_id": team["team_id"]},
                               headers=team["people"]["owner"]["headers"])
         assert r.status_code == 201, r.text
         app_id = r.json()["app_id"]
-    method, url, params, json = _request(route, app_id, team["event_id"], link_id)
+    made = await _made_by_owner(client, team, route, app_id)
+    method, url, params, json = _request(route, app_id, team["event_id"], made)
     r = await client.request(method, url, params=params, json=json, headers=team["people"][who]["headers"])
     role = None if who == "stranger" else who
     if needed is None:
@@ -173,7 +215,8 @@ async def test_each_role_on_each_route(client: httpx.AsyncClient, team: dict[str
 @pytest.mark.parametrize("route", [r for r in ROUTES if EXPECTED[r][0] is not None], ids=lambda r: f"{r[0]} {r[1]}")
 async def test_an_app_that_does_not_exist_is_404_for_everyone(client: httpx.AsyncClient, team: dict[str, Any],
                                                                route: tuple[str, str]) -> None:
-    method, url, params, json = _request(route, str(uuid.uuid4()), team["event_id"], str(uuid.uuid4()))
+    made = {name: str(uuid.uuid4()) for name in ("link_id", "goal_id", "segment_id", "funnel_id", "annotation_id")}
+    method, url, params, json = _request(route, str(uuid.uuid4()), team["event_id"], made)
     r = await client.request(method, url, params=params, json=json, headers=team["people"]["owner"]["headers"])
     assert r.status_code == 404, r.text
     assert set(r.json()) == {"detail"}

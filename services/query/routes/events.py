@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from libs.dataversions import reaches_now
 from libs.http import ApiError
+from services.query import csv_export
 from services.query import queries as q
 from services.query import schemas as s
 from services.query.context import App, QueryContext, QueryCtx, Tz, analytics_router, cached, json_response
@@ -93,6 +94,8 @@ async def list_events(
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"at most {MAX_PAGE_SIZE}")] = 50,
 ) -> Response:
+    if csv_export.wants_csv():  # every event of the range, oldest first (page and limit do not apply)
+        return csv_export.events_csv(ctx.clickhouse, events.where)
     rows, total = await q.list_events(ctx.clickhouse, events.where, limit, (page - 1) * limit)
     return json_response({"events": rows, "page": page, "limit": limit, "total": total})
 

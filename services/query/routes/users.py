@@ -49,7 +49,7 @@ async def export(ctx: QueryCtx, app_id: App, user_id: str) -> StreamingResponse:
     return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
 
 
-@router.delete("/users/{user_id}", operation_id="deleteUser", responses=s.answer(s.Deleted), tags=["privacy"],
+@router.delete("/users/{user_id}", operation_id="deleteUser", responses=s.answer(s.Deleted, csv=False), tags=["privacy"],
                summary="Delete every event of one user")
 async def delete(ctx: QueryCtx, app_id: AdminApp, user_id: str) -> JSONResponse:
     if len(user_id) > 200:

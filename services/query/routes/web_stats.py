@@ -11,7 +11,7 @@ from fastapi import Query
 from fastapi.responses import Response
 
 from libs.http import ApiError
-from services.query import goals, stats
+from services.query import goals, links, stats
 from services.query import schemas as s
 from services.query.context import QueryContext, QueryCtx, StatsApp, StatsTz, analytics_router, cached
 from services.query.definitions import Definitions, Defs
@@ -91,7 +91,8 @@ async def timeseries(
             summary="Metrics per page, entry/exit page, source, UTM, device, browser, os, ...")
 async def breakdown(
     ctx: QueryCtx, app_id: StatsApp, tz: StatsTz, filters: Filters, refine: Refinements, defs: Defs,
-    property: Annotated[str, Query(max_length=250, description=", ".join((*stats.PROPERTIES, "goal", "props:<name>")))] = "page",
+    property: Annotated[str, Query(max_length=250, description=", ".join(
+        (*stats.PROPERTIES, *links.PROPERTIES, "goal", "props:<name>")))] = "page",
     period: PeriodName = "30d", date: str | None = None,
     metrics: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")] = 10,
@@ -105,18 +106,25 @@ async def breakdown(
         if not 1 <= page_number <= 100000:
             raise ApiError(422, "page (the result page) runs from 1 to 100000; filter by a path with page=/path")
     custom = property.startswith(PROPS_PREFIX)
-    if property not in (*stats.PROPERTIES, "goal") and not custom:
-        raise ApiError(422, f"unknown property {property!r}; send one of {', '.join(stats.PROPERTIES)}, goal or props:<name>")
+    if property not in (*stats.PROPERTIES, *links.PROPERTIES, "goal") and not custom:
+        raise ApiError(422, f"unknown property {property!r}; send one of "
+                            f"{', '.join((*stats.PROPERTIES, *links.PROPERTIES))}, goal or props:<name>")
     span = period_of(period, date, tz)
     if property == "goal":
         if metrics:
             raise ApiError(422, "property=goal answers conversions, completions and conversion_rate; leave metrics out")
         return await goal_breakdown(ctx, defs, app_id, filters, refine, span, page_number, limit,
                                     {"p": period, "d": date, "tz": tz})
-    wanted = metric_list(metrics, ("visitors", "events") if custom else ("visitors", "pageviews"))
+    wanted = metric_list(metrics, ("visitors", "events") if custom or property in links.PROPERTIES else ("visitors", "pageviews"))
+    if property in links.PROPERTIES and set(wanted) - set(links.METRICS):
+        raise ApiError(422, f"{property} is broken down by {' and '.join(links.METRICS)} only; send metrics=visitors,events")
     value = property_value(property.removeprefix(PROPS_PREFIX)) if custom else None
 
     async def compute() -> dict[str, Any]:
+        if property in links.PROPERTIES:
+            scope = stats.Scope(app_id, span.start, span.end, filters, refine=refine.refine())
+            rows = await links.breakdown(ctx.clickhouse, scope, property, wanted, limit, (page_number - 1) * limit)
+            return {"property": property, "period": span.as_json(), "results": rows}
         scope = stats.Scope(app_id, span.start, span.end, filters, carry=() if custom else (property,),
                             refine=refine.refine(needs_props=custom))
         rows = await stats.breakdown(ctx.clickhouse, scope, property, wanted, limit, (page_number - 1) * limit, value)

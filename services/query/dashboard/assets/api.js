@@ -105,3 +105,31 @@ export async function logout() {
   try { await api("/api/user/logout", { method: "POST" }); } catch { /* signed out locally anyway */ }
   setSession(null);
 }
+
+// A CSV download of a report (`format=csv`): fetched with the session's token (a plain link would carry
+// none), then saved under the name the server gives.
+export async function download(path, params) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries({ ...(params || {}), format: "csv" })) {
+    if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
+  }
+  for (let attempt = 0; ; attempt++) {
+    const headers = { accept: "text/csv" };
+    if (session) headers.authorization = `Bearer ${session.access_token}`;
+    const r = await fetch(url, { headers });
+    if (r.status === 401 && attempt === 0 && (await refresh())) continue;
+    if (!r.ok) {
+      const data = await r.json().catch(() => null);
+      throw new ApiError(r.status, data && data.detail);
+    }
+    const name = (/filename="([^"]+)"/.exec(r.headers.get("content-disposition") || "") || [])[1] || "export.csv";
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await r.blob());
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+    return name;
+  }
+}

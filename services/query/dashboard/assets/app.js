@@ -4,6 +4,7 @@ import { h, fmt, announce, copy, field, submitting } from "./dom.js";
 import { settingsView, sharingView, teamsView, teamView, invitationView, pendingInvitation, teamPicker } from "./manage.js";
 import { lineChart } from "./charts.js";
 import { dropoffLinks, dropoffList, goalsView, savedFunnels, segmentPicker, segmentsView } from "./analysis.js";
+import { annotationForm, downloadButton, marksFor, pathsView, realtimePanel, zonedStamp } from "./reports.js";
 
 const main = document.getElementById("main");
 let renderId = 0;
@@ -65,7 +66,8 @@ async function render() {
       const app = apps.find((a) => a.app_id === appId);
       if (!app) return show(stale, "Not found", h("div", { class: "card" }, h("h1", {}, "Site not found"), h("p", {}, "It is not one of your sites. ", h("a", { href: "#/apps" }, "Back to your sites"))));
       const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView,
-        settings: settingsView, sharing: sharingView, goals: (a, q) => goalsView(ui, a, q), segments: (a, q) => segmentsView(ui, a, q) };
+        settings: settingsView, sharing: sharingView, goals: (a, q) => goalsView(ui, a, q), segments: (a, q) => segmentsView(ui, a, q),
+        paths: (a, q) => pathsView(a, q, go, appPath, statsParams), realtime: (a) => h("div", {}, realtimePanel(a, timers)) };
       const build = (tabsFor(app).some(([v]) => v === view) && views[view]) || overview;
       const body = await build(app, query, parts.slice(3), stale);
       return show(stale, `${tabTitle(view)} · ${app.name}`, appShell(app, view, apps), body);
@@ -85,7 +87,7 @@ function show(stale, title, ...nodes) {
   announce(title);
 }
 
-const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["goals", "Goals"], ["segments", "Segments"], ["keys", "Keys & snippet"], ["settings", "Settings"], ["sharing", "Sharing"]];
+const TABS = [["overview", "Overview"], ["realtime", "Realtime"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["paths", "Paths"], ["goals", "Goals"], ["segments", "Segments"], ["keys", "Keys & snippet"], ["settings", "Settings"], ["sharing", "Sharing"]];
 const ADMIN_TABS = new Set(["keys", "settings", "sharing"]); // a viewer reads; admins and owners manage
 function tabsFor(app) { return TABS.filter(([v]) => app.role !== "viewer" || !ADMIN_TABS.has(v)); }
 function tabTitle(view) { return (TABS.find(([v]) => v === view) || TABS[0])[1]; }
@@ -383,7 +385,7 @@ async function keysView(app) {
 
 const PERIODS = [["day", "Today"], ["7d", "Last 7 days"], ["30d", "Last 30 days"], ["month", "This month"], ["6mo", "Last 6 months"], ["12mo", "Last 12 months"], ["custom", "Custom range"]];
 const FILTERS = ["page", "entry_page", "exit_page", "source", "referrer", "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "device", "browser", "os", "country", "event_name"];
-const LABELS = { page: "Page", entry_page: "Entry page", exit_page: "Exit page", source: "Source", referrer: "Referrer", device: "Device", browser: "Browser", os: "OS", country: "Country", event_name: "Event", utm_source: "UTM source", utm_medium: "UTM medium", utm_campaign: "UTM campaign", utm_term: "UTM term", utm_content: "UTM content" };
+const LABELS = { referrer_url: "Referrer", outbound_link: "Outbound link", file_download: "File", page: "Page", entry_page: "Entry page", exit_page: "Exit page", source: "Source", referrer: "Referrer", device: "Device", browser: "Browser", os: "OS", country: "Country", event_name: "Event", utm_source: "UTM source", utm_medium: "UTM medium", utm_campaign: "UTM campaign", utm_term: "UTM term", utm_content: "UTM content" };
 
 function statsParams(app, query) {
   const period = query.get("period") || "30d";
@@ -476,9 +478,11 @@ function breakdownTable(app, query, property, rows) {
     }))));
 }
 
-function panel(title, id, load) {
+// `csv`: [path, params] of the report the panel shows, for its download button.
+function panel(title, id, load, csv) {
   const body = h("div", { "aria-busy": "true" }, h("p", { class: "muted" }, "Loading…"));
-  const section = h("section", { class: "card", "aria-labelledby": `${id}-title`, id }, h("h2", { id: `${id}-title` }, title), body);
+  const section = h("section", { class: "card", "aria-labelledby": `${id}-title`, id },
+    h("div", { class: "panelhead" }, h("h2", { id: `${id}-title` }, title), csv ? downloadButton(csv[0], csv[1], title) : null), body);
   load().then((node) => { body.replaceChildren(node); body.removeAttribute("aria-busy"); },
     (err) => { body.replaceChildren(unavailable(err)); body.removeAttribute("aria-busy"); });
   return section;
@@ -502,7 +506,33 @@ async function overview(app, query) {
   timers.push(setInterval(updateRealtime, 30000));
   const interval = intervalFor(params.period);
   const xFormat = (d) => (interval === "hour" ? String(d).slice(11, 16) : interval === "month" ? String(d).slice(0, 7) : String(d).slice(5, 10));
-  const breakdowns = [["page", "Top pages"], ["source", "Top sources"], ["device", "Devices"], ["browser", "Browsers"], ["os", "Operating systems"], ["country", "Countries"], ["event_name", "Events"], ["utm_campaign", "Campaigns"]];
+  const series = { ...params, interval, metrics: "visitors,pageviews" };
+  const chart = async () => {
+    const [r, notes] = await Promise.all([api("/api/analytics/stats/timeseries", { params: series }),
+      api("/api/analytics/annotations", { params }).catch(() => ({ annotations: [] }))]);
+    const rows = futureless(r.results || [], interval, app.timezone);
+    const canWrite = ["owner", "admin"].includes(app.role || "owner");
+    const holder = h("div", {});
+    const draw = async () => {
+      const fresh = await api("/api/analytics/annotations", { params }).catch(() => ({ annotations: [] }));
+      holder.replaceChildren(lineChart(rows, [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }],
+        { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, fresh.annotations, app.timezone) }),
+      fresh.annotations.length ? h("ul", { class: "notes", "aria-label": "Notes on the chart" }, ...fresh.annotations.map((n) => h("li", { "data-note": n.id },
+        h("strong", {}, n.date || fmt.time(n.datetime)), ` ${n.text}`))) : null);
+    };
+    holder.append(lineChart(rows, [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }],
+      { label: "Visitors and pageviews over time", xFormat, marks: marksFor(rows, notes.annotations, app.timezone) }));
+    if (notes.annotations.length) await draw();
+    return h("div", {}, holder, canWrite ? h("details", {}, h("summary", {}, "Add a note to the chart"), annotationForm(app, draw)) : null);
+  };
+  const breakdowns = [
+    [[["page", "Top pages"], ["entry_page", "Entry pages"], ["exit_page", "Exit pages"]], "top-page"],
+    [[["source", "Top sources"], ["utm_source", "UTM source"], ["utm_medium", "UTM medium"], ["utm_campaign", "UTM campaign"], ["utm_term", "UTM term"], ["utm_content", "UTM content"]], "top-source"],
+    [[["device", "Devices"]], "top-device"], [[["browser", "Browsers"]], "top-browser"], [[["os", "Operating systems"]], "top-os"],
+    [[["country", "Countries"]], "top-country"], [[["event_name", "Events"]], "top-event_name"],
+    [[["outbound_link", "Outbound links"], ["file_download", "File downloads"]], "top-outbound_link"],
+  ];
+  if (query.get("source")) breakdowns.splice(2, 0, [[["referrer", `Referrers from ${query.get("source")}`]], "top-referrer"]);
   return h("div", {},
     h("div", { class: "row", style: { justifyContent: "space-between", marginBottom: ".8rem" } }, periodControls(app, query, "overview"),
       await segmentPicker(ui, app, query, "overview"), realtime),
@@ -510,16 +540,43 @@ async function overview(app, query) {
     panel("Summary", "summary", async () => {
       const r = await api("/api/analytics/stats/aggregate", { params: { ...params, compare: "previous_period" } });
       return h("div", {}, r.period ? h("p", { class: "muted" }, `${fmt.time(r.period.start)} – ${fmt.time(r.period.end)}`) : null, metricCards(r.results || {}));
-    }),
-    panel("Visitors and pageviews", "timeseries", async () => {
-      const r = await api("/api/analytics/stats/timeseries", { params: { ...params, interval, metrics: "visitors,pageviews" } });
-      return lineChart(r.results || [], [{ key: "visitors", label: "Visitors" }, { key: "pageviews", label: "Pageviews" }], { label: "Visitors and pageviews over time", xFormat });
-    }),
-    h("div", { class: "grid2" }, ...breakdowns.map(([property, title]) => panel(title, `top-${property}`, async () => {
-      const metrics = property === "event_name" ? "visitors,events" : "visitors,pageviews";
-      const r = await api("/api/analytics/stats/breakdown", { params: { ...params, property, metrics, limit: 10 } });
-      return breakdownTable(app, query, property, r.results || []);
-    }))));
+    }, ["/api/analytics/stats/aggregate", params]),
+    panel("Visitors and pageviews", "timeseries", chart, ["/api/analytics/stats/timeseries", series]),
+    h("div", { class: "grid2" }, ...breakdowns.map(([choices, id]) => tabbedPanel(app, query, params, choices, id))));
+}
+
+// Today's buckets after the current one have no data yet: null, not zero (the chart stops at now). The
+// buckets are the site's days and hours (its time zone), so is "now".
+function futureless(rows, interval, tz) {
+  const stamp = zonedStamp(new Date(), tz);
+  const now = interval === "hour" ? `${stamp.slice(0, 13)}:00:00` : stamp.slice(0, 10);
+  return rows.map((r) => (String(r.date) > now ? Object.fromEntries(Object.entries(r).map(([k, v]) => [k, k === "date" ? v : null])) : r));
+}
+
+// A breakdown panel with a tab per property (pages, entry and exit pages; sources and UTM tags).
+function tabbedPanel(app, query, params, choices, id) {
+  const [first, title] = choices[0];
+  let current = first;
+  const body = h("div", {});
+  const metricsOf = (property) => (property === "event_name" ? "visitors,events" : ["outbound_link", "file_download"].includes(property) ? "visitors,events" : "visitors,pageviews");
+  const paramsOf = (property) => ({ ...params, property, metrics: metricsOf(property), limit: 10 });
+  const load = async (property) => {
+    current = property;
+    body.setAttribute("aria-busy", "true");
+    try {
+      const r = await api("/api/analytics/stats/breakdown", { params: paramsOf(property) });
+      body.replaceChildren(breakdownTable(app, query, property, r.results || []));
+    } catch (err) { body.replaceChildren(unavailable(err)); }
+    body.removeAttribute("aria-busy");
+    tabs.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.property === property)));
+  };
+  const tabs = choices.length > 1 ? h("div", { class: "subtabs", role: "group", "aria-label": `${title}: show` },
+    ...choices.map(([property, label]) => h("button", { type: "button", class: "link", "data-property": property, "aria-pressed": String(property === first), onclick: () => load(property) }, label))) : h("div", {});
+  const download = h("button", { type: "button", class: "secondary small download", "aria-label": `Download ${title} as CSV` }, "Download CSV");
+  download.addEventListener("click", () => downloadButton("/api/analytics/stats/breakdown", paramsOf(current), title).click());
+  load(first);
+  return h("section", { class: "card", "aria-labelledby": `${id}-title`, id },
+    h("div", { class: "panelhead" }, h("h2", { id: `${id}-title` }, title), download), tabs, body);
 }
 
 // ---- events explorer ---------------------------------------------------------------------------
@@ -552,7 +609,8 @@ async function eventsView(app, query) {
   return h("div", {},
     h("section", { class: "card" }, form),
     h("section", { class: "card", "aria-labelledby": "events-title" },
-      h("h2", { id: "events-title" }, h("span", { id: "events-total" }, fmt.num(result.total)), result.total === 1 ? " event" : " events"),
+      h("div", { class: "panelhead" }, h("h2", { id: "events-title" }, h("span", { id: "events-total" }, fmt.num(result.total)), result.total === 1 ? " event" : " events"),
+        downloadButton("/api/analytics/events", { app_id: app.app_id, ...filters }, "these events")),
       result.events.length ? h("div", { class: "tablewrap" }, h("table", {},
         h("caption", { class: "sr-only" }, "Events, newest first"),
         h("thead", {}, h("tr", {}, ...["Time", "Event", "Page", "Visitor", "Device", "Country", "Details"].map((t) => h("th", { scope: "col" }, t)))),
@@ -585,7 +643,8 @@ async function usersView(app, query, rest) {
   const pages = Math.max(1, Math.ceil((r.total || 0) / (r.limit || 50)));
   return h("div", {},
     h("section", { class: "card" }, form, h("p", { class: "muted" }, "Users are visitors your site identified with analytics.identify(userId).")),
-    h("section", { class: "card", "aria-labelledby": "users-title" }, h("h2", { id: "users-title" }, `${fmt.num(r.total)} users`),
+    h("section", { class: "card", "aria-labelledby": "users-title" }, h("div", { class: "panelhead" }, h("h2", { id: "users-title" }, `${fmt.num(r.total)} users`),
+        downloadButton("/api/analytics/users", { app_id: app.app_id, page, limit: 50, search }, "these users")),
       r.users.length ? h("div", { class: "tablewrap" }, h("table", {},
         h("thead", {}, h("tr", {}, ...["User", "Events", "First seen", "Last seen", "Device", "Country"].map((t) => h("th", { scope: "col", class: t === "Events" ? "num" : null }, t)))),
         h("tbody", {}, ...r.users.map((u) => h("tr", {},
@@ -649,7 +708,8 @@ async function funnelsView(app, query) {
       h("div", { class: "track", "aria-hidden": "true" }, h("span", { style: { width: `${Math.max(0, Math.min(100, st.conversion_rate || 0))}%` } })))));
     body = h("div", {}, body, h("nav", { class: "row", "aria-label": "Drop-off lists" }, ...dropoffLinks(ui, app, query, r.steps.length)));
   } catch (err) { body = unavailable(err); }
-  return h("div", {}, h("section", { class: "card" }, form, hint), h("section", { class: "card", "aria-labelledby": "funnel-title" }, h("h2", { id: "funnel-title" }, "Conversion"), body),
+  return h("div", {}, h("section", { class: "card" }, form, hint), h("section", { class: "card", "aria-labelledby": "funnel-title" }, h("div", { class: "panelhead" }, h("h2", { id: "funnel-title" }, "Conversion"),
+    downloadButton("/api/analytics/funnels", { app_id: app.app_id, steps, window: windowS, period: query.get("period") || "30d" }, "the funnel")), body),
     await dropoffList(ui, app, query), saved);
 }
 
@@ -675,7 +735,8 @@ async function retentionView(app, query) {
       h("tbody", {}, ...r.cohorts.map((c) => h("tr", {}, h("th", { scope: "row" }, c.cohort), h("td", { class: "num" }, fmt.num(c.size)),
         ...c.rates.map((rate, i) => h("td", { class: "num", title: `${fmt.num(c.retained[i])} visitors`, style: { background: `rgba(48, 70, 197, ${Math.min(0.85, rate / 110)})`, color: rate > 55 ? "#fff" : "#111" } }, fmt.pct(rate)))))))) : h("p", { class: "muted" }, "No visitors yet.");
   } catch (err) { body = unavailable(err); }
-  return h("div", {}, h("section", { class: "card" }, form), h("section", { class: "card", "aria-labelledby": "ret-title" }, h("h2", { id: "ret-title" }, "Retention"), body));
+  return h("div", {}, h("section", { class: "card" }, form), h("section", { class: "card", "aria-labelledby": "ret-title" }, h("div", { class: "panelhead" }, h("h2", { id: "ret-title" }, "Retention"),
+    downloadButton("/api/analytics/retention", { app_id: app.app_id, interval, cohorts }, "retention")), body));
 }
 
 // ---- start -------------------------------------------------------------------------------------------

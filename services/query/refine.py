@@ -14,8 +14,8 @@ from fastapi import Depends, Query
 from libs.clickhouse import ClickHouse
 from libs.http import ApiError
 from services.query import goals, segments
-from services.query.context import StatsApp
-from services.query.definitions import Defs
+from services.query.context import App, StatsApp
+from services.query.definitions import Definitions, Defs
 from services.query.queries import ts_param
 from services.query.stats import PROP_VALUE, PROPS_JSON, WEB_TYPES, EventValue, Refine
 
@@ -43,16 +43,25 @@ class SegmentChoice:
         return bool(self.segment) and segments.window_is_relative(self.segment or {})
 
 
-async def segment_choice(
-    defs: Defs, app_id: StatsApp,
-    segment_id: Annotated[str | None, Query(max_length=64, description="only the visitors of this saved segment")] = None,
-) -> SegmentChoice:
+SegmentId = Annotated[str | None, Query(max_length=64, description="only the visitors of this saved segment")]
+
+
+async def _segment(defs: Definitions, app_id: str, segment_id: str | None) -> SegmentChoice:
     if not segment_id:
         return SegmentChoice()
     found = await defs.get("segment", app_id, segment_id)
     if found is None:
         raise ApiError(404, "segment not found; GET /api/analytics/segments lists this app's")
     return SegmentChoice(found)
+
+
+async def segment_choice(defs: Defs, app_id: App, segment_id: SegmentId = None) -> SegmentChoice:
+    return await _segment(defs, app_id, segment_id)
+
+
+async def stats_segment_choice(defs: Defs, app_id: StatsApp, segment_id: SegmentId = None) -> SegmentChoice:
+    """`segment_choice` of a stats route, whose app a shared link may name too."""
+    return await _segment(defs, app_id, segment_id)
 
 
 SegmentParam = Annotated[SegmentChoice, Depends(segment_choice)]
@@ -102,7 +111,7 @@ def parse_props(raw: list[str]) -> tuple[tuple[str, str, str], ...]:
 
 
 async def refinement(
-    defs: Defs, app_id: StatsApp, segment: SegmentParam,
+    defs: Defs, app_id: StatsApp, segment: Annotated[SegmentChoice, Depends(stats_segment_choice)],
     goal: Annotated[str | None, Query(max_length=120, description="a goal's id or name: visits that completed it")] = None,
     props: Annotated[list[str] | None, Query(
         description="<name>==<value> or <name>!=<value>: events with that custom property (repeat to AND)")] = None,

@@ -17,7 +17,7 @@ import pytest
 from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
 from tests.conftest import register_app, signup_login
 from tests.services.query.test_query import send, wait_stored
-from tests.system.test_browser import assert_labelled, browser, dashboard_login, live_url, shot
+from tests.system.test_browser import assert_labelled, dashboard_login, shot
 
 if async_playwright is not None:
     from playwright.async_api import Browser, Page
@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT),
     pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM),
 ]
-__all__ = ["browser", "live_url"]  # fixtures shared with test_browser.py
+
 
 LONG_USER = "customer-" + "x" * 110
 

@@ -10,14 +10,14 @@ from fastapi.responses import Response
 from services.query import realtime
 from services.query import report_schemas as rs
 from services.query import schemas as s
-from services.query.context import App, QueryCtx, analytics_router, cached
+from services.query.context import QueryCtx, StatsApp, analytics_router, cached
 
 router = analytics_router("stats")
 
 
 @router.get("/stats/realtime/detail", operation_id="getRealtimeDetail", responses=s.answer(rs.RealtimeDetail),
             summary="Visitors per minute over the last 30 minutes, and the top pages and sources now")
-async def realtime_detail(ctx: QueryCtx, app_id: App) -> Response:
+async def realtime_detail(ctx: QueryCtx, app_id: StatsApp) -> Response:
     async def compute() -> dict[str, Any]:
         return await realtime.detail(ctx.clickhouse, app_id, datetime.now(UTC))
 

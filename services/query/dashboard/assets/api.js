@@ -115,7 +115,7 @@ export async function download(path, params) {
   }
   for (let attempt = 0; ; attempt++) {
     const headers = { accept: "text/csv" };
-    if (session) headers.authorization = `Bearer ${session.access_token}`;
+    if (access) headers.authorization = `Bearer ${access}`;
     const r = await fetch(url, { headers });
     if (r.status === 401 && attempt === 0 && (await refresh())) continue;
     if (!r.ok) {

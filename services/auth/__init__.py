@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from libs.migrations import apply_postgres
+from libs.outbound import release_outbound, shared_outbound
 from libs.ratelimit import RateLimiter
 from libs.runtime import Runtime, ServiceParts, ServiceSpec
 from libs.stores import close_pg_pool, create_pg_pool
@@ -23,6 +24,9 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.auth.reports import router as reports_router
     from services.auth.router import ROUTERS
     from services.auth.store import PG_STATEMENT_TIMEOUT_S
+    from services.auth.webhooks import CONTEXT as WEBHOOKS
+    from services.auth.webhooks import Webhooks
+    from services.auth.webhooks import router as webhooks_router
 
     settings = runtime.settings
 
@@ -40,6 +44,8 @@ def build(runtime: Runtime) -> ServiceParts:
         runtime.contexts.set(NAME, AuthContext(
             accounts=Accounts(*connections), keys=keys, jobs=KeyJobs(keys), proxies=TrustedProxies(settings.trusted_proxies),
         ))
+        # Webhook deliveries go out through the process's one pooled HTTP client (libs/outbound.py).
+        runtime.contexts.set(WEBHOOKS, Webhooks(keys, await shared_outbound(runtime)))
         await keys.republish_all_keys()
         await keys.republish_all_apps()
         await republish_all_reports(keys)
@@ -48,6 +54,8 @@ def build(runtime: Runtime) -> ServiceParts:
         started = runtime.contexts.find(NAME, AuthContext)
         if started is not None:
             await close_pg_pool(started.keys.pg)
+        if runtime.contexts.find(WEBHOOKS, Webhooks) is not None:
+            await release_outbound(runtime)
 
     async def key_checks() -> None:
         await context().jobs.run_key_checks()
@@ -55,9 +63,16 @@ def build(runtime: Runtime) -> ServiceParts:
     async def report_runs() -> None:
         await follow_report_runs(context().keys)
 
+    async def webhook_deliveries() -> None:
+        await runtime.contexts.get(WEBHOOKS, Webhooks).run()
+
+    async def webhook_key_events() -> None:
+        await runtime.contexts.get(WEBHOOKS, Webhooks).follow_key_events()
+
     return ServiceParts(
-        routers=[*ROUTERS, reports_router],
-        on_start=[start], on_stop=[stop], background=[key_checks, report_runs],
+        routers=[*ROUTERS, reports_router, webhooks_router],
+        on_start=[start], on_stop=[stop],
+        background=[key_checks, report_runs, webhook_deliveries, webhook_key_events],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},
     )
@@ -74,6 +89,7 @@ SERVICE = ServiceSpec(
         ("apps", "apps and their API keys: register, list, revoke, regenerate"),
         ("notifications", "emails to yourself"),
         ("reports", "daily or weekly summary emails of an app"),
+        ("webhooks", "an app's events POSTed, signed, to URLs of your own; their deliveries"),
     ),
 )
 

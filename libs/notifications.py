@@ -11,7 +11,7 @@ from pydantic import BaseModel, EmailStr, Field, model_validator
 
 from libs.kafka import EMAIL_TOPIC, publish
 
-Template = Literal["welcome", "api_key_created", "api_key_revoked", "api_key_expiring", "notification", "report"]
+Template = Literal["welcome", "api_key_created", "api_key_revoked", "api_key_expiring", "notification", "report", "alert"]
 
 
 class EmailMessage(BaseModel):

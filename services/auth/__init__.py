@@ -17,6 +17,8 @@ MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
 def build(runtime: Runtime) -> ServiceParts:
     from libs.clientip import TrustedProxies
     from services.auth.accounts import Accounts
+    from services.auth.alerts import follow_alert_firings, republish_all_alerts
+    from services.auth.alerts import router as alerts_router
     from services.auth.context import AuthContext
     from services.auth.jobs import KeyJobs
     from services.auth.keys import AppKeys
@@ -49,6 +51,7 @@ def build(runtime: Runtime) -> ServiceParts:
         await keys.republish_all_keys()
         await keys.republish_all_apps()
         await republish_all_reports(keys)
+        await republish_all_alerts(keys)
 
     async def stop() -> None:
         started = runtime.contexts.find(NAME, AuthContext)
@@ -63,6 +66,9 @@ def build(runtime: Runtime) -> ServiceParts:
     async def report_runs() -> None:
         await follow_report_runs(context().keys)
 
+    async def alert_firings() -> None:
+        await follow_alert_firings(context().keys)
+
     async def webhook_deliveries() -> None:
         await runtime.contexts.get(WEBHOOKS, Webhooks).run()
 
@@ -70,9 +76,9 @@ def build(runtime: Runtime) -> ServiceParts:
         await runtime.contexts.get(WEBHOOKS, Webhooks).follow_key_events()
 
     return ServiceParts(
-        routers=[*ROUTERS, reports_router, webhooks_router],
+        routers=[*ROUTERS, reports_router, webhooks_router, alerts_router],
         on_start=[start], on_stop=[stop],
-        background=[key_checks, report_runs, webhook_deliveries, webhook_key_events],
+        background=[key_checks, report_runs, webhook_deliveries, webhook_key_events, alert_firings],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},
     )
@@ -90,6 +96,7 @@ SERVICE = ServiceSpec(
         ("notifications", "emails to yourself"),
         ("reports", "daily or weekly summary emails of an app"),
         ("webhooks", "an app's events POSTed, signed, to URLs of your own; their deliveries"),
+        ("alerts", "email and webhook alerts on an app's metrics: thresholds and spikes"),
     ),
 )
 

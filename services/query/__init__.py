@@ -12,6 +12,7 @@ NAME = "query"
 def build(runtime: Runtime) -> ServiceParts:
     from libs.clickhouse.migrate import migrate_clickhouse
     from services.query import dashboard
+    from services.query.alerts import run_alerts
     from services.query.cache import QueryCache
     from services.query.context import QueryContext
     from services.query.reports import run_scheduler
@@ -35,7 +36,11 @@ def build(runtime: Runtime) -> ServiceParts:
         """Scheduled report emails (here because ClickHouse is here); see services/query/reports.py."""
         await run_scheduler(runtime, runtime.contexts.get(NAME, QueryContext).clickhouse)
 
-    return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports])
+    async def alerts() -> None:
+        """Alert checks (here because ClickHouse is here); see services/query/alerts.py."""
+        await run_alerts(runtime, runtime.contexts.get(NAME, QueryContext).clickhouse)
+
+    return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports, alerts])
 
 
 SERVICE = ServiceSpec(

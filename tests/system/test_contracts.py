@@ -15,6 +15,8 @@ from aiokafka import TopicPartition
 
 from libs.contracts import TOPICS, render
 from libs.kafka import (
+    ALERT_FIRINGS_TOPIC,
+    ALERTS_TOPIC,
     API_KEYS_TOPIC,
     EMAIL_TOPIC,
     EVENTS_DLQ_TOPIC,
@@ -111,3 +113,24 @@ async def test_report_subscription_and_run_messages_match_their_documented_schem
     assert (state["email"], state["app_name"], state["frequency"]) == (user["email"], "Contract Shop", "daily")
     [run] = await _messages(engines, REPORT_RUNS_TOPIC, lambda m: m.get("subscription_id") == sub_id, timeout=30)
     _valid(REPORT_RUNS_TOPIC, run)
+
+
+@pytest.mark.engines
+async def test_alert_and_alert_firing_messages_match_their_documented_schema(
+    client: httpx.AsyncClient, engines: Settings,
+) -> None:
+    user = await signup_login(client)
+    app = await register_app(client, user, "Contract Alerts")
+    r = await client.post(f"/api/auth/apps/{app['app_id']}/alerts", headers=user["headers"], json={
+        "name": "quiet", "metric": "visitors", "window": "1h", "condition": "below", "threshold": 1, "channels": ["webhook"]})
+    assert r.status_code == 201, r.text
+    alert_id = r.json()["id"]
+    [state] = await _messages(engines, ALERTS_TOPIC, lambda m: m.get("alert_id") == alert_id)
+    _valid(ALERTS_TOPIC, state)
+    assert (state["metric"], state["condition"], state["window_s"], state["threshold"]) == ("visitors", "below", 3600, 1.0)
+    # No visitors at all: 0 is below 1, so the first check fires.
+    [firing] = await _messages(engines, ALERT_FIRINGS_TOPIC, lambda m: m.get("alert_id") == alert_id, timeout=30)
+    _valid(ALERT_FIRINGS_TOPIC, firing)
+    assert (firing["state"], firing["value"]) == ("fired", 0.0)
+    r = await client.delete(f"/api/auth/apps/{app['app_id']}/alerts/{alert_id}", headers=user["headers"])
+    assert r.status_code == 204

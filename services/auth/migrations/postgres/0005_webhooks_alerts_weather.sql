@@ -44,13 +44,16 @@ CREATE TABLE alerts (
     name           text NOT NULL,
     metric         text NOT NULL,
     metric_name    text,
+    custom_stat    text,
     filters        jsonb NOT NULL DEFAULT '{}',
     window_s       integer NOT NULL,
     condition      text NOT NULL CHECK (condition IN ('above', 'below', 'spike')),
     threshold      double precision NOT NULL,
     channels       text[] NOT NULL,
+    firing         boolean NOT NULL DEFAULT false,
     last_fired_at  timestamptz,
     last_value     double precision,
+    last_checked_at timestamptz,
     created_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX alerts_app ON alerts (app_id);

@@ -26,6 +26,8 @@ def build(runtime: Runtime) -> ServiceParts:
     from services.auth.reports import router as reports_router
     from services.auth.router import ROUTERS
     from services.auth.store import PG_STATEMENT_TIMEOUT_S
+    from services.auth.weather import pull_weather
+    from services.auth.weather import router as weather_router
     from services.auth.webhooks import CONTEXT as WEBHOOKS
     from services.auth.webhooks import Webhooks
     from services.auth.webhooks import router as webhooks_router
@@ -69,6 +71,9 @@ def build(runtime: Runtime) -> ServiceParts:
     async def alert_firings() -> None:
         await follow_alert_firings(context().keys)
 
+    async def weather() -> None:
+        await pull_weather(context().keys, runtime.contexts.get(WEBHOOKS, Webhooks).outbound)
+
     async def webhook_deliveries() -> None:
         await runtime.contexts.get(WEBHOOKS, Webhooks).run()
 
@@ -76,9 +81,10 @@ def build(runtime: Runtime) -> ServiceParts:
         await runtime.contexts.get(WEBHOOKS, Webhooks).follow_key_events()
 
     return ServiceParts(
-        routers=[*ROUTERS, reports_router, webhooks_router, alerts_router],
+        routers=[*ROUTERS, reports_router, webhooks_router, alerts_router, weather_router],
         on_start=[start], on_stop=[stop],
-        background=[key_checks, report_runs, webhook_deliveries, webhook_key_events, alert_firings],
+        background=[key_checks, report_runs, webhook_deliveries, webhook_key_events, alert_firings,
+                    weather],
         # A mail body may have 20,000 characters, each up to 12 bytes of JSON (an escaped surrogate pair).
         body_limits={"/api/email/notification": 256 * 1024},
     )

@@ -2,6 +2,7 @@
 import { api, ApiError, login, logout, onSessionChange, setSession, signedIn } from "./api.js";
 import { h, fmt, announce, copy } from "./dom.js";
 import { lineChart } from "./charts.js";
+import { alertsView, webhooksView } from "./integrations.js";
 
 const main = document.getElementById("main");
 let renderId = 0;
@@ -42,7 +43,8 @@ async function render() {
       const apps = await api("/api/auth/apps");
       const app = apps.find((a) => a.app_id === appId);
       if (!app) return show(stale, "Not found", h("div", { class: "card" }, h("h1", {}, "Site not found"), h("p", {}, "It is not one of your sites. ", h("a", { href: "#/apps" }, "Back to your sites"))));
-      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView };
+      const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView,
+        webhooks: (a) => webhooksView(a, render), alerts: (a) => alertsView(a, render) };
       const build = views[view] || overview;
       const body = await build(app, query, parts.slice(3), stale);
       return show(stale, `${tabTitle(view)} · ${app.name}`, appShell(app, view, apps), body);
@@ -62,7 +64,7 @@ function show(stale, title, ...nodes) {
   announce(title);
 }
 
-const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["keys", "Keys & snippet"]];
+const TABS = [["overview", "Overview"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["keys", "Keys & snippet"], ["webhooks", "Webhooks"], ["alerts", "Alerts"]];
 function tabTitle(view) { return (TABS.find(([v]) => v === view) || TABS[0])[1]; }
 
 function appShell(app, view, apps) {

@@ -49,6 +49,13 @@ async def add_alert(client: httpx.AsyncClient, user: dict[str, Any], app_id: str
     return r.json()
 
 
+async def delete_alerts(client: httpx.AsyncClient, user: dict[str, Any], app_id: str) -> None:
+    """Stop the test's alerts: the checker checks every alert every second for the rest of the session."""
+    for alert in (await alerts_of(client, user, app_id)).values():
+        r = await client.delete(f"/api/auth/apps/{app_id}/alerts/{alert['id']}", headers=user["headers"])
+        assert r.status_code == 204
+
+
 async def alerts_of(client: httpx.AsyncClient, user: dict[str, Any], app_id: str) -> dict[str, dict[str, Any]]:
     r = await client.get(f"/api/auth/apps/{app_id}/alerts", headers=user["headers"])
     assert r.status_code == 200, r.text
@@ -99,6 +106,7 @@ async def test_above_below_and_spike_fire_with_the_numbers_they_saw(client: http
     assert {n for n, a in listed.items() if a["firing"]} == {"few", "many", "rise"}
     assert listed["rise"]["last_value"] == 50.0 and listed["many"]["last_fired_at"] is not None
     assert [d["event_type"] for d in await deliveries(client, owner, app["app_id"], hook["id"])] == ["alert.fired"] * 3
+    await delete_alerts(client, owner, app["app_id"])
 
 
 async def test_a_custom_metric_alert_fires_once_per_breach_by_email(client: httpx.AsyncClient, engines: Settings) -> None:
@@ -166,6 +174,7 @@ async def test_a_custom_metric_alert_fires_once_per_breach_by_email(client: http
 
     await eventually(two_mails, 20, "the alert did not fire again after recovering")
     assert {m["Subject"] for m in mails()} == {'Alert "hot" for Oven: oven.temp 25.0'}
+    await delete_alerts(client, owner, app["app_id"])
 
 
 async def test_alert_input_is_checked(client: httpx.AsyncClient) -> None:
@@ -197,3 +206,28 @@ async def test_other_users_cannot_see_or_touch_an_apps_alerts(client: httpx.Asyn
     assert [a["id"] for a in (await client.get(base, headers=owner["headers"])).json()] == [alert["id"]]
     assert (await client.delete(f"{base}/{alert['id']}", headers=owner["headers"])).status_code == 204
     assert (await client.get(base, headers=owner["headers"])).json() == []
+
+
+async def test_an_alert_delivery_answered_500_is_retried_with_the_same_signed_message(client: httpx.AsyncClient) -> None:
+    owner = await signup_login(client)
+    app = await register_app(client, owner, "Quiet")
+    async with receiver(fail_first=1) as got:
+        hook = await add_hook(client, owner, app["app_id"], got.url, ["alert.fired"])
+        # No visitors at all: 0 is below 1, so the first check fires.
+        await add_alert(client, owner, app["app_id"], name="empty", metric="visitors", window="1h", condition="below",
+                        threshold=1, channels=["webhook"])
+
+        async def delivered() -> bool:
+            listed = await deliveries(client, owner, app["app_id"], hook["id"])
+            return bool(listed) and listed[0]["status"] == "delivered"
+
+        await eventually(delivered, 20, "the alert's delivery never succeeded")
+    [delivery] = await deliveries(client, owner, app["app_id"], hook["id"])
+    assert delivery["event_type"] == "alert.fired"
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 200]
+    (first, body1), (second, body2) = got.got
+    assert first["webhook-id"] == second["webhook-id"] and body1 == body2
+    assert verify(hook["secret"], first, body1) and verify(hook["secret"], second, body2)
+    data = orjson.loads(body2)["data"]
+    assert (data["name"], data["metric"], data["value"], data["threshold"]) == ("empty", "visitors", 0.0, 1.0)
+    await delete_alerts(client, owner, app["app_id"])

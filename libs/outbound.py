@@ -56,11 +56,13 @@ def non_global(ip: IPAddress) -> str | None:
 
 @dataclass(frozen=True)
 class Target:
-    """A checked URL: where to connect (`url`, its host an address that passed) and the original name."""
+    """A checked URL: where to connect (`urls`, the URL with its host replaced by each address that
+    passed, in the resolver's order) and the original name."""
 
-    url: httpx.URL
+    urls: tuple[httpx.URL, ...]
     host: str  # the name the URL had: the Host header and the TLS server name
-    address: str
+    scheme: str
+    port: int | None
 
 
 def _parse(url: str) -> httpx.URL:
@@ -109,8 +111,8 @@ async def public_target(url: str, allow_private: bool) -> Target:
                 raise TargetRefused(
                     f"{parsed.host} resolves to {ip}, a {reason} address; such targets are refused "
                     "(WEBHOOK_ALLOW_PRIVATE=true allows them)")
-    chosen = str(addresses[0])
-    return Target(url=parsed.copy_with(host=chosen), host=parsed.host, address=chosen)
+    return Target(urls=tuple(parsed.copy_with(host=str(ip)) for ip in addresses), host=parsed.host,
+                  scheme=parsed.scheme, port=parsed.port)
 
 
 @dataclass(frozen=True)
@@ -178,17 +180,23 @@ class Outbound:
             target = await public_target(url, allow_private)
         except TargetRefused as exc:
             return Sent(None, f"refused: {exc}", took())
-        extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
-        host_header = target.host if target.url.port is None else f"{target.host}:{target.url.port}"
-        try:
-            response = await self._client().post(
-                target.url, content=body, headers={**headers, "host": host_header}, extensions=extensions,
-            )
-        except httpx.TimeoutException as exc:
-            return Sent(None, f"timed out: {type(exc).__name__}", took())
-        except httpx.HTTPError as exc:
-            return Sent(None, f"{type(exc).__name__}: {exc}"[:500], took())
-        return Sent(response.status_code, None, took(), response.content[:2048])
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        host_header = target.host if target.port is None else f"{target.host}:{target.port}"
+        error = ""
+        for address_url in target.urls:  # the checked addresses in turn, while one cannot be connected to
+            try:
+                response = await self._client().post(
+                    address_url, content=body, headers={**headers, "host": host_header}, extensions=extensions,
+                )
+            except httpx.ConnectError as exc:
+                error = f"ConnectError: {exc}"[:500]
+                continue
+            except httpx.TimeoutException as exc:
+                return Sent(None, f"timed out: {type(exc).__name__}", took())
+            except httpx.HTTPError as exc:
+                return Sent(None, f"{type(exc).__name__}: {exc}"[:500], took())
+            return Sent(response.status_code, None, took(), response.content[:2048])
+        return Sent(None, error, took())
 
 
 async def shared_outbound(runtime: Any) -> Outbound:

@@ -272,3 +272,22 @@ async def test_the_outbound_client_is_opened_at_start_once_and_closed_at_stop(en
         assert seen[0].is_open and seen[0].opened == 1
         client = seen[0].client
     assert not seen[0].is_open and client.is_closed
+
+
+async def test_a_named_target_is_called_at_its_checked_address_with_its_own_host_header(client: httpx.AsyncClient) -> None:
+    """The delivery connects to the address the name resolved to when checked, and still names the host."""
+    owner = await signup_login(client)
+    app = await register_app(client, owner, "Named")
+    async with receiver(host="localhost") as got:
+        await add_hook(client, owner, app["app_id"], got.url, ["key.revoked"])
+        key_id = await one_key_id(client, owner, app["app_id"], "secret")
+        await client.post("/api/auth/revoke", json={"key_id": key_id}, headers=owner["headers"])
+
+        async def came() -> bool:
+            return len(got.got) == 1
+
+        await eventually(came, 15, "no delivery to the named target")
+    headers, body = got.got[0]
+    assert headers["host"] == got.url.removeprefix("http://").split("/")[0]  # localhost:<port>
+    assert headers["user-agent"] == "analytics-platform/1 (+webhooks)"
+    assert orjson.loads(body)["data"]["key_id"] == key_id

@@ -38,7 +38,8 @@ def build(runtime: Runtime) -> ServiceParts:
 
     async def alerts() -> None:
         """Alert checks (here because ClickHouse is here); see services/query/alerts.py."""
-        await run_alerts(runtime, runtime.contexts.get(NAME, QueryContext).clickhouse)
+        context = runtime.contexts.get(NAME, QueryContext)
+        await run_alerts(runtime, context.clickhouse, context.apps)
 
     return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports, alerts])
 

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter
 
 from libs.alerts import SPIKE_BASELINE_S
+from libs.apps import AppDirectory
 from libs.clickhouse import ClickHouse
 from libs.contracts import AlertFiring
 from libs.kafka import ALERT_FIRINGS_TOPIC, ALERTS_GROUP, ALERTS_TOPIC, publish
@@ -113,11 +114,13 @@ async def evaluate(ch: ClickHouse, alert: Any, now: datetime) -> tuple[float | N
 
 
 class AlertChecker:
-    def __init__(self, settings: Settings, pg: asyncpg.Pool, ch: ClickHouse, producer: AIOKafkaProducer) -> None:
+    def __init__(self, settings: Settings, pg: asyncpg.Pool, ch: ClickHouse, producer: AIOKafkaProducer,
+                 apps: AppDirectory) -> None:
         self.settings = settings
         self.pg = pg
         self.ch = ch
         self.producer = producer
+        self.apps = apps  # an alert of an app deleted (auth.apps.v1) is dropped, tombstone or not
 
     async def run(self) -> None:
         while True:
@@ -141,6 +144,11 @@ class AlertChecker:
         async with self.pg.acquire() as conn, conn.transaction():
             due = await conn.fetch(DUE, began, BATCH)
             for alert in due:
+                app = self.apps.get(alert["app_id"])
+                if app is not None and app.deleted:  # its alerts went with it at auth, without tombstones
+                    await conn.execute(GONE, alert["id"])
+                    log.info("alert of a deleted app dropped", alert_id=str(alert["id"]), app_id=alert["app_id"])
+                    continue
                 now = datetime.now(UTC)
                 try:
                     value, current, baseline = await evaluate(self.ch, alert, now)
@@ -182,9 +190,10 @@ async def fold_alerts(settings: Settings, pg: asyncpg.Pool) -> None:
     await follow_state_topic(settings, ALERTS_TOPIC, ALERTS_GROUP, apply)
 
 
-async def run_alerts(runtime: Runtime, ch: ClickHouse) -> None:
+async def run_alerts(runtime: Runtime, ch: ClickHouse, apps: AppDirectory) -> None:
     """Wait for Postgres if need be, apply this service's migrations, then follow the alerts and check
     them forever."""
     pg = await migrated_postgres(runtime, "alerts", runtime.settings.alerts_check_interval_s)
     producer = await runtime.producer()
-    await asyncio.gather(fold_alerts(runtime.settings, pg), AlertChecker(runtime.settings, pg, ch, producer).run())
+    checker = AlertChecker(runtime.settings, pg, ch, producer, apps)
+    await asyncio.gather(fold_alerts(runtime.settings, pg), checker.run())

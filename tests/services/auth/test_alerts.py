@@ -15,7 +15,9 @@ import orjson
 import pytest
 
 from libs.alerts import STATS_FILTERS, STATS_METRICS
+from libs.apps import AppRecord
 from libs.embedded.smtp_sink import read_inbox
+from libs.kafka import APPS_TOPIC, make_producer, publish
 from libs.settings import Settings
 from services.query import stats
 from tests.conftest import eventually, register_app, signup_login
@@ -231,3 +233,34 @@ async def test_an_alert_delivery_answered_500_is_retried_with_the_same_signed_me
     data = orjson.loads(body2)["data"]
     assert (data["name"], data["metric"], data["value"], data["threshold"]) == ("empty", "visitors", 0.0, 1.0)
     await delete_alerts(client, owner, app["app_id"])
+
+
+async def test_the_alerts_of_an_app_deleted_are_no_longer_checked(client: httpx.AsyncClient, engines: Settings) -> None:
+    """An app's deletion (auth.apps.v1, `deleted`) takes its alerts along at auth without tombstones; the
+    checker, which knows apps from that topic, drops them from its own table."""
+    owner = await signup_login(client)
+    app = await register_app(client, owner, "Doomed")
+    alert = await add_alert(client, owner, app["app_id"], name="never", metric="visitors", condition="above",
+                            threshold=1e9, channels=["email"])
+    conn = await asyncpg.connect(engines.database_url)
+    try:
+        async def checked() -> bool:
+            return await conn.fetchval("SELECT last_checked_at FROM query_alerts WHERE id = $1",
+                                       uuid.UUID(alert["id"])) is not None
+
+        await eventually(checked, 15, "the alert was never checked")
+        producer = make_producer(engines)
+        await producer.start()
+        try:
+            gone = AppRecord(app_id=app["app_id"], owner_id=owner["id"], name="Doomed",
+                             version=int(datetime.now(UTC).timestamp() * 1e6) + 10**9, deleted=True)
+            await publish(producer, APPS_TOPIC, gone.to_message(), key=app["app_id"])
+        finally:
+            await producer.stop()
+
+        async def dropped() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM query_alerts WHERE id = $1", uuid.UUID(alert["id"])) == 0
+
+        await eventually(dropped, 15, "the deleted app's alert is still checked")
+    finally:
+        await conn.close()

@@ -14,8 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from libs.alerts import AlertMetric, Channel, Condition, CustomStat
 from libs.events import EnrichedEvent
 from libs.kafka import (
+    ALERT_FIRINGS_TOPIC,
+    ALERTS_TOPIC,
     API_KEYS_TOPIC,
     APP_DELETIONS_TOPIC,
     APPS_TOPIC,
@@ -124,6 +127,45 @@ class AppDeletion(BaseModel):
     requested_at: datetime
 
 
+class AlertState(BaseModel):
+    """An alert's whole definition. Published by auth on every change and for every alert at auth's start;
+    a null value (tombstone) once it is deleted. The query service keeps the latest per key and checks it."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal["auth.alerts.v1"] = Field("auth.alerts.v1", alias="schema")
+    alert_id: str
+    app_id: str
+    name: str
+    metric: AlertMetric = Field(description="a web stats metric, or `custom`: the custom metric `metric_name`")
+    metric_name: str | None = Field(description="the custom metric (metric `custom` only)")
+    custom_stat: CustomStat | None = Field(description="which statistic of the custom metric's values (custom only)")
+    filters: dict[str, str] = Field(description="web stats filters (page, source, country, ...)")
+    window_s: int = Field(description="the trailing window the metric is computed over, in seconds")
+    condition: Condition
+    threshold: float = Field(description="above/below: the value; spike: percent change against the same "
+                                         "window a week before (negative: a drop)")
+    channels: list[Channel]
+    created_at: datetime
+
+
+class AlertFiring(BaseModel):
+    """An alert's check changed its state: `fired` (the condition became true; delivered by email and
+    webhook by auth) or `recovered` (it became false again). Published by the query service's checker."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: Literal["query.alert-firings.v1"] = Field("query.alert-firings.v1", alias="schema")
+    firing_id: str = Field(description="unique per state change: deliveries and emails are made once per id")
+    alert_id: str
+    app_id: str
+    state: Literal["fired", "recovered"]
+    value: float | None = Field(description="the metric over the window (spike: the percent change)")
+    current: float | None = Field(description="the metric over the window")
+    baseline: float | None = Field(description="spike: the metric over the same window a week before")
+    window_start: datetime
+    window_end: datetime
+    checked_at: datetime
+
+
 class DeadLetter(BaseModel):
     """The shape every dead-letter topic shares (libs/stream/deadletter.py); a topic may add fields."""
 
@@ -175,6 +217,14 @@ TOPICS: dict[str, tuple[str, type[BaseModel], str]] = {
     APP_DELETIONS_TOPIC: (
         "app id", AppDeletion,
         "Apps deleted (auth → query): the query service deletes every event of each. Compacted.",
+    ),
+    ALERTS_TOPIC: (
+        "alert id", AlertState,
+        "Alerts (auth → query): each record an alert's whole definition; a null value once deleted. Compacted.",
+    ),
+    ALERT_FIRINGS_TOPIC: (
+        "alert id", AlertFiring,
+        "Alert state changes (query → auth): fired (auth mails and calls webhooks) or recovered.",
     ),
 }
 

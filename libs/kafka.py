@@ -32,12 +32,15 @@ EMAIL_TOPIC = "notifications.email.v1"
 EMAIL_DLQ_TOPIC = "notifications.email.dlq.v1"
 REPORT_SUBSCRIPTIONS_TOPIC = "auth.report-subscriptions.v1"
 REPORT_RUNS_TOPIC = "query.report-runs.v1"
+ALERTS_TOPIC = "auth.alerts.v1"
+ALERT_FIRINGS_TOPIC = "query.alert-firings.v1"
 APP_DELETIONS_TOPIC = "auth.app-deletions.v1"
 ALL_TOPICS = (EVENTS_TOPIC, EVENTS_DLQ_TOPIC, API_KEYS_TOPIC, APPS_TOPIC, EMAIL_TOPIC, EMAIL_DLQ_TOPIC,
-              REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC, APP_DELETIONS_TOPIC)
+              REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC, APP_DELETIONS_TOPIC, ALERTS_TOPIC, ALERT_FIRINGS_TOPIC)
 # Keyed state, each record the whole state of its key: compacted, only the latest per key matters. The
 # key topic is the key state itself (no database behind it for gateways and query).
-COMPACTED_TOPICS = frozenset({API_KEYS_TOPIC, APPS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC, APP_DELETIONS_TOPIC})
+COMPACTED_TOPICS = frozenset({API_KEYS_TOPIC, APPS_TOPIC, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_RUNS_TOPIC, APP_DELETIONS_TOPIC,
+                              ALERTS_TOPIC})
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {t: {"cleanup.policy": "compact"} for t in COMPACTED_TOPICS}
 # The consumer groups that commit offsets (deploy/k8s's KEDA trigger reads the aggregator's lag).
 AGGREGATOR_GROUP = "aggregator"
@@ -45,6 +48,9 @@ NOTIFIER_GROUP = "notifier"
 REPORT_RUNS_GROUP = "auth-report-runs"
 REPORT_SUBSCRIPTIONS_GROUP = "query-report-subscriptions"
 APP_DELETIONS_GROUP = "query-app-deletions"
+ALERTS_GROUP = "query-alerts"  # the query service folds auth's alerts into its own table
+ALERT_FIRINGS_GROUP = "auth-alert-firings"  # auth mails and delivers (webhooks) the query service's firings
+WEBHOOK_KEY_EVENTS_GROUP = "auth-webhook-key-events"  # auth turns key changes into webhook deliveries
 # The topic each of them reads: `analytics status` shows these groups even while no member runs.
 GROUP_TOPICS = {
     AGGREGATOR_GROUP: EVENTS_TOPIC,
@@ -52,6 +58,9 @@ GROUP_TOPICS = {
     REPORT_RUNS_GROUP: REPORT_RUNS_TOPIC,
     REPORT_SUBSCRIPTIONS_GROUP: REPORT_SUBSCRIPTIONS_TOPIC,
     APP_DELETIONS_GROUP: APP_DELETIONS_TOPIC,
+    ALERTS_GROUP: ALERTS_TOPIC,
+    ALERT_FIRINGS_GROUP: ALERT_FIRINGS_TOPIC,
+    WEBHOOK_KEY_EVENTS_GROUP: API_KEYS_TOPIC,
 }
 
 

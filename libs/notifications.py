@@ -14,7 +14,7 @@ from libs.kafka import EMAIL_TOPIC, publish
 
 Template = Literal[
     "welcome", "api_key_created", "api_key_revoked", "api_key_expiring", "notification", "report", "password_reset",
-    "team_invitation",
+    "team_invitation", "alert",
 ]
 
 

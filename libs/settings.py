@@ -103,6 +103,24 @@ class Settings(BaseSettings):
     # Scheduled reports: how often the query service looks for subscriptions that are due.
     reports_check_interval_s: float = Field(default=60, gt=0)
 
+    # Outbound HTTP (libs/outbound.py): the one pooled client per process for webhooks and external APIs.
+    outbound_connect_timeout_s: float = Field(default=5, gt=0)
+    outbound_read_timeout_s: float = Field(default=10, gt=0)
+    outbound_max_connections: int = Field(default=50, ge=1)
+    # Webhooks: targets on private, loopback or link-local networks are refused unless this is true.
+    # A failed delivery is tried again after webhook_retry_base_s, doubling each time, up to
+    # webhook_max_attempts tries in all (8 from 30 s: the last about an hour after the first).
+    webhook_allow_private: bool = False
+    webhook_max_attempts: int = Field(default=8, ge=1, le=20)
+    webhook_retry_base_s: float = Field(default=30, gt=0)
+    webhook_poll_interval_s: float = Field(default=1, gt=0)
+    # Alerts: how often the query service checks every alert.
+    alerts_check_interval_s: float = Field(default=60, gt=0)
+    # External metric source: OpenWeather's current weather for each app's cities, when a key is set.
+    openweather_api_key: str | None = None
+    openweather_base_url: str = "https://api.openweathermap.org/data/2.5/weather"
+    openweather_interval_s: float = Field(default=600, gt=0)
+
     # On SIGINT/SIGTERM: how long the aggregator and the notifier may take to store and send what
     # Kafka holds (up to the end offsets read at stop) before they stop anyway and say what is left;
     # also how long `analytics infra` waits for their groups before stopping its Kafka. Under the

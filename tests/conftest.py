@@ -45,7 +45,10 @@ def engines(data_dir: Path) -> Iterator[Settings]:
     """Settings whose URLs all point at real, running engines."""
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     base = Settings(analytics_data_dir=data_dir, analytics_env="test", kafka_partitions=3,
-                    aggregator_batch_max_age_ms=100, reports_check_interval_s=1, drain_timeout_s=5)
+                    aggregator_batch_max_age_ms=100, reports_check_interval_s=1, drain_timeout_s=5,
+                    # webhooks to the tests' own receivers on 127.0.0.1, retried within a second or two
+                    webhook_allow_private=True, webhook_retry_base_s=0.3, webhook_poll_interval_s=0.25,
+                    alerts_check_interval_s=1, openweather_interval_s=0.5)
     with docker_engines(base) as from_docker:
         stack = EmbeddedStack.start(from_docker, ["kafka", "postgres", "redis", "smtp"])
         try:

@@ -14,6 +14,7 @@ NAME = "query"
 def build(runtime: Runtime) -> ServiceParts:
     from libs.clickhouse.migrate import migrate_clickhouse
     from services.query import dashboard
+    from services.query.alerts import run_alerts
     from services.query.annotation_store import STORE, QueryStore
     from services.query.cache import QueryCache
     from services.query.context import QueryContext, site_timezone
@@ -51,7 +52,12 @@ def build(runtime: Runtime) -> ServiceParts:
         ctx = runtime.contexts.get(NAME, QueryContext)
         await run_scheduler(runtime, ctx.clickhouse, functools.partial(site_timezone, ctx.apps))
 
-    return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports, app_deletions])
+    async def alerts() -> None:
+        """Alert checks (here because ClickHouse is here); see services/query/alerts.py."""
+        context = runtime.contexts.get(NAME, QueryContext)
+        await run_alerts(runtime, context.clickhouse, context.apps)
+
+    return ServiceParts(routers=[*ROUTERS, dashboard.router], on_start=[start], on_stop=[stop], background=[reports, app_deletions, alerts])
 
 
 SERVICE = ServiceSpec(

@@ -177,16 +177,22 @@ async def fold_subscriptions(settings: Settings, pg: asyncpg.Pool) -> None:
     await follow_state_topic(settings, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_SUBSCRIPTIONS_GROUP, apply)
 
 
-async def run_scheduler(runtime: Runtime, ch: ClickHouse, timezone_of: Callable[[str], str] = utc) -> None:
-    """Wait for Postgres if need be, apply this service's migrations, then follow the subscriptions and
-    check for due reports forever."""
+async def migrated_postgres(runtime: Runtime, job: str, retry_s: float) -> asyncpg.Pool:
+    """The Postgres pool once it answers (tried every `retry_s`), with this service's migrations applied."""
     while True:
         try:
             pg = await asyncio.wait_for(runtime.pg(), 10)
             break
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("reports wait for Postgres", error=repr(exc))
-            await asyncio.sleep(runtime.settings.reports_check_interval_s)
+            log.warning(f"{job} wait for Postgres", error=repr(exc))
+            await asyncio.sleep(retry_s)
     await apply_postgres(pg, "query", MIGRATIONS)
+    return pg
+
+
+async def run_scheduler(runtime: Runtime, ch: ClickHouse, timezone_of: Callable[[str], str] = utc) -> None:
+    """Wait for Postgres if need be, apply this service's migrations, then follow the subscriptions and
+    check for due reports forever."""
+    pg = await migrated_postgres(runtime, "reports", runtime.settings.reports_check_interval_s)
     producer = await runtime.producer()
     await asyncio.gather(fold_subscriptions(runtime.settings, pg), ReportScheduler(runtime.settings, pg, ch, producer, timezone_of).run())

@@ -15,6 +15,8 @@ from aiokafka import TopicPartition
 
 from libs.contracts import TOPICS, render
 from libs.kafka import (
+    ALERT_FIRINGS_TOPIC,
+    ALERTS_TOPIC,
     API_KEYS_TOPIC,
     APP_DELETIONS_TOPIC,
     EMAIL_TOPIC,
@@ -131,3 +133,23 @@ async def test_account_deletion_and_password_reset_messages_match_their_document
     assert (deletion["owner_id"], deletion["reason"]) == (user["id"], "account_deleted")
     revoked = await _messages(engines, API_KEYS_TOPIC, lambda m: m.get("app_id") == app["app_id"] and m.get("type") == "revoked", want=2)
     assert {k["kind"] for k in revoked} == {"secret", "write"} and all(k["revoked_at"] for k in revoked)
+
+
+async def test_alert_and_alert_firing_messages_match_their_documented_schema(
+    client: httpx.AsyncClient, engines: Settings,
+) -> None:
+    user = await signup_login(client)
+    app = await register_app(client, user, "Contract Alerts")
+    r = await client.post(f"/api/auth/apps/{app['app_id']}/alerts", headers=user["headers"], json={
+        "name": "quiet", "metric": "visitors", "window": "1h", "condition": "below", "threshold": 1, "channels": ["webhook"]})
+    assert r.status_code == 201, r.text
+    alert_id = r.json()["id"]
+    [state] = await _messages(engines, ALERTS_TOPIC, lambda m: m.get("alert_id") == alert_id)
+    _valid(ALERTS_TOPIC, state)
+    assert (state["metric"], state["condition"], state["window_s"], state["threshold"]) == ("visitors", "below", 3600, 1.0)
+    # No visitors at all: 0 is below 1, so the first check fires.
+    [firing] = await _messages(engines, ALERT_FIRINGS_TOPIC, lambda m: m.get("alert_id") == alert_id, timeout=30)
+    _valid(ALERT_FIRINGS_TOPIC, firing)
+    assert (firing["state"], firing["value"]) == ("fired", 0.0)
+    r = await client.delete(f"/api/auth/apps/{app['app_id']}/alerts/{alert_id}", headers=user["headers"])
+    assert r.status_code == 204

@@ -37,6 +37,17 @@ EXPECTED: dict[tuple[str, str], Call] = {
     ("GET", "/api/auth/apps/{app_id}/shared-links"): ("admin", {}, None),
     ("DELETE", "/api/auth/apps/{app_id}/shared-links/{link_id}"): ("admin", {}, None),
     ("DELETE", "/api/auth/apps/{app_id}"): ("owner", {}, None),
+    # auth: webhooks, alerts and the weather pull are an admin's
+    ("POST", "/api/auth/apps/{app_id}/webhooks"): ("admin", {}, {"url": "https://192.0.32.10/hook", "events": ["alert.fired"]}),
+    ("GET", "/api/auth/apps/{app_id}/webhooks"): ("admin", {}, None),
+    ("DELETE", "/api/auth/apps/{app_id}/webhooks/{webhook_id}"): ("admin", {}, None),
+    ("GET", "/api/auth/apps/{app_id}/webhooks/{webhook_id}/deliveries"): ("admin", {}, None),
+    ("POST", "/api/auth/apps/{app_id}/alerts"): ("admin", {}, {"name": UNIQUE, "metric": "visitors", "window": "1h",
+                                                            "condition": "above", "threshold": 1000000, "channels": ["email"]}),
+    ("GET", "/api/auth/apps/{app_id}/alerts"): ("admin", {}, None),
+    ("DELETE", "/api/auth/apps/{app_id}/alerts/{alert_id}"): ("admin", {}, None),
+    ("PUT", "/api/auth/apps/{app_id}/weather"): ("admin", {}, {"cities": []}),
+    ("GET", "/api/auth/apps/{app_id}/weather"): ("admin", {}, None),
     # query: every read is a viewer's, deleting a user's events an admin's
     ("GET", "/api/analytics/event-summary"): ("viewer", {"app_id": APP}, None),
     ("GET", "/api/analytics/user-stats"): ("viewer", {"app_id": APP, "userId": "u1"}, None),
@@ -83,6 +94,9 @@ MADE_BY = {
     ("DELETE", "/api/analytics/segments/{segment_id}"): (("POST", "/api/analytics/segments"), "segment_id"),
     ("DELETE", "/api/analytics/funnels/saved/{funnel_id}"): (("POST", "/api/analytics/funnels/saved"), "funnel_id"),
     ("DELETE", "/api/analytics/annotations/{annotation_id}"): (("POST", "/api/analytics/annotations"), "annotation_id"),
+    ("DELETE", "/api/auth/apps/{app_id}/webhooks/{webhook_id}"): (("POST", "/api/auth/apps/{app_id}/webhooks"), "webhook_id"),
+    ("GET", "/api/auth/apps/{app_id}/webhooks/{webhook_id}/deliveries"): (("POST", "/api/auth/apps/{app_id}/webhooks"), "webhook_id"),
+    ("DELETE", "/api/auth/apps/{app_id}/alerts/{alert_id}"): (("POST", "/api/auth/apps/{app_id}/alerts"), "alert_id"),
 }
 # Routes that end the app: each case gets a team app of its own.
 FRESH_APP = {("DELETE", "/api/auth/apps/{app_id}")}
@@ -215,7 +229,8 @@ async def test_each_role_on_each_route(client: httpx.AsyncClient, team: dict[str
 @pytest.mark.parametrize("route", [r for r in ROUTES if EXPECTED[r][0] is not None], ids=lambda r: f"{r[0]} {r[1]}")
 async def test_an_app_that_does_not_exist_is_404_for_everyone(client: httpx.AsyncClient, team: dict[str, Any],
                                                                route: tuple[str, str]) -> None:
-    made = {name: str(uuid.uuid4()) for name in ("link_id", "goal_id", "segment_id", "funnel_id", "annotation_id")}
+    made = {name: str(uuid.uuid4()) for name in ("link_id", "goal_id", "segment_id", "funnel_id", "annotation_id",
+                                                 "webhook_id", "alert_id")}
     method, url, params, json = _request(route, str(uuid.uuid4()), team["event_id"], made)
     r = await client.request(method, url, params=params, json=json, headers=team["people"]["owner"]["headers"])
     assert r.status_code == 404, r.text

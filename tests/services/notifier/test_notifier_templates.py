@@ -25,6 +25,9 @@ DATA: dict[str, dict[str, Any]] = {
                "top_events": [{"name": "pageview", "count": 30, "visitors": 7}],
                "devices": [{"name": "mobile", "count": 30}]},
     "password_reset": {"username": "ada", "token": "t0k-en_1", "valid_minutes": 60},
+    "alert": {"username": "ada", "app_name": "Shop", "app_id": "a1", "alert_id": "x1", "name": "Signups <up>",
+              "label": "events", "metric": "events", "window": "1d", "condition": "spike", "threshold": 40.0,
+              "value": 50.0, "current": 30.0, "baseline": 20.0, "fired_at": "2026-12-03T12:00:00+00:00"},
 }
 
 
@@ -67,3 +70,16 @@ def test_the_password_reset_mail_links_to_the_dashboard_reset_page_with_the_toke
     assert link in mime.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert f'href="{link}"' in mime.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert mime["Subject"] == "Reset your Analytics password"
+
+
+def test_an_alert_says_what_it_saw() -> None:
+    spike = render(EmailMessage(to="ada@example.com", template="alert", data=DATA["alert"]), "a@example.org", "http://x")
+    assert spike["Subject"] == 'Alert "Signups <up>" for Shop: events +50.0%'
+    text = spike.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "events over the last 1d: 30.0, against 20.0 in the same window a week before: +50.0% (threshold 40.0%)." in text
+    assert "DELETE http://x/api/auth/apps/a1/alerts/x1" in text
+    assert "Signups &lt;up&gt;" in spike.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    below = {**DATA["alert"], "condition": "below", "threshold": 5.0, "value": 3.0, "current": 3.0, "baseline": None}
+    mime = render(EmailMessage(to="ada@example.com", template="alert", data=below), "a@example.org", "http://x")
+    assert mime["Subject"] == 'Alert "Signups <up>" for Shop: events 3.0'
+    assert "events over the last 1d: 3.0, below the threshold of 5.0." in mime.get_body(("plain",)).get_content()  # type: ignore[union-attr]

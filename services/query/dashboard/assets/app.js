@@ -5,6 +5,7 @@ import { settingsView, sharingView, teamsView, teamView, invitationView, pending
 import { lineChart } from "./charts.js";
 import { dropoffLinks, dropoffList, goalsView, savedFunnels, segmentPicker, segmentsView } from "./analysis.js";
 import { annotationForm, downloadButton, marksFor, pathsView, realtimePanel, zonedStamp } from "./reports.js";
+import { alertsView, webhooksView } from "./integrations.js";
 
 const main = document.getElementById("main");
 let renderId = 0;
@@ -67,7 +68,8 @@ async function render() {
       if (!app) return show(stale, "Not found", h("div", { class: "card" }, h("h1", {}, "Site not found"), h("p", {}, "It is not one of your sites. ", h("a", { href: "#/apps" }, "Back to your sites"))));
       const views = { overview, events: eventsView, users: usersView, funnels: funnelsView, retention: retentionView, keys: keysView,
         settings: settingsView, sharing: sharingView, goals: (a, q) => goalsView(ui, a, q), segments: (a, q) => segmentsView(ui, a, q),
-        paths: (a, q) => pathsView(a, q, go, appPath, statsParams), realtime: (a) => h("div", {}, realtimePanel(a, timers)) };
+        paths: (a, q) => pathsView(a, q, go, appPath, statsParams), realtime: (a) => h("div", {}, realtimePanel(a, timers)),
+        webhooks: (a) => webhooksView(a, render), alerts: (a) => alertsView(a, render) };
       const build = (tabsFor(app).some(([v]) => v === view) && views[view]) || overview;
       const body = await build(app, query, parts.slice(3), stale);
       return show(stale, `${tabTitle(view)} · ${app.name}`, appShell(app, view, apps), body);
@@ -87,8 +89,8 @@ function show(stale, title, ...nodes) {
   announce(title);
 }
 
-const TABS = [["overview", "Overview"], ["realtime", "Realtime"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["paths", "Paths"], ["goals", "Goals"], ["segments", "Segments"], ["keys", "Keys & snippet"], ["settings", "Settings"], ["sharing", "Sharing"]];
-const ADMIN_TABS = new Set(["keys", "settings", "sharing"]); // a viewer reads; admins and owners manage
+const TABS = [["overview", "Overview"], ["realtime", "Realtime"], ["events", "Events"], ["users", "Users"], ["funnels", "Funnels"], ["retention", "Retention"], ["paths", "Paths"], ["goals", "Goals"], ["segments", "Segments"], ["keys", "Keys & snippet"], ["settings", "Settings"], ["sharing", "Sharing"], ["webhooks", "Webhooks"], ["alerts", "Alerts"]];
+const ADMIN_TABS = new Set(["keys", "settings", "sharing", "webhooks", "alerts"]); // a viewer reads; admins and owners manage
 function tabsFor(app) { return TABS.filter(([v]) => app.role !== "viewer" || !ADMIN_TABS.has(v)); }
 function tabTitle(view) { return (TABS.find(([v]) => v === view) || TABS[0])[1]; }
 

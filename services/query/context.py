@@ -120,6 +120,16 @@ async def app_access(
     raise ApiError(401, "send x-api-key: <secret key>, or a Bearer token with app_id=")
 
 
+async def credentials_present(credentials: BearerCredentials, x_api_key: ApiKeyHeader) -> None:
+    """401 for a request with neither a key nor a Bearer token, before its body is read: a route whose
+    app is named in the body (a create) would otherwise answer a bad body 422 to anyone."""
+    if not x_api_key and credentials is None:
+        raise ApiError(401, "send x-api-key: <secret key>, or a Bearer token with app_id=")
+
+
+SignedRequest = Depends(credentials_present)
+
+
 async def readable_app(access: Annotated[tuple[str, Role], Depends(app_access)]) -> str:
     """The app this request may read (see `app_access`)."""
     return access[0]

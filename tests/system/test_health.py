@@ -15,7 +15,7 @@ EXPECTED_CHECKS = {
     "gateway": {"kafka", "api_key_table"},  # ingest goes on with Postgres or Redis down
     "auth": {"kafka", "postgres", "redis", "auth:key_checks", "auth:report_runs", "auth:webhook_deliveries",
              "auth:webhook_key_events", "auth:alert_firings", "auth:weather"},
-    "query": {"kafka", "postgres", "redis", "clickhouse", "query:reports", "query:alerts"},
+    "query": {"kafka", "postgres", "redis", "clickhouse", "query:reports", "query:alerts", "query:app_deletions"},
     "aggregator": {"kafka", "clickhouse", "aggregator", "aggregator:consume"},  # "aggregator": it owns its partitions
     "notifier": {"kafka", "redis", "smtp", "notifier:consume"},
 }

@@ -18,7 +18,7 @@ from libs.runtime import context_dependency
 from services.query import annotation_store as notes
 from services.query import report_schemas as rs
 from services.query import schemas as s
-from services.query.context import QueryCtx, Tz, analytics_router, app_access, json_response
+from services.query.context import QueryCtx, SignedRequest, Tz, analytics_router, app_access, json_response
 from services.query.params import PeriodName, period_of
 from services.query.periods import readable_day
 
@@ -35,7 +35,7 @@ def _admin(access: tuple[str, Role]) -> str:
     return app_id
 
 
-@router.post("/annotations", operation_id="addAnnotation", status_code=201, response_model=rs.Annotation,
+@router.post("/annotations", dependencies=[SignedRequest], operation_id="addAnnotation", status_code=201, response_model=rs.Annotation,
              responses={**s.answer(rs.Annotation, "the note, as stored", csv=False), **errors(409)},
              summary="Add a note on a day or at a moment of the time series (admin)")
 async def add_annotation(

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.access import ApiKeyHeader, BearerCredentials
 from libs.openapi import errors
-from services.query.context import AdminApp, App, QueryCtx, Tz, analytics_router, cached
+from services.query.context import AdminApp, App, QueryCtx, SignedRequest, Tz, analytics_router, cached
 from services.query.definitions import Defs, admin_app_of_body
 from services.query.goals import Goal, GoalIn, GoalList
 from services.query.params import PeriodName, period_of
@@ -24,7 +24,8 @@ BodyApp = Annotated[str | None, Query(max_length=64, description="the app, unles
 Ref = Annotated[str, Query(max_length=120)]
 
 
-@router.post("/goals", operation_id="createGoal", status_code=201, response_model=Goal, responses=errors(409), tags=["goals"],
+@router.post("/goals", dependencies=[SignedRequest], operation_id="createGoal",
+             status_code=201, response_model=Goal, responses=errors(409), tags=["goals"],
              summary="Save a goal: a page (with * wildcards) or an event that counts as a conversion")
 async def create_goal(ctx: QueryCtx, defs: Defs, credentials: BearerCredentials, x_api_key: ApiKeyHeader, body: GoalIn,
                       app_id: BodyApp = None) -> dict[str, Any]:
@@ -43,7 +44,8 @@ async def delete_goal(defs: Defs, app_id: AdminApp, goal_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/segments", operation_id="createSegment", status_code=201, response_model=Segment, responses=errors(409),
+@router.post("/segments", dependencies=[SignedRequest], operation_id="createSegment",
+             status_code=201, response_model=Segment, responses=errors(409),
              tags=["segments"], summary="Save a segment: filters, event counts, first seen, traits (all must hold)")
 async def create_segment(ctx: QueryCtx, defs: Defs, credentials: BearerCredentials, x_api_key: ApiKeyHeader, body: SegmentIn,
                          app_id: BodyApp = None) -> dict[str, Any]:

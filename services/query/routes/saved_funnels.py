@@ -15,7 +15,7 @@ from libs.http import ApiError
 from libs.openapi import errors
 from services.query import funnels
 from services.query import schemas as s
-from services.query.context import AdminApp, App, QueryCtx, Tz, analytics_router, cached
+from services.query.context import AdminApp, App, QueryCtx, SignedRequest, Tz, analytics_router, cached
 from services.query.definitions import Defs, admin_app_of_body
 from services.query.params import PeriodName, period_of
 from services.query.refine import SegmentParam
@@ -97,7 +97,8 @@ class Dropoff(BaseModel):
     total: int
 
 
-@router.post("/funnels/saved", operation_id="saveFunnel", status_code=201, response_model=SavedFunnel, responses=errors(409),
+@router.post("/funnels/saved", dependencies=[SignedRequest], operation_id="saveFunnel",
+             status_code=201, response_model=SavedFunnel, responses=errors(409),
              summary="Save a named funnel (steps and window)")
 async def save_funnel(ctx: QueryCtx, defs: Defs, credentials: BearerCredentials, x_api_key: ApiKeyHeader,
                       body: SavedFunnelIn, app_id: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:

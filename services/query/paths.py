@@ -30,7 +30,8 @@ def is_page(start: str) -> bool:
 
 
 def _visits_clause(scope: Scope) -> str:
-    """Which visits count: those that pass the filters (and, with segments, the segment's)."""
+    """Which visits count: those that pass the filters (and, with segment_id=, the segment's visitors': the
+    scope's `refine.visitor_sql`, which numbered_sql applies)."""
     return f"(visitor, visit_no) IN (SELECT visitor, visit_no FROM ({sessions_sql(scope)}))"
 
 

@@ -12,6 +12,7 @@ from services.query import report_schemas as rs
 from services.query import schemas as s
 from services.query.context import App, QueryCtx, Tz, analytics_router, cached
 from services.query.params import Filters, PeriodName, period_of
+from services.query.refine import SegmentParam
 
 MAX_LIMIT = 100
 
@@ -21,7 +22,7 @@ router = analytics_router("paths")
 @router.get("/paths", operation_id="getPaths", responses=s.answer(rs.Paths),
             summary="The most common next (or previous) steps of visits from a page or an event")
 async def get_paths(
-    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters,
+    ctx: QueryCtx, app_id: App, tz: Tz, filters: Filters, segment: SegmentParam,
     start: Annotated[str, Query(min_length=1, max_length=2048,
                                 description="a page path (starting with /) or an event name")],
     direction: paths.Direction = "after",
@@ -32,9 +33,11 @@ async def get_paths(
     span = period_of(period, date, tz)
 
     async def compute() -> dict[str, Any]:
-        scope = stats.Scope(app_id, span.start, span.end, filters)
+        visitors, bound = segment.condition()  # only the segment's visitors' visits, with segment_id=
+        scope = stats.Scope(app_id, span.start, span.end, filters, refine=stats.Refine(visitor_sql=visitors, params=bound))
         found = await paths.paths(ctx.clickhouse, scope, start, direction, depth, limit)
         return {"start": start, "direction": direction, "depth": depth, "period": span.as_json(), **found}
 
-    params = {"s": start, "dir": direction, "dp": depth, "l": limit, "p": period, "d": date, "tz": tz, "f": filters}
-    return await cached(ctx, app_id, "paths", params, span.live, compute)
+    params = {"s": start, "dir": direction, "dp": depth, "l": limit, "p": period, "d": date, "tz": tz, "f": filters,
+              "sg": segment.key()}
+    return await cached(ctx, app_id, "paths", params, span.live or segment.live, compute)

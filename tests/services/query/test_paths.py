@@ -141,3 +141,16 @@ async def test_a_viewer_token_reads_paths_and_another_users_token_is_refused(cli
     stranger = await signup_login(client)
     r = await client.get("/api/analytics/paths", params={"app_id": shop["app_id"], "start": "/"}, headers=stranger["headers"])
     assert r.status_code == 403, r.text
+
+
+async def test_a_segment_keeps_only_its_visitors_visits(client, shop) -> None:
+    """The visitors who signed up (alice and erin): alice's two visits and erin's one reach /pricing."""
+    r = await client.post("/api/analytics/segments", headers={"x-api-key": shop["api_key"]},
+                          json={"name": "signed up", "events": [{"event": "signed_up", "min_count": 1, "days": 30}]})
+    assert r.status_code == 201, r.text
+    body = await paths(client, shop, start="/pricing", direction="after", depth=2, segment_id=r.json()["id"])
+    assert body["visits"] == 3
+    assert body["paths"] == [{"steps": ["signup_click", "signed_up"], "visits": 2}, {"steps": ["/"], "visits": 1}]
+    r = await client.get("/api/analytics/paths", params={"start": "/pricing", "segment_id": "no-such-segment"},
+                         headers={"x-api-key": shop["api_key"]})
+    assert r.status_code == 404, r.text

@@ -24,9 +24,11 @@ consumer:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import asyncpg
 import orjson
 from aiokafka import ConsumerRecord
 
@@ -92,6 +94,24 @@ class StateFollower(StreamConsumer):
         states = [state for batch in batches for state in batch]
         if states:
             await self.apply(states)
+
+
+def into_table(
+    pg: asyncpg.Pool, gone_sql: str, upsert_sql: str, values: Callable[[str, dict[str, Any]], Sequence[Any]],
+) -> Apply:
+    """An `apply` that folds a batch into a Postgres table of its own in one transaction: a state is
+    upserted with `upsert_sql` and `values(key, state)`, a tombstone deletes its key (`gone_sql`, $1 the
+    key as a UUID)."""
+
+    async def apply(states: Sequence[State]) -> None:
+        async with pg.acquire() as conn, conn.transaction():
+            for key, state in states:
+                if state is None:
+                    await conn.execute(gone_sql, uuid.UUID(key))
+                else:
+                    await conn.execute(upsert_sql, *values(key, state))
+
+    return apply
 
 
 async def follow_state_topic(

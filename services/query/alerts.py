@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,7 +43,7 @@ from libs.kafka import ALERT_FIRINGS_TOPIC, ALERTS_GROUP, ALERTS_TOPIC, publish
 from libs.logs import get_logger
 from libs.runtime import Runtime
 from libs.settings import Settings
-from libs.statetopic import follow_state_topic
+from libs.statetopic import follow_state_topic, into_table
 from services.query import stats
 from services.query.queries import ts_param
 from services.query.reports import migrated_postgres
@@ -175,19 +174,12 @@ class AlertChecker:
 async def fold_alerts(settings: Settings, pg: asyncpg.Pool) -> None:
     """Forever: apply `auth.alerts.v1` to `query_alerts` (a tombstone removes the alert)."""
 
-    async def apply(states: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
-        async with pg.acquire() as conn, conn.transaction():
-            for key, state in states:
-                if state is None:
-                    await conn.execute(GONE, uuid.UUID(key))
-                    continue
-                await conn.execute(
-                    UPSERT, uuid.UUID(key), state["app_id"], state["metric"], state.get("metric_name"),
-                    state.get("custom_stat"), orjson.dumps(state.get("filters") or {}).decode(), int(state["window_s"]),
-                    state["condition"], float(state["threshold"]),
-                )
+    def values(key: str, state: dict[str, Any]) -> tuple[Any, ...]:
+        return (uuid.UUID(key), state["app_id"], state["metric"], state.get("metric_name"), state.get("custom_stat"),
+                orjson.dumps(state.get("filters") or {}).decode(), int(state["window_s"]), state["condition"],
+                float(state["threshold"]))
 
-    await follow_state_topic(settings, ALERTS_TOPIC, ALERTS_GROUP, apply)
+    await follow_state_topic(settings, ALERTS_TOPIC, ALERTS_GROUP, into_table(pg, GONE, UPSERT, values))
 
 
 async def run_alerts(runtime: Runtime, ch: ClickHouse, apps: AppDirectory) -> None:

@@ -8,15 +8,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.query.schemas import DefinitionIn
+
 GOAL_EXAMPLE: dict[str, Any] = {"app_id": "3f2c8a9e-6a1b-4c9d-8e2f-0a1b2c3d4e5f", "name": "Visit the blog", "kind": "page",
                 "match": "/blog/*"}
 
 
-class GoalIn(BaseModel):
+class GoalIn(DefinitionIn):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         dict(GOAL_EXAMPLE), {"name": "Signup", "kind": "event", "match": "signed_up"}]})
-    app_id: str | None = Field(None, max_length=64, description="the app (or app_id= in the query; a secret key names its own)")
-    name: str = Field(min_length=1, max_length=120)
     kind: Literal["event", "page"] = Field(description="page: a path with * wildcards; event: an event name, exactly")
     match: str = Field(min_length=1, max_length=500)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from libs.migrations import apply_postgres
 from libs.notifications import EmailMessage, next_report_at, queue_email, report_start
 from libs.runtime import Runtime
 from libs.settings import Settings
-from libs.statetopic import follow_state_topic
+from libs.statetopic import follow_state_topic, into_table
 from services.query import queries
 from services.query.queries import Where
 
@@ -163,18 +163,11 @@ async def fold_subscriptions(settings: Settings, pg: asyncpg.Pool) -> None:
     """Forever: apply `auth.report-subscriptions.v1` to `query_report_subscriptions` (a new subscription is
     first due at its `first_run_at`; a tombstone removes it)."""
 
-    async def apply(states: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
-        async with pg.acquire() as conn, conn.transaction():
-            for key, state in states:
-                if state is None:
-                    await conn.execute(GONE, uuid.UUID(key))
-                    continue
-                await conn.execute(
-                    UPSERT, uuid.UUID(key), uuid.UUID(state["app_id"]), state["app_name"], uuid.UUID(state["user_id"]),
-                    state["username"], state["email"], state["frequency"], datetime.fromisoformat(state["first_run_at"]),
-                )
+    def values(key: str, state: dict[str, Any]) -> tuple[Any, ...]:
+        return (uuid.UUID(key), uuid.UUID(state["app_id"]), state["app_name"], uuid.UUID(state["user_id"]),
+                state["username"], state["email"], state["frequency"], datetime.fromisoformat(state["first_run_at"]))
 
-    await follow_state_topic(settings, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_SUBSCRIPTIONS_GROUP, apply)
+    await follow_state_topic(settings, REPORT_SUBSCRIPTIONS_TOPIC, REPORT_SUBSCRIPTIONS_GROUP, into_table(pg, GONE, UPSERT, values))
 
 
 async def migrated_postgres(runtime: Runtime, job: str, retry_s: float) -> asyncpg.Pool:

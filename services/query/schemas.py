@@ -17,6 +17,14 @@ def _example(**example: Any) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [example]})
 
 
+class DefinitionIn(BaseModel):
+    """What every saved definition of an app (a goal, a segment, a funnel) is created with."""
+
+    model_config = ConfigDict(extra="forbid")
+    app_id: str | None = Field(None, max_length=64, description="the app (or app_id= in the query; a secret key names its own)")
+    name: str = Field(min_length=1, max_length=120)
+
+
 class Period(BaseModel):
     model_config = _example(start="2026-01-01T00:00:00Z", end="2026-01-31T00:00:00Z")
     start: str = Field(description="ISO 8601, UTC, inclusive")

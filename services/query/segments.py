@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.query.queries import ts_param
+from services.query.schemas import DefinitionIn
 from services.query.stats import PROP_VALUE, PROPS_JSON
 
 # Filter name: (events column, extra condition).
@@ -102,10 +103,8 @@ class SegmentSpec(BaseModel):
         return value
 
 
-class SegmentIn(SegmentSpec):
+class SegmentIn(DefinitionIn, SegmentSpec):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEGMENT_EXAMPLE]})
-    app_id: str | None = Field(None, max_length=64, description="the app (or app_id= in the query; a secret key names its own)")
-    name: str = Field(min_length=1, max_length=120)
 
     @model_validator(mode="after")
     def _some_condition(self) -> SegmentIn:

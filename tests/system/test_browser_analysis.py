@@ -5,15 +5,13 @@ tests/services/query/test_goals_props_segments.py: each view shows what its rout
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from libs.runtime import Stack
-from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
-from tests.conftest import serving, signup_login
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
+from tests.conftest import signup_login
 from tests.services.query.test_goals_props_segments import seeded_app
 from tests.system.test_browser import assert_labelled, dashboard_login, shot
 
@@ -26,18 +24,6 @@ pytestmark = [
     pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT),
     pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM),
 ]
-
-
-@pytest.fixture(scope="module")
-async def live_url(stack: Stack) -> AsyncIterator[str]:
-    async with serving(stack.app()) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def test_goals_properties_segments_and_funnel_dropoff_in_the_dashboard(

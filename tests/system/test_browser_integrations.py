@@ -5,15 +5,13 @@ verify with that secret, it is deleted there; an alert made there is listed, fir
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import orjson
 import pytest
 
-from libs.runtime import Stack
-from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright, chromium
-from tests.conftest import register_app, serving, signup_login
+from tests.browser import CHROMIUM, NO_CHROMIUM, NO_PLAYWRIGHT, async_playwright
+from tests.conftest import register_app, signup_login
 from tests.services.auth.test_webhooks import receiver, verify
 from tests.system.test_browser import assert_labelled, dashboard_login, shot
 
@@ -26,18 +24,6 @@ pytestmark = [
     pytest.mark.skipif(async_playwright is None, reason=NO_PLAYWRIGHT),
     pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM),
 ]
-
-
-@pytest.fixture(scope="module")
-async def live_url(stack: Stack) -> AsyncIterator[str]:
-    async with serving(stack.app()) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as launched:
-        yield launched
 
 
 async def test_webhooks_are_made_listed_and_deleted_in_the_dashboard(

@@ -35,10 +35,8 @@ def step_names(raw: list[str]) -> list[str]:
     return names
 
 
-class SavedFunnelIn(BaseModel):
+class SavedFunnelIn(s.DefinitionIn):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [FUNNEL_EXAMPLE]})
-    app_id: str | None = Field(None, max_length=64, description="the app (or app_id= in the query; a secret key names its own)")
-    name: str = Field(min_length=1, max_length=120)
     steps: list[str] = Field(description=f"2 to {MAX_STEPS} event names, in order")
     window: int = Field(86400, ge=1, le=MAX_FUNNEL_WINDOW_S, description="seconds from the first step")
 

@@ -181,12 +181,16 @@ def _whole_visits_sql(scope: Scope) -> str | None:
     Each event is one number, its time in milliseconds times two plus one for a page view, so that a
     plain sort orders a visitor's events by time; a visit starts at the first event and after every gap
     of over VISIT_GAP_S whole seconds (dateDiff('second') counts second boundaries crossed, as here). A
-    visit's properties are its first event's, sorted along by the same numbers."""
+    visit's properties are its first event's."""
     if scope.event_match() != "1" or scope.needs("entry_page") or scope.needs("exit_page"):
         return None
     props = [name for name in VISIT_PROPS if scope.needs(name)]
     key = "toUInt64(toUnixTimestamp64Milli(timestamp)) * 2 + (type = 'page')"
     second = "intDiv(intDiv({}, 2), 1000)"  # the whole second of an event's number
+    # With properties: the events' order (a permutation), so that only the visits' first events' values are
+    # picked, rather than every value sorted along.
+    order = ("arrayMap(i -> raw_keys[i], arraySort(i -> raw_keys[i], arrayEnumerate(raw_keys)) AS perm)"
+             if props else "arraySort(raw_keys)")
     return f"""
         SELECT visitor, visit_no,
                fromUnixTimestamp64Milli(toInt64(intDiv(v[1], 2)), 'UTC') AS started,
@@ -195,11 +199,11 @@ def _whole_visits_sql(scope: Scope) -> str | None:
                arrayCount(k -> k % 2 = 1, v) AS pageviews, length(v) AS events,
                pageviews AS m_pageviews, events AS m_events{"".join(f", {n}" for n in props)}
         FROM (
-            SELECT visitor, arraySort(raw_keys) AS keys,
+            SELECT visitor, {order} AS keys,
                    arrayMap((k, i) -> i = 1 OR {second.format("k")} - {second.format("keys[i - 1]")} > {VISIT_GAP_S},
                             keys, arrayEnumerate(keys)) AS starts,
                    arraySplit((k, s) -> s, keys, starts) AS visits
-                   {"".join(f", arrayFilter((p, s) -> s, arraySort((p, k) -> k, raw_{n}, raw_keys), starts) AS first_{n}"
+                   {"".join(f", arrayMap(i -> raw_{n}[i], arrayFilter((i, s) -> s, perm, starts)) AS first_{n}"
                             for n in props)}
             FROM (
                 SELECT visitor, groupArray({key}) AS raw_keys{"".join(f", groupArray({n}) AS raw_{n}" for n in props)}

@@ -95,14 +95,16 @@ async def retention(
     """{cohort date: {offset: visitors}}; a visitor's cohort is the first interval they were ever seen in."""
     start_fn, unit = COHORT_UNITS[interval]
     rows = await ch.query(
+        # Each visitor once, with the intervals they were seen in (one hash aggregation; a window over
+        # every (visitor, interval) pair took about twice as long over 10 million events).
         f"""SELECT toString(c) AS cohort, dateDiff('{unit}', c, b) AS off, count() AS n FROM (
-                SELECT visitor, b, min(b) OVER (PARTITION BY visitor) AS c FROM (
+                SELECT visitor, min(b) AS c, groupUniqArray(b) AS seen FROM (
                     SELECT visitor_id AS visitor, toDate({start_fn}(timestamp, {{tz:String}})) AS b
                     FROM events FINAL
                     WHERE app_id = {{app_id:String}} AND timestamp < {{end:DateTime64(3, 'UTC')}} AND NOT is_bot{_and(only)}
-                    GROUP BY visitor, b
                 )
-            ) WHERE c >= toDate({{first:String}}) GROUP BY c, off""",
+                GROUP BY visitor HAVING c >= toDate({{first:String}})
+            ) ARRAY JOIN seen AS b GROUP BY c, off""",
         {"app_id": app_id, "end": ts_param(end), "tz": tz, "first": first_cohort, **only[1]},
     )
     out: dict[str, dict[int, int]] = {}

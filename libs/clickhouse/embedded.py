@@ -28,6 +28,7 @@ from libs.clickhouse import (
     from_code,
     parse_rows,
 )
+from libs.memory import release_free_heap
 
 # Server-wide limits for chDB on a laptop, passed as start-up args on the session's connection string
 # (each one a ClickHouse server setting). ClickHouse's defaults size its caches for a server: 5 GiB each
@@ -52,17 +53,20 @@ def connection_string(path: Path) -> str:
 
 # chDB's code (`_chdb.abi3.so`, 555 MB) is mapped from the wheel; starting the engine reads some 300 MB
 # of it (every function, format and table engine registers itself), and most of that is not run again.
-# Those pages are clean copies of the file: after IDLE_TRIM_S without a query they are handed back to
-# the kernel (MADV_PAGEOUT, Linux 5.4+), and whatever a later query runs is read back from the file.
+# chDB's Python layer also imports pyarrow and numpy (some 40 MB of their libraries read), which
+# nothing here calls. Those pages are clean copies of their files: after IDLE_TRIM_S without a query
+# they are handed back to the kernel (MADV_PAGEOUT, Linux 5.4+), and whatever a later query runs is
+# read back from the file. The C heap's free pages go back at the same time (libs/memory.py).
 IDLE_TRIM_S = 30.0
 _MADV_PAGEOUT = 21
+_TRIMMED_LIBRARIES = ("/chdb/", "/chdb_core.libs/", "/pyarrow/", "/pyarrow.libs/", "/numpy/", "/numpy.libs/")
 
 
 def release_code_pages() -> int:
-    """Hand chDB's read-only pages back to the kernel; returns the bytes advised. Only read-only
-    mappings of the library are advised, and MADV_PAGEOUT never discards data (a written page is
-    swapped or kept, not dropped), so nothing the process holds changes. A page another process
-    maps too (a second chDB on the machine) stays."""
+    """Hand the read-only pages of chDB's library (and of pyarrow's and numpy's, which chDB imports)
+    back to the kernel; returns the bytes advised. Only read-only mappings of those files are advised,
+    and MADV_PAGEOUT never discards data (a written page is swapped or kept, not dropped), so nothing
+    the process holds changes. A page another process maps too (a second chDB on the machine) stays."""
     if not sys.platform.startswith("linux"):
         return 0
     libc = ctypes.CDLL(None, use_errno=True)
@@ -71,7 +75,8 @@ def release_code_pages() -> int:
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split()
-            if len(fields) > 5 and fields[5].endswith("/_chdb.abi3.so") and fields[1] in ("r-xp", "r--p"):
+            if (len(fields) > 5 and fields[1] in ("r-xp", "r--p") and ".so" in fields[5]
+                    and any(lib in fields[5] for lib in _TRIMMED_LIBRARIES)):
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 if libc.madvise(start, end - start, _MADV_PAGEOUT) == 0:
                     advised += end - start
@@ -113,6 +118,7 @@ class ChdbClickHouse:
             last = self._last_query
             if last > trimmed_at and time.monotonic() - last >= IDLE_TRIM_S:
                 release_code_pages()
+                release_free_heap()  # and what the last burst of work freed
                 trimmed_at = time.monotonic()
 
     @classmethod

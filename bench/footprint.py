@@ -113,13 +113,13 @@ def show(label: str, snap: dict[str, Any]) -> None:
           f"{snap['threads']} threads in the stack", flush=True)
 
 
-def private_chdb() -> dict[str, str]:
+def private_chdb() -> tuple[dict[str, str], Path | None]:
     """BENCH_FOOTPRINT_PRIVATE_CHDB=1: the stack imports chDB from a copy of its files, so its pages are
     its own, as on a laptop: on a machine where other processes map the installed `_chdb.abi3.so`, PSS
     splits those pages and the kernel keeps them resident for the others (MADV_PAGEOUT leaves shared
-    pages alone). Returns the environment for the stack."""
+    pages alone). Returns the environment for the stack and the copy's dir (removed when done)."""
     if os.environ.get("BENCH_FOOTPRINT_PRIVATE_CHDB") != "1":
-        return {}
+        return {}, None
     import chdb
 
     site = Path(chdb.__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def private_chdb() -> dict[str, str]:
     for info in site.glob("chdb*.dist-info"):
         shutil.copytree(info, copy / info.name)
     print(f"  chDB imported from a private copy in {copy}", flush=True)
-    return {"PYTHONPATH": os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")])}
+    return {"PYTHONPATH": os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")])}, copy
 
 
 def main() -> dict[str, Any]:
@@ -137,7 +137,13 @@ def main() -> dict[str, Any]:
         raise RuntimeError("wrk is not installed: `apt-get install wrk` (make bench does it when run as root)")
     print("footprint benchmark: starting `analytics run` with every engine embedded ...", flush=True)
     started = time.monotonic()
-    stack = Stack.start(INGEST_RATE_LIMIT="10000000/second", **private_chdb())
+    env, copy = private_chdb()
+    try:
+        stack = Stack.start(INGEST_RATE_LIMIT="10000000/second", **env)
+    except BaseException:
+        if copy is not None:
+            shutil.rmtree(copy, ignore_errors=True)
+        raise
     try:
         ready_s = time.monotonic() - started
         at_ready = snapshot(stack)
@@ -205,6 +211,8 @@ def main() -> dict[str, Any]:
         return out
     finally:
         stack.stop()
+        if copy is not None:
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, numbers printed and written to bench/results/*.json.
 
-`python -m bench ingest` (or enrich, servers, aggregator, query) runs one.
+`python -m bench ingest` (or enrich, servers, aggregator, query, footprint) runs one.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("enrich", "ingest", "servers", "aggregator", "query")
+BENCHMARKS = ("enrich", "ingest", "servers", "aggregator", "query", "footprint")
 
 
 def main(argv: list[str]) -> int:

@@ -21,6 +21,7 @@ import uvicorn
 from libs.embedded import EmbeddedStack, Role
 from libs.kafka import Drained
 from libs.logs import get_logger
+from libs.memory import release_free_heap
 from libs.runtime import ServiceSpec, Stack
 from libs.settings import Settings
 from services import aggregator, auth, gateway, notifier, query
@@ -201,6 +202,7 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+    release_free_heap()  # what start-up freed (libs/memory.py)
 
 
 async def _wait_or_stop(coro: Any, stop: asyncio.Event) -> None:

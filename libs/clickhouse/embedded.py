@@ -7,7 +7,10 @@ thread (never on the event loop) and the session is shared by everything in the 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +28,59 @@ from libs.clickhouse import (
     from_code,
     parse_rows,
 )
+from libs.memory import release_free_heap
+
+# Server-wide limits for chDB on a laptop, passed as start-up args on the session's connection string
+# (each one a ClickHouse server setting). ClickHouse's defaults size its caches for a server: 5 GiB each
+# for marks, primary indexes and index marks, which a long-running `analytics run` would fill as its data
+# grows. These hold the marks and indexes of a laptop's data many times over; reads past them read the
+# files again (page cache), they do not fail. The memory limit (ClickHouse's default: 90% of RAM) stays:
+# a heavy read may need it, and exceeding it fails the query.
+LAPTOP_SERVER_SETTINGS: dict[str, int] = {
+    "mark_cache_size": 256 * 2**20,
+    "primary_index_cache_size": 128 * 2**20,
+    "index_mark_cache_size": 64 * 2**20,
+    "vector_similarity_index_cache_size": 16 * 2**20,  # no vector indexes here
+    "compiled_expression_cache_size": 32 * 2**20,
+    "query_condition_cache_size": 32 * 2**20,
+}
+
+
+def connection_string(path: Path) -> str:
+    """chDB's connection string for a data dir with the laptop limits above."""
+    return f"{path}?" + "&".join(f"{name}={value}" for name, value in LAPTOP_SERVER_SETTINGS.items())
+
+
+# chDB's code (`_chdb.abi3.so`, 555 MB) is mapped from the wheel; starting the engine reads some 300 MB
+# of it (every function, format and table engine registers itself), and most of that is not run again.
+# chDB's Python layer also imports pyarrow and numpy (some 40 MB of their libraries read), which
+# nothing here calls. Those pages are clean copies of their files: after IDLE_TRIM_S without a query
+# they are handed back to the kernel (MADV_PAGEOUT, Linux 5.4+), and whatever a later query runs is
+# read back from the file. The C heap's free pages go back at the same time (libs/memory.py).
+IDLE_TRIM_S = 30.0
+_MADV_PAGEOUT = 21
+_TRIMMED_LIBRARIES = ("/chdb/", "/chdb_core.libs/", "/pyarrow/", "/pyarrow.libs/", "/numpy/", "/numpy.libs/")
+
+
+def release_code_pages() -> int:
+    """Hand the read-only pages of chDB's library (and of pyarrow's and numpy's, which chDB imports)
+    back to the kernel; returns the bytes advised. Only read-only mappings of those files are advised,
+    and MADV_PAGEOUT never discards data (a written page is swapped or kept, not dropped), so nothing
+    the process holds changes. A page another process maps too (a second chDB on the machine) stays."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advised = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if (len(fields) > 5 and fields[1] in ("r-xp", "r--p") and ".so" in fields[5]
+                    and any(lib in fields[5] for lib in _TRIMMED_LIBRARIES)):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if libc.madvise(start, end - start, _MADV_PAGEOUT) == 0:
+                    advised += end - start
+    return advised
 
 
 class ChdbClickHouse:
@@ -44,13 +100,26 @@ class ChdbClickHouse:
         self.schema = Schema(database)  # one process, one node: never a cluster
         # One thread: a chDB session is not meant to be driven from several threads at once.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
-        self._session = session.Session(str(path))
+        self._session = session.Session(connection_string(path))
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}")
         self._session.query(f"USE {database}")
         for name, value in OUTPUT_SETTINGS.items():
             self._session.query(f"SET {name} = {value!r}")
         self._users = 0
         self._closed = False
+        self._last_query = time.monotonic()
+        self._stop_trimming = threading.Event()
+        threading.Thread(target=self._trim_when_idle, name="chdb-trim", daemon=True).start()
+
+    def _trim_when_idle(self) -> None:
+        """Once chDB has been idle for IDLE_TRIM_S, release its code pages (once per idle spell)."""
+        trimmed_at = 0.0
+        while not self._stop_trimming.wait(IDLE_TRIM_S / 3):
+            last = self._last_query
+            if last > trimmed_at and time.monotonic() - last >= IDLE_TRIM_S:
+                release_code_pages()
+                release_free_heap()  # and what the last burst of work freed
+                trimmed_at = time.monotonic()
 
     @classmethod
     async def open(cls, path: Path) -> ChdbClickHouse:
@@ -82,6 +151,7 @@ class ChdbClickHouse:
 
         if self._closed:  # a call queued behind close(): the session is gone
             raise ClickHouseUnavailable("chDB is closed")
+        self._last_query = time.monotonic()
         try:
             res = self._session.query(sql, "JSONEachRow", params=_escaped(params) if params else None)
         # A session raises chdb._exceptions.ChdbError, a RuntimeError (not chdb.ChdbError).
@@ -113,6 +183,7 @@ class ChdbClickHouse:
                 return
             self._instances.pop(self.path, None)
         self._closed = True
+        self._stop_trimming.set()
         await asyncio.get_running_loop().run_in_executor(self._pool, self._session.close)
         self._pool.shutdown(wait=True)
 

@@ -10,10 +10,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from crawlerdetect import CrawlerDetect
-from geoip2fast import GeoIP2Fast
 from ua_parser import parse as parse_ua
 
 from libs import ids
+from services.gateway.countries import CountryTable
+from services.gateway.countries import load as load_countries
 
 MAX_FUTURE = timedelta(days=1)
 _MOBILE_OS = {"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS"}
@@ -95,15 +96,13 @@ new_event_id = ids.uuid4_shaped_ids()
 
 
 @cache
-def geoip() -> GeoIP2Fast:
+def geoip() -> CountryTable:
     """The offline country database, loaded on first use (the gateway loads it as it starts, so a
     process that never enriches events does not hold it). geoip2fast's wheel ships it: no download.
-    Its IPv6 file holds both families (slower to load and larger than the IPv4-only one, figures in
-    docs/scaling.md; `country_of` caches the answers)."""
-    return GeoIP2Fast(geoip2fast_data_file=GEOIP_FILE)
-
-
-GEOIP_FILE = "geoip2fast-ipv6.dat.gz"
+    Its IPv6 file holds both families; it is held in flat arrays (services/gateway/countries.py:
+    about 9 MB, where geoip2fast's own lists of ints take 46 MB). Figures in docs/scaling.md;
+    `country_of` caches the answers."""
+    return load_countries()
 
 
 @lru_cache(maxsize=65536)
@@ -111,11 +110,8 @@ def country_of(ip: str) -> str:
     """ISO country code of a public IPv4 or IPv6 address ('' when unknown, private or malformed)."""
     if not ip:
         return ""
-    try:
-        code = geoip().lookup(ip).country_code
-    except Exception:  # noqa: BLE001 - a lookup failure only means "unknown"
-        return ""
-    return code if code and len(code) == 2 and code.isalpha() else ""
+    code = geoip().country(ip)
+    return code if len(code) == 2 and code.isalpha() else ""
 
 
 def anonymize_ip(ip: str) -> str:

@@ -191,7 +191,7 @@ def main() -> dict[str, Any]:
             after = snapshot(stack)
             show("after load", after)
         out = {
-            "goal": {"idle_total_mb": GOAL_IDLE_MB, "idle_total_alone_mb": idle["total_alone_mb"],
+            "goal": {"idle_total_alone_mb": idle["total_alone_mb"], "goal_mb": GOAL_IDLE_MB,
                      "met": idle["total_alone_mb"] <= GOAL_IDLE_MB},
             "ready_s": round(ready_s, 1),
             "at_ready": at_ready,

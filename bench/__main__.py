@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, numbers printed and written to bench/results/*.json.
 
-`python -m bench ingest` (or servers, aggregator, query) runs one.
+`python -m bench ingest` (or servers, aggregator, query, pipeline) runs one.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("ingest", "servers", "aggregator", "query")
+BENCHMARKS = ("ingest", "servers", "aggregator", "query", "pipeline")
 
 
 def main(argv: list[str]) -> int:

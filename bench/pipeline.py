@@ -12,7 +12,10 @@ Measured in one run, back to back, because the machine is shared:
 * every event counted: after the traffic, the events the query API counts equal the events the
   gateway acknowledged (202), and wrk's acknowledged requests account for them (wrk stops with up to
   one request per connection in flight, which the server may have acknowledged unseen);
-* CPU share per process (and the threads of the Python process) and PSS under load.
+* CPU share per process (and the threads of the Python process) and PSS under load;
+* for context (BENCH_PIPELINE_GATEWAY_PROCESS=1, the default): the same single-event load on a gateway
+  in a process of its own (`analytics run --services gateway`, sharing the stack's embedded Kafka and
+  Redis), in each round right after the stack: what running the gateway apart from the rest would give.
 
 Traffic: 1,000 User-Agents, 10,000 visitor addresses (X-Forwarded-For; the gateway trusts 127.0.0.1),
 20 event names, 300 pages (bench/traffic.py). BENCH_PIPELINE_SECONDS per phase (default 60).
@@ -22,6 +25,9 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import statistics
+import tempfile
 import threading
 import time
 import uuid
@@ -43,6 +49,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 BATCH_CONNECTIONS = 8
 BATCH_EVENTS = 50
 WRK_TIMEOUT_S = 10  # a slow answer is a slow answer, not a wrk error
+GATEWAY_PROCESS = os.environ.get("BENCH_PIPELINE_GATEWAY_PROCESS", "1") == "1"
 GOALS = {"ratio": 0.4, "freshness_p99_s": 1.0}
 
 
@@ -132,7 +139,7 @@ class Freshness(threading.Thread):
             if q.status_code == 200 and q.json().get("count", 0) >= 1:
                 self.seconds.append(time.monotonic() - acked)
                 return
-            time.sleep(0.02)
+            time.sleep(0.05)  # a dashboard polls far less; this is the resolution of the figure
         self.lost += 1
 
     def summary(self) -> dict[str, Any]:
@@ -159,22 +166,85 @@ def threads_cpu(stack: Stack) -> dict[str, float]:
     return out
 
 
-def phase(stack: Stack, url: str, script: str, seconds: int, connections: int) -> tuple[WrkResult, dict[str, Any]]:
-    """wrk against the stack, with its CPU share per process and thread, and PSS sampled halfway."""
+def waiting(pid: int) -> float:
+    """Seconds the main thread of `pid` has spent runnable but waiting for a core (/proc schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def phase(
+    stack: Stack, url: str, script: str, seconds: int, connections: int, per_request: int = 1,
+) -> tuple[WrkResult, dict[str, Any]]:
+    """wrk against the stack, with its CPU per process and thread, the CPU it spends per event, how
+    long its event loop waited for a core, and PSS sampled halfway."""
     memory: dict[str, float] = {}
     sampler = threading.Timer(seconds / 2, lambda: memory.update(stack.memory()))
+    assert stack.proc.popen is not None
+    pid = stack.proc.popen.pid
     stack.cpu_mark()
-    threads_before = threads_cpu(stack)
+    threads_before, wait_before = threads_cpu(stack), waiting(pid)
     sampler.start()
     t0 = time.monotonic()
     result = run_wrk_script(url, script, seconds, connections, WRK_TIMEOUT_S)
     wall = time.monotonic() - t0
     sampler.join()
     cpu = stack.cpu_since_mark(wall)
-    after = threads_cpu(stack)
+    after, waited = threads_cpu(stack), waiting(pid) - wait_before
     threads = {k: round((v - threads_before.get(k, 0.0)) / wall, 3) for k, v in after.items()}
     threads = dict(sorted(((k, v) for k, v in threads.items() if v >= 0.01), key=lambda kv: -kv[1]))
-    return result, {"cpu_cores_by_process": cpu, "cpu_cores_by_thread_of_analytics": threads, "pss_mb": memory}
+    events = max(1, result.requests * per_request)
+    return result, {
+        "cpu_cores_by_process": cpu, "cpu_cores_by_thread_of_analytics": threads,
+        "cpu_us_per_event": {"stack": round(sum(cpu.values()) * wall / events * 1e6, 1),
+                             "event_loop_thread": round(threads.get("main (event loop)", 0.0) * wall / events * 1e6, 1)},
+        "event_loop_waiting_for_a_core_share": round(waited / wall, 3),
+        "pss_mb": memory,
+    }
+
+
+def bare_phase(bare: Proc, url: str, script: str) -> tuple[WrkResult, float]:
+    """wrk against the bare endpoint; its server's CPU µs per request."""
+    assert bare.popen is not None
+    own = psutil.Process(bare.popen.pid)
+    before = sum(own.cpu_times()[:2])
+    result = run_wrk_script(url, script, SECONDS, CONNECTIONS, WRK_TIMEOUT_S)
+    return result, round((sum(own.cpu_times()[:2]) - before) / max(1, result.requests) * 1e6, 1)
+
+
+def gateway_apart_phase(stack: Stack, apart: Proc, script: str) -> tuple[WrkResult, dict[str, float]]:
+    """The single-event load on the gateway of its own process; cores used by it and by the stack."""
+    assert apart.popen is not None
+    own = psutil.Process(apart.popen.pid)
+    before = sum(own.cpu_times()[:2])
+    stack.cpu_mark()
+    t0 = time.monotonic()
+    result = run_wrk_script(f"{apart.base}/api/analytics/collect", script, SECONDS, CONNECTIONS, WRK_TIMEOUT_S)
+    wall = time.monotonic() - t0
+    cores = {"gateway process": round((sum(own.cpu_times()[:2]) - before) / wall, 3), **stack.cpu_since_mark(wall)}
+    return result, {**cores, "us_per_event_all": round(sum(cores.values()) * wall / max(1, result.requests) * 1e6, 1)}
+
+
+def start_gateway_process(stack: Stack) -> tuple[Proc, Path]:
+    """`analytics run --services gateway` on its own port, on the stack's Kafka and Redis."""
+    data = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_URL") and k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env.update(ANALYTICS_DATA_DIR=str(data), LOG_LEVEL="WARNING", **stack.engine_urls())
+    port = free_port()
+    proc = Proc.analytics(["run", "--services", "gateway", "--port", str(port)], env, f"http://127.0.0.1:{port}")
+    proc.wait_ready(120)
+    return proc, data
+
+
+def accept_one(http: httpx.Client, base: str, write_key: str) -> None:
+    """One event through `base`, once it knows the app's key (a new app reaches a gateway in moments)."""
+    deadline = time.monotonic() + 20
+    while http.post(f"{base}/api/analytics/collect", json={"event": "page_view"},
+                    headers={"x-api-key": write_key}).status_code != 202:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway at {base} never accepted the new app's write key")
+        time.sleep(0.1)
 
 
 def report(label: str, result: WrkResult, per_request: int = 1) -> None:
@@ -183,10 +253,13 @@ def report(label: str, result: WrkResult, per_request: int = 1) -> None:
           f"{result.latency_p50_ms or 0:.1f} ms   p99 {result.latency_p99_ms or 0:.1f} ms{bad}", flush=True)
 
 
-def gateway_accepted(base: str) -> int:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("gateway_events_accepted_total{")))
+def gateway_accepted(*bases: str) -> int:
+    total = 0.0
+    for base in bases:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("gateway_events_accepted_total{"))
+    return round(total)
 
 
 def stored_events(base: str, app_id: str, key: str) -> int:
@@ -206,18 +279,18 @@ def main() -> dict[str, Any]:
     stack = Stack.start()
     bare = Proc.uvicorn("bench.bare_app:app", free_port(), dict(os.environ))
     threads: list[Dashboard | Freshness] = []
+    apart: Proc | None = None
+    apart_data: Path | None = None
     try:
         bare.wait_ready()
+        if GATEWAY_PROCESS:
+            apart, apart_data = start_gateway_process(stack)
+        gateways = [stack.base] + ([apart.base] if apart else [])
         with httpx.Client(timeout=30) as http:
             app = register_app(http, stack.base)
-            python_sent = 0  # events acknowledged outside wrk and the markers
-            deadline = time.monotonic() + 20
-            while http.post(f"{stack.base}/api/analytics/collect", json={"event": "page_view"},
-                            headers={"x-api-key": app["write_key"]}).status_code != 202:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the gateway never accepted the new app's write key")
-                time.sleep(0.1)
-            python_sent += 1
+            for base in gateways:
+                accept_one(http, base, app["write_key"])
+        python_sent = len(gateways)  # events acknowledged outside wrk and the markers
         app_id, write_key, read_key = app["app_id"], app["write_key"], app["api_key"]
         single = lua_script("single", "x-api-key", write_key)
         basic = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
@@ -232,22 +305,35 @@ def main() -> dict[str, Any]:
         warm = run_wrk_script(stack_url, single, 3, CONNECTIONS, WRK_TIMEOUT_S)
         acked, inflight = acked + warm.requests - warm.non_2xx, inflight + CONNECTIONS
         run_wrk_script(bare_url, single, 3, CONNECTIONS, WRK_TIMEOUT_S)
+        if apart is not None:
+            warm = run_wrk_script(f"{apart.base}/api/analytics/collect", single, 3, CONNECTIONS, WRK_TIMEOUT_S)
+            acked, inflight = acked + warm.requests - warm.non_2xx, inflight + CONNECTIONS
         print(f"single events ({CONNECTIONS} connections, {SECONDS}s each, dashboard queries every second and a "
               f"marker every 0.5 s throughout; {ROUNDS} rounds of the bare endpoint then the stack):", flush=True)
         rounds: list[dict[str, Any]] = []
         load: dict[str, Any] = {}
         for _ in range(ROUNDS):
-            b = run_wrk_script(bare_url, single, SECONDS, CONNECTIONS, WRK_TIMEOUT_S)
+            b, bare_us = bare_phase(bare, bare_url, single)
             report("bare ASGI endpoint answering 202", b)
             s, load = phase(stack, stack_url, single, SECONDS, CONNECTIONS)
             report("whole stack /api/analytics/collect", s)
             acked, inflight = acked + s.requests - s.non_2xx, inflight + CONNECTIONS
             rounds.append({"bare_events_per_s": round(b.requests_per_s), "stack_events_per_s": round(s.requests_per_s),
                            "ratio": round(s.requests_per_s / b.requests_per_s, 3), "stack_non_2xx": s.non_2xx,
-                           "stack_errors": s.errors, "stack_latency_p99_ms": s.latency_p99_ms})
+                           "stack_errors": s.errors, "stack_latency_p99_ms": s.latency_p99_ms,
+                           "bare_cpu_us_per_request": bare_us, "stack_cpu_us_per_event": load["cpu_us_per_event"],
+                           "event_loop_waiting_for_a_core_share": load["event_loop_waiting_for_a_core_share"]})
+            if apart is not None:
+                g, cpu = gateway_apart_phase(stack, apart, single)
+                report("gateway in its own process (context)", g)
+                acked, inflight = acked + g.requests - g.non_2xx, inflight + CONNECTIONS
+                rounds[-1].update(gateway_process_events_per_s=round(g.requests_per_s),
+                                  gateway_process_ratio=round(g.requests_per_s / b.requests_per_s, 3),
+                                  gateway_process_non_2xx=g.non_2xx, gateway_process_cpu_cores=cpu)
         middle = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
         print(f"batches of {BATCH_EVENTS} events ({BATCH_CONNECTIONS} connections):", flush=True)
-        bt, batch_load = phase(stack, f"{stack.base}/v1/batch", batch, SECONDS, BATCH_CONNECTIONS)
+        bt, batch_load = phase(stack, f"{stack.base}/v1/batch", batch, SECONDS, BATCH_CONNECTIONS,
+                              BATCH_EVENTS)
         report("whole stack /v1/batch", bt, BATCH_EVENTS)
         acked += (bt.requests - bt.non_2xx) * BATCH_EVENTS
         inflight += BATCH_CONNECTIONS * BATCH_EVENTS
@@ -258,7 +344,7 @@ def main() -> dict[str, Any]:
         dashboard.join()
         expected = acked + python_sent + fresh.sent
         # Everything acknowledged is stored within seconds; wait up to 2 minutes for the last of it.
-        deadline, stored, accepted = time.monotonic() + 120, -1, gateway_accepted(stack.base)
+        deadline, stored, accepted = time.monotonic() + 120, -1, gateway_accepted(*gateways)
         while time.monotonic() < deadline:
             stored = stored_events(stack.base, app_id, read_key)
             if stored >= accepted:
@@ -270,11 +356,18 @@ def main() -> dict[str, Any]:
         freshness = fresh.summary()
         ratio = middle["ratio"]
         ratios = [r["ratio"] for r in rounds]
+        apart_ratios = [r["gateway_process_ratio"] for r in rounds if "gateway_process_ratio" in r]
         result = {
             "single_event": {
                 "stack_events_per_s": middle["stack_events_per_s"], "bare_asgi_events_per_s": middle["bare_events_per_s"],
                 "ratio": ratio, "goal": GOALS["ratio"], "met": ratio >= GOALS["ratio"],
                 "ratio_spread": [min(ratios), max(ratios)], "rounds": rounds,
+                "gateway_process_ratio_median": statistics.median(apart_ratios) if apart_ratios else None,
+                # What the ratio would be if the stack had the CPU the bare endpoint has: the machine is
+                # shared, so this is steadier than the rates.
+                "cpu_ratio": round(middle["bare_cpu_us_per_request"] / middle["stack_cpu_us_per_event"]["stack"], 3),
+                "event_loop_cpu_ratio": round(middle["bare_cpu_us_per_request"]
+                                              / middle["stack_cpu_us_per_event"]["event_loop_thread"], 3),
             },
             "batch": {"events_per_request": BATCH_EVENTS, "events_per_s": round(bt.requests_per_s * BATCH_EVENTS),
                       "non_2xx": bt.non_2xx, "errors": bt.errors, "latency_p99_ms": bt.latency_p99_ms},
@@ -293,6 +386,15 @@ def main() -> dict[str, Any]:
         print(f"single-event events/s: whole stack {middle['stack_events_per_s']:,}, bare ASGI "
               f"{middle['bare_events_per_s']:,}, ratio {ratio:.2f} (goal >= {GOALS['ratio']}: "
               f"{goal(ratio >= GOALS['ratio'])}; rounds {', '.join(f'{r:.2f}' for r in ratios)})")
+        print(f"CPU per event: bare endpoint {middle['bare_cpu_us_per_request']} µs a request, whole stack "
+              f"{middle['stack_cpu_us_per_event']['stack']} µs (its event loop "
+              f"{middle['stack_cpu_us_per_event']['event_loop_thread']} µs): at equal CPU the ratio would be "
+              f"{result['single_event']['cpu_ratio']:.2f} ({result['single_event']['event_loop_cpu_ratio']:.2f} for the "
+              f"event loop alone); the event loop waited for a core {middle['event_loop_waiting_for_a_core_share']:.0%} "
+              "of the time")
+        if apart_ratios:
+            print(f"context: a gateway in its own process, ratio {statistics.median(apart_ratios):.2f} "
+                  f"(rounds {', '.join(f'{r:.2f}' for r in apart_ratios)})")
         print(f"batch events/s: {result['batch']['events_per_s']:,} ({BATCH_EVENTS} a request)")
         print(f"freshness 202 -> counted by the query API: p50 {freshness['p50_s']} s, p99 {freshness['p99_s']} s "
               f"over {freshness['markers']} markers (goal p99 <= {GOALS['freshness_p99_s']} s: "
@@ -304,7 +406,9 @@ def main() -> dict[str, Any]:
         print(f"dashboard: {d['requests']} queries, p50 {d['latency_p50_ms']} ms, p99 {d['latency_p99_ms']} ms, "
               f"failures {d['failures'] or 'none'}")
         for title, part in (("single-event load", load), ("batch load", batch_load)):
-            print(f"under {title}: CPU cores by process {part['cpu_cores_by_process']}")
+            print(f"under {title}: CPU cores by process {part['cpu_cores_by_process']}; CPU per event "
+                  f"{part['cpu_us_per_event']} µs; the event loop waited for a core "
+                  f"{part['event_loop_waiting_for_a_core_share']:.0%} of the time")
             print(f"  threads of the analytics process {part['cpu_cores_by_thread_of_analytics']}")
             print(f"  PSS MB {part['pss_mb']}")
         write_result("pipeline", result)
@@ -312,6 +416,10 @@ def main() -> dict[str, Any]:
     finally:
         for t in threads:
             t.stop.set()
+        if apart is not None:
+            apart.stop()
+        if apart_data is not None:
+            shutil.rmtree(apart_data, ignore_errors=True)
         bare.stop()
         stack.stop()
 

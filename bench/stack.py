@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import Proc
+from libs.embedded.engines import socket_dir
 from libs.embedded.procs import free_port
 
 
@@ -53,7 +54,7 @@ class Stack:
 
     def engine_urls(self) -> dict[str, str]:
         """The embedded Kafka's and Redis's URLs, for another process to share them (as the banner's exports)."""
-        urls = {"REDIS_URL": f"unix://{self.data_dir / 'run' / 'redis.sock'}"}
+        urls = {"REDIS_URL": f"unix://{socket_dir(self.data_dir) / 'redis.sock'}"}
         for p in self.processes():
             cmd = p.cmdline()
             if "--listener-url" in cmd:

@@ -153,7 +153,9 @@ def lua_script(
 ) -> str:
     """A wrk script sending `POST /api/analytics/collect` single events (`kind="single"`) or
     `POST /v1/batch` Segment batches of `batch_events` (`kind="batch"`), varied per request: the
-    visitor (X-Forwarded-For) keeps its User-Agent across its requests, as a real one does."""
+    visitor (X-Forwarded-For) keeps its User-Agent across its requests, as a real one does. Every
+    event sent carries an id of its own (`event_id`, Segment's `messageId`), as SDKs send them: an
+    event answered 503 and stored all the same is stored once however often a client retries it."""
     if kind not in ("single", "batch"):
         raise ValueError(f"kind is single or batch, not {kind!r}")
     rng = random.Random(seed)
@@ -166,6 +168,8 @@ def lua_script(
 local AUTH_NAME, AUTH_VALUE = {json.dumps(auth_header)}, {json.dumps(auth_value)}
 local KIND, N, K = {json.dumps(kind)}, {requests if kind == "single" else max(1, requests // batch_events)}, {batch_events}
 local reqs = {{}}
+local ID = "@@@@@@@@@@@@@@@@"  -- 16 characters, replaced by a unique id in every request
+local prefix, sent = string.format("%08x", os.time() % 4294967296), 0
 
 local function pick(t) return t[math.random(#t)] end
 
@@ -176,7 +180,7 @@ end
 
 local function single_body(v, ua)
   local ref = pick(REFS)
-  return '{{"event":"' .. pick(NAMES) .. '","url":"{SITE}' .. pick(PAGES) .. '"' ..
+  return '{{"event_id":"' .. ID .. '","event":"' .. pick(NAMES) .. '","url":"{SITE}' .. pick(PAGES) .. '"' ..
     (ref ~= "" and (',"referrer":"' .. ref .. '"') or "") ..
     ',"userId":"v' .. v .. '","sessionId":"s' .. v .. '-' .. math.random(3) .. '"' ..
     ',"metadata":{{"screenSize":"' .. pick(SCREENS) .. '"}}}}'
@@ -188,10 +192,11 @@ local function batch_body(v, ua)
     local name = pick(NAMES)
     local page = pick(PAGES)
     if name == "page_view" then
-      calls[j] = '{{"type":"page","name":"' .. page .. '","userId":"v' .. v .. '","properties":{{"url":"{SITE}' ..
+      calls[j] = '{{"type":"page","messageId":"' .. ID .. '-' .. j .. '","name":"' .. page ..
+        '","userId":"v' .. v .. '","properties":{{"url":"{SITE}' ..
         page .. '","path":"' .. page:gsub("%?.*", "") .. '"}},"context":{{"userAgent":"' .. ua .. '"}}}}'
     else
-      calls[j] = '{{"type":"track","event":"' .. name .. '","userId":"v' .. v ..
+      calls[j] = '{{"type":"track","messageId":"' .. ID .. '-' .. j .. '","event":"' .. name .. '","userId":"v' .. v ..
         '","properties":{{"amount":' .. math.random(1, 500) .. ',"page":"' .. page ..
         '"}},"context":{{"userAgent":"' .. ua .. '","page":{{"url":"{SITE}' .. page .. '"}}}}}}'
     end
@@ -214,6 +219,8 @@ function init(args)
 end
 
 function request()
-  return reqs[math.random(N)]
+  sent = sent + 1
+  local id = prefix .. string.format("%08x", sent)
+  return (string.gsub(reqs[math.random(N)], ID, id))
 end
 """

@@ -247,14 +247,14 @@ def accept_one(http: httpx.Client, base: str, write_key: str) -> None:
         time.sleep(0.1)
 
 
-def acked(result: WrkResult) -> float:
+def ok_rate(result: WrkResult) -> float:
     """Requests/s answered 2xx: a refused request (429, 503) is answered fast and would flatter the rate."""
     return result.requests_per_s * (result.requests - result.non_2xx) / max(1, result.requests)
 
 
 def report(label: str, result: WrkResult, per_request: int = 1) -> None:
     bad = f"   {result.non_2xx} non-2xx, {result.errors} socket errors" if result.non_2xx or result.errors else ""
-    print(f"  {label:<48} {acked(result) * per_request:>10,.0f} events/s   p50 "
+    print(f"  {label:<48} {ok_rate(result) * per_request:>10,.0f} events/s   p50 "
           f"{result.latency_p50_ms or 0:.1f} ms   p99 {result.latency_p99_ms or 0:.1f} ms{bad}", flush=True)
 
 
@@ -326,8 +326,8 @@ def main() -> dict[str, Any]:
             s, load = phase(stack, stack_url, single, SECONDS, CONNECTIONS)
             report("whole stack /api/analytics/collect", s)
             acked, inflight = acked + s.requests - s.non_2xx, inflight + CONNECTIONS
-            rounds.append({"bare_events_per_s": round(acked(b)), "stack_events_per_s": round(acked(s)),
-                           "ratio": round(acked(s) / acked(b), 3), "stack_non_2xx": s.non_2xx,
+            rounds.append({"bare_events_per_s": round(ok_rate(b)), "stack_events_per_s": round(ok_rate(s)),
+                           "ratio": round(ok_rate(s) / ok_rate(b), 3), "stack_non_2xx": s.non_2xx,
                            "stack_errors": s.errors, "stack_latency_p99_ms": s.latency_p99_ms,
                            "bare_cpu_us_per_request": bare_us, "stack_cpu_us_per_event": load["cpu_us_per_event"],
                            "event_loop_waiting_for_a_core_share": load["event_loop_waiting_for_a_core_share"]})
@@ -335,8 +335,8 @@ def main() -> dict[str, Any]:
                 g, cpu = gateway_apart_phase(stack, apart, single)
                 report("gateway in its own process (context)", g)
                 acked, inflight = acked + g.requests - g.non_2xx, inflight + CONNECTIONS
-                rounds[-1].update(gateway_process_events_per_s=round(acked(g)),
-                                  gateway_process_ratio=round(acked(g) / acked(b), 3),
+                rounds[-1].update(gateway_process_events_per_s=round(ok_rate(g)),
+                                  gateway_process_ratio=round(ok_rate(g) / ok_rate(b), 3),
                                   gateway_process_non_2xx=g.non_2xx, gateway_process_cpu_cores=cpu)
         middle = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
         failed_singles = gateway_counter("gateway_publish_failures_total", *gateways)
@@ -384,7 +384,7 @@ def main() -> dict[str, Any]:
                 "event_loop_cpu_ratio": round(middle["bare_cpu_us_per_request"]
                                               / middle["stack_cpu_us_per_event"]["event_loop_thread"], 3),
             },
-            "batch": {"events_per_request": BATCH_EVENTS, "events_per_s": round(acked(bt) * BATCH_EVENTS),
+            "batch": {"events_per_request": BATCH_EVENTS, "events_per_s": round(ok_rate(bt) * BATCH_EVENTS),
                       "non_2xx": bt.non_2xx, "errors": bt.errors, "latency_p99_ms": bt.latency_p99_ms},
             "freshness": {**freshness, "goal_p99_s": GOALS["freshness_p99_s"],
                           "met": freshness["p99_s"] is not None and freshness["p99_s"] <= GOALS["freshness_p99_s"]

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, numbers printed and written to bench/results/*.json.
 
-`python -m bench ingest` (or enrich, servers, aggregator, query, footprint) runs one.
+`python -m bench ingest` (or enrich, servers, aggregator, query, footprint, pipeline) runs one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.common import RESULTS
 
-BENCHMARKS = ("enrich", "ingest", "servers", "aggregator", "query", "footprint")
+BENCHMARKS = ("enrich", "ingest", "servers", "aggregator", "query", "footprint", "pipeline")
 
 
 def main(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import Proc
+from libs.embedded.engines import socket_dir
 from libs.embedded.procs import free_port
 
 
@@ -50,6 +51,15 @@ class Stack:
         assert self.proc.popen is not None
         root = psutil.Process(self.proc.popen.pid)
         return [root, *root.children(recursive=True)]
+
+    def engine_urls(self) -> dict[str, str]:
+        """The embedded Kafka's and Redis's URLs, for another process to share them (as the banner's exports)."""
+        urls = {"REDIS_URL": f"unix://{socket_dir(self.data_dir) / 'redis.sock'}"}
+        for p in self.processes():
+            cmd = p.cmdline()
+            if "--listener-url" in cmd:
+                urls["KAFKA_BOOTSTRAP_SERVERS"] = cmd[cmd.index("--listener-url") + 1].removeprefix("tcp://")
+        return urls
 
     def memory(self) -> dict[str, float]:
         """PSS in MB by process name (summed over processes of one name) and `total`: shared pages are

@@ -1,6 +1,6 @@
 """Enrichment benchmark: the gateway's CPU per event for what it adds to an event (browser, OS, device
 type, client kind, bot flag from the User-Agent; country from the IP; URL and referrer facts; time),
-with a realistic traffic mix (bench/agents.py: 1,000 User-Agents, 10,000 IPs, 20 event names).
+with a realistic traffic mix (bench/traffic.py: 1,000 User-Agents, 10,000 IPs, 20 event names).
 
 - cold: every User-Agent and IP seen for the first time (the gateway's and ua-parser's caches empty);
 - warm: the same events again (what a site's repeat visitors cost).
@@ -21,8 +21,8 @@ from typing import Any
 
 import ua_parser
 
-from bench.agents import EVENT_NAMES, PATHS, REFERRERS, user_agents, visitor_ips
 from bench.common import write_result
+from bench.traffic import EVENT_NAMES, pages, referrers, user_agents, visitor_ips
 from libs.apikeys import KeyRecord
 from services.gateway import enrich
 from services.gateway.service import RequestFacts, from_collect
@@ -39,12 +39,13 @@ def _events(n: int) -> list[tuple[dict[str, Any], str, str]]:
     agents, ips = user_agents(), visitor_ips()
     weights = [1 / (rank + 1) ** 0.8 for rank in range(len(agents))]  # a long tail, as on a site
     visitors = [(rng.choices(agents, weights)[0], ip) for ip in ips]
+    paths, sources = pages(), referrers()
     out = []
     for i in range(n):
         agent, ip = visitors[i % len(visitors)] if i < len(visitors) else rng.choice(visitors)
-        path = rng.choice(PATHS)
-        out.append(({"event": rng.choice(EVENT_NAMES), "url": f"https://shop.example{path}?utm_source=news",
-                     "referrer": rng.choice(REFERRERS) or None, "userId": f"u{i % 5000}",
+        path = rng.choice(paths)
+        out.append(({"event": rng.choice(EVENT_NAMES), "url": f"https://shop.example{path}",
+                     "referrer": rng.choice(sources) or None, "userId": f"u{i % 5000}",
                      "metadata": {"screenSize": "1920x1080"}}, agent, ip))
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ua_parser
 
-from bench.agents import user_agents
+from bench.traffic import user_agents
 from services.gateway import enrich
 
 

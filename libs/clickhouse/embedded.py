@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
+import itertools
+import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -83,6 +86,51 @@ def release_code_pages() -> int:
     return advised
 
 
+# The order in which calls waiting for chDB's one thread run: the aggregator's inserts first, then
+# everything else in arrival order. A dashboard polling every second queues reads that each take tens
+# of milliseconds over a busy day; behind them, in arrival order, a batch of new events waited up to a
+# second, and with it every reader waiting to see those events (bench pipeline's freshness).
+INSERT, READ = 0, 1
+
+
+class _PriorityThread:
+    """One worker thread running submitted calls by (priority, arrival)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Future[Any] | None]] = (
+            queue.PriorityQueue())
+        self._order = itertools.count()
+        self._shut = False
+        self._thread = threading.Thread(target=self._work, name="chdb", daemon=True)
+        self._thread.start()
+
+    def submit(self, priority: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        if self._shut:
+            future.set_exception(RuntimeError("cannot schedule new futures after shutdown"))
+            return future
+        self._queue.put((priority, next(self._order), functools.partial(fn, *args), future))
+        return future
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the thread."""
+        self._shut = True
+        self._queue.put((READ + 1, next(self._order), None, None))
+        self._thread.join()
+
+    def _work(self) -> None:
+        while True:
+            _, _, call, future = self._queue.get()
+            if call is None or future is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+
 class ChdbClickHouse:
     kind = "chdb"
     _instances: ClassVar[dict[Path, ChdbClickHouse]] = {}
@@ -99,7 +147,7 @@ class ChdbClickHouse:
         self.database = database
         self.schema = Schema(database)  # one process, one node: never a cluster
         # One thread: a chDB session is not meant to be driven from several threads at once.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
+        self._pool = _PriorityThread()
         self._session = session.Session(connection_string(path))
         self._session.query(f"CREATE DATABASE IF NOT EXISTS {check_identifier(database)}")
         self._session.query(f"USE {database}")
@@ -136,10 +184,9 @@ class ChdbClickHouse:
             inst._users += 1
             return inst
 
-    async def _run(self, sql: str, params: dict[str, Any] | None) -> bytes:
-        loop = asyncio.get_running_loop()
+    async def _run(self, sql: str, params: dict[str, Any] | None, priority: int = READ) -> bytes:
         try:
-            result = await loop.run_in_executor(self._pool, self._query_sync, sql, params)
+            result: bytes = await asyncio.wrap_future(self._pool.submit(priority, self._query_sync, sql, params))
         except ClickHouseError:  # what the engine answered, classified by its code
             raise
         except RuntimeError as exc:  # executor shut down: the engine is closed
@@ -168,7 +215,7 @@ class ChdbClickHouse:
     async def insert_rows(self, table: str, rows: Sequence[bytes], *, dedup_token: str | None = None) -> None:
         settings = f" SETTINGS insert_deduplication_token='{check_token(dedup_token)}'" if dedup_token else ""
         sql = f"INSERT INTO {check_identifier(table)}{settings} FORMAT JSONEachRow\n"
-        await self._run(sql + b"\n".join(rows).decode(), None)
+        await self._run(sql + b"\n".join(rows).decode(), None, INSERT)
 
     async def ping(self) -> bool:
         try:
@@ -184,8 +231,8 @@ class ChdbClickHouse:
             self._instances.pop(self.path, None)
         self._closed = True
         self._stop_trimming.set()
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._session.close)
-        self._pool.shutdown(wait=True)
+        await asyncio.wrap_future(self._pool.submit(READ, self._session.close))
+        self._pool.shutdown()
 
 
 def _escaped(params: dict[str, Any]) -> dict[str, Any]:

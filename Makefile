@@ -43,7 +43,7 @@ run: setup
 # One process by default: on a 2-core machine two workers (each with its own embedded engines) load it
 # enough that the timing checks (freshness within 2 s, cache hits) fail now and then. TEST_WORKERS=auto
 # runs on every core with pytest-xdist (tests/conftest.py groups the tests). Measured on a 2-core machine:
-# 2,270 tests took 18 min in one process; 1,605 tests took 10 min with two workers, 14 in one.
+# 2,294 tests took 17 min in one process (CI, 2026-12-03); 1,605 tests took 10 min with two workers, 14 in one.
 TEST_WORKERS ?= 0
 test: setup $(OIDC_PROVIDER)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup

@@ -43,7 +43,7 @@ import httpx
 import orjson
 from prometheus_client import REGISTRY
 
-from bench.common import Proc, env_for, register_app, write_result
+from bench.common import Proc, env_for, percentile, register_app, write_result
 from libs.embedded import EmbeddedStack
 from libs.embedded.procs import free_port
 from libs.settings import Settings
@@ -215,12 +215,10 @@ def make_app(front: str, back: str) -> dict[str, Any]:
 
 def percentiles(delays: list[float]) -> dict[str, float | None]:
     """p50, p99, max and mean of the delays, in seconds."""
-    delays = sorted(delays)
     if not delays:
         return {"p50_s": None, "p99_s": None, "max_s": None, "mean_s": None}
-    at = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))], 3)  # noqa: E731
-    return {"p50_s": at(0.5), "p99_s": at(0.99), "max_s": round(delays[-1], 3),
-            "mean_s": round(statistics.fmean(delays), 3)}
+    return {"p50_s": round(percentile(delays, 50) or 0, 3), "p99_s": round(percentile(delays, 99) or 0, 3),
+            "max_s": round(max(delays), 3), "mean_s": round(statistics.fmean(delays), 3)}
 
 
 async def dashboard(http: httpx.AsyncClient, front: str, back: str, app: dict[str, Any], until: asyncio.Event,

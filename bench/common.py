@@ -106,6 +106,14 @@ def register_app(http: httpx.Client, auth: str) -> dict[str, Any]:
     return app.json()  # type: ignore[no-any-return]
 
 
+def percentile(values: list[float], pct: float) -> float | None:
+    """The nearest-rank `pct` percentile of `values` (None when there are none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.common import Proc, register_app, write_result
+from bench.common import Proc, percentile, register_app, write_result
 from bench.stack import Stack
 from bench.traffic import lua_script
 from bench.wrk import WrkResult, run_wrk_script
@@ -51,13 +51,6 @@ BATCH_EVENTS = 50
 WRK_TIMEOUT_S = 10  # a slow answer is a slow answer, not a wrk error
 GATEWAY_PROCESS = os.environ.get("BENCH_PIPELINE_GATEWAY_PROCESS", "1") == "1"
 GOALS = {"ratio": 0.4, "freshness_p99_s": 1.0}
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 class Dashboard(threading.Thread):

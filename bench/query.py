@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, Proc, env_for, register_app, write_result
+from bench.common import ROOT, Proc, env_for, percentile, register_app, write_result
 from libs.embedded import EmbeddedStack
 from libs.embedded.procs import free_port
 from libs.settings import Settings
@@ -193,9 +193,8 @@ async def load_postgres(dsn: str, csv_path: Path) -> float:
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return {"p50_ms": round(statistics.median(ordered), 2), "p99_ms": round(p99, 2), "runs": len(ordered)}
+    return {"p50_ms": round(statistics.median(samples), 2), "p99_ms": round(percentile(samples, 99) or 0, 2),
+            "runs": len(samples)}
 
 
 def timed_get(http: httpx.Client, url: str, params: dict[str, Any], headers: dict[str, str],

@@ -8,6 +8,7 @@ that this is the only place the header is believed.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
 
 # Parsing an address is most of the cost of a request that comes through a proxy (about a fifth of the
@@ -22,11 +23,8 @@ class TrustedProxies:
 
     def __init__(self, cidrs: str) -> None:
         self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs.split(",") if c.strip()]
-        self.trusted = lru_cache(maxsize=CACHED_ADDRESSES)(self._trusted)  # type: ignore[method-assign]
-
-    def trusted(self, ip: str) -> bool:
-        """Whether `ip` is one of the trusted proxies (cached per instance, see CACHED_ADDRESSES)."""
-        return self._trusted(ip)
+        # Whether an address is one of the trusted proxies, cached per instance (see CACHED_ADDRESSES).
+        self.trusted: Callable[[str], bool] = lru_cache(maxsize=CACHED_ADDRESSES)(self._trusted)
 
     def _trusted(self, ip: str) -> bool:
         try:

@@ -7,11 +7,9 @@ thread (never on the event loop) and the session is shared by everything in the 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import itertools
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +29,7 @@ from libs.clickhouse import (
     from_code,
     parse_rows,
 )
-from libs.memory import release_free_heap
+from libs.memory import release_free_heap, release_library_pages
 
 # Server-wide limits for chDB on a laptop, passed as start-up args on the session's connection string
 # (each one a ClickHouse server setting). ClickHouse's defaults size its caches for a server: 5 GiB each
@@ -61,29 +59,13 @@ def connection_string(path: Path) -> str:
 # they are handed back to the kernel (MADV_PAGEOUT, Linux 5.4+), and whatever a later query runs is
 # read back from the file. The C heap's free pages go back at the same time (libs/memory.py).
 IDLE_TRIM_S = 30.0
-_MADV_PAGEOUT = 21
 _TRIMMED_LIBRARIES = ("/chdb/", "/chdb_core.libs/", "/pyarrow/", "/pyarrow.libs/", "/numpy/", "/numpy.libs/")
 
 
 def release_code_pages() -> int:
     """Hand the read-only pages of chDB's library (and of pyarrow's and numpy's, which chDB imports)
-    back to the kernel; returns the bytes advised. Only read-only mappings of those files are advised,
-    and MADV_PAGEOUT never discards data (a written page is swapped or kept, not dropped), so nothing
-    the process holds changes. A page another process maps too (a second chDB on the machine) stays."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    advised = 0
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            if (len(fields) > 5 and fields[1] in ("r-xp", "r--p") and ".so" in fields[5]
-                    and any(lib in fields[5] for lib in _TRIMMED_LIBRARIES)):
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                if libc.madvise(start, end - start, _MADV_PAGEOUT) == 0:
-                    advised += end - start
-    return advised
+    back to the kernel (libs/memory.py); returns the bytes advised."""
+    return release_library_pages(_TRIMMED_LIBRARIES)
 
 
 # The order in which calls waiting for chDB's one thread run: the aggregator's inserts first, then

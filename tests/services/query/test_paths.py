@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import register_app, signup_login
-from tests.services.query.test_query import DAY, D, at, send, wait_stored
+from tests.conftest import signup_login
+from tests.services.query.test_query import DAY, D, app_with_history, at
 
 pytestmark = pytest.mark.engines
 
@@ -48,11 +48,7 @@ HISTORY = [
 
 @pytest.fixture(scope="module")
 async def shop(client: httpx.AsyncClient) -> dict[str, Any]:
-    owner = await signup_login(client)
-    app = await register_app(client, owner, "paths shop")
-    await send(client, app, HISTORY)
-    await wait_stored(client, app, len(HISTORY))
-    return {**app, "owner": owner}
+    return await app_with_history(client, "paths shop", HISTORY)
 
 
 async def paths(client: httpx.AsyncClient, shop: dict[str, Any], **params: Any) -> dict[str, Any]:

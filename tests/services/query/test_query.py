@@ -83,13 +83,19 @@ async def wait_stored(client: httpx.AsyncClient, app: dict[str, Any], n: int) ->
     await eventually(stored, 20, f"the aggregator did not store the {n} events")
 
 
+async def app_with_history(client: httpx.AsyncClient, name: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A new user's app (`owner` added) holding `events`, sent through the gateway and stored."""
+    owner = await signup_login(client)
+    app = await register_app(client, owner, name)
+    await send(client, app, events)
+    await wait_stored(client, app, len(events))
+    return {**app, "owner": owner}
+
+
 @pytest.fixture(scope="module")
 async def site(client: httpx.AsyncClient) -> dict[str, Any]:
-    owner = await signup_login(client)
-    app = await register_app(client, owner, "shop")
-    await send(client, app, HISTORY)
-    await wait_stored(client, app, len(HISTORY))
-    return {**app, "owner": owner, "key": {"x-api-key": app["api_key"]}}
+    app = await app_with_history(client, "shop", HISTORY)
+    return {**app, "key": {"x-api-key": app["api_key"]}}
 
 
 async def get(client: httpx.AsyncClient, site: dict[str, Any], path: str, **params: Any) -> dict[str, Any]:

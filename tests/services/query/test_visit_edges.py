@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import register_app, signup_login
-from tests.services.query.test_query import FRESH, send, wait_stored
+from tests.services.query.test_query import FRESH, app_with_history
 
 pytestmark = pytest.mark.engines
 
@@ -50,10 +49,7 @@ EXPECTED = {"visitors": 2, "visits": 3, "pageviews": 4, "bounce_rate": 33.3, "vi
 
 @pytest.fixture(scope="module")
 async def site(client: httpx.AsyncClient) -> dict[str, Any]:
-    owner = await signup_login(client)
-    app = await register_app(client, owner, "edges")
-    await send(client, app, EVENTS)
-    await wait_stored(client, app, len(EVENTS))
+    app = await app_with_history(client, "edges", EVENTS)
     return {"x-api-key": app["api_key"], **FRESH}
 
 
